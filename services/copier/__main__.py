@@ -1,0 +1,55 @@
+"""`python -m services.copier`: one replica of the copier group COPYTRADE_GROUP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.copier.followers import FollowerBook
+from services.copier.metrics import CopierMetrics
+from services.copier.service import Copier
+from shared import bus
+from shared.config import SecretSource, Settings, load_config, load_settings
+from shared.exchange.factory import AdapterContext
+from shared.exchange.paper import PaperVenue, nats_transport
+from shared.runtime import service_runtime
+
+log = logging.getLogger("copytrade.copier")
+
+
+def adapter_context(settings: Settings, nc: object) -> AdapterContext:
+    if settings.paper_venue == "embedded":
+        return AdapterContext(paper_transport=PaperVenue().handle)
+    return AdapterContext(paper_transport=nats_transport(nc))
+
+
+async def run(settings: Settings) -> None:
+    async with service_runtime(f"copier-{settings.group}", settings) as rt:
+        secrets = SecretSource(settings.secrets_dir)
+        metrics = CopierMetrics(rt.registry, settings.group)
+        book = FollowerBook(settings.group, secrets, adapter_context(settings, rt.nc))
+        book.apply(load_config(settings.config))
+        for follower in book.all():
+            creds = secrets.credentials(follower.config, "USER")
+            rt.redactor.add(creds.values() if creds else ())
+        metrics.set_followers(book.state_counts())
+        claims = await bus.ensure_streams(rt.js)
+        await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
+                                  max_deliver=settings.max_deliver)
+        copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
+                        settings=settings, instance=rt.instance)
+        rt.health.add_check("consumer", lambda: True)
+        worker = asyncio.create_task(copier.run())
+        await rt.wait_stopped()
+        copier.stop()  # finish the signal in hand, fetch no more
+        await worker
+        for follower in book.all():
+            await follower.account.close()
+
+
+def main() -> None:
+    asyncio.run(run(load_settings()))
+
+
+if __name__ == "__main__":
+    main()

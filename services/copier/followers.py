@@ -1,0 +1,121 @@
+"""The copier group's followers: config, one adapter per follower, cached account figures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from shared.config import CopytradeConfig, FollowerConfig, SecretSource
+from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.port import ExchangeAccount, OrderAck
+from shared.messages import FollowerSnapshot, MarketRules, TradeSignal
+
+
+@dataclass
+class _Figures:
+    equity: Decimal
+    cash: Decimal
+    positions: dict[str, Decimal]
+    fetched_at: float
+
+
+class Follower:
+    """One follower: its config, its own exchange client, its last known account figures."""
+
+    def __init__(self, config: FollowerConfig, account: ExchangeAccount) -> None:
+        self.config = config
+        self.account = account
+        self._figures: _Figures | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def venue_symbol(self, symbol: str) -> str:
+        return self.config.symbols.get(symbol, symbol)
+
+    async def snapshot(
+        self, signal: TradeSignal, rules: MarketRules | None, ttl_s: float
+    ) -> FollowerSnapshot:
+        """Account figures for sizing; re-read from the venue when older than ttl_s."""
+        symbol = self.venue_symbol(signal.symbol)
+        async with self._lock:
+            figures = self._figures
+            if figures is None or time.monotonic() - figures.fetched_at > ttl_s:
+                snap = await self.account.snapshot()
+                figures = _Figures(snap.equity, snap.cash, {}, time.monotonic())
+                self._figures = figures
+            if symbol not in figures.positions and rules is not None:
+                figures.positions[symbol] = await self.account.position(symbol)
+        return FollowerSnapshot(
+            follower_id=self.id, equity=figures.equity, cash=figures.cash,
+            position=figures.positions.get(symbol, Decimal(0)), rules=rules,
+            sizing=self.config.sizing)
+
+    def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
+        """Update cached cash and position from a fill instead of re-reading the venue."""
+        figures = self._figures
+        if figures is None or ack.filled_base is None or ack.avg_price is None:
+            self._figures = None  # unknown effect: read again next time
+            return
+        sign = 1 if side == "buy" else -1
+        figures.positions[symbol] = figures.positions.get(symbol, Decimal(0)) + sign * ack.filled_base
+        figures.cash -= sign * ack.filled_base * ack.avg_price
+
+
+class FollowerBook:
+    """The followers of one exchange group, built from config; adapters are made once each."""
+
+    def __init__(self, exchange: str, secrets: SecretSource, ctx: AdapterContext) -> None:
+        self.exchange = exchange
+        self._secrets = secrets
+        self._ctx = ctx
+        self._followers: dict[str, Follower] = {}
+        self._rules: dict[str, MarketRules | None] = {}
+        self.min_notional = Decimal("1.00")
+
+    def apply(self, config: CopytradeConfig) -> tuple[list[str], list[Follower]]:
+        """Adopt a new config; return (removed follower ids, followers whose client must close).
+
+        Raises ConfigError (leaving the book unchanged) when a follower lacks credentials.
+        """
+        wanted = {f.id: f for f in config.followers_of(self.exchange)}
+        built: dict[str, Follower] = {}
+        for fid, fconfig in wanted.items():
+            current = self._followers.get(fid)
+            if current is not None and _same_account(current.config, fconfig):
+                current.config = fconfig  # sizing, state, symbols: no new client needed
+                built[fid] = current
+                continue
+            creds = self._secrets.credentials(fconfig, "USER")
+            built[fid] = Follower(fconfig, build_account(fconfig, creds, self._ctx))
+        stale = [f for fid, f in self._followers.items() if built.get(fid) is not f]
+        removed = [fid for fid in self._followers if fid not in wanted]
+        self._followers = built
+        self.min_notional = config.min_notional
+        return removed, stale
+
+    def active(self) -> list[Follower]:
+        return [f for f in self._followers.values() if f.config.enabled]
+
+    def all(self) -> list[Follower]:
+        return list(self._followers.values())
+
+    def state_counts(self) -> dict[str, int]:
+        active = len(self.active())
+        return {"active": active, "paused": len(self._followers) - active}
+
+    async def rules(self, follower: Follower, symbol: str) -> MarketRules | None:
+        """Market rules, loaded once per symbol for the whole group (shared by followers)."""
+        venue_symbol = follower.venue_symbol(symbol)
+        if venue_symbol not in self._rules:
+            self._rules[venue_symbol] = await follower.account.market_rules(venue_symbol)
+        return self._rules[venue_symbol]
+
+
+def _same_account(old: FollowerConfig, new: FollowerConfig) -> bool:
+    keys = ("exchange", "credentials", "base_url", "paper")
+    return all(getattr(old, k) == getattr(new, k) for k in keys)

@@ -1,0 +1,67 @@
+"""The copier's Prometheus metrics. `follower` appears only on the outcome counter."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0)
+STATES = ("active", "paused", "close_only", "dry_run")
+
+
+class CopierMetrics:
+    def __init__(self, registry: CollectorRegistry, exchange: str) -> None:
+        self.exchange = exchange
+        self.signals_received = Counter(
+            "copytrade_signals_received_total", "Signals taken from the stream", ["exchange"],
+            registry=registry).labels(exchange)
+        self.signals_rejected = Counter(
+            "copytrade_signals_rejected_total", "Signals refused and never executed",
+            ["exchange", "reason"], registry=registry)
+        self.dead_lettered = Counter(
+            "copytrade_signals_dead_lettered_total", "Signals given up after max deliveries",
+            ["exchange"], registry=registry).labels(exchange)
+        self.outcomes = Counter(
+            "copytrade_copy_outcomes_total", "Copy outcomes per follower",
+            ["exchange", "follower", "outcome", "reason"], registry=registry)
+        self.copy_latency = Histogram(
+            "copytrade_copy_latency_seconds", "Master fill to follower order acknowledged",
+            ["exchange"], buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+        self.internal_latency = Histogram(
+            "copytrade_internal_latency_seconds", "Signal received to follower order sent",
+            ["exchange"], buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+        self.sizer_latency = Histogram(
+            "copytrade_sizer_request_seconds", "Sizer request round trip", ["exchange"],
+            buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+        self.in_flight = Gauge(
+            "copytrade_orders_in_flight", "Follower orders sent and not yet answered",
+            ["exchange"], registry=registry).labels(exchange)
+        self.followers = Gauge(
+            "copytrade_followers", "Configured followers by state", ["exchange", "state"],
+            registry=registry)
+        self.pending = Gauge(
+            "copytrade_consumer_pending_signals", "Signals not yet processed by this group",
+            ["exchange"], registry=registry).labels(exchange)
+        self.reloads = Counter(
+            "copytrade_config_reloads_total", "Config reloads by outcome", ["outcome"],
+            registry=registry)
+        self.reload_ok = Gauge(
+            "copytrade_config_last_reload_success", "1 when the last config load succeeded",
+            registry=registry)
+        self.reload_ok.set(1)
+        for outcome in ("applied", "rejected"):
+            self.reloads.labels(outcome)
+        self.signals_rejected.labels(exchange, "malformed")
+
+    def outcome(self, follower: str, outcome: str, reason: str) -> None:
+        self.outcomes.labels(self.exchange, follower, outcome, reason).inc()
+
+    def set_followers(self, counts: dict[str, int]) -> None:
+        for state in STATES:
+            self.followers.labels(self.exchange, state).set(counts.get(state, 0))
+
+    def forget_follower(self, follower: str) -> None:
+        """Drop a removed follower's series so dashboards stop showing it."""
+        for labels in list(self.outcomes._metrics):  # prometheus_client has no label query API
+            if labels[1] == follower:
+                self.outcomes.remove(*labels)

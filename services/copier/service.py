@@ -1,0 +1,319 @@
+"""The copier: takes each signal from its group's durable, sizes it for every follower in one
+sizer call, places the orders concurrently (bounded), records every outcome, then acks.
+
+Exactly-once effect: before an order, (signal, follower) is claimed in JetStream KV with the
+sized order and its deterministic client order id; a redelivered signal recovers each claimed
+follower by looking its order up at the venue instead of placing it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.copier.followers import Follower, FollowerBook
+from services.copier.metrics import CopierMetrics
+from shared import bus
+from shared.config import Settings
+from shared.errors import CopytradeError, ExchangeError
+from shared.exchange.placing import place_idempotently
+from shared.exchange.port import OrderAck, OrderCommand
+from shared.messages import (
+    Claim,
+    CopyResult,
+    DeadLetter,
+    Decision,
+    SignalRejected,
+    SizedOrder,
+    SizeReply,
+    SizeRequest,
+    Skip,
+    TradeSignal,
+    client_order_id_for,
+)
+
+log = logging.getLogger("copytrade.copier")
+SIZER_CHUNK = 1000
+
+
+class ClaimBusy(Exception):
+    """Another live attempt may be placing this follower's order: retry the signal later."""
+
+
+class Copier:
+    def __init__(
+        self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
+        metrics: CopierMetrics, settings: Settings, instance: str,
+    ) -> None:
+        self._nc, self._js, self._claims, self._book = nc, js, claims, book
+        self._metrics, self._settings, self._instance = metrics, settings, instance
+        self._exchange = book.exchange
+        self._decoder = msgspec.json.Decoder(TradeSignal)
+        self._claim_decoder = msgspec.json.Decoder(Claim)
+        self._reply_decoder = msgspec.json.Decoder(SizeReply)
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._limit = asyncio.Semaphore(settings.concurrency)
+        self._stopping = asyncio.Event()
+        self.busy = False
+
+    def stop(self) -> None:
+        """Stop fetching; the signal in hand is finished first."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=bus.durable_name(self._exchange), stream=bus.SIGNALS_STREAM)
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(batch=1, timeout=1.0)
+            except (NatsTimeout, TimeoutError):
+                continue
+            for msg in msgs:
+                self.busy = True
+                try:
+                    await self.process(msg)
+                finally:
+                    self.busy = False
+        await sub.unsubscribe()
+
+    async def process(self, msg: object) -> None:
+        """Handle one signal message; ack only once every follower's outcome is recorded."""
+        from nats.aio.msg import Msg
+
+        assert isinstance(msg, Msg)
+        received_at = time.time()
+        self._metrics.signals_received.inc()
+        try:
+            signal = self._decoder.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await self._reject(msg.data, "malformed", str(exc))
+            await msg.term()
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self.fan_out(signal, received_at, redelivered=msg.metadata.num_delivered > 1)
+            await msg.ack_sync()
+        except Exception as exc:  # infrastructure trouble: retry the whole signal later
+            await self._retry_or_dead_letter(msg, signal, exc)
+        finally:
+            heartbeat.cancel()
+
+    async def fan_out(self, signal: TradeSignal, received_at: float, *, redelivered: bool) -> None:
+        followers = self._book.active()
+        log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
+                 "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
+                 redelivered)
+        decisions = await self._size(signal, followers)
+        results = await asyncio.gather(*(
+            self._copy_one(signal, f, decisions[f.id], received_at, redelivered)
+            for f in followers), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+
+    # ---- sizing --------------------------------------------------------------------------------
+
+    async def _size(self, signal: TradeSignal, followers: list[Follower]) -> dict[str, Decision]:
+        snapshots = await asyncio.gather(*(self._snapshot(signal, f) for f in followers))
+        decisions: dict[str, Decision] = {s.follower_id: s for s in snapshots
+                                          if isinstance(s, Skip)}
+        ready = [s for s in snapshots if not isinstance(s, Skip)]
+        for start in range(0, len(ready), SIZER_CHUNK):
+            request = SizeRequest(signal=signal, min_notional=self._book.min_notional,
+                                  followers=ready[start:start + SIZER_CHUNK])
+            with self._metrics.sizer_latency.time():
+                reply = await self._nc.request(bus.SIZER_SUBJECT, self._encoder.encode(request),
+                                               timeout=10)
+            if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
+                raise CopytradeError(f"sizer error: {reply.headers.get('Nats-Service-Error')}")
+            decisions.update({d.follower_id: d for d in self._reply_decoder.decode(reply.data).decisions})
+        return decisions
+
+    async def _snapshot(self, signal: TradeSignal, follower: Follower) -> object:
+        """The follower's figures, or a skip when its venue cannot be read (isolated)."""
+        try:
+            async with self._limit:
+                rules = await self._book.rules(follower, signal.symbol)
+                return await follower.snapshot(signal, rules, self._settings.snapshot_ttl_s)
+        except ExchangeError as exc:
+            return Skip(follower_id=follower.id, reason_code=exc.reason_code,
+                        reason=f"Could not read account: {type(exc).__name__}")
+
+    # ---- one follower ----------------------------------------------------------------------------
+
+    async def _copy_one(
+        self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
+        redelivered: bool,
+    ) -> None:
+        key = f"{signal.signal_id}.{follower.id}"
+        if redelivered:
+            entry = await self._get_claim(key)
+            if entry is not None:
+                await self._recover(signal, follower, key, entry, received_at)
+                return
+        if isinstance(decision, Skip):
+            await self._record(follower, self._skipped(signal, follower, decision, received_at))
+            return
+        cid = client_order_id_for(signal.signal_id, follower.id)
+        claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
+        try:
+            revision = await self._claims.create(key, self._encoder.encode(claim))
+        except KeyWrongLastSequenceError:
+            entry = await self._get_claim(key)
+            assert entry is not None
+            await self._recover(signal, follower, key, entry, received_at)
+            return
+        await self._execute(signal, follower, key, claim, revision, received_at)
+
+    async def _execute(
+        self, signal: TradeSignal, follower: Follower, key: str, claim: Claim, revision: int,
+        received_at: float, *, recovered: bool = False,
+    ) -> None:
+        order = claim.order
+        command = OrderCommand(
+            client_order_id=claim.client_order_id, symbol=follower.venue_symbol(signal.symbol),
+            side=order.side, size=order.size, size_type=order.size_type,
+            reference_price=signal.price)
+        sent_at = time.time()
+        self._metrics.internal_latency.observe(sent_at - received_at)
+        try:
+            async with self._limit:
+                self._metrics.in_flight.inc()
+                try:
+                    ack = await place_idempotently(follower.account, command,
+                                                   timeout_s=self._settings.order_timeout_s)
+                finally:
+                    self._metrics.in_flight.dec()
+        except ExchangeError as exc:
+            result = self._failed(signal, follower, order, claim.client_order_id, exc,
+                                  received_at, sent_at)
+        else:
+            follower.apply_fill(command.symbol, order.side, ack)
+            self._metrics.copy_latency.observe(time.time() - signal.executed_at)
+            result = self._placed(signal, follower, order, ack, received_at, sent_at, recovered)
+        await self._record(follower, result)
+        done = msgspec.structs.replace(claim, done=result)
+        await self._claims.update(key, self._encoder.encode(done), last=revision)
+
+    async def _recover(
+        self, signal: TradeSignal, follower: Follower, key: str, entry: tuple[Claim, int],
+        received_at: float,
+    ) -> None:
+        """A claim exists: republish its outcome, or find its order, or take a stale claim over."""
+        claim, revision = entry
+        if claim.done is not None:
+            await self._record(follower, claim.done, count=False)
+            return
+        symbol = follower.venue_symbol(signal.symbol)
+        found = await follower.account.find_order(claim.client_order_id, symbol)
+        if found is not None:
+            result = self._placed(signal, follower, claim.order, found, received_at, None, True)
+            await self._record(follower, result)
+            done = msgspec.structs.replace(claim, done=result)
+            await self._claims.update(key, self._encoder.encode(done), last=revision)
+            return
+        if time.time() - claim.at < self._settings.order_timeout_s * 2:
+            raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
+        taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
+        revision = await self._claims.update(key, self._encoder.encode(taken), last=revision)
+        log.info("event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
+                 signal.signal_id, follower.id, claim.client_order_id)
+        await self._execute(signal, follower, key, taken, revision, received_at, recovered=True)
+
+    async def _get_claim(self, key: str) -> tuple[Claim, int] | None:
+        try:
+            entry = await self._claims.get(key)
+        except KeyNotFoundError:
+            return None
+        assert entry.value is not None and entry.revision is not None
+        return self._claim_decoder.decode(entry.value), entry.revision
+
+    # ---- recording -------------------------------------------------------------------------------
+
+    async def _record(self, follower: Follower, result: CopyResult, *, count: bool = True) -> None:
+        """Publish the outcome to the results stream (deduplicated), then count and log it."""
+        await self._js.publish(
+            bus.result_subject(self._exchange, follower.id), self._encoder.encode(result),
+            headers={"Nats-Msg-Id": f"{result.signal_id}:{result.follower_id}"})
+        if count:
+            self._metrics.outcome(follower.id, result.outcome, result.reason_code)
+        log.info("event=copy_%s signal_id=%s follower=%s client_order_id=%s reason=%r",
+                 result.outcome, result.signal_id, follower.id, result.client_order_id,
+                 result.reason)
+
+    async def _reject(self, data: bytes, reason_code: str, reason: str) -> None:
+        self._metrics.signals_rejected.labels(self._exchange, reason_code).inc()
+        record = SignalRejected(exchange=self._exchange, reason_code=reason_code,
+                                reason=reason[:500], size=len(data),
+                                excerpt=repr(data[:120])[:500], at=time.time())
+        await self._js.publish(bus.reject_subject(self._exchange), self._encoder.encode(record))
+        log.warning("event=signal_rejected reason=%s detail=%r", reason_code, reason[:200])
+
+    async def _retry_or_dead_letter(
+        self, msg: object, signal: TradeSignal, exc: Exception
+    ) -> None:
+        from nats.aio.msg import Msg
+
+        assert isinstance(msg, Msg)
+        deliveries = msg.metadata.num_delivered
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if deliveries < self._settings.max_deliver:
+            delay = min(30.0, 0.5 * 2 ** deliveries)
+            log.warning("event=signal_retry signal_id=%s deliveries=%d error=%s",
+                        signal.signal_id, deliveries, error)
+            await msg.nak(delay=delay)
+            return
+        self._metrics.dead_lettered.inc()
+        record = DeadLetter(exchange=self._exchange, signal_id=signal.signal_id,
+                            deliveries=deliveries, error=error, at=time.time())
+        await self._js.publish(bus.deadletter_subject(self._exchange), self._encoder.encode(record))
+        log.error("event=signal_dead_lettered signal_id=%s error=%s", signal.signal_id, error)
+        await msg.term()
+
+    async def _keep_alive(self, msg: object) -> None:
+        from nats.aio.msg import Msg
+
+        assert isinstance(msg, Msg)
+        while True:
+            await asyncio.sleep(self._settings.ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    # ---- result builders -------------------------------------------------------------------------
+
+    def _base(self, signal: TradeSignal, follower: Follower, received_at: float) -> dict[str, object]:
+        return {"signal_id": signal.signal_id, "follower_id": follower.id,
+                "exchange": self._exchange, "symbol": follower.venue_symbol(signal.symbol),
+                "side": signal.side, "signal_executed_at": signal.executed_at,
+                "received_at": received_at}
+
+    def _skipped(self, signal: TradeSignal, follower: Follower, skip: Skip,
+                 received_at: float) -> CopyResult:
+        return CopyResult(outcome="skipped", reason_code=skip.reason_code, reason=skip.reason,
+                          **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+
+    def _placed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, ack: OrderAck,
+                received_at: float, sent_at: float | None, recovered: bool) -> CopyResult:
+        return CopyResult(
+            outcome=ack.status, size=order.size, size_type=order.size_type,
+            notional=order.notional, client_order_id=ack.client_order_id,
+            exchange_order_id=ack.exchange_order_id, filled_base=ack.filled_base,
+            avg_price=ack.avg_price, recovered=recovered, order_sent_at=sent_at,
+            acked_at=time.time(), **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+
+    def _failed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, cid: str,
+                exc: ExchangeError, received_at: float, sent_at: float) -> CopyResult:
+        return CopyResult(
+            outcome="failed", reason_code=exc.reason_code, reason=f"{type(exc).__name__}: {exc}",
+            size=order.size, size_type=order.size_type, notional=order.notional,
+            client_order_id=cid, order_sent_at=sent_at,
+            **self._base(signal, follower, received_at))  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""`python -m services.paper`: the paper exchange service (a simulated venue on NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.service import Request, Service
+
+from shared.config import Settings, load_settings
+from shared.exchange.paper import Call, PaperVenue
+from shared.runtime import service_runtime
+
+log = logging.getLogger("copytrade.paper")
+
+
+async def serve_venue(nc: Client, venue: PaperVenue) -> Service:
+    decoder = msgspec.json.Decoder(Call)
+    encoder = msgspec.json.Encoder(decimal_format="string")
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(request: Request) -> None:
+        # nats-py runs a subscription's callbacks one at a time: answer each call in its own
+        # task so simulated latency overlaps, as it would at a real venue
+        task = asyncio.create_task(answer(request))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def answer(request: Request) -> None:
+        try:
+            call = decoder.decode(request.data)
+        except msgspec.ValidationError as exc:
+            await request.respond_error("400", str(exc))
+            return
+        await request.respond(encoder.encode(await venue.handle(call)))
+
+    service = await add_service(nc, name="copytrade-paper", version="1.0.0",
+                                description="Simulated exchange for demo, dry runs and tests")
+    await service.add_group(name="copytrade.paper").add_endpoint(name="call", handler=handle)
+    return service
+
+
+async def run(settings: Settings, latency_s: float = 0.0) -> None:
+    async with service_runtime("paper-exchange", settings) as rt:
+        service = await serve_venue(rt.nc, PaperVenue(latency_s=latency_s))
+        await rt.wait_stopped()
+        await service.stop()
+
+
+def main(latency_s: float = 0.0) -> None:
+    asyncio.run(run(load_settings(), latency_s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Code the copytrade services share: wire schemas, config, NATS helpers, exchange port."""

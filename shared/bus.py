@@ -1,0 +1,122 @@
+"""NATS names and helpers: connecting, the JetStream topology, publishing with retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.config import Settings
+
+log = logging.getLogger("copytrade.bus")
+
+SIGNALS_STREAM = "SIGNALS"
+RESULTS_STREAM = "RESULTS"
+CLAIMS_BUCKET = "copytrade-claims"
+SIZER_SUBJECT = "copytrade.sizer.size"
+MASTER_TRADE_SUBJECT = "copytrade.master.trade"
+DUPLICATE_WINDOW_S = 300.0
+DAY = 86_400.0
+
+
+def signal_subject(master_id: str) -> str:
+    return f"copytrade.signals.{master_id}"
+
+
+def result_subject(exchange: str, follower_id: str) -> str:
+    return f"copytrade.results.{exchange}.{follower_id}"
+
+
+def reject_subject(exchange: str) -> str:
+    return f"copytrade.rejects.{exchange}"
+
+
+def deadletter_subject(exchange: str) -> str:
+    return f"copytrade.deadletter.{exchange}"
+
+
+def durable_name(exchange: str) -> str:
+    return f"copier-{exchange}"
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """Connect with credentials when set; reconnect forever (services outlive NATS restarts)."""
+    async def on_disconnect() -> None:
+        log.warning("event=nats_disconnected service=%s", name)
+
+    async def on_reconnect() -> None:
+        log.info("event=nats_reconnected service=%s", name)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("event=nats_error service=%s error=%s", name, type(exc).__name__)
+
+    return await nats.connect(
+        settings.nats_url, name=name, user=settings.nats_user, password=settings.nats_password,
+        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> KeyValue:
+    """Create or update the streams and the claims bucket; return the claims bucket."""
+    streams = [
+        StreamConfig(name=SIGNALS_STREAM, subjects=["copytrade.signals.>"],
+                     retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                     duplicate_window=DUPLICATE_WINDOW_S, max_age=30 * DAY),
+        StreamConfig(name=RESULTS_STREAM, storage=StorageType.FILE, max_age=90 * DAY,
+                     subjects=["copytrade.results.>", "copytrade.rejects.>",
+                               "copytrade.deadletter.>"],
+                     duplicate_window=DUPLICATE_WINDOW_S),
+    ]
+    for config in streams:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # exists with other settings: bring it to ours
+            await js.update_stream(config)
+    try:
+        return await js.key_value(CLAIMS_BUCKET)
+    except NotFoundError:
+        return await js.create_key_value(KeyValueConfig(
+            bucket=CLAIMS_BUCKET, history=1, ttl=7 * DAY, storage=StorageType.FILE))
+
+
+async def ensure_consumer(
+    js: JetStreamContext, exchange: str, *, ack_wait_s: float, max_deliver: int
+) -> None:
+    """The copier group's durable: every group sees every signal, its replicas share it."""
+    await js.add_consumer(SIGNALS_STREAM, ConsumerConfig(
+        durable_name=durable_name(exchange), filter_subject="copytrade.signals.>",
+        deliver_policy=DeliverPolicy.NEW, ack_wait=ack_wait_s, max_deliver=max_deliver,
+        max_ack_pending=1000,
+    ))
+
+
+async def retry_forever(
+    what: str, action: Callable[[], Awaitable[object]], *, base_s: float = 0.1, cap_s: float = 5.0
+) -> object:
+    """Run action until it succeeds, backing off: used where giving up would lose money state."""
+    delay = base_s
+    attempt = 0
+    while True:
+        try:
+            return await action()
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            attempt += 1
+            log.warning("event=retry what=%s attempt=%d error=%s", what, attempt,
+                        type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(cap_s, delay * 2)

@@ -1,0 +1,1 @@
+"""The exchange port (one Protocol) and its adapters: paper, ccxt venues, Alpaca."""

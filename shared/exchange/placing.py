@@ -1,0 +1,40 @@
+"""Placing an order exactly once through any adapter: the one place retries live.
+
+A temporary failure (timeout, 5xx, rate limit) may hide an accepted order, so every retry first
+looks the order up by its client order id; only an order the venue does not know is re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared.errors import TemporaryError
+from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
+
+log = logging.getLogger("copytrade.placing")
+
+
+async def place_idempotently(
+    account: ExchangeAccount, order: OrderCommand, *, timeout_s: float, attempts: int = 4,
+    backoff_s: float = 0.2,
+) -> OrderAck:
+    """Place `order` or find it placed; raise the last error when attempts run out."""
+    last: Exception = TemporaryError("no attempt made")
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            if attempt:  # only an order the venue says it does not know is sent again
+                found = await asyncio.wait_for(
+                    account.find_order(order.client_order_id, order.symbol), timeout_s)
+                if found is not None:
+                    return found
+            return await asyncio.wait_for(account.place_order(order), timeout_s)
+        except (TemporaryError, TimeoutError) as exc:
+            last = exc if isinstance(exc, TemporaryError) else TemporaryError("order timed out")
+            log.warning("event=order_retry account=%s client_order_id=%s attempt=%d error=%s",
+                        account.account_id, order.client_order_id, attempt + 1,
+                        type(exc).__name__)
+    raise last
+

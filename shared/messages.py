@@ -1,0 +1,236 @@
+"""Every message that crosses the bus: frozen, tagged msgspec Structs, strictly decoded.
+
+Money is `Decimal` (JSON strings on the wire); each money field is checked finite and in range
+in `__post_init__`, so a NaN, a negative size or a 1e999 never reaches sizing or an exchange.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+MAX_MONEY = Decimal("1e13")  # far above any real account; bounds hostile numbers
+
+Side = Literal["buy", "sell"]
+SizeType = Literal["quote", "base"]
+Outcome = Literal["filled", "submitted", "skipped", "failed"]
+SizingMode = Literal["equity_ratio", "multiplier", "fixed_notional"]
+
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Symbol = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Z0-9.]+/[A-Z0-9.]+$")]
+Text = Annotated[str, Meta(max_length=500)]
+Timestamp = Annotated[float, Meta(ge=0, le=4_102_444_800)]  # before 2100
+
+_ID_NAMESPACE = uuid.UUID("6f1c2d0e-8a43-5b6e-9a59-5cbe1f0d7a11")
+
+
+def signal_id_for(exchange: str, order_id: str) -> str:
+    """Deterministic signal id: the same master fill always yields the same id."""
+    return uuid.uuid5(_ID_NAMESPACE, f"{exchange}:{order_id}").hex
+
+
+def client_order_id_for(signal_id: str, follower_id: str) -> str:
+    """Deterministic client order id (32 hex chars: accepted by every supported venue)."""
+    return uuid.uuid5(_ID_NAMESPACE, f"{signal_id}:{follower_id}").hex
+
+
+def check_money(name: str, value: Decimal, *, positive: bool = True) -> None:
+    """Raise ValueError unless value is finite, in range and (> 0 | >= 0)."""
+    if not value.is_finite() or abs(value) > MAX_MONEY:
+        raise ValueError(f"{name} must be a finite number below {MAX_MONEY}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}")
+
+
+class TradeSignal(Struct, frozen=True, kw_only=True, tag="signal", forbid_unknown_fields=True):
+    """A confirmed master fill, published once per master order."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    signal_id: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+    master_id: Id
+    exchange: Id  # the master's broker
+    symbol: Symbol  # canonical BASE/QUOTE
+    side: Side
+    price: Decimal  # average fill price
+    size: Decimal  # in size_type units, as the master ordered
+    size_type: SizeType
+    filled_base: Decimal  # base amount the master order filled
+    order_id: Id
+    master_equity: Decimal  # the guide's "master balance", before the trade
+    master_position_before: Decimal  # base held before the trade: sells scale by it
+    executed_at: Timestamp
+    signature: Annotated[str, Meta(max_length=200)] = ""
+
+    def __post_init__(self) -> None:
+        for name in ("price", "size", "filled_base", "master_equity"):
+            check_money(name, getattr(self, name))
+        check_money("master_position_before", self.master_position_before, positive=False)
+        if self.signal_id != signal_id_for(self.exchange, self.order_id):
+            raise ValueError("signal_id does not match exchange and order_id")
+
+
+class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown_fields=True):
+    """One follower's outcome for one signal: the audit record."""
+
+    signal_id: str
+    follower_id: str
+    exchange: str
+    outcome: Outcome
+    reason_code: str = "none"
+    reason: Text = ""
+    symbol: str = ""
+    side: Side | None = None
+    size: Decimal | None = None
+    size_type: SizeType | None = None
+    notional: Decimal | None = None
+    client_order_id: str | None = None
+    exchange_order_id: str | None = None
+    filled_base: Decimal | None = None
+    avg_price: Decimal | None = None
+    recovered: bool = False  # found at the exchange on redelivery, not placed again
+    signal_executed_at: float = 0.0
+    received_at: float = 0.0
+    order_sent_at: float | None = None
+    acked_at: float | None = None
+
+
+class SignalRejected(Struct, frozen=True, kw_only=True, tag="rejected"):
+    """Bytes on the signal subject that were not executed, and why."""
+
+    exchange: str
+    reason_code: str
+    reason: Text
+    size: int
+    excerpt: Text
+    at: float
+
+
+class DeadLetter(Struct, frozen=True, kw_only=True, tag="deadletter"):
+    """A signal given up on after its delivery attempts ran out."""
+
+    exchange: str
+    signal_id: str
+    deliveries: int
+    error: Text
+    at: float
+
+
+# ---- sizer request/reply -------------------------------------------------------------------
+
+
+class MarketRules(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a venue accepts for one symbol; parsed from vendor data at the adapter edge."""
+
+    symbol: str  # the venue's unified symbol
+    amount_step: Decimal  # base precision: sizes are truncated to a multiple of it
+    min_amount: Decimal = Decimal(0)
+    min_cost: Decimal = Decimal(0)
+    cost_step: Decimal = Decimal("0.01")
+    quote_orders: bool = True  # venue takes quote-sized market buys
+
+    def __post_init__(self) -> None:
+        check_money("amount_step", self.amount_step)
+        check_money("cost_step", self.cost_step)
+        check_money("min_amount", self.min_amount, positive=False)
+        check_money("min_cost", self.min_cost, positive=False)
+
+
+class SizingSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mode: SizingMode = "equity_ratio"
+    multiplier: Decimal | None = None
+    fixed_notional: Decimal | None = None
+    max_order_notional: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        needs = {"multiplier": self.multiplier, "fixed_notional": self.fixed_notional}
+        if self.mode in needs and needs[self.mode] is None:
+            raise ValueError(f"sizing mode {self.mode} needs `{self.mode}`")
+        for name in ("multiplier", "fixed_notional", "max_order_notional"):
+            value = getattr(self, name)
+            if value is not None:
+                check_money(name, value)
+
+
+class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A follower as the sizer needs it: account figures, venue rules, its sizing settings."""
+
+    follower_id: str
+    equity: Decimal
+    cash: Decimal  # spendable quote currency (buying power)
+    position: Decimal  # base held in the signal's symbol
+    rules: MarketRules | None  # None: the follower's venue does not list the symbol
+    sizing: SizingSpec = SizingSpec()
+
+    def __post_init__(self) -> None:
+        for name in ("equity", "cash", "position"):
+            check_money(name, getattr(self, name), positive=False)
+
+
+class SizeRequest(Struct, frozen=True, kw_only=True, tag="size_request", forbid_unknown_fields=True):
+    signal: TradeSignal
+    min_notional: Decimal
+    followers: list[FollowerSnapshot]
+
+
+class SizedOrder(Struct, frozen=True, kw_only=True, tag="order", forbid_unknown_fields=True):
+    follower_id: str
+    side: Side
+    size: Decimal
+    size_type: SizeType
+    notional: Decimal  # estimated quote value at the master's price
+    scale: Decimal  # follower size / master size (informational)
+
+
+class Skip(Struct, frozen=True, kw_only=True, tag="skip", forbid_unknown_fields=True):
+    follower_id: str
+    reason_code: str
+    reason: str
+
+
+Decision = SizedOrder | Skip
+
+
+class SizeReply(Struct, frozen=True, kw_only=True, tag="size_reply", forbid_unknown_fields=True):
+    decisions: list[Decision]
+
+
+# ---- master trade request/reply ------------------------------------------------------------
+
+
+class TradeRequest(Struct, frozen=True, kw_only=True, tag="trade", forbid_unknown_fields=True):
+    """Ask the master service to trade on the master account."""
+
+    symbol: Symbol
+    side: Side
+    size: Decimal
+    size_type: SizeType
+
+    def __post_init__(self) -> None:
+        check_money("size", self.size)
+
+
+class TradeReply(Struct, frozen=True, kw_only=True, tag="trade_reply"):
+    ok: bool
+    signal_id: str = ""
+    order_id: str = ""
+    error: str = ""
+    signal: TradeSignal | None = None
+
+
+class Claim(Struct, frozen=True, kw_only=True):
+    """KV record that a (signal, follower) order is being or has been placed."""
+
+    owner: str
+    at: float
+    order: SizedOrder
+    client_order_id: str
+    done: CopyResult | None = None
+
+
+AuditRecord = CopyResult | SignalRejected | DeadLetter
+

@@ -1,0 +1,64 @@
+"""What every service process does the same way: settings, logging, NATS, health, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from shared import bus
+from shared.config import Settings
+from shared.observability import HealthServer, RedactSecrets, setup_logging
+
+log = logging.getLogger("copytrade.runtime")
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    registry: CollectorRegistry
+    health: HealthServer
+    nc: Client
+    js: JetStreamContext
+    redactor: RedactSecrets
+    stopping: asyncio.Event
+
+    @property
+    def instance(self) -> str:
+        return self.settings.instance or socket.gethostname()
+
+    async def wait_stopped(self) -> None:
+        await self.stopping.wait()
+
+
+@contextlib.asynccontextmanager
+async def service_runtime(name: str, settings: Settings) -> AsyncIterator[Runtime]:
+    """Set up a service process; SIGTERM/SIGINT set `runtime.stopping`."""
+    redactor = setup_logging(settings.log_level)
+    registry = CollectorRegistry()
+    health = HealthServer(registry, settings.http_port)
+    await health.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    nc = await bus.connect(settings, name)
+    health.add_check("nats", lambda: nc.is_connected)
+    runtime = Runtime(name, settings, registry, health, nc, nc.jetstream(), redactor, stopping)
+    log.info("event=service_started service=%s http_port=%d", name, health.port)
+    try:
+        yield runtime
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await health.stop()
+        log.info("event=service_stopped service=%s", name)

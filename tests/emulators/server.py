@@ -1,0 +1,42 @@
+"""A loopback aiohttp server that hosts one venue emulator on a free port."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tests.emulators.state import VenueState
+
+
+class EmulatorServer:
+    """Base for venue emulators: subclasses add their routes in `routes()`."""
+
+    def __init__(self, state: VenueState | None = None) -> None:
+        self.state = state or VenueState()
+        self.app = web.Application()
+        self.routes(self.app.router)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> EmulatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
