@@ -1,0 +1,227 @@
+"""Runs the real services against a real nats-server for tests: in-process by default,
+as subprocesses where a test must kill one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import yaml
+from nats.aio.client import Client
+from nats.micro.service import Service
+from prometheus_client import CollectorRegistry, generate_latest
+
+from services.copier.followers import FollowerBook
+from services.copier.metrics import CopierMetrics
+from services.copier.service import Copier
+from services.master.service import MasterMetrics, MasterService
+from services.paper.__main__ import serve_venue
+from services.sizer.service import Sizer, SizerMetrics
+from shared import bus
+from shared.config import CopytradeConfig, SecretSource, Settings, load_settings, parse_config
+from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVenue, SetPrice
+from shared.exchange.paper import nats_transport as paper_transport
+from shared.messages import AuditRecord, CopyResult, TradeRequest
+from tests.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0,
+    interval: float = 0.02,
+) -> None:
+    """Poll until condition() is true; fail after `timeout` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def make_config(
+    followers: list[dict[str, Any]], master: dict[str, Any] | None = None, **extra: Any
+) -> CopytradeConfig:
+    data = {"master": master or {"id": "master", "exchange": "paper"},
+            "followers": followers, **extra}
+    return parse_config(yaml.safe_dump(data))
+
+
+def paper_followers(equities: dict[str, int | str], **settings: Any) -> list[dict[str, Any]]:
+    return [{"id": fid, "exchange": "paper", **settings} for fid in equities]
+
+
+@dataclass
+class CopierHandle:
+    copier: Copier
+    task: asyncio.Task[None]
+    registry: CollectorRegistry
+    nc: Client
+    book: FollowerBook
+
+    async def stop(self) -> None:
+        self.copier.stop()
+        await self.task
+        await self.nc.close()
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class System:
+    """nats-server + paper exchange + sizer, with copiers and a master added per test."""
+
+    def __init__(self, server: NatsServer, tmp_path: Path) -> None:
+        self.server = server
+        self.tmp_path = tmp_path
+        self.venue = PaperVenue()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._services: list[Service] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def settings(self, **overrides: Any) -> Settings:
+        base: dict[str, Any] = {"nats_url": self.server.url, "http_port": 0, "ack_wait_s": 5.0,
+                                "order_timeout_s": 2.0, "snapshot_ttl_s": 0.0}
+        base.update(overrides)
+        return load_settings({}, **base)
+
+    async def connect(self) -> Client:
+        nc = await nats.connect(self.server.url, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.2)
+        self._closers.append(nc.close)
+        return nc
+
+    async def __aenter__(self) -> System:
+        self.nc = await self.connect()
+        self.js = self.nc.jetstream()
+        self.claims = await bus.ensure_streams(self.js)
+        self.paper = paper_transport(self.nc)
+        self._services.append(await serve_venue(await self.connect(), self.venue))
+        self.sizer_registry = CollectorRegistry()
+        self._services.append(await Sizer(SizerMetrics(self.sizer_registry)).start(
+            await self.connect()))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # best effort clean-up
+                pass
+
+    # ---- paper exchange ------------------------------------------------------------------------
+
+    async def fund(self, account: str, cash: int | str | Decimal,
+                   holdings: dict[str, Decimal] | None = None) -> None:
+        await self.paper(Fund(account, Decimal(cash), holdings or {}))
+
+    async def fund_all(self, equities: dict[str, int | str]) -> None:
+        for account, cash in equities.items():
+            await self.fund(account, cash)
+
+    async def fault(self, account: str, kind: str) -> None:
+        await self.paper(InjectFault(account, kind))  # type: ignore[arg-type]
+
+    async def set_price(self, symbol: str, price: str) -> None:
+        await self.paper(SetPrice(symbol, Decimal(price)))
+
+    async def orders(self, account: str) -> list[PaperOrder]:
+        reply = await self.paper(Orders(account))
+        return list(getattr(reply, "orders", []))
+
+    # ---- services ----------------------------------------------------------------------------
+
+    async def start_copier(
+        self, config: CopytradeConfig, exchange: str = "paper", instance: str = "copier-1",
+        **settings: Any,
+    ) -> CopierHandle:
+        s = self.settings(group=exchange, instance=instance, **settings)
+        nc = await self.connect()
+        js = nc.jetstream()
+        registry = CollectorRegistry()
+        metrics = CopierMetrics(registry, exchange)
+        ctx = AdapterContext(paper_transport=paper_transport(nc))
+        ctx.shared.update(settings.pop("shared", {}))
+        book = FollowerBook(exchange, SecretSource(None, {}), ctx)
+        book.apply(config)
+        metrics.set_followers(book.state_counts())
+        await bus.ensure_consumer(js, exchange, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
+        copier = Copier(nc=nc, js=js, claims=await js.key_value(bus.CLAIMS_BUCKET), book=book,
+                        metrics=metrics, settings=s, instance=instance)
+        handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book)
+        self._closers.insert(0, handle.stop)
+        return handle
+
+    async def start_master(self, config: CopytradeConfig) -> MasterService:
+        nc = await self.connect()
+        account = build_account(config.master, None, AdapterContext(paper_transport(nc)))
+        self.master_registry = CollectorRegistry()
+        master = MasterService(js=nc.jetstream(), account=account, config=config.master,
+                               metrics=MasterMetrics(self.master_registry, config.master.id))
+        self._services.append(await master.start(nc))
+        return master
+
+    def spawn_copier(self, config_path: Path, exchange: str = "paper", instance: str = "proc",
+                     **env: str) -> subprocess.Popen[bytes]:
+        environ = {**os.environ, "COPYTRADE_NATS_URL": self.server.url,
+                   "COPYTRADE_CONFIG": str(config_path), "COPYTRADE_GROUP": exchange,
+                   "COPYTRADE_INSTANCE": instance, "COPYTRADE_HTTP_PORT": "0",
+                   "COPYTRADE_SECRETS_DIR": str(self.tmp_path / "no-secrets"),
+                   "COPYTRADE_ACK_WAIT_S": "2", "COPYTRADE_ORDER_TIMEOUT_S": "1",
+                   "COPYTRADE_SNAPSHOT_TTL_S": "0", **env}
+        log = (self.tmp_path / f"{instance}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "services.copier"], cwd=ROOT, env=environ,
+                                stdout=log, stderr=log)
+        self.processes.append(proc)
+        return proc
+
+    # ---- the audit trail ---------------------------------------------------------------------
+
+    async def audit(self) -> list[AuditRecord]:
+        info = await self.js.stream_info(bus.RESULTS_STREAM)
+        decoder = msgspec.json.Decoder(AuditRecord)
+        records: list[AuditRecord] = []
+        if info.state.messages == 0:
+            return records
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await self.js.get_msg(bus.RESULTS_STREAM, seq)
+            records.append(decoder.decode(msg.data))
+        return records
+
+    async def results(self, signal_id: str | None = None) -> dict[str, CopyResult]:
+        """The recorded outcome per follower (for one signal, if given)."""
+        return {r.follower_id: r for r in await self.audit()
+                if isinstance(r, CopyResult) and signal_id in (None, r.signal_id)}
+
+    async def wait_results(self, signal_id: str, count: int, timeout: float = 15.0) -> dict[str, CopyResult]:
+        async def complete() -> bool:
+            return len(await self.results(signal_id)) >= count
+        await eventually(complete, timeout)
+        return await self.results(signal_id)
+
+
+def trade(symbol: str = "BTC/USD", side: str = "buy", quote: str | None = None,
+          base: str | None = None) -> TradeRequest:
+    size_type, size = ("quote", quote) if quote is not None else ("base", base)
+    return TradeRequest(symbol=symbol, side=side, size=Decimal(size or "0"),  # type: ignore[arg-type]
+                        size_type=size_type)  # type: ignore[arg-type]
