@@ -38,6 +38,7 @@ class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    group: Id | None = None  # copier group; defaults to the exchange name
     enabled: bool = True
     sizing: SizingSpec = SizingSpec()
     symbols: dict[Symbol, Symbol] = {}  # master symbol -> this follower's venue symbol
@@ -62,8 +63,8 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         if duplicates:
             raise ValueError(f"follower ids must be unique, repeated: {', '.join(duplicates)}")
 
-    def followers_of(self, exchange: str) -> list[FollowerConfig]:
-        return [f for f in self.followers if f.exchange == exchange]
+    def followers_of(self, group: str) -> list[FollowerConfig]:
+        return [f for f in self.followers if (f.group or f.exchange) == group]
 
 
 def parse_config(text: str, source: str = "config") -> CopytradeConfig:

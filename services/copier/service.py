@@ -154,6 +154,13 @@ class Copier:
         self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
         redelivered: bool,
     ) -> None:
+        async with self._limit:  # claim only when about to place: a crash strands few claims
+            await self._copy_one_now(signal, follower, decision, received_at, redelivered)
+
+    async def _copy_one_now(
+        self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
+        redelivered: bool,
+    ) -> None:
         key = f"{signal.signal_id}.{follower.id}"
         if redelivered:
             entry = await self._get_claim(key)
@@ -185,21 +192,18 @@ class Copier:
             reference_price=signal.price)
         sent_at = time.time()
         self._metrics.internal_latency.observe(sent_at - received_at)
+        self._metrics.in_flight.inc()
         try:
-            async with self._limit:
-                self._metrics.in_flight.inc()
-                try:
-                    ack = await place_idempotently(follower.account, command,
-                                                   timeout_s=self._settings.order_timeout_s)
-                finally:
-                    self._metrics.in_flight.dec()
-        except ExchangeError as exc:
-            result = self._failed(signal, follower, order, claim.client_order_id, exc,
-                                  received_at, sent_at)
-        else:
+            ack = await place_idempotently(follower.account, command,
+                                           timeout_s=self._settings.order_timeout_s)
             follower.apply_fill(command.symbol, order.side, ack)
             self._metrics.copy_latency.observe(time.time() - signal.executed_at)
             result = self._placed(signal, follower, order, ack, received_at, sent_at, recovered)
+        except ExchangeError as exc:
+            result = self._failed(signal, follower, order, claim.client_order_id, exc,
+                                  received_at, sent_at)
+        finally:
+            self._metrics.in_flight.dec()
         await self._record(follower, result)
         done = msgspec.structs.replace(claim, done=result)
         await self._claims.update(key, self._encoder.encode(done), last=revision)
