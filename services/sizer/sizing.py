@@ -8,7 +8,9 @@ rounded up, and never exceed what the follower can afford or holds.
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
 
 from shared.messages import Decision, FollowerSnapshot, MarketRules, SizedOrder, Skip, TradeSignal
 
@@ -35,14 +37,14 @@ def _master_notional(signal: TradeSignal) -> Decimal:
     return signal.size if signal.size_type == "quote" else signal.size * signal.price
 
 
-def _scale(signal: TradeSignal, follower: FollowerSnapshot) -> Decimal:
-    """Follower size / master size before caps, by sizing mode."""
+def _scale(signal: TradeSignal, follower: FollowerSnapshot) -> Fraction:
+    """Follower size / master size before caps, by sizing mode (exact: no rounding yet)."""
     spec = follower.sizing
     if spec.mode == "multiplier" and spec.multiplier is not None:
-        return spec.multiplier
+        return Fraction(spec.multiplier)
     if spec.mode == "fixed_notional" and spec.fixed_notional is not None:
-        return spec.fixed_notional / _master_notional(signal)
-    return follower.equity / signal.master_equity
+        return Fraction(spec.fixed_notional) / Fraction(_master_notional(signal))
+    return Fraction(follower.equity) / Fraction(signal.master_equity)
 
 
 def _size_entry(
@@ -50,10 +52,10 @@ def _size_entry(
 ) -> Decision:
     scale = _scale(signal, follower)
     cap = follower.sizing.max_order_notional
-    if cap is not None and _master_notional(signal) * scale > cap:
-        scale = cap / _master_notional(signal)
+    if cap is not None and Fraction(_master_notional(signal)) * scale > cap:
+        scale = Fraction(cap) / Fraction(_master_notional(signal))
     if signal.size_type == "quote" and rules.quote_orders:
-        size = _truncate(signal.size * scale, rules.cost_step)
+        size = _truncate(Fraction(signal.size) * scale, rules.cost_step)
         base, notional = size / signal.price, size
     else:
         base = _truncate(_base_size(signal) * scale, rules.amount_step)
@@ -64,7 +66,7 @@ def _size_entry(
     if problem is not None:
         return _skip(follower, *problem)
     return SizedOrder(follower_id=follower.follower_id, side="buy", size=size,
-                      size_type=size_type, notional=notional, scale=scale)
+                      size_type=size_type, notional=notional, scale=_decimal(scale))
 
 
 def _size_exit(
@@ -75,20 +77,20 @@ def _size_exit(
     if signal.master_position_before <= ZERO:
         return _skip(follower, "no_position",
                      "Master held no position before this sell: short sales are not copied")
-    fraction = min(Decimal(1), signal.filled_base / signal.master_position_before)
-    base = _truncate(follower.position * fraction, rules.amount_step)
-    if fraction == 1:  # a full master exit closes the follower's whole position
-        base = _truncate(follower.position, rules.amount_step)
+    fraction = min(Fraction(1), Fraction(signal.filled_base) / Fraction(signal.master_position_before))
+    # fraction 1 (a full master exit) closes the follower's whole position
+    base = _truncate(Fraction(follower.position) * fraction, rules.amount_step)
     notional = base * signal.price
     problem = _check_minimums(notional, base, rules, min_notional)
     if problem is not None:
         return _skip(follower, *problem)
     return SizedOrder(follower_id=follower.follower_id, side="sell", size=base, size_type="base",
-                      notional=notional, scale=fraction)
+                      notional=notional, scale=_decimal(fraction))
 
 
-def _base_size(signal: TradeSignal) -> Decimal:
-    return signal.size if signal.size_type == "base" else signal.size / signal.price
+def _base_size(signal: TradeSignal) -> Fraction:
+    size = Fraction(signal.size)
+    return size if signal.size_type == "base" else size / Fraction(signal.price)
 
 
 def _check_minimums(
@@ -113,9 +115,13 @@ def _check_affordable(notional: Decimal, cash: Decimal) -> tuple[str, str] | Non
     return None
 
 
-def _truncate(value: Decimal, step: Decimal) -> Decimal:
+def _truncate(value: Fraction, step: Decimal) -> Decimal:
     """Round down to a multiple of step (never up: an order may not exceed its budget)."""
-    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+    return math.floor(value / Fraction(step)) * step
+
+
+def _decimal(value: Fraction) -> Decimal:
+    return Decimal(value.numerator) / Decimal(value.denominator)
 
 
 def _money(value: Decimal) -> str:
