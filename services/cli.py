@@ -11,7 +11,7 @@ import msgspec
 
 from shared.config import SecretSource, check_credentials, load_config, load_settings
 from shared.errors import ConfigError
-from shared.messages import TradeReply, TradeRequest
+from shared.messages import SizeType, TradeReply, TradeRequest
 
 
 def _decimal(text: str) -> Decimal:
@@ -34,13 +34,14 @@ async def _trade(args: argparse.Namespace) -> int:
     import nats
 
     settings = load_settings()
-    size_type, size = ("quote", args.quote) if args.quote is not None else ("base", args.base)
+    size_type: SizeType = "quote" if args.quote is not None else "base"
+    size = args.quote if args.quote is not None else args.base
     request = TradeRequest(symbol=args.symbol, side=args.side, size=size, size_type=size_type)
     nc = await nats.connect(settings.nats_url, user=settings.nats_user,
                             password=settings.nats_password)
     try:
         msg = await nc.request("copytrade.master.trade",
-                               msgspec.json.encode(request, decimal_format="string"), timeout=30)
+                               msgspec.json.Encoder(decimal_format="string").encode(request), timeout=30)
     finally:
         await nc.close()
     reply = msgspec.json.decode(msg.data, type=TradeReply)

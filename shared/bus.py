@@ -114,7 +114,7 @@ async def retry_forever(
     while True:
         try:
             return await action()
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             attempt += 1
             log.warning("event=retry what=%s attempt=%d error=%s", what, attempt,
                         type(exc).__name__)

@@ -10,10 +10,9 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_MONEY = Decimal("1e13")  # far above any real account; bounds hostile numbers
 
 Side = Literal["buy", "sell"]

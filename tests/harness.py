@@ -4,6 +4,7 @@ as subprocesses where a test must kill one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -124,10 +125,8 @@ class System:
                 proc.kill()
                 proc.wait()
         for closer in reversed(self._closers):
-            try:
+            with contextlib.suppress(Exception):  # best effort clean-up
                 await closer()
-            except Exception:  # best effort clean-up
-                pass
 
     # ---- paper exchange ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from shared.messages import (
     CopyResult,
     DeadLetter,
     Decision,
+    FollowerSnapshot,
     SignalRejected,
     SizedOrder,
     SizeReply,
@@ -138,7 +139,7 @@ class Copier:
             decisions.update({d.follower_id: d for d in self._reply_decoder.decode(reply.data).decisions})
         return decisions
 
-    async def _snapshot(self, signal: TradeSignal, follower: Follower) -> object:
+    async def _snapshot(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot | Skip:
         """The follower's figures, or a skip when its venue cannot be read (isolated)."""
         try:
             async with self._limit:

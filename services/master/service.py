@@ -13,7 +13,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from nats.micro import add_service
-from nats.micro.service import Request, Service
+from nats.micro.request import Request
+from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, Counter
 
 from shared import bus

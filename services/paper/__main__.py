@@ -8,7 +8,8 @@ import logging
 import msgspec
 from nats.aio.client import Client
 from nats.micro import add_service
-from nats.micro.service import Request, Service
+from nats.micro.request import Request
+from nats.micro.service import Service
 
 from shared.config import Settings, load_settings
 from shared.exchange.paper import Call, PaperVenue

@@ -8,7 +8,8 @@ import time
 import msgspec
 from nats.aio.client import Client
 from nats.micro import add_service
-from nats.micro.service import Request, Service
+from nats.micro.request import Request
+from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.sizer.sizing import size_all

@@ -12,7 +12,15 @@ import math
 from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 
-from shared.messages import Decision, FollowerSnapshot, MarketRules, SizedOrder, Skip, TradeSignal
+from shared.messages import (
+    Decision,
+    FollowerSnapshot,
+    MarketRules,
+    SizedOrder,
+    SizeType,
+    Skip,
+    TradeSignal,
+)
 
 ZERO = Decimal(0)
 
@@ -60,7 +68,7 @@ def _size_entry(
     else:
         base = _truncate(_base_size(signal) * scale, rules.amount_step)
         size, notional = base, base * signal.price
-    size_type = "quote" if signal.size_type == "quote" and rules.quote_orders else "base"
+    size_type: SizeType = "quote" if signal.size_type == "quote" and rules.quote_orders else "base"
     problem = _check_minimums(notional, base, rules, min_notional) or _check_affordable(
         notional, follower.cash)
     if problem is not None:

@@ -277,7 +277,8 @@ def nats_transport(nc: object, timeout_s: float = 10.0) -> Transport:
             msg = await nc.request(PAPER_SUBJECT, _call_encoder.encode(request), timeout=timeout_s)
         except (NatsTimeout, NoRespondersError) as exc:
             raise TemporaryError(f"paper exchange unreachable: {type(exc).__name__}") from None
-        return _reply_decoder.decode(msg.data)
+        reply: Reply = _reply_decoder.decode(msg.data)
+        return reply
 
     return call
 

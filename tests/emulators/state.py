@@ -129,7 +129,7 @@ class VenueState:
             raise ValueError("min_not_met")
         base_bal = account.balances.get(market.base, Decimal(0))
         quote_bal = account.balances.get(market.quote, Decimal(0))
-        if side == "buy" and cost > quote_bal or side == "sell" and amount > base_bal:
+        if (side == "buy" and cost > quote_bal) or (side == "sell" and amount > base_bal):
             raise ValueError("insufficient_funds")
         sign = 1 if side == "buy" else -1
         account.balances[market.base] = base_bal + sign * amount
