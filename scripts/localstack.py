@@ -77,9 +77,9 @@ class LocalStack:
 
 
 def _ready(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
+    with contextlib.suppress(OSError), urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+        return bool(response.status == 200)
     return False
 
 
