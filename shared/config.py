@@ -99,6 +99,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     group: str = "paper"  # copier: the follower exchange group served
     instance: str = ""  # replica name in claims and logs; defaults to the host name
     paper_venue: Literal["nats", "embedded"] = "nats"
+    paper_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # paper exchange: simulated latency
+    paper_seed_cash: Decimal | None = None  # paper exchange: open unknown accounts with this cash
     concurrency: Annotated[int, Meta(ge=1, le=100_000)] = 256
     ack_wait_s: Annotated[float, Meta(gt=0)] = 30.0
     max_deliver: Annotated[int, Meta(ge=1)] = 10

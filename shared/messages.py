@@ -228,7 +228,6 @@ class Claim(Struct, frozen=True, kw_only=True):
     at: float
     order: SizedOrder
     client_order_id: str
-    done: CopyResult | None = None
 
 
 AuditRecord = CopyResult | SignalRejected | DeadLetter

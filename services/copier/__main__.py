@@ -12,14 +12,16 @@ from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
 from shared.exchange.factory import AdapterContext
 from shared.exchange.paper import PaperVenue, nats_transport
-from shared.runtime import service_runtime
+from shared.runtime import run_main, service_runtime
 
 log = logging.getLogger("copytrade.copier")
 
 
 def adapter_context(settings: Settings, nc: object) -> AdapterContext:
     if settings.paper_venue == "embedded":
-        return AdapterContext(paper_transport=PaperVenue().handle)
+        venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
+                           seed_cash=settings.paper_seed_cash)
+        return AdapterContext(paper_transport=venue.handle)
     return AdapterContext(paper_transport=nats_transport(nc))
 
 
@@ -38,8 +40,8 @@ async def run(settings: Settings) -> None:
                                   max_deliver=settings.max_deliver)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance)
-        rt.health.add_check("consumer", lambda: True)
         worker = asyncio.create_task(copier.run())
+        rt.mark_started()
         await rt.wait_stopped()
         copier.stop()  # finish the signal in hand, fetch no more
         await worker
@@ -48,7 +50,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(load_settings()))
+    run_main(run(load_settings()))
 
 
 if __name__ == "__main__":

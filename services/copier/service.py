@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 
 import msgspec
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.copier.followers import Follower, FollowerBook
@@ -50,6 +52,19 @@ class ClaimBusy(Exception):
     """Another live attempt may be placing this follower's order: retry the signal later."""
 
 
+class _Recording:
+    """One signal's outcome records in flight to the results stream, and their tally."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[PubAck]] = []
+        self.tally: Counter[str] = Counter()
+
+    async def stored(self, timeout_s: float) -> None:
+        """Wait until the results stream has stored every record (raise if one failed)."""
+        if self.acks:
+            await asyncio.wait_for(asyncio.gather(*self.acks), timeout_s)
+
+
 class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
@@ -61,6 +76,7 @@ class Copier:
         self._decoder = msgspec.json.Decoder(TradeSignal)
         self._claim_decoder = msgspec.json.Decoder(Claim)
         self._reply_decoder = msgspec.json.Decoder(SizeReply)
+        self._result_decoder = msgspec.json.Decoder(CopyResult)
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._stopping = asyncio.Event()
@@ -114,12 +130,17 @@ class Copier:
                  "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
                  redelivered)
         decisions = await self._size(signal, followers)
+        recording = _Recording()
         results = await asyncio.gather(*(
-            self._copy_one(signal, f, decisions[f.id], received_at, redelivered)
+            self._copy_one(signal, f, decisions[f.id], received_at, redelivered, recording)
             for f in followers), return_exceptions=True)
+        await recording.stored(timeout_s=30)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]
+        log.info("event=signal_copied signal_id=%s followers=%d %s seconds=%.3f", signal.signal_id,
+                 len(followers), " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
+                 time.time() - received_at)
 
     # ---- sizing --------------------------------------------------------------------------------
 
@@ -153,38 +174,40 @@ class Copier:
 
     async def _copy_one(
         self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
-        redelivered: bool,
+        redelivered: bool, recording: _Recording,
     ) -> None:
         async with self._limit:  # claim only when about to place: a crash strands few claims
-            await self._copy_one_now(signal, follower, decision, received_at, redelivered)
+            await self._copy_one_now(signal, follower, decision, received_at, redelivered,
+                                     recording)
 
     async def _copy_one_now(
         self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
-        redelivered: bool,
+        redelivered: bool, recording: _Recording,
     ) -> None:
         key = f"{signal.signal_id}.{follower.id}"
         if redelivered:
             entry = await self._get_claim(key)
             if entry is not None:
-                await self._recover(signal, follower, key, entry, received_at)
+                await self._recover(signal, follower, key, entry, received_at, recording)
                 return
         if isinstance(decision, Skip):
-            await self._record(follower, self._skipped(signal, follower, decision, received_at))
+            await self._record(follower, self._skipped(signal, follower, decision, received_at),
+                               recording)
             return
         cid = client_order_id_for(signal.signal_id, follower.id)
         claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
         try:
-            revision = await self._claims.create(key, self._encoder.encode(claim))
+            await self._claims.create(key, self._encoder.encode(claim))
         except KeyWrongLastSequenceError:
             entry = await self._get_claim(key)
             assert entry is not None
-            await self._recover(signal, follower, key, entry, received_at)
+            await self._recover(signal, follower, key, entry, received_at, recording)
             return
-        await self._execute(signal, follower, key, claim, revision, received_at)
+        await self._execute(signal, follower, claim, received_at, recording)
 
     async def _execute(
-        self, signal: TradeSignal, follower: Follower, key: str, claim: Claim, revision: int,
-        received_at: float, *, recovered: bool = False,
+        self, signal: TradeSignal, follower: Follower, claim: Claim, received_at: float,
+        recording: _Recording, *, recovered: bool = False,
     ) -> None:
         order = claim.order
         command = OrderCommand(
@@ -205,34 +228,39 @@ class Copier:
                                   received_at, sent_at)
         finally:
             self._metrics.in_flight.dec()
-        await self._record(follower, result)
-        done = msgspec.structs.replace(claim, done=result)
-        await self._claims.update(key, self._encoder.encode(done), last=revision)
+        await self._record(follower, result, recording)
 
     async def _recover(
         self, signal: TradeSignal, follower: Follower, key: str, entry: tuple[Claim, int],
-        received_at: float,
+        received_at: float, recording: _Recording,
     ) -> None:
-        """A claim exists: republish its outcome, or find its order, or take a stale claim over."""
+        """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
         claim, revision = entry
-        if claim.done is not None:
-            await self._record(follower, claim.done, count=False)
+        if await self._recorded(follower, signal.signal_id):
+            recording.tally["already_recorded"] += 1
             return
         symbol = follower.venue_symbol(signal.symbol)
         found = await follower.account.find_order(claim.client_order_id, symbol)
         if found is not None:
             result = self._placed(signal, follower, claim.order, found, received_at, None, True)
-            await self._record(follower, result)
-            done = msgspec.structs.replace(claim, done=result)
-            await self._claims.update(key, self._encoder.encode(done), last=revision)
+            await self._record(follower, result, recording)
             return
         if time.time() - claim.at < self._settings.order_timeout_s * 2:
             raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
         taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
-        revision = await self._claims.update(key, self._encoder.encode(taken), last=revision)
+        await self._claims.update(key, self._encoder.encode(taken), last=revision)
         log.info("event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
                  signal.signal_id, follower.id, claim.client_order_id)
-        await self._execute(signal, follower, key, taken, revision, received_at, recovered=True)
+        await self._execute(signal, follower, taken, received_at, recording, recovered=True)
+
+    async def _recorded(self, follower: Follower, signal_id: str) -> bool:
+        """Whether this follower's latest recorded outcome is for this signal."""
+        try:
+            msg = await self._js.get_last_msg(bus.RESULTS_STREAM,
+                                              bus.result_subject(self._exchange, follower.id))
+        except NotFoundError:
+            return False
+        return msg.data is not None and self._result_decoder.decode(msg.data).signal_id == signal_id
 
     async def _get_claim(self, key: str) -> tuple[Claim, int] | None:
         try:
@@ -244,16 +272,18 @@ class Copier:
 
     # ---- recording -------------------------------------------------------------------------------
 
-    async def _record(self, follower: Follower, result: CopyResult, *, count: bool = True) -> None:
-        """Publish the outcome to the results stream (deduplicated), then count and log it."""
-        await self._js.publish(
+    async def _record(self, follower: Follower, result: CopyResult, recording: _Recording) -> None:
+        """Send the outcome to the results stream (deduplicated); `recording.stored` awaits it."""
+        ack = await self._js.publish_async(
             bus.result_subject(self._exchange, follower.id), self._encoder.encode(result),
             headers={"Nats-Msg-Id": f"{result.signal_id}:{result.follower_id}"})
-        if count:
-            self._metrics.outcome(follower.id, result.outcome, result.reason_code)
-        log.info("event=copy_%s signal_id=%s follower=%s client_order_id=%s reason=%r",
-                 result.outcome, result.signal_id, follower.id, result.client_order_id,
-                 result.reason)
+        recording.acks.append(ack)
+        recording.tally[result.outcome] += 1
+        self._metrics.outcome(follower.id, result.outcome, result.reason_code)
+        level = logging.DEBUG if result.outcome in ("filled", "submitted") else logging.INFO
+        log.log(level, "event=copy_%s signal_id=%s follower=%s client_order_id=%s reason=%r",
+                result.outcome, result.signal_id, follower.id, result.client_order_id,
+                result.reason)
 
     async def _reject(self, data: bytes, reason_code: str, reason: str) -> None:
         self._metrics.signals_rejected.labels(self._exchange, reason_code).inc()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.master.service import MasterMetrics, MasterService
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.paper import nats_transport
-from shared.runtime import service_runtime
+from shared.runtime import run_main, service_runtime
 
 
 async def run(settings: Settings) -> None:
@@ -24,13 +22,14 @@ async def run(settings: Settings) -> None:
                                metrics=MasterMetrics(rt.registry, config.master.id),
                                order_timeout_s=settings.order_timeout_s)
         service = await master.start(rt.nc)
+        rt.mark_started()
         await rt.wait_stopped()
         await service.stop()
         await account.close()
 
 
 def main() -> None:
-    asyncio.run(run(load_settings()))
+    run_main(run(load_settings()))
 
 
 if __name__ == "__main__":

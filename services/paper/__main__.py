@@ -13,7 +13,7 @@ from nats.micro.service import Service
 
 from shared.config import Settings, load_settings
 from shared.exchange.paper import Call, PaperVenue
-from shared.runtime import service_runtime
+from shared.runtime import run_main, service_runtime
 
 log = logging.getLogger("copytrade.paper")
 
@@ -45,15 +45,17 @@ async def serve_venue(nc: Client, venue: PaperVenue) -> Service:
     return service
 
 
-async def run(settings: Settings, latency_s: float = 0.0) -> None:
+async def run(settings: Settings) -> None:
     async with service_runtime("paper-exchange", settings) as rt:
-        service = await serve_venue(rt.nc, PaperVenue(latency_s=latency_s))
+        service = await serve_venue(rt.nc, PaperVenue(
+            latency_s=settings.paper_latency_ms / 1000, seed_cash=settings.paper_seed_cash))
+        rt.mark_started()
         await rt.wait_stopped()
         await service.stop()
 
 
-def main(latency_s: float = 0.0) -> None:
-    asyncio.run(run(load_settings(), latency_s))
+def main() -> None:
+    run_main(run(load_settings()))
 
 
 if __name__ == "__main__":

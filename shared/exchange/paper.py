@@ -158,7 +158,10 @@ class _Account:
 class PaperVenue:
     """In-memory simulated exchange. Orders are unique per (account, client order id)."""
 
-    def __init__(self, latency_s: float = 0.0, timeout_hold_s: float = 30.0) -> None:
+    def __init__(
+        self, latency_s: float = 0.0, timeout_hold_s: float = 30.0, seed_cash: Decimal | None = None
+    ) -> None:
+        self.seed_cash = seed_cash
         self.rules = dict(DEFAULT_RULES)
         self.prices = dict(DEFAULT_PRICES)
         self.latency_s = latency_s
@@ -178,6 +181,8 @@ class PaperVenue:
 
     def _account(self, name: str) -> _Account:
         account = self._accounts.get(name)
+        if account is None and self.seed_cash is not None:
+            account = self._accounts[name] = _Account(cash=self.seed_cash, holdings={})
         if account is None:
             raise PaperRefusal("auth_error", f"unknown paper account {name!r}")
         return account

@@ -1,0 +1,184 @@
+"""`make bench`: latency, throughput and memory of the copy pipeline, measured on this machine.
+
+Every figure comes from real processes: nats-server, the paper exchange (simulated latency), the
+sizer and a copier replica. Signals are published straight to JetStream with executed_at = now,
+so "fill → last ack" is the time from the master's fill to the last follower order acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import nats
+import yaml
+from nats.aio.client import Client
+
+from scripts.localstack import ROOT, LocalStack, local_stack
+from shared import bus
+from shared.messages import CopyResult, TradeSignal, signal_id_for
+
+ENCODER = msgspec.json.Encoder(decimal_format="string")
+RESULT = msgspec.json.Decoder(CopyResult)
+
+
+def signal(quote: str = "100") -> TradeSignal:
+    order_id = uuid.uuid4().hex
+    return TradeSignal(
+        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
+        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
+        size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
+        master_equity=Decimal(10_000), master_position_before=Decimal(0), executed_at=time.time())
+
+
+class Run:
+    """One copier configuration with N paper followers, processes started fresh."""
+
+    def __init__(self, name: str, followers: int, latency_ms: float, concurrency: int) -> None:
+        self.name, self.followers = name, followers
+        self.latency_ms, self.concurrency = latency_ms, concurrency
+        self.workdir = ROOT / ".bench" / name
+
+    async def __aenter__(self) -> Run:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        config = self.workdir / "copytrade.yaml"
+        config.write_text(yaml.safe_dump({
+            "master": {"id": "master", "exchange": "paper"},
+            "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(self.followers)]}))
+        self._ctx = local_stack(self.workdir, config)
+        self.stack: LocalStack = self._ctx.__enter__()
+        self.stack.start_nats()
+        self.stack.start("sizer", "sizer")
+        # the paper exchange embedded in the copier (the default for benchmarks and dry runs)
+        self.stack.start("copier", "copier", COPYTRADE_CONCURRENCY=str(self.concurrency),
+                         COPYTRADE_PAPER_VENUE="embedded", COPYTRADE_PAPER_SEED_CASH="1000000",
+                         COPYTRADE_PAPER_LATENCY_MS=str(self.latency_ms),
+                         COPYTRADE_SNAPSHOT_TTL_S="3600", COPYTRADE_ACK_WAIT_S="60")
+        self.stack.wait_ready(60)
+        assert self.stack.nats is not None
+        self.nc: Client = await nats.connect(self.stack.nats.url)
+        self.results: dict[str, list[CopyResult]] = {}
+        await self.nc.jetstream().subscribe("copytrade.results.>", cb=self._on_result,
+                                            ordered_consumer=True)
+        return self
+
+    async def _on_result(self, msg: object) -> None:
+        result = RESULT.decode(msg.data)  # type: ignore[attr-defined]
+        self.results.setdefault(result.signal_id, []).append(result)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+        self._ctx.__exit__(None, None, None)
+
+    async def copy(self, quote: str = "100", timeout_s: float = 300) -> list[CopyResult]:
+        """Publish one signal; return every follower's result once all are in."""
+        sig = signal(quote)
+        await self.nc.jetstream().publish(bus.signal_subject("master"), ENCODER.encode(sig),
+                                          headers={"Nats-Msg-Id": sig.signal_id})
+        deadline = time.monotonic() + timeout_s
+        while len(self.results.get(sig.signal_id, [])) < self.followers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: results incomplete after {timeout_s}s")
+            await asyncio.sleep(0.005)
+        results = self.results[sig.signal_id]
+        bad = [r for r in results if r.outcome != "filled"]
+        if bad:
+            raise RuntimeError(f"{self.name}: {len(bad)} not filled, e.g. {bad[0].reason}")
+        return results
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.stack.procs['copier'].pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def fill_to_last_ack(results: list[CopyResult]) -> float:
+    return max(r.acked_at or 0 for r in results) - results[0].signal_executed_at
+
+
+async def internal_latency(signals: int) -> None:
+    async with Run("latency-1", 1, 0, 16) as run:
+        await run.copy()  # warm: client, markets, account figures
+        internal, end_to_end = [], []
+        for _ in range(signals):
+            (result,) = await run.copy()
+            assert result.order_sent_at is not None and result.acked_at is not None
+            internal.append((result.order_sent_at - result.received_at) * 1000)
+            end_to_end.append((result.acked_at - result.signal_executed_at) * 1000)
+    print(f"internal latency, 1 follower ({signals} signals): signal received → order sent "
+          f"p50 {pct(internal, .5):.2f} ms, p99 {pct(internal, .99):.2f} ms   (target ≤ 2 / ≤ 5 ms)")
+    print(f"  master fill → order acknowledged: p50 {pct(end_to_end, .5):.2f} ms, "
+          f"p99 {pct(end_to_end, .99):.2f} ms")
+
+
+async def fan_out(followers: int, latency_ms: float, signals: int) -> None:
+    async with Run(f"fanout-{followers}", followers, latency_ms, concurrency=followers) as run:
+        cold = fill_to_last_ack(await run.copy())
+        warm = [fill_to_last_ack(await run.copy()) for _ in range(signals)]
+        rss = run.rss_kb()
+    print(f"{followers} paper followers at {latency_ms:.0f} ms exchange latency: master fill → "
+          f"last order acknowledged p50 {statistics.median(warm):.3f} s, max {max(warm):.3f} s "
+          f"over {signals} signals (first signal, cold caches: {cold:.3f} s)   (target ≤ 0.5 s)")
+    print(f"  copier resident memory with {followers} followers: {rss / 1024:.1f} MiB")
+
+
+async def sequential(followers: int, latency_ms: float) -> None:
+    async with Run(f"sequential-{followers}", followers, latency_ms, concurrency=1) as run:
+        await run.copy(timeout_s=600)  # warm the account figures, as the concurrent run does
+        elapsed = fill_to_last_ack(await run.copy(timeout_s=600))
+    print(f"  baseline, one follower at a time (the original design), {followers} followers: "
+          f"{elapsed:.2f} s  (→ ≈ {elapsed * 1000 / followers:.1f} s for 1,000)")
+
+
+async def throughput(followers: int, signals: int) -> None:
+    async with Run(f"throughput-{followers}", followers, 0, concurrency=256) as run:
+        await run.copy()
+        rates = []
+        for _ in range(signals):
+            results = await run.copy()
+            first = min(r.received_at for r in results)
+            last = max(r.acked_at or 0 for r in results)
+            rates.append(len(results) / (last - first))
+    print(f"throughput, one copier, 0 ms exchange latency, {followers} followers: "
+          f"{statistics.median(rates):,.0f} orders/s (median of {signals} signals; "
+          f"target ≥ 3,000)")
+
+
+async def memory_per_follower(small: int, large: int) -> None:
+    rss = {}
+    for n in (small, large):
+        async with Run(f"memory-{n}", n, 0, concurrency=256) as run:
+            await run.copy()
+            await run.copy()
+            rss[n] = run.rss_kb()
+    per = (rss[large] - rss[small]) / (large - small)
+    print(f"memory per additional paper follower after its first order: {per:.1f} KB "
+          f"(copier RSS {rss[small] / 1024:.1f} MiB at {small}, {rss[large] / 1024:.1f} MiB at {large})")
+
+
+async def main(quick: bool) -> None:
+    print("copytrade bench — figures measured now, on this machine "
+          f"({'quick' if quick else 'full'} run)\n")
+    await internal_latency(50 if quick else 200)
+    await fan_out(1000, 50, 3 if quick else 10)
+    await sequential(100 if quick else 1000, 50)
+    await throughput(2000, 3 if quick else 5)
+    await memory_per_follower(100, 1100 if quick else 2100)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    asyncio.run(main(parser.parse_args().quick))
