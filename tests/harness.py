@@ -152,16 +152,18 @@ class System:
 
     async def start_copier(
         self, config: CopytradeConfig, exchange: str = "paper", instance: str = "copier-1",
+        secrets: dict[str, str] | None = None, ctx: AdapterContext | None = None,
         **settings: Any,
     ) -> CopierHandle:
+        """A copier replica in this process; `secrets` are credentials by env-var name."""
         s = self.settings(group=exchange, instance=instance, **settings)
         nc = await self.connect()
         js = nc.jetstream()
         registry = CollectorRegistry()
         metrics = CopierMetrics(registry, exchange)
-        ctx = AdapterContext(paper_transport=paper_transport(nc))
-        ctx.shared.update(settings.pop("shared", {}))
-        book = FollowerBook(exchange, SecretSource(None, {}), ctx)
+        ctx = ctx or AdapterContext()
+        ctx.paper_transport = ctx.paper_transport or paper_transport(nc)
+        book = FollowerBook(exchange, SecretSource(None, secrets or {}), ctx)
         book.apply(config)
         metrics.set_followers(book.state_counts())
         await bus.ensure_consumer(js, exchange, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
@@ -171,9 +173,14 @@ class System:
         self._closers.insert(0, handle.stop)
         return handle
 
-    async def start_master(self, config: CopytradeConfig) -> MasterService:
+    async def start_master(
+        self, config: CopytradeConfig, secrets: dict[str, str] | None = None
+    ) -> MasterService:
         nc = await self.connect()
-        account = build_account(config.master, None, AdapterContext(paper_transport(nc)))
+        credentials = SecretSource(None, secrets or {}).credentials(config.master, "MASTER")
+        account = build_account(config.master, credentials, AdapterContext(paper_transport(nc)))
+        await account.connect()
+        self._closers.append(account.close)
         self.master_registry = CollectorRegistry()
         master = MasterService(js=nc.jetstream(), account=account, config=config.master,
                                metrics=MasterMetrics(self.master_registry, config.master.id))
