@@ -1,0 +1,314 @@
+"""Kraken spot REST emulator, answering in Kraken's own format (docs.kraken.com/api-reference).
+
+Public `GET|POST /0/public/<Method>` and signed `POST /0/private/<Method>` (form body with a
+nonce; `API-Key` header; `API-Sign` = base64 HMAC-SHA512, keyed with the base64-decoded secret,
+over `path + SHA256(nonce + body)`). Every reply is `{"error": [...], "result": ...}` with HTTP
+200, as Kraken does, except an injected HTTP_500. Kraken names BTC "XBT" (asset XXBT, pair
+XXBTZUSD, altname XBTUSD); ccxt maps it back to BTC/USD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from tests.emulators.server import EmulatorServer
+from tests.emulators.state import Account, Fault, Market, Order, VenueState
+
+ASSET_IDS = {"BTC": "XXBT", "ETH": "XETH", "USD": "ZUSD", "EUR": "ZEUR"}  # Kraken's asset ids
+ALTNAMES = {"BTC": "XBT"}
+FAULT_ERRORS = {
+    Fault.RATE_LIMIT: "EAPI:Rate limit exceeded",
+    Fault.INSUFFICIENT_FUNDS: "EOrder:Insufficient funds",
+    Fault.INVALID_KEY: "EAPI:Invalid key",
+    Fault.MIN_NOT_MET: "EOrder:Order minimum not met",
+}
+REFUSALS = {"insufficient_funds": "EOrder:Insufficient funds",
+            "unknown_symbol": "EQuery:Unknown asset pair"}
+# cl_ord_id: long UUID, short (32 hex) UUID, or free text of up to 18 characters
+CL_ORD_ID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}|[!-~]{1,18}")
+
+Params = dict[str, str]
+Reply = web.StreamResponse
+
+
+def _asset(code: str) -> str:
+    return ASSET_IDS.get(code, code)
+
+
+def _decimals(step: Decimal) -> int:
+    return max(0, -step.normalize().as_tuple().exponent)  # type: ignore[operator]
+
+
+def _fmt(value: Decimal, places: int = 8) -> str:
+    return f"{value:.{places}f}"
+
+
+def _kraken_id(prefix: str) -> str:
+    h = uuid.uuid4().hex.upper()
+    return f"{prefix}{h[:5]}-{h[5:10]}-{h[10:16]}"
+
+
+def _ok(result: Any) -> Reply:
+    return web.json_response({"error": [], "result": result})
+
+
+def _err(message: str, status: int = 200) -> Reply:
+    return web.json_response({"error": [message]}, status=status)
+
+
+class KrakenEmulator(EmulatorServer):
+    """Kraken REST emulator. Accounts: `state.add_account(key, base64_secret, balances)`."""
+
+    def __init__(self, state: VenueState | None = None) -> None:
+        self._closing = asyncio.Event()
+        self._viqc: dict[str, str] = {}  # order id -> quote volume asked for by a viqc order
+        super().__init__(state)
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        self._public: dict[str, Callable[[Params], Awaitable[Reply]]] = {
+            "Time": self._time, "Assets": self._assets, "AssetPairs": self._asset_pairs,
+            "Ticker": self._ticker,
+        }
+        self._private: dict[str, Callable[[Account, Params], Awaitable[Reply]]] = {
+            "Balance": self._balance, "BalanceEx": self._balance_ex, "AddOrder": self._add_order,
+            "QueryOrders": self._query_orders, "OpenOrders": self._open_orders,
+            "ClosedOrders": self._closed_orders, "TradesHistory": self._trades_history,
+        }
+        router.add_route("*", "/0/public/{method}", self._handle_public)
+        router.add_post("/0/private/{method}", self._handle_private)
+        self.app.on_shutdown.append(self._release_held_replies)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _handle_public(self, request: web.Request) -> Reply:
+        self.state.requests += 1
+        handler = self._public.get(request.match_info["method"])
+        params = dict(request.query) | dict(parse_qsl(await request.text()))
+        reply = await handler(params) if handler else _err("EGeneral:Unknown method", 404)
+        await self.state.delay()
+        return reply
+
+    async def _handle_private(self, request: web.Request) -> Reply:
+        self.state.requests += 1
+        body = await request.text()
+        params = dict(parse_qsl(body, keep_blank_values=True))
+        handler = self._private.get(request.match_info["method"])
+        account = self.state.accounts.get(request.headers.get("API-Key", ""))
+        if handler is None:
+            reply = _err("EGeneral:Unknown method", 404)
+        elif account is None:
+            reply = _err("EAPI:Invalid key")
+        elif (error := self._check_auth(account, request, body, params)) is not None:
+            reply = _err(error)
+        else:
+            reply = await handler(account, params)
+        await self.state.delay()
+        return reply
+
+    @staticmethod
+    def _check_auth(account: Account, request: web.Request, body: str,
+                    params: Params) -> str | None:
+        nonce = params.get("nonce", "")
+        try:
+            key = base64.b64decode(account.secret, validate=True)
+        except binascii.Error:
+            return "EAPI:Invalid key"
+        digest = hashlib.sha256((nonce + body).encode()).digest()
+        expected = hmac.new(key, request.path.encode() + digest, hashlib.sha512).digest()
+        if not hmac.compare_digest(base64.b64encode(expected).decode(),
+                                   request.headers.get("API-Sign", "")):
+            return "EAPI:Invalid signature"
+        if not nonce.isdigit() or int(nonce) <= account.last_nonce:
+            return "EAPI:Invalid nonce"
+        account.last_nonce = int(nonce)
+        return None
+
+    async def _hold(self) -> None:
+        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
+
+    async def _release_held_replies(self, _app: web.Application) -> None:
+        self._closing.set()
+
+    def _pair_id(self, m: Market) -> str:
+        return _asset(m.base) + _asset(m.quote)
+
+    def _altname(self, m: Market) -> str:
+        return ALTNAMES.get(m.base, m.base) + ALTNAMES.get(m.quote, m.quote)
+
+    def _market(self, pair: str | None) -> Market | None:
+        return next((m for m in self.state.markets.values()
+                     if pair in (self._pair_id(m), self._altname(m))), None)
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def _time(self, _p: Params) -> Reply:
+        now = time.time()
+        return _ok({"unixtime": int(now), "rfc1123": time.strftime("%a, %d %b %y %H:%M:%S +0000",
+                                                                   time.gmtime(now))})
+
+    async def _assets(self, _p: Params) -> Reply:
+        codes = {c for m in self.state.markets.values() for c in (m.base, m.quote)}
+        return _ok({_asset(c): {
+            "aclass": "currency", "altname": ALTNAMES.get(c, c),
+            "decimals": 4 if _asset(c).startswith("Z") else 10,
+            "display_decimals": 2 if _asset(c).startswith("Z") else 5, "status": "enabled",
+        } for c in sorted(codes)})
+
+    async def _asset_pairs(self, p: Params) -> Reply:
+        wanted = p.get("pair", "").split(",") if p.get("pair") else None
+        markets = [m for m in self.state.markets.values()
+                   if wanted is None or self._pair_id(m) in wanted or self._altname(m) in wanted]
+        return _ok({self._pair_id(m): {
+            "altname": self._altname(m), "wsname": f"{ALTNAMES.get(m.base, m.base)}/{m.quote}",
+            "aclass_base": "currency", "base": _asset(m.base), "aclass_quote": "currency",
+            "quote": _asset(m.quote), "lot": "unit", "cost_decimals": 5,
+            "pair_decimals": _decimals(m.price_step), "lot_decimals": _decimals(m.amount_step),
+            "lot_multiplier": 1, "leverage_buy": [], "leverage_sell": [],
+            "fees": [[0, 0.4]], "fees_maker": [[0, 0.25]], "fee_volume_currency": "ZUSD",
+            "margin_call": 80, "margin_stop": 40, "ordermin": format(m.min_amount, "f"),
+            "costmin": format(m.min_cost, "f"), "tick_size": format(m.price_step, "f"),
+            "status": "online",
+        } for m in markets})
+
+    async def _ticker(self, p: Params) -> Reply:
+        pairs = p.get("pair", "").split(",") if p.get("pair") else None
+        markets = ([self._market(x) for x in pairs] if pairs else list(self.state.markets.values()))
+        if any(m is None for m in markets):
+            return _err("EQuery:Unknown asset pair")
+        result = {}
+        for m in markets:
+            assert m is not None
+            last = _fmt(self.state.prices[m.symbol], _decimals(m.price_step))
+            result[self._pair_id(m)] = {
+                "a": [last, "1", "1.000"], "b": [last, "1", "1.000"], "c": [last, "0.00100000"],
+                "v": ["0.00000000", "0.00000000"], "p": [last, last], "t": [0, 0],
+                "l": [last, last], "h": [last, last], "o": last,
+            }
+        return _ok(result)
+
+    # --- private --------------------------------------------------------------------------
+
+    async def _balance(self, account: Account, _p: Params) -> Reply:
+        return _ok({_asset(c): _fmt(v, 10) for c, v in account.balances.items()})
+
+    async def _balance_ex(self, account: Account, _p: Params) -> Reply:
+        return _ok({_asset(c): {"balance": _fmt(v, 10), "hold_trade": "0.0000000000"}
+                    for c, v in account.balances.items()})
+
+    async def _add_order(self, account: Account, p: Params) -> Reply:
+        fault = self.state.take_fault(account, *Fault)
+        if fault in FAULT_ERRORS:
+            return _err(FAULT_ERRORS[fault])
+        if fault is Fault.HTTP_500:
+            return _err("EService:Unavailable", 503)
+        market = self._market(p.get("pair"))
+        if market is None:
+            return _err("EQuery:Unknown asset pair")
+        side, client_id = p.get("type"), p.get("cl_ord_id")
+        if side not in ("buy", "sell"):
+            return _err("EGeneral:Invalid arguments:type")
+        if p.get("ordertype") != "market":  # the emulator fills market orders only
+            return _err("EGeneral:Invalid arguments:ordertype")
+        if client_id is not None and not CL_ORD_ID.fullmatch(client_id):
+            return _err("EGeneral:Invalid arguments:cl_ord_id")
+        try:
+            volume = Decimal(p.get("volume", ""))
+        except InvalidOperation:
+            return _err("EGeneral:Invalid arguments:volume")
+        viqc = "viqc" in p.get("oflags", "").split(",")  # volume in quote currency
+        try:
+            order = self.state.fill(account, market.symbol, side,
+                                    amount=None if viqc else volume, cost=volume if viqc else None,
+                                    client_order_id=client_id)
+        except ValueError as refusal:
+            return _err(self._refusal(str(refusal), market, volume, viqc))
+        order.order_id, order.trade_id = _kraken_id("O"), _kraken_id("T")
+        if viqc:
+            self._viqc[order.order_id] = _fmt(volume)
+        if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+            await self._hold()
+        vol = _fmt(volume, 8 if viqc else _decimals(market.amount_step))
+        return _ok({"descr": {"order": f"{side} {vol} {self._altname(market)} @ market"},
+                    "txid": [order.order_id]})
+
+    def _refusal(self, kind: str, market: Market, volume: Decimal, viqc: bool) -> str:
+        if kind != "min_not_met":
+            return REFUSALS[kind]
+        base = volume / self.state.prices[market.symbol] if viqc else volume
+        return ("EOrder:Order minimum not met" if base < market.min_amount
+                else "EOrder:Cost minimum not met")
+
+    def _order_info(self, o: Order, with_trades: bool = False) -> dict[str, Any]:
+        m = self.state.markets[o.symbol]
+        vol = self._viqc.get(o.order_id) or _fmt(o.amount)
+        info: dict[str, Any] = {
+            "refid": None, "userref": None, "status": "closed", "reason": None,
+            "opentm": o.created, "closetm": o.created, "starttm": 0, "expiretm": 0,
+            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": "market",
+                      "price": "0", "price2": "0", "leverage": "none",
+                      "order": f"{o.side} {vol} {self._altname(m)} @ market", "close": ""},
+            "vol": vol, "vol_exec": _fmt(o.amount), "cost": _fmt(o.cost, 5), "fee": "0.00000",
+            "price": _fmt(o.price, 5), "stopprice": "0.00000", "limitprice": "0.00000",
+            "misc": "", "oflags": "fciq,viqc" if o.order_id in self._viqc else "fciq",
+        }
+        if o.client_order_id is not None:
+            info["cl_ord_id"] = o.client_order_id
+        if with_trades:
+            info["trades"] = [o.trade_id]
+        return info
+
+    async def _query_orders(self, account: Account, p: Params) -> Reply:
+        by_id = {o.order_id: o for o in account.orders}
+        txids = p.get("txid", "").split(",")
+        if not all(t in by_id for t in txids):
+            return _err("EOrder:Invalid order")
+        trades = p.get("trades", "").lower() == "true"
+        return _ok({t: self._order_info(by_id[t], trades) for t in txids})
+
+    async def _open_orders(self, account: Account, p: Params) -> Reply:
+        return _ok({"open": {}})  # market orders fill at once: nothing ever rests
+
+    async def _closed_orders(self, account: Account, p: Params) -> Reply:
+        orders = [o for o in reversed(account.orders) if self._in_window(o, p)
+                  and p.get("cl_ord_id") in (None, o.client_order_id)]
+        trades = p.get("trades", "").lower() == "true"
+        return _ok({"closed": {o.order_id: self._order_info(o, trades) for o in orders},
+                    "count": len(orders)})
+
+    async def _trades_history(self, account: Account, p: Params) -> Reply:
+        trades = {}
+        for o in reversed(account.orders):
+            if self._in_window(o, p):
+                m = self.state.markets[o.symbol]
+                trades[o.trade_id] = {
+                    "ordertxid": o.order_id, "postxid": "TKH2SE-M7IF5-CFI7LT",
+                    "pair": self._pair_id(m),
+                    "time": o.created, "type": o.side, "ordertype": "market",
+                    "price": _fmt(o.price, 5), "cost": _fmt(o.cost, 5), "fee": "0.00000",
+                    "vol": _fmt(o.amount), "margin": "0.00000", "leverage": "0", "misc": "",
+                    "trade_id": int(hashlib.sha256(o.trade_id.encode()).hexdigest()[:8], 16),
+                    "maker": False,
+                }
+        return _ok({"trades": trades, "count": len(trades)})
+
+    @staticmethod
+    def _in_window(o: Order, p: Params) -> bool:
+        """Kraken's `start` (exclusive) and `end` (inclusive) in unix seconds."""
+        return (o.created > float(p.get("start") or 0)
+                and o.created <= float(p.get("end") or "inf"))

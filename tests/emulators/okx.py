@@ -1,0 +1,328 @@
+"""OKX v5 spot REST emulator, answering in OKX's own format (www.okx.com/docs-v5).
+
+Public and private `/api/v5/...`. Private requests carry OK-ACCESS-KEY, OK-ACCESS-PASSPHRASE,
+OK-ACCESS-TIMESTAMP (ISO 8601, within 30 s) and OK-ACCESS-SIGN = base64 HMAC-SHA256(secret,
+timestamp + METHOD + requestPath[?query] + body). Replies are `{"code": "0", "msg": "", "data":
+[...]}`; order endpoints report per-order `sCode`/`sMsg` under `code` "1" (all failed) or "2"
+(partly). Spot instruments are `BTC-USD`, `ETH-USD`, trade mode `cash`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from tests.emulators.server import EmulatorServer
+from tests.emulators.state import Account, Fault, Market, Order, VenueState
+
+Params = dict[str, Any]
+Reply = web.StreamResponse
+Error = tuple[int, str, str]  # (HTTP status, OKX code, msg)
+
+E_SYSTEM = (500, "50026", "System error. Try again later.")
+E_RATE = (429, "50011", "Too Many Requests")
+E_NO_KEY = (401, "50103", "Request header OK-ACCESS-KEY cannot be empty.")
+E_KEY = (401, "50111", "Invalid OK-ACCESS-KEY.")
+E_PASSPHRASE = (401, "50105", "Invalid OK-ACCESS-PASSPHRASE.")
+E_TIMESTAMP = (401, "50102", "Timestamp request expired.")
+E_SIGN = (401, "50113", "Invalid Sign.")
+E_INSTRUMENT = (200, "51001", "Instrument ID does not exist.")
+E_NO_ORDER = (200, "51603", "Order does not exist")
+REQUEST_FAULTS = {Fault.HTTP_500: E_SYSTEM, Fault.RATE_LIMIT: E_RATE, Fault.INVALID_KEY: E_KEY}
+MIN_NOT_MET = ("51020", "Your order should meet or exceed the minimum order amount.")
+ORDER_FAULTS = {Fault.INSUFFICIENT_FUNDS: "insufficient_funds", Fault.MIN_NOT_MET: "min_not_met"}
+CL_ORD_ID = re.compile(r"[A-Za-z0-9]{1,32}")
+CHAINS = {"BTC": "BTC-Bitcoin", "ETH": "ETH-ERC20", "USDT": "USDT-TRC20"}
+
+
+def _s(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _ms(seconds: float) -> str:
+    return str(int(seconds * 1000))
+
+
+def _data(data: list[Any], code: str = "0", msg: str = "") -> Reply:
+    return web.json_response({"code": code, "msg": msg, "data": data})
+
+
+def _error(err: Error) -> Reply:
+    status, code, msg = err
+    return web.json_response({"code": code, "msg": msg, "data": []}, status=status)
+
+
+class OkxEmulator(EmulatorServer):
+    """OKX emulator. Accounts: `state.add_account(key, secret, balances, passphrase=...)`."""
+
+    def __init__(self, state: VenueState | None = None) -> None:
+        self._closing = asyncio.Event()
+        self._asked: dict[str, tuple[str, str, str]] = {}  # ordId -> (tgtCcy, sz, tag) sent
+        super().__init__(state)
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        public: dict[tuple[str, str], Callable[[Params], Awaitable[Any]]] = {
+            ("GET", "public/time"): self._time, ("GET", "public/instruments"): self._instruments,
+            ("GET", "market/ticker"): self._ticker, ("GET", "market/tickers"): self._tickers,
+        }
+        private: dict[tuple[str, str], Callable[[Account, Any], Awaitable[Any]]] = {
+            ("GET", "asset/currencies"): self._currencies,
+            ("GET", "account/balance"): self._balance,
+            ("POST", "trade/order"): partial(self._place, batch=False),
+            ("POST", "trade/batch-orders"): partial(self._place, batch=True),
+            ("GET", "trade/order"): self._order, ("GET", "trade/orders-pending"): self._pending,
+            ("GET", "trade/orders-history"): self._history, ("GET", "trade/fills"): self._fills,
+            ("GET", "trade/fills-history"): self._fills,
+        }
+        for (method, path), fn in public.items():
+            router.add_route(method, f"/api/v5/{path}", partial(self._handle, fn, False))
+        for (method, path), private_fn in private.items():
+            router.add_route(method, f"/api/v5/{path}", partial(self._handle, private_fn, True))
+        self.app.on_shutdown.append(self._release_held_replies)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _handle(self, fn: Callable[..., Awaitable[Any]], private: bool,
+                      request: web.Request) -> Reply:
+        self.state.requests += 1
+        body = await request.text()
+        params = json.loads(body) if body else dict(request.query)
+        if not private:
+            result = await fn(params)
+        else:
+            account = self.state.accounts.get(request.headers.get("OK-ACCESS-KEY", ""))
+            error = self._check_auth(account, request, body)
+            result = error if error else await fn(account, params)
+        await self.state.delay()
+        if isinstance(result, tuple):
+            return _error(result)
+        return result if isinstance(result, web.StreamResponse) else _data(result)
+
+    @staticmethod
+    def _check_auth(account: Account | None, request: web.Request, body: str) -> Error | None:
+        headers = request.headers
+        if not headers.get("OK-ACCESS-KEY"):
+            return E_NO_KEY
+        if account is None:
+            return E_KEY
+        if headers.get("OK-ACCESS-PASSPHRASE") != account.passphrase:
+            return E_PASSPHRASE
+        stamp = headers.get("OK-ACCESS-TIMESTAMP", "")
+        try:
+            if abs(datetime.fromisoformat(stamp).timestamp() - time.time()) > 30:
+                return E_TIMESTAMP
+        except ValueError:
+            return (401, "50112", "Invalid OK-ACCESS-TIMESTAMP.")
+        prehash = stamp + request.method + request.raw_path + body
+        expected = base64.b64encode(hmac.new(account.secret.encode(), prehash.encode(),
+                                             hashlib.sha256).digest()).decode()
+        return None if hmac.compare_digest(expected, headers.get("OK-ACCESS-SIGN", "")) else E_SIGN
+
+    async def _hold(self) -> None:
+        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
+
+    async def _release_held_replies(self, _app: web.Application) -> None:
+        self._closing.set()
+
+    def _market(self, inst_id: str | None) -> Market | None:
+        return next((m for m in self.state.markets.values() if f"{m.base}-{m.quote}" == inst_id),
+                    None)
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def _time(self, _p: Params) -> list[Any]:
+        return [{"ts": _ms(time.time())}]
+
+    async def _instruments(self, p: Params) -> Any:
+        if p.get("instType") != "SPOT":
+            return []  # no derivatives here
+        markets = [m for m in self.state.markets.values()
+                   if p.get("instId") in (None, f"{m.base}-{m.quote}")]
+        return [{
+            "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "uly": "", "instFamily": "",
+            "baseCcy": m.base, "quoteCcy": m.quote, "settleCcy": "", "ctVal": "", "ctMult": "",
+            "ctValCcy": "", "optType": "", "stk": "", "listTime": "1606468572000", "expTime": "",
+            "lever": "", "tickSz": _s(m.price_step), "lotSz": _s(m.amount_step),
+            "minSz": _s(m.min_amount), "ctType": "", "alias": "", "state": "live",
+            "ruleType": "normal", "maxLmtSz": "9999999999", "maxMktSz": "1000000",
+            "maxLmtAmt": "20000000", "maxMktAmt": "1000000", "maxTwapSz": "9999999999",
+            "maxIcebergSz": "9999999999", "maxTriggerSz": "9999999999", "maxStopSz": "1000000",
+            "tradeQuoteCcyList": [m.quote],
+        } for m in markets]
+
+    def _ticker_json(self, m: Market) -> dict[str, Any]:
+        last, now = _s(self.state.prices[m.symbol]), _ms(time.time())
+        return {"instType": "SPOT", "instId": f"{m.base}-{m.quote}", "last": last,
+                "lastSz": "0.001", "askPx": last, "askSz": "1", "bidPx": last, "bidSz": "1",
+                "open24h": last, "high24h": last, "low24h": last, "volCcy24h": "0",
+                "vol24h": "0", "sodUtc0": last, "sodUtc8": last, "ts": now}
+
+    async def _ticker(self, p: Params) -> Any:
+        market = self._market(p.get("instId"))
+        return E_INSTRUMENT if market is None else [self._ticker_json(market)]
+
+    async def _tickers(self, p: Params) -> Any:
+        if p.get("instType") != "SPOT":
+            return []
+        return [self._ticker_json(m) for m in self.state.markets.values()]
+
+    # --- private --------------------------------------------------------------------------
+
+    async def _currencies(self, _account: Account, _p: Params) -> list[Any]:
+        codes = dict.fromkeys(c for m in self.state.markets.values() for c in (m.base, m.quote))
+        return [{"ccy": c, "name": c, "chain": CHAINS.get(c, ""), "canDep": True, "canWd": True,
+                 "canInternal": True, "minDep": "0.0001", "minWd": "0.0001", "maxWd": "10000",
+                 "wdTickSz": "8", "minFee": "0", "maxFee": "0", "mainNet": True,
+                 "needTag": False, "logoLink": ""} for c in codes]
+
+    async def _balance(self, account: Account, p: Params) -> list[Any]:
+        now = _ms(time.time())
+        wanted = p.get("ccy", "").split(",") if p.get("ccy") else None
+        details = [{"ccy": c, "eq": _s(v), "cashBal": _s(v), "availBal": _s(v),
+                    "availEq": _s(v), "frozenBal": "0", "ordFrozen": "0", "uTime": now}
+                   for c, v in account.balances.items() if wanted is None or c in wanted]
+        usd = {m.base: self.state.prices[m.symbol] for m in self.state.markets.values()
+               if m.quote == "USD"} | {"USD": Decimal(1)}
+        total = sum((v * usd.get(c, Decimal(0)) for c, v in account.balances.items()), Decimal(0))
+        return [{"totalEq": _s(total), "isoEq": "0", "adjEq": "", "ordFroz": "", "imr": "",
+                 "mmr": "", "mgnRatio": "", "notionalUsd": "", "upl": "", "uTime": now,
+                 "details": details}]
+
+    async def _place(self, account: Account, body: Any, batch: bool) -> Any:
+        fault = self.state.take_fault(account, *Fault)
+        if fault in REQUEST_FAULTS:
+            return REQUEST_FAULTS[fault]
+        requests = body if batch else [body]
+        if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+            return (400, "50000", "Body cannot be empty.")
+        results = [self._place_one(account, r, ORDER_FAULTS.get(fault)) for r in requests]  # type: ignore[arg-type]
+        if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+            await self._hold()
+        failed = sum(r["sCode"] != "0" for r in results)
+        if failed == 0:
+            return _data(results)
+        if failed == len(results):
+            return _data(results, "1", "All operations failed" if batch else "Operation failed.")
+        return _data(results, "2", "Bulk operation partially succeeded.")
+
+    def _place_one(self, account: Account, r: Params, refusal: str | None) -> dict[str, Any]:
+        client_id, tag = str(r.get("clOrdId", "")), str(r.get("tag", ""))
+        reply = {"clOrdId": client_id, "ordId": "", "tag": tag, "ts": _ms(time.time())}
+        market, side = self._market(r.get("instId")), r.get("side")
+        checks = [
+            (market is None, ("51001", "Instrument ID does not exist.")),
+            (side not in ("buy", "sell"), ("51000", "Parameter side error")),
+            (r.get("ordType") != "market", ("51000", "Parameter ordType error")),  # market only
+            (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
+            (bool(client_id) and not CL_ORD_ID.fullmatch(client_id),
+             ("51000", "Parameter clOrdId error")),
+        ]
+        failure = next((err for bad, err in checks if bad), None)
+        if failure:
+            return reply | {"sCode": failure[0], "sMsg": failure[1]}
+        assert market is not None
+        tgt = r.get("tgtCcy") or ("quote_ccy" if side == "buy" else "base_ccy")
+        try:
+            size = Decimal(str(r.get("sz")))
+        except InvalidOperation:
+            return reply | {"sCode": "51000", "sMsg": "Parameter sz error"}
+        try:
+            if refusal:
+                raise ValueError(refusal)
+            order = self.state.fill(
+                account, market.symbol, str(side), client_order_id=client_id or None,
+                amount=size if tgt == "base_ccy" else None,
+                cost=size if tgt == "quote_ccy" else None)
+        except ValueError as exc:
+            ccy = market.quote if side == "buy" else market.base
+            code, msg = {
+                "insufficient_funds": ("51008", f"Order failed. Insufficient {ccy} balance in "
+                                                "account."),
+                "min_not_met": MIN_NOT_MET,
+                "unknown_symbol": ("51001", "Instrument ID does not exist."),
+            }[str(exc)]
+            return reply | {"sCode": code, "sMsg": msg}
+        order.order_id = str(600_000_000_000_000_000 + self.state.next_id())
+        order.trade_id = str(self.state.next_id())
+        self._asked[order.order_id] = (tgt, str(r.get("sz")), tag)
+        return reply | {"ordId": order.order_id, "sCode": "0", "sMsg": "Order placed"}
+
+    def _order_json(self, o: Order) -> dict[str, Any]:
+        m = self.state.markets[o.symbol]
+        tgt, size, tag = self._asked.get(o.order_id, ("base_ccy", _s(o.amount), ""))
+        ms = _ms(o.created)
+        return {
+            "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tgtCcy": tgt, "ccy": "",
+            "ordId": o.order_id, "clOrdId": o.client_order_id or "", "tag": tag, "px": "",
+            "pxUsd": "", "pxVol": "", "pxType": "", "sz": size, "pnl": "0",
+            "ordType": "market", "side": o.side, "posSide": "net", "tdMode": "cash",
+            "accFillSz": _s(o.amount), "fillPx": _s(o.price), "tradeId": o.trade_id,
+            "fillSz": _s(o.amount), "fillTime": ms, "avgPx": _s(o.price), "state": "filled",
+            "lever": "", "attachAlgoClOrdId": "", "tpTriggerPx": "", "tpTriggerPxType": "",
+            "tpOrdPx": "", "slTriggerPx": "", "slTriggerPxType": "", "slOrdPx": "",
+            "attachAlgoOrds": [], "stpId": "", "stpMode": "cancel_maker",
+            "feeCcy": m.base if o.side == "buy" else m.quote, "fee": "0", "rebateCcy": m.quote,
+            "rebate": "0", "source": "", "category": "normal", "reduceOnly": "false",
+            "isTpLimit": "false", "cancelSource": "", "cancelSourceReason": "",
+            "quickMgnType": "", "algoClOrdId": "", "algoId": "", "tradeQuoteCcy": m.quote,
+            "uTime": ms, "cTime": ms,
+        }
+
+    async def _order(self, account: Account, p: Params) -> Any:
+        if self._market(p.get("instId")) is None:
+            return E_INSTRUMENT
+        order = next((o for o in account.orders if self._matches(o, p)
+                      and o.order_id == p.get("ordId", o.order_id)
+                      and o.client_order_id == p.get("clOrdId", o.client_order_id)), None)
+        return E_NO_ORDER if order is None else [self._order_json(order)]
+
+    async def _pending(self, _account: Account, _p: Params) -> list[Any]:
+        return []  # market orders fill at once: nothing ever rests
+
+    async def _history(self, account: Account, p: Params) -> list[Any]:
+        return [self._order_json(o) for o in self._window(account, p)]
+
+    async def _fills(self, account: Account, p: Params) -> list[Any]:
+        fills = []
+        for o in self._window(account, p):
+            m = self.state.markets[o.symbol]
+            fills.append({
+                "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tradeId": o.trade_id,
+                "ordId": o.order_id, "clOrdId": o.client_order_id or "",
+                "billId": o.trade_id, "subType": "1" if o.side == "buy" else "2",
+                "tag": self._asked.get(o.order_id, ("", "", ""))[2], "fillPx": _s(o.price),
+                "fillSz": _s(o.amount), "fillIdxPx": "", "fillPnl": "0", "side": o.side,
+                "posSide": "net", "execType": "T",
+                "feeCcy": m.base if o.side == "buy" else m.quote, "fee": "0",
+                "feeRate": "-0.001", "ts": _ms(o.created), "fillTime": _ms(o.created),
+                "tradeQuoteCcy": m.quote,
+            })
+        return fills
+
+    def _matches(self, o: Order, p: Params) -> bool:
+        m = self.state.markets[o.symbol]
+        return p.get("instId") in (None, f"{m.base}-{m.quote}") and p.get("instType") in (
+            None, "SPOT")
+
+    def _window(self, account: Account, p: Params) -> list[Order]:
+        """instType/instId/ordId filters, begin/end in ms, newest first, limit (default 100)."""
+        begin, end = int(p.get("begin") or 0), int(p.get("end") or 2**62)
+        orders = [o for o in reversed(account.orders) if self._matches(o, p)
+                  and p.get("ordId", o.order_id) == o.order_id
+                  and begin <= int(_ms(o.created)) <= end]
+        return orders[:int(p.get("limit") or 100)]
