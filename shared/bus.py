@@ -71,16 +71,17 @@ async def connect(settings: Settings, name: str) -> Client:
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> KeyValue:
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """Create or update the streams and the claims bucket; return the claims bucket."""
     streams = [
         StreamConfig(name=SIGNALS_STREAM, subjects=["copytrade.signals.>"],
                      retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-                     duplicate_window=DUPLICATE_WINDOW_S, max_age=30 * DAY),
+                     duplicate_window=DUPLICATE_WINDOW_S, max_age=30 * DAY,
+                     num_replicas=replicas),
         StreamConfig(name=RESULTS_STREAM, storage=StorageType.FILE, max_age=90 * DAY,
                      subjects=["copytrade.results.>", "copytrade.rejects.>",
                                "copytrade.deadletter.>"],
-                     duplicate_window=DUPLICATE_WINDOW_S),
+                     duplicate_window=DUPLICATE_WINDOW_S, num_replicas=replicas),
     ]
     for config in streams:
         try:
@@ -91,7 +92,8 @@ async def ensure_streams(js: JetStreamContext) -> KeyValue:
         return await js.key_value(CLAIMS_BUCKET)
     except NotFoundError:
         return await js.create_key_value(KeyValueConfig(
-            bucket=CLAIMS_BUCKET, history=1, ttl=7 * DAY, storage=StorageType.FILE))
+            bucket=CLAIMS_BUCKET, history=1, ttl=7 * DAY, storage=StorageType.FILE,
+            replicas=replicas))
 
 
 async def ensure_consumer(

@@ -107,6 +107,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     order_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     snapshot_ttl_s: Annotated[float, Meta(ge=0)] = 5.0
     log_level: str = "INFO"
+    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream replicas (3 in a NATS cluster)
+    reload_interval_s: Annotated[float, Meta(gt=0)] = 1.0  # how often mounted config/secrets are checked
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 20.0  # SIGTERM: time to finish the signal in hand
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

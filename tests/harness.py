@@ -77,8 +77,9 @@ class CopierHandle:
     book: FollowerBook
 
     async def stop(self) -> None:
-        self.copier.stop()
+        await self.copier.shutdown(grace_s=5)
         await self.task
+        await self.book.close()
         await self.nc.close()
 
     def metrics_text(self) -> str:

@@ -7,9 +7,10 @@ import logging
 
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
+from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
 from shared import bus
-from shared.config import SecretSource, Settings, load_config, load_settings
+from shared.config import SecretSource, Settings, load_settings
 from shared.exchange.factory import AdapterContext
 from shared.exchange.paper import PaperVenue, nats_transport
 from shared.runtime import run_main, service_runtime
@@ -30,23 +31,24 @@ async def run(settings: Settings) -> None:
         secrets = SecretSource(settings.secrets_dir)
         metrics = CopierMetrics(rt.registry, settings.group)
         book = FollowerBook(settings.group, secrets, adapter_context(settings, rt.nc))
-        book.apply(load_config(settings.config))
-        for follower in book.all():
-            creds = secrets.credentials(follower.config, "USER")
-            rt.redactor.add(creds.values() if creds else ())
-        metrics.set_followers(book.state_counts())
-        claims = await bus.ensure_streams(rt.js)
+        reloader = ConfigReloader(config_path=settings.config, secrets_dir=settings.secrets_dir,
+                                  book=book, metrics=metrics, redactor=rt.redactor,
+                                  interval_s=settings.reload_interval_s)
+        if not reloader.load():  # a bad config at start-up stops the process, loudly
+            raise SystemExit(f"invalid config {settings.config}: see the log")
+        claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance)
         worker = asyncio.create_task(copier.run())
+        watcher = asyncio.create_task(reloader.watch())
         rt.mark_started()
         await rt.wait_stopped()
-        copier.stop()  # finish the signal in hand, fetch no more
+        watcher.cancel()
+        await copier.shutdown(settings.shutdown_grace_s)
         await worker
-        for follower in book.all():
-            await follower.account.close()
+        await book.close()
 
 
 def main() -> None:

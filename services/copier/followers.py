@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shared.config import CopytradeConfig, FollowerConfig, SecretSource
+from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
 from shared.messages import FollowerSnapshot, MarketRules, TradeSignal
@@ -24,9 +24,12 @@ class _Figures:
 class Follower:
     """One follower: its config, its own exchange client, its last known account figures."""
 
-    def __init__(self, config: FollowerConfig, account: ExchangeAccount) -> None:
+    def __init__(
+        self, config: FollowerConfig, account: ExchangeAccount, credentials: Credentials | None
+    ) -> None:
         self.config = config
         self.account = account
+        self.credentials = credentials
         self._figures: _Figures | None = None
         self._lock = asyncio.Lock()
 
@@ -74,29 +77,44 @@ class FollowerBook:
         self._secrets = secrets
         self._ctx = ctx
         self._followers: dict[str, Follower] = {}
+        self._retired: list[Follower] = []
         self._rules: dict[str, MarketRules | None] = {}
         self.min_notional = Decimal("1.00")
 
-    def apply(self, config: CopytradeConfig) -> tuple[list[str], list[Follower]]:
-        """Adopt a new config; return (removed follower ids, followers whose client must close).
+    def apply(self, config: CopytradeConfig) -> list[str]:
+        """Adopt a new config; return the ids of removed followers.
 
-        Raises ConfigError (leaving the book unchanged) when a follower lacks credentials.
+        Raises ConfigError, leaving the book unchanged, when a follower lacks credentials.
+        Clients replaced or removed are retired and closed later (`close_retired`), so copies
+        in flight finish on the client they started with.
         """
-        wanted = {f.id: f for f in config.followers_of(self.exchange)}
         built: dict[str, Follower] = {}
-        for fid, fconfig in wanted.items():
-            current = self._followers.get(fid)
-            if current is not None and _same_account(current.config, fconfig):
-                current.config = fconfig  # sizing, state, symbols: no new client needed
-                built[fid] = current
-                continue
+        for fconfig in config.followers_of(self.exchange):
             creds = self._secrets.credentials(fconfig, "USER")
-            built[fid] = Follower(fconfig, build_account(fconfig, creds, self._ctx))
-        stale = [f for fid, f in self._followers.items() if built.get(fid) is not f]
-        removed = [fid for fid in self._followers if fid not in wanted]
+            current = self._followers.get(fconfig.id)
+            if current is not None and _same_account(current, fconfig, creds):
+                current.config = fconfig  # sizing, state, symbols: the client stays
+                built[fconfig.id] = current
+            else:
+                built[fconfig.id] = Follower(fconfig, build_account(fconfig, creds, self._ctx), creds)
+        self._retired += [f for fid, f in self._followers.items() if built.get(fid) is not f]
+        removed = [fid for fid in self._followers if fid not in built]
         self._followers = built
         self.min_notional = config.min_notional
-        return removed, stale
+        return removed
+
+    async def close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for follower in retired:
+            await follower.account.close()
+
+    async def close(self) -> None:
+        self._retired += list(self._followers.values())
+        self._followers = {}
+        await self.close_retired()
+
+    def secret_values(self) -> list[str]:
+        return [v for f in self._followers.values() if f.credentials for v in f.credentials.values()]
 
     def active(self) -> list[Follower]:
         return [f for f in self._followers.values() if f.config.enabled]
@@ -116,6 +134,7 @@ class FollowerBook:
         return self._rules[venue_symbol]
 
 
-def _same_account(old: FollowerConfig, new: FollowerConfig) -> bool:
+def _same_account(old: Follower, new: FollowerConfig, credentials: Credentials | None) -> bool:
     keys = ("exchange", "credentials", "base_url", "paper")
-    return all(getattr(old, k) == getattr(new, k) for k in keys)
+    same_config = all(getattr(old.config, k) == getattr(new, k) for k in keys)
+    return same_config and old.credentials == credentials

@@ -80,27 +80,47 @@ class Copier:
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._stopping = asyncio.Event()
-        self.busy = False
-
-    def stop(self) -> None:
-        """Stop fetching; the signal in hand is finished first."""
-        self._stopping.set()
+        self._current: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        """Take signals one at a time (signal order is follower order) until shut down."""
         sub = await self._js.pull_subscribe_bind(
             durable=bus.durable_name(self._exchange), stream=bus.SIGNALS_STREAM)
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(batch=1, timeout=1.0)
-            except (NatsTimeout, TimeoutError):
-                continue
-            for msg in msgs:
-                self.busy = True
+        lag = asyncio.create_task(self._watch_lag())
+        try:
+            while not self._stopping.is_set():
                 try:
-                    await self.process(msg)
-                finally:
-                    self.busy = False
-        await sub.unsubscribe()
+                    msgs = await sub.fetch(batch=1, timeout=1.0)
+                except (NatsTimeout, TimeoutError):
+                    continue
+                for msg in msgs:
+                    self._current = asyncio.create_task(self.process(msg))
+                    await asyncio.wait({self._current})
+                    self._current = None
+                await self._book.close_retired()
+        finally:
+            lag.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Fetch no more; finish the signal in hand within grace_s, else hand it back (nak)."""
+        self._stopping.set()
+        current = self._current
+        if current is not None:
+            _, pending = await asyncio.wait({current}, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+                await asyncio.wait({task})
+
+    async def _watch_lag(self, interval_s: float = 5.0) -> None:
+        """Export the group's consumer lag: signals stored but not yet done by this group."""
+        while True:
+            with contextlib.suppress(Exception):
+                info = await self._js.consumer_info(bus.SIGNALS_STREAM,
+                                                    bus.durable_name(self._exchange))
+                self._metrics.pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            await asyncio.sleep(interval_s)
 
     async def process(self, msg: object) -> None:
         """Handle one signal message; ack only once every follower's outcome is recorded."""
@@ -119,6 +139,11 @@ class Copier:
         try:
             await self.fan_out(signal, received_at, redelivered=msg.metadata.num_delivered > 1)
             await msg.ack_sync()
+        except asyncio.CancelledError:  # shutdown: hand the signal back; claims make it safe
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            log.warning("event=signal_handed_back signal_id=%s", signal.signal_id)
+            raise
         except Exception as exc:  # infrastructure trouble: retry the whole signal later
             await self._retry_or_dead_letter(msg, signal, exc)
         finally:

@@ -17,7 +17,7 @@ async def run(settings: Settings) -> None:
         rt.redactor.add(credentials.values() if credentials else ())
         ctx = AdapterContext(paper_transport=nats_transport(rt.nc))
         account = build_account(config.master, credentials, ctx)
-        await bus.ensure_streams(rt.js)
+        await bus.ensure_streams(rt.js, settings.stream_replicas)
         master = MasterService(js=rt.js, account=account, config=config.master,
                                metrics=MasterMetrics(rt.registry, config.master.id),
                                order_timeout_s=settings.order_timeout_s)
