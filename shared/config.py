@@ -16,7 +16,7 @@ import yaml
 from msgspec import Meta, Struct
 
 from shared.errors import ConfigError
-from shared.messages import Id, SizingSpec, Symbol, check_money
+from shared.messages import AccountId, SizingSpec, Symbol, check_money
 
 ExchangeName = Literal["paper", "kraken", "coinbase", "binance", "okx", "alpaca"]
 ENV_PREFIX = "COPYTRADE_"
@@ -26,7 +26,7 @@ T = TypeVar("T")
 class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An exchange account: where it is and which credentials name it uses."""
 
-    id: Id
+    id: AccountId
     exchange: ExchangeName
     credentials: Annotated[str, Meta(pattern=r"^[A-Z0-9_]+$")] | None = None
     base_url: str | None = None  # endpoint override: sandboxes, proxies, tests
@@ -38,7 +38,7 @@ class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    group: Id | None = None  # copier group; defaults to the exchange name
+    group: AccountId | None = None  # copier group; defaults to the exchange name
     enabled: bool = True
     sizing: SizingSpec = SizingSpec()
     symbols: dict[Symbol, Symbol] = {}  # master symbol -> this follower's venue symbol

@@ -21,6 +21,7 @@ Outcome = Literal["filled", "submitted", "skipped", "failed"]
 SizingMode = Literal["equity_ratio", "multiplier", "fixed_notional"]
 
 Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+AccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # safe in subjects and KV keys
 Symbol = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Z0-9.]+/[A-Z0-9.]+$")]
 Text = Annotated[str, Meta(max_length=500)]
 Timestamp = Annotated[float, Meta(ge=0, le=4_102_444_800)]  # before 2100

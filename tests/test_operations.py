@@ -59,8 +59,8 @@ async def _start(system: System, followers: dict[str, int], **env: str) -> tuple
     config_dir = system.tmp_path / "config"
     mount(config_dir, {"copytrade.yaml": config_text(followers)})
     port = free_port()
-    proc = system.spawn_copier(config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port),
-                               COPYTRADE_RELOAD_INTERVAL_S="0.1", **env)
+    system.spawn_copier(config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port),
+                        COPYTRADE_RELOAD_INTERVAL_S="0.1", **env)
     await eventually(lambda: metric(scrape(port), "copytrade_config_last_reload_success") == 1,
                      timeout=30)
     master = await system.start_master(make_config(paper_followers(followers)))
