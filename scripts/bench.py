@@ -35,7 +35,7 @@ def signal(quote: str = "100") -> TradeSignal:
         signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
         symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
         size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
-        master_equity=Decimal(10_000), master_position_before=Decimal(0), executed_at=time.time())
+        master_equity=Decimal(1_000_000), master_position_before=Decimal(0), executed_at=time.time())
 
 
 class Run:
