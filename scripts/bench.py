@@ -24,18 +24,22 @@ from nats.aio.client import Client
 from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
 from shared.messages import CopyResult, TradeSignal, signal_id_for
+from shared.signing import SignalSigner, new_signing_key
 
 ENCODER = msgspec.json.Encoder(decimal_format="string")
+SEED, PUBLIC_KEY = new_signing_key()
+SIGNER = SignalSigner(SEED)
 RESULT = msgspec.json.Decoder(CopyResult)
 
 
 def signal(quote: str = "100") -> TradeSignal:
     order_id = uuid.uuid4().hex
-    return TradeSignal(
+    return SIGNER.sign(TradeSignal(
         signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
         symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
         size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
-        master_equity=Decimal(1_000_000), master_position_before=Decimal(0), executed_at=time.time())
+        master_equity=Decimal(1_000_000), master_position_before=Decimal(0),
+        executed_at=time.time()))
 
 
 class Run:
@@ -52,6 +56,7 @@ class Run:
         config = self.workdir / "copytrade.yaml"
         config.write_text(yaml.safe_dump({
             "master": {"id": "master", "exchange": "paper"},
+            "signals": {"public_keys": [PUBLIC_KEY]},
             "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(self.followers)]}))
         self._ctx = local_stack(self.workdir, config)
         self.stack: LocalStack = self._ctx.__enter__()

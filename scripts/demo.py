@@ -23,15 +23,17 @@ from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
 from shared.exchange.paper import Fund, Ok, Position, Snapshot, nats_transport
 from shared.messages import CopyResult, TradeReply, TradeRequest
+from shared.signing import new_signing_key
 
 FOLLOWERS = {"alice": 1_000, "bob": 5_000, "carol": 50_000, "dave": 100}
 MASTER_EQUITY = 10_000
 
 
-def write_config(path: Path) -> None:
+def write_config(path: Path, public_key: str) -> None:
     path.write_text(yaml.safe_dump({
         "version": 1, "min_notional": "1.00",
         "master": {"id": "master", "exchange": "paper"},
+        "signals": {"public_keys": [public_key], "max_age_s": 60},
         "followers": [{"id": f, "exchange": "paper"} for f in FOLLOWERS],
     }, sort_keys=False))
 
@@ -128,8 +130,10 @@ def main() -> None:
     workdir = ROOT / ".demo"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
-    write_config(workdir / "copytrade.yaml")
+    seed, public_key = new_signing_key()  # the master signs, the copier verifies
+    write_config(workdir / "copytrade.yaml", public_key)
     with local_stack(workdir, workdir / "copytrade.yaml") as stack:
+        stack.write_secret("MASTER_SIGNING_KEY", seed)
         print(f"nats-server at {stack.start_nats()} (JetStream store in {workdir / 'nats'})")
         stack.start("paper-exchange", "paper")
         stack.start("sizer", "sizer")

@@ -28,6 +28,11 @@ class LocalStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
+    def write_secret(self, name: str, value: str) -> None:
+        """A secret file as a Kubernetes Secret mount would hold it."""
+        (self.workdir / "secrets").mkdir(exist_ok=True)
+        (self.workdir / "secrets" / name).write_text(value)
+
     def start_nats(self) -> str:
         (self.workdir / "nats").mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(self.workdir / "nats")

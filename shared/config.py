@@ -16,7 +16,7 @@ import yaml
 from msgspec import Meta, Struct
 
 from shared.errors import ConfigError
-from shared.messages import AccountId, SizingSpec, Symbol, check_money
+from shared.messages import AccountId, FollowerState, RiskSpec, SizingSpec, Symbol, check_money
 
 ExchangeName = Literal["paper", "kraken", "coinbase", "binance", "okx", "alpaca"]
 ENV_PREFIX = "COPYTRADE_"
@@ -39,13 +39,27 @@ class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     group: AccountId | None = None  # copier group; defaults to the exchange name
-    enabled: bool = True
+    enabled: bool = True  # false is the same as state: paused
+    state: FollowerState = "active"
     sizing: SizingSpec = SizingSpec()
+    risk: RiskSpec = RiskSpec()
     symbols: dict[Symbol, Symbol] = {}  # master symbol -> this follower's venue symbol
 
 
 class MasterConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
+
+
+class SignalsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How copiers judge a signal before executing it."""
+
+    require_signature: bool = True
+    public_keys: list[str] = []  # base64 Ed25519 master keys; two during a key rotation
+    max_age_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0  # never execute a copy later than this
+
+    def __post_init__(self) -> None:
+        if self.require_signature and not self.public_keys:
+            raise ValueError("signals.public_keys is required (or require_signature: false)")
 
 
 class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,6 +68,7 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     version: Literal[1] = 1
     min_notional: Decimal = Decimal("1.00")
     master: MasterConfig
+    signals: SignalsConfig  # required: say which master keys to trust (or opt out explicitly)
     followers: list[FollowerConfig] = []
 
     def __post_init__(self) -> None:

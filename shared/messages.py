@@ -17,7 +17,8 @@ MAX_MONEY = Decimal("1e13")  # far above any real account; bounds hostile number
 
 Side = Literal["buy", "sell"]
 SizeType = Literal["quote", "base"]
-Outcome = Literal["filled", "submitted", "skipped", "failed"]
+Outcome = Literal["filled", "submitted", "skipped", "failed", "dry_run"]
+FollowerState = Literal["active", "paused", "close_only", "dry_run"]
 SizingMode = Literal["equity_ratio", "multiplier", "fixed_notional"]
 
 Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -156,6 +157,27 @@ class SizingSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 check_money(name, value)
 
 
+class RiskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-follower risk controls. Caps limit buying only: exits are never blocked."""
+
+    max_position_notional: Decimal | None = None  # per symbol, at the master's price
+    allow_symbols: list[str] | None = None  # None: every symbol
+    deny_symbols: list[str] = []
+    max_price_deviation_pct: Decimal | None = None  # follower venue price vs master fill
+    max_signal_age_s: float | None = None  # overrides signals.max_age_s
+    daily_loss_pct: Decimal | None = None  # equity down this much today -> close_only
+    max_drawdown_pct: Decimal | None = None  # equity down this much from its peak -> paused
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_notional", "max_price_deviation_pct", "daily_loss_pct",
+                     "max_drawdown_pct"):
+            value = getattr(self, name)
+            if value is not None:
+                check_money(name, value)
+        if self.max_signal_age_s is not None and not 0 < self.max_signal_age_s <= 86_400:
+            raise ValueError("max_signal_age_s must be in (0, 86400]")
+
+
 class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A follower as the sizer needs it: account figures, venue rules, its sizing settings."""
 
@@ -165,6 +187,10 @@ class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     position: Decimal  # base held in the signal's symbol
     rules: MarketRules | None  # None: the follower's venue does not list the symbol
     sizing: SizingSpec = SizingSpec()
+    risk: RiskSpec = RiskSpec()
+    state: FollowerState = "active"
+    price: Decimal | None = None  # the follower venue's current price, for the slippage guard
+    max_signal_age_s: float | None = None  # effective limit (follower's, else the global one)
 
     def __post_init__(self) -> None:
         for name in ("equity", "cash", "position"):
@@ -174,6 +200,7 @@ class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class SizeRequest(Struct, frozen=True, kw_only=True, tag="size_request", forbid_unknown_fields=True):
     signal: TradeSignal
     min_notional: Decimal
+    now: float  # the copier's clock, for the signal-age limit
     followers: list[FollowerSnapshot]
 
 

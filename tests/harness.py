@@ -30,10 +30,12 @@ from services.paper.__main__ import serve_venue
 from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
 from shared.config import CopytradeConfig, SecretSource, Settings, load_settings, parse_config
+from shared.control import Control, control_bucket
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVenue, SetPrice
 from shared.exchange.paper import nats_transport as paper_transport
 from shared.messages import AuditRecord, CopyResult, TradeRequest
+from shared.signing import SignalSigner, new_signing_key
 from tests.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,16 +58,32 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+TEST_SIGNING_SEED, TEST_PUBLIC_KEY = new_signing_key()
+
+
+def config_data(
+    followers: list[dict[str, Any]], master: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A config file's content: a paper master whose signals are signed with the test key."""
+    return {"master": master or {"id": "master", "exchange": "paper"},
+            "signals": {"public_keys": [TEST_PUBLIC_KEY]}, "followers": followers, **extra}
+
+
 def make_config(
     followers: list[dict[str, Any]], master: dict[str, Any] | None = None, **extra: Any
 ) -> CopytradeConfig:
-    data = {"master": master or {"id": "master", "exchange": "paper"},
-            "followers": followers, **extra}
-    return parse_config(yaml.safe_dump(data))
+    return parse_config(yaml.safe_dump(config_data(followers, master, **extra)))
 
 
 def paper_followers(equities: dict[str, int | str], **settings: Any) -> list[dict[str, Any]]:
     return [{"id": fid, "exchange": "paper", **settings} for fid in equities]
+
+
+def _cancel(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.wait({task})
+    return cancel
 
 
 @dataclass
@@ -113,6 +131,7 @@ class System:
         self.nc = await self.connect()
         self.js = self.nc.jetstream()
         self.claims = await bus.ensure_streams(self.js)
+        self.control = await control_bucket(self.js)
         self.paper = paper_transport(self.nc)
         self._services.append(await serve_venue(await self.connect(), self.venue))
         self.sizer_registry = CollectorRegistry()
@@ -168,9 +187,12 @@ class System:
         book.apply(config)
         metrics.set_followers(book.state_counts())
         await bus.ensure_consumer(js, exchange, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
+        control = Control()
+        watching = asyncio.create_task(control.watch(await control_bucket(js)))
         copier = Copier(nc=nc, js=js, claims=await js.key_value(bus.CLAIMS_BUCKET), book=book,
-                        metrics=metrics, settings=s, instance=instance)
+                        metrics=metrics, settings=s, instance=instance, control=control)
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book)
+        self._closers.insert(0, _cancel(watching))
         self._closers.insert(0, handle.stop)
         return handle
 
@@ -183,8 +205,10 @@ class System:
         await account.connect()
         self._closers.append(account.close)
         self.master_registry = CollectorRegistry()
+        signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
         master = MasterService(js=nc.jetstream(), account=account, config=config.master,
-                               metrics=MasterMetrics(self.master_registry, config.master.id))
+                               metrics=MasterMetrics(self.master_registry, config.master.id),
+                               signer=signer)
         self._services.append(await master.start(nc))
         return master
 

@@ -9,7 +9,7 @@ import yaml
 
 from shared import bus
 from shared.messages import CopyResult, SignalRejected
-from tests.harness import System, eventually, make_config, paper_followers, trade
+from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
 
 
 async def test_failing_followers_do_not_stop_the_others(system: System) -> None:
@@ -121,8 +121,7 @@ async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system
     await system.fund("master", 10_000)
     await system.fund_all(equities)
     config_path = system.tmp_path / "copytrade.yaml"
-    config_path.write_text(yaml.safe_dump(
-        {"master": {"id": "master", "exchange": "paper"}, "followers": paper_followers(equities)}))
+    config_path.write_text(yaml.safe_dump(config_data(paper_followers(equities))))
     config = make_config(paper_followers(equities))
     system.venue.latency_s = 0.05
     first = system.spawn_copier(config_path, instance="doomed", COPYTRADE_CONCURRENCY="4")

@@ -20,14 +20,15 @@ from shared import bus
 from shared.exchange.paper import Fund, nats_transport
 from shared.messages import TradeReply, TradeRequest
 from tests.deploy.promql import HISTOGRAM_SUFFIXES, dashboard_metric_names
+from tests.harness import TEST_SIGNING_SEED, config_data
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
     config = tmp_path / "copytrade.yaml"
-    config.write_text(yaml.safe_dump({"master": {"id": "master", "exchange": "paper"},
-                                      "followers": [{"id": "alice", "exchange": "paper"}]}))
+    config.write_text(yaml.safe_dump(config_data([{"id": "alice", "exchange": "paper"}])))
     with local_stack(tmp_path, config) as running:
+        running.write_secret("MASTER_SIGNING_KEY", TEST_SIGNING_SEED)
         running.start_nats()
         for name in ("paper", "sizer", "copier", "master"):
             running.start(name, name)

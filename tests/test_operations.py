@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from shared import bus
-from tests.harness import System, eventually, make_config, paper_followers, trade
+from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
 from tests.natsserver import free_port
 
 
@@ -34,8 +34,7 @@ def mount(directory: Path, files: dict[str, str]) -> None:
 
 
 def config_text(followers: dict[str, int]) -> str:
-    return yaml.safe_dump({"master": {"id": "master", "exchange": "paper"},
-                           "followers": paper_followers(followers)})
+    return yaml.safe_dump(config_data(paper_followers(followers)))
 
 
 def scrape(port: int) -> str:

@@ -11,6 +11,7 @@ from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
 from shared import bus
 from shared.config import SecretSource, Settings, load_settings
+from shared.control import Control, control_bucket
 from shared.exchange.factory import AdapterContext
 from shared.exchange.paper import PaperVenue, nats_transport
 from shared.runtime import run_main, service_runtime
@@ -39,13 +40,17 @@ async def run(settings: Settings) -> None:
         claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
+        control = Control()
+        controls = asyncio.create_task(
+            control.watch(await control_bucket(rt.js, settings.stream_replicas)))
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
-                        settings=settings, instance=rt.instance)
+                        settings=settings, instance=rt.instance, control=control)
         worker = asyncio.create_task(copier.run())
         watcher = asyncio.create_task(reloader.watch())
         rt.mark_started()
         await rt.wait_stopped()
         watcher.cancel()
+        controls.cancel()
         await copier.shutdown(settings.shutdown_grace_s)
         await worker
         await book.close()

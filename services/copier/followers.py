@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource
+from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource, SignalsConfig
+from shared.control import Control
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
-from shared.messages import FollowerSnapshot, MarketRules, TradeSignal
+from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal
+from shared.signing import SignalVerifier
 
 
 @dataclass
@@ -40,8 +42,12 @@ class Follower:
     def venue_symbol(self, symbol: str) -> str:
         return self.config.symbols.get(symbol, symbol)
 
+    def configured_state(self) -> FollowerState:
+        return self.config.state if self.config.enabled else "paused"
+
     async def snapshot(
-        self, signal: TradeSignal, rules: MarketRules | None, ttl_s: float
+        self, signal: TradeSignal, rules: MarketRules | None, ttl_s: float, *,
+        state: FollowerState, max_signal_age_s: float,
     ) -> FollowerSnapshot:
         """Account figures for sizing; re-read from the venue when older than ttl_s."""
         symbol = self.venue_symbol(signal.symbol)
@@ -56,7 +62,8 @@ class Follower:
         return FollowerSnapshot(
             follower_id=self.id, equity=figures.equity, cash=figures.cash,
             position=figures.positions.get(symbol, Decimal(0)), rules=rules,
-            sizing=self.config.sizing)
+            sizing=self.config.sizing, risk=self.config.risk, state=state,
+            max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
 
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
         """Update cached cash and position from a fill instead of re-reading the venue."""
@@ -80,6 +87,8 @@ class FollowerBook:
         self._retired: list[Follower] = []
         self._rules: dict[str, MarketRules | None] = {}
         self.min_notional = Decimal("1.00")
+        self.signals = SignalsConfig(require_signature=False)
+        self.verifier = SignalVerifier([])
 
     def apply(self, config: CopytradeConfig) -> list[str]:
         """Adopt a new config; return the ids of removed followers.
@@ -101,6 +110,9 @@ class FollowerBook:
         removed = [fid for fid in self._followers if fid not in built]
         self._followers = built
         self.min_notional = config.min_notional
+        if config.signals.public_keys != self.signals.public_keys:
+            self.verifier = SignalVerifier(config.signals.public_keys)
+        self.signals = config.signals
         return removed
 
     async def close_retired(self) -> None:
@@ -116,15 +128,16 @@ class FollowerBook:
     def secret_values(self) -> list[str]:
         return [v for f in self._followers.values() if f.credentials for v in f.credentials.values()]
 
-    def active(self) -> list[Follower]:
-        return [f for f in self._followers.values() if f.config.enabled]
-
     def all(self) -> list[Follower]:
         return list(self._followers.values())
 
-    def state_counts(self) -> dict[str, int]:
-        active = len(self.active())
-        return {"active": active, "paused": len(self._followers) - active}
+    def state_counts(self, control: Control | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for f in self._followers.values():
+            state = f.configured_state()
+            state = control.state_of(f.id, state) if control else state
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     async def rules(self, follower: Follower, symbol: str) -> MarketRules | None:
         """Market rules, loaded once per symbol for the whole group (shared by followers)."""

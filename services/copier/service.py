@@ -26,6 +26,7 @@ from services.copier.followers import Follower, FollowerBook
 from services.copier.metrics import CopierMetrics
 from shared import bus
 from shared.config import Settings
+from shared.control import Control
 from shared.errors import CopytradeError, ExchangeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderAck, OrderCommand
@@ -69,9 +70,10 @@ class _Recording:
 class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
-        metrics: CopierMetrics, settings: Settings, instance: str,
+        metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
     ) -> None:
         self._nc, self._js, self._claims, self._book = nc, js, claims, book
+        self._control = control
         self._metrics, self._settings, self._instance = metrics, settings, instance
         self._exchange = book.exchange
         self._decoder = msgspec.json.Decoder(TradeSignal)
@@ -121,6 +123,7 @@ class Copier:
                 info = await self._js.consumer_info(bus.SIGNALS_STREAM,
                                                     bus.durable_name(self._exchange))
                 self._metrics.pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            self._metrics.set_followers(self._book.state_counts(self._control))
             await asyncio.sleep(interval_s)
 
     async def process(self, msg: object) -> None:
@@ -136,9 +139,15 @@ class Copier:
             await self._reject(msg.data, "malformed", str(exc))
             await msg.term()
             return
+        redelivered = msg.metadata.num_delivered > 1
+        problem = await self._judge(signal, redelivered)
+        if problem is not None:
+            await self._reject(msg.data, *problem)
+            await msg.term()
+            return
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self.fan_out(signal, received_at, redelivered=msg.metadata.num_delivered > 1)
+            await self.fan_out(signal, received_at, redelivered=redelivered)
             await msg.ack_sync()
         except asyncio.CancelledError:  # shutdown: hand the signal back; claims make it safe
             with contextlib.suppress(Exception):
@@ -150,8 +159,19 @@ class Copier:
         finally:
             heartbeat.cancel()
 
+    async def _judge(self, signal: TradeSignal, redelivered: bool) -> tuple[str, str] | None:
+        """Why this signal must not be executed (reason code, text), or None."""
+        if self._book.signals.require_signature:
+            problem = self._book.verifier.problem(signal)
+            if problem is not None:
+                return problem, f"signal {signal.signal_id}: {problem.replace('_', ' ')}"
+        seen = f"seen.{self._exchange}.{signal.signal_id}"
+        if not redelivered and not await self._claim(seen, b"1"):
+            return "replayed", f"signal {signal.signal_id} was already taken by this group"
+        return None
+
     async def fan_out(self, signal: TradeSignal, received_at: float, *, redelivered: bool) -> None:
-        followers = self._book.active()
+        followers = self._book.all()
         log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
                  "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
                  redelivered)
@@ -177,7 +197,7 @@ class Copier:
         ready = [s for s in snapshots if not isinstance(s, Skip)]
         for start in range(0, len(ready), SIZER_CHUNK):
             request = SizeRequest(signal=signal, min_notional=self._book.min_notional,
-                                  followers=ready[start:start + SIZER_CHUNK])
+                                  now=time.time(), followers=ready[start:start + SIZER_CHUNK])
             with self._metrics.sizer_latency.time():
                 reply = await self._nc.request(bus.SIZER_SUBJECT, self._encoder.encode(request),
                                                timeout=10)
@@ -188,10 +208,15 @@ class Copier:
 
     async def _snapshot(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot | Skip:
         """The follower's figures, or a skip when its venue cannot be read (isolated)."""
+        state = self._control.state_of(follower.id, follower.configured_state())
+        if state == "paused":  # nothing to read or size
+            return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
         try:
             async with self._limit:
                 rules = await self._book.rules(follower, signal.symbol)
-                return await follower.snapshot(signal, rules, self._settings.snapshot_ttl_s)
+                return await follower.snapshot(
+                    signal, rules, self._settings.snapshot_ttl_s, state=state,
+                    max_signal_age_s=self._book.signals.max_age_s)
         except ExchangeError as exc:
             return Skip(follower_id=follower.id, reason_code=exc.reason_code,
                         reason=f"Could not read account: {type(exc).__name__}")
@@ -216,9 +241,14 @@ class Copier:
             if entry is not None:
                 await self._recover(signal, follower, key, entry, received_at, recording)
                 return
+        decision = self._gate(follower, decision)
         if isinstance(decision, Skip):
             await self._record(follower, self._skipped(signal, follower, decision, received_at),
                                recording)
+            return
+        if self._control.state_of(follower.id, follower.configured_state()) == "dry_run":
+            result = self._dry_run(signal, follower, decision, received_at)
+            await self._record(follower, result, recording)
             return
         cid = client_order_id_for(signal.signal_id, follower.id)
         claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
@@ -229,6 +259,13 @@ class Copier:
             return
         await self._execute(signal, follower, claim, received_at, recording)
 
+    def _gate(self, follower: Follower, decision: Decision) -> Decision:
+        """The kill switch overrides every order decision, checked as late as possible."""
+        if isinstance(decision, SizedOrder) and self._control.killed:
+            return Skip(follower_id=follower.id, reason_code="kill_switch",
+                        reason="Kill switch is on: no new orders")
+        return decision
+
     async def _execute(
         self, signal: TradeSignal, follower: Follower, claim: Claim, received_at: float,
         recording: _Recording, *, recovered: bool = False,
@@ -238,6 +275,11 @@ class Copier:
             client_order_id=claim.client_order_id, symbol=follower.venue_symbol(signal.symbol),
             side=order.side, size=order.size, size_type=order.size_type,
             reference_price=signal.price)
+        if self._control.killed:  # switched on while this copy waited its turn
+            skip = self._gate(follower, order)
+            assert isinstance(skip, Skip)
+            await self._record(follower, self._skipped(signal, follower, skip, received_at), recording)
+            return
         sent_at = time.time()
         self._metrics.internal_latency.observe(sent_at - received_at)
         self._metrics.in_flight.inc()
@@ -384,6 +426,14 @@ class Copier:
             exchange_order_id=ack.exchange_order_id, filled_base=ack.filled_base,
             avg_price=ack.avg_price, recovered=recovered, order_sent_at=sent_at,
             acked_at=time.time(), **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+
+    def _dry_run(self, signal: TradeSignal, follower: Follower, order: SizedOrder,
+                 received_at: float) -> CopyResult:
+        return CopyResult(
+            outcome="dry_run", reason_code="dry_run", reason="Dry run: decision recorded, no order",
+            size=order.size, size_type=order.size_type, notional=order.notional,
+            client_order_id=client_order_id_for(signal.signal_id, follower.id),
+            **self._base(signal, follower, received_at))  # type: ignore[arg-type]
 
     def _failed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, cid: str,
                 exc: ExchangeError, received_at: float, sent_at: float) -> CopyResult:

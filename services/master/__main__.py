@@ -5,21 +5,37 @@ from __future__ import annotations
 from services.master.service import MasterMetrics, MasterService
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
+from shared.errors import ConfigError
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.paper import nats_transport
 from shared.runtime import run_main, service_runtime
+from shared.signing import SignalSigner
+
+SIGNING_KEY_NAME = "MASTER_SIGNING_KEY"
+
+
+def master_signer(secrets: SecretSource, required: bool) -> SignalSigner | None:
+    """The master's signing key from the secrets; a missing key is fatal when copiers need one."""
+    seed = secrets.get(SIGNING_KEY_NAME)
+    if seed is None and required:
+        raise ConfigError(f"signals.require_signature is on but {SIGNING_KEY_NAME} is not set")
+    return None if seed is None else SignalSigner(seed)
 
 
 async def run(settings: Settings) -> None:
     async with service_runtime("master", settings) as rt:
         config = load_config(settings.config)
-        credentials = SecretSource(settings.secrets_dir).credentials(config.master, "MASTER")
+        secrets = SecretSource(settings.secrets_dir)
+        credentials = secrets.credentials(config.master, "MASTER")
         rt.redactor.add(credentials.values() if credentials else ())
+        signer = master_signer(secrets, config.signals.require_signature)
+        if signer is not None:
+            rt.redactor.add([secrets.get(SIGNING_KEY_NAME) or ""])
         ctx = AdapterContext(paper_transport=nats_transport(rt.nc))
         account = build_account(config.master, credentials, ctx)
         await bus.ensure_streams(rt.js, settings.stream_replicas)
         master = MasterService(js=rt.js, account=account, config=config.master,
-                               metrics=MasterMetrics(rt.registry, config.master.id),
+                               metrics=MasterMetrics(rt.registry, config.master.id), signer=signer,
                                order_timeout_s=settings.order_timeout_s)
         service = await master.start(rt.nc)
         rt.mark_started()

@@ -23,6 +23,7 @@ from shared.errors import CopytradeError, ExchangeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
 from shared.messages import TradeReply, TradeRequest, TradeSignal, signal_id_for
+from shared.signing import SignalSigner
 
 log = logging.getLogger("copytrade.master")
 
@@ -42,8 +43,10 @@ class MasterMetrics:
 class MasterService:
     def __init__(
         self, *, js: JetStreamContext, account: ExchangeAccount, config: MasterConfig,
-        metrics: MasterMetrics, order_timeout_s: float = 10.0, fill_wait_s: float = 30.0,
+        metrics: MasterMetrics, signer: SignalSigner | None, order_timeout_s: float = 10.0,
+        fill_wait_s: float = 30.0,
     ) -> None:
+        self._signer = signer
         self._js, self._account, self._config, self._metrics = js, account, config, metrics
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
         self._encoder = msgspec.json.Encoder(decimal_format="string")
@@ -77,6 +80,8 @@ class MasterService:
                             type(exc).__name__)
                 return TradeReply(ok=False, error=f"{type(exc).__name__}: {exc}")
             self._metrics.orders.labels("filled").inc()
+            if self._signer is not None:
+                signal = self._signer.sign(signal)
             await self.publish(signal)
             return TradeReply(ok=True, signal_id=signal.signal_id, order_id=signal.order_id,
                               signal=signal)
@@ -121,6 +126,8 @@ class MasterService:
 
     async def publish(self, signal: TradeSignal) -> None:
         """Publish with the signal id as message id; NATS hiccups are retried with the same id."""
+        if self._signer is not None and not signal.signature:
+            signal = self._signer.sign(signal)
         data = self._encoder.encode(signal)
         subject = bus.signal_subject(self._config.id)
 

@@ -58,7 +58,7 @@ class Sizer:
             await request.respond_error("400", f"invalid size request: {exc}")
             return
         decisions = size_all(size_request.signal, size_request.followers,
-                             size_request.min_notional)
+                             size_request.min_notional, size_request.now)
         await request.respond(self._encoder.encode(SizeReply(decisions=decisions)))
         orders = sum(isinstance(d, SizedOrder) for d in decisions)
         self._metrics.decisions.labels("order").inc(orders)

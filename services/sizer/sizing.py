@@ -26,19 +26,69 @@ ZERO = Decimal(0)
 
 
 def size_all(
-    signal: TradeSignal, followers: list[FollowerSnapshot], min_notional: Decimal
+    signal: TradeSignal, followers: list[FollowerSnapshot], min_notional: Decimal,
+    now: float | None = None,
 ) -> list[Decision]:
-    return [size_follower(signal, f, min_notional) for f in followers]
+    return [size_follower(signal, f, min_notional, now) for f in followers]
 
 
-def size_follower(signal: TradeSignal, follower: FollowerSnapshot, min_notional: Decimal) -> Decision:
+def size_follower(
+    signal: TradeSignal, follower: FollowerSnapshot, min_notional: Decimal,
+    now: float | None = None,
+) -> Decision:
     """One follower's order for this signal, or a skip saying why not."""
+    for gate in GATES:
+        problem = gate(signal, follower, now)
+        if problem is not None:
+            return _skip(follower, *problem)
     if follower.rules is None:
         return _skip(follower, "unsupported_symbol",
                      f"Symbol {signal.symbol} is not supported on the follower's exchange")
     if signal.side == "sell":
         return _size_exit(signal, follower, follower.rules, min_notional)
     return _size_entry(signal, follower, follower.rules, min_notional)
+
+
+# ---- risk gates: each returns (reason_code, reason) to skip, or None to go on ---------------------
+
+Problem = tuple[str, str] | None
+
+
+def _gate_state(signal: TradeSignal, follower: FollowerSnapshot, _: float | None) -> Problem:
+    if follower.state == "paused":
+        return "paused", "Follower is paused"
+    if follower.state == "close_only" and signal.side == "buy":
+        return "close_only", "Follower is close-only: buys are not copied"
+    return None
+
+
+def _gate_symbol(signal: TradeSignal, follower: FollowerSnapshot, _: float | None) -> Problem:
+    allow, deny = follower.risk.allow_symbols, follower.risk.deny_symbols
+    if signal.symbol in deny or (allow is not None and signal.symbol not in allow):
+        return "symbol_not_allowed", f"Symbol {signal.symbol} is not allowed for this follower"
+    return None
+
+
+def _gate_age(signal: TradeSignal, follower: FollowerSnapshot, now: float | None) -> Problem:
+    limit = follower.max_signal_age_s
+    if now is not None and limit is not None and now - signal.executed_at > limit:
+        age = now - signal.executed_at
+        return "stale_signal", f"Signal is {age:.1f}s old (limit {limit:g}s): not executed late"
+    return None
+
+
+def _gate_slippage(signal: TradeSignal, follower: FollowerSnapshot, _: float | None) -> Problem:
+    tolerance, price = follower.risk.max_price_deviation_pct, follower.price
+    if signal.side == "sell" or tolerance is None or price is None:
+        return None  # exits are never blocked
+    deviation = abs(price - signal.price) / signal.price * 100
+    if deviation > tolerance:
+        return ("slippage", f"Price moved {deviation:.2f}% from the master's fill "
+                            f"(limit {tolerance}%)")
+    return None
+
+
+GATES = (_gate_state, _gate_symbol, _gate_age, _gate_slippage)
 
 
 def _master_notional(signal: TradeSignal) -> Decimal:
@@ -59,7 +109,9 @@ def _size_entry(
     signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules, min_notional: Decimal
 ) -> Decision:
     scale = _scale(signal, follower)
-    cap = follower.sizing.max_order_notional
+    cap = _buy_cap(signal, follower)
+    if cap is not None and cap <= 0:
+        return _skip(follower, "max_position", "Position limit reached for this symbol")
     if cap is not None and Fraction(_master_notional(signal)) * scale > cap:
         scale = Fraction(cap) / Fraction(_master_notional(signal))
     if signal.size_type == "quote" and rules.quote_orders:
@@ -75,6 +127,15 @@ def _size_entry(
         return _skip(follower, *problem)
     return SizedOrder(follower_id=follower.follower_id, side="buy", size=size,
                       size_type=size_type, notional=notional, scale=_decimal(scale))
+
+
+def _buy_cap(signal: TradeSignal, follower: FollowerSnapshot) -> Decimal | None:
+    """The most a buy may spend: the order cap and the room left under the position cap."""
+    caps = [follower.sizing.max_order_notional]
+    if follower.risk.max_position_notional is not None:
+        caps.append(follower.risk.max_position_notional - follower.position * signal.price)
+    present = [c for c in caps if c is not None]
+    return min(present) if present else None
 
 
 def _size_exit(

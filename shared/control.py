@@ -1,0 +1,86 @@
+"""Operator controls kept in NATS KV, seen by every copier replica within milliseconds:
+the global kill switch and per-follower state overrides (pause, resume, close-only, dry-run)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import msgspec
+from msgspec import Struct
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.messages import FollowerState
+
+log = logging.getLogger("copytrade.control")
+
+CONTROL_BUCKET = "copytrade-control"
+KILL_KEY = "kill"
+STATE_PREFIX = "state."
+
+
+class Override(Struct, frozen=True, kw_only=True):
+    state: FollowerState
+    reason: str
+    at: float
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Override)
+
+
+async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(CONTROL_BUCKET)
+    except NotFoundError:
+        return await js.create_key_value(KeyValueConfig(
+            bucket=CONTROL_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas))
+
+
+async def set_kill(kv: KeyValue, on: bool) -> None:
+    await kv.put(KILL_KEY, b"on" if on else b"off")
+
+
+async def set_state(kv: KeyValue, follower_id: str, state: FollowerState | None, reason: str) -> None:
+    """Override a follower's configured state; None returns it to its configured state."""
+    key = STATE_PREFIX + follower_id
+    if state is None:
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(key)
+        return
+    await kv.put(key, _encoder.encode(Override(state=state, reason=reason, at=time.time())))
+
+
+class Control:
+    """The current overrides, kept up to date from the bucket by `watch`."""
+
+    def __init__(self) -> None:
+        self.killed = False
+        self.overrides: dict[str, Override] = {}
+
+    def state_of(self, follower_id: str, configured: FollowerState) -> FollowerState:
+        override = self.overrides.get(follower_id)
+        return configured if override is None else override.state
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        if key == KILL_KEY:
+            self.killed = value == b"on"
+            log.warning("event=kill_switch state=%s", "on" if self.killed else "off")
+        elif key.startswith(STATE_PREFIX):
+            follower_id = key[len(STATE_PREFIX):]
+            if value:
+                self.overrides[follower_id] = _decoder.decode(value)
+            else:
+                self.overrides.pop(follower_id, None)
+
+    async def watch(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:  # the end of the current values; updates follow
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            self.apply(entry.key, None if deleted else entry.value)
