@@ -12,6 +12,7 @@ import msgspec
 from shared.config import SecretSource, check_credentials, load_config, load_settings
 from shared.errors import ConfigError
 from shared.messages import SizeType, TradeReply, TradeRequest
+from shared.signing import new_signing_key
 
 
 def _decimal(text: str) -> Decimal:
@@ -77,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--base", type=_decimal, help="size in base asset")
     for name in ("copier", "sizer", "paper-exchange"):
         sub.add_parser(name, help=f"run the {name} service")
+    keys = sub.add_parser("keys", help="signal signing keys")
+    keys.add_subparsers(dest="action", required=True).add_parser(
+        "new", help="print a new Ed25519 pair: the seed for MASTER_SIGNING_KEY, the public key "
+                    "for signals.public_keys")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="action", required=True)
     check = config_sub.add_parser("check", help="validate a config file and its credentials")
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "config":
         sys.exit(_config_check(args))
+    if args.command == "keys":
+        seed, public = new_signing_key()
+        print(f"MASTER_SIGNING_KEY (secret, master only): {seed}\nsignals.public_keys entry: {public}")
+        return
     if args.command == "master" and args.action == "trade":
         sys.exit(asyncio.run(_trade(args)))
     _run_service(args.command)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
@@ -17,12 +18,35 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared.config import Settings
 
 log = logging.getLogger("copytrade.bus")
+
+
+def _report_publish_async_errors() -> None:
+    """Work around nats.py #985 (fix proposed in PR #994): an error JetStream returns for a
+    `publish_async` (e.g. "wrong last sequence" for an existing claim) escapes the reply handler
+    and the future never resolves. Catch what escapes and put it on the caller's future."""
+    original = JetStreamContext._handle_async_reply
+
+    async def handle(self: JetStreamContext, msg: Msg) -> None:
+        try:
+            await original(self, msg)
+        except APIError as error:
+            token = msg.subject[len(self._nc._inbox_prefix) + 22 + 2:]  # as nats.py computes it
+            future = self._publish_async_futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    if not getattr(original, "copytrade_fix", False):
+        handle.copytrade_fix = True  # type: ignore[attr-defined]
+        JetStreamContext._handle_async_reply = handle  # type: ignore[method-assign]
+
+
+_report_publish_async_errors()
 
 SIGNALS_STREAM = "SIGNALS"
 RESULTS_STREAM = "RESULTS"

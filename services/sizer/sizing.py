@@ -110,7 +110,7 @@ def _size_entry(
 ) -> Decision:
     scale = _scale(signal, follower)
     cap = _buy_cap(signal, follower)
-    if cap is not None and cap <= 0:
+    if cap is not None and cap < min_notional:
         return _skip(follower, "max_position", "Position limit reached for this symbol")
     if cap is not None and Fraction(_master_notional(signal)) * scale > cap:
         scale = Fraction(cap) / Fraction(_master_notional(signal))
