@@ -36,6 +36,9 @@ test: $(STAMP) deploy-tools lint typecheck ## lint, typecheck and the whole test
 test-fast: $(STAMP) ## the test suite only
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+chaos: $(STAMP) ## long fault-injection runs: kills, NATS restarts, exchange faults; prints figures
+	$(BIN)/python -m pytest tests/chaos -p no:randomly -s --chaos
+
 demo: $(STAMP) ## run the whole system on this machine and print each copy
 	$(BIN)/python scripts/demo.py
 
