@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import msgspec
 
+from services import ops
 from shared.config import SecretSource, check_credentials, load_config, load_settings
 from shared.errors import ConfigError
 from shared.messages import SizeType, TradeReply, TradeRequest
@@ -65,6 +69,33 @@ def _config_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _who() -> str:
+    return os.environ.get("USER", "operator")
+
+
+async def _state(args: argparse.Namespace) -> str:
+    return await ops.change_state(load_settings(), args.command, args.follower, _who())
+
+
+async def _kill(args: argparse.Namespace) -> str:
+    return await ops.kill(load_settings(), args.switch == "on")
+
+
+async def _status(_: argparse.Namespace) -> str:
+    settings = load_settings()
+    return await ops.status(settings, load_config(settings.config))
+
+
+async def _history(args: argparse.Namespace) -> str:
+    return ops.format_history(await ops.history(load_settings(), args.follower, args.limit))
+
+
+OPERATIONS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, str]]] = {
+    **dict.fromkeys(ops.STATE_COMMANDS, _state), "kill": _kill, "status": _status,
+    "history": _history,
+}
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="copytrade", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -78,6 +109,17 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--base", type=_decimal, help="size in base asset")
     for name in ("copier", "sizer", "paper-exchange"):
         sub.add_parser(name, help=f"run the {name} service")
+    for command, what in (("pause", "copy nothing for a follower"),
+                          ("resume", "return a follower to its configured state"),
+                          ("close-only", "copy only exits for a follower"),
+                          ("dry-run", "record decisions for a follower, place no orders")):
+        sub.add_parser(command, help=what).add_argument("follower")
+    kill = sub.add_parser("kill", help="global kill switch: stop all new orders within a second")
+    kill.add_argument("switch", choices=["on", "off"])
+    sub.add_parser("status", help="followers, their states and last outcomes; the kill switch")
+    hist = sub.add_parser("history", help="a follower's recent copy outcomes")
+    hist.add_argument("--follower", required=True)
+    hist.add_argument("--limit", type=int, default=20)
     keys = sub.add_parser("keys", help="signal signing keys")
     keys.add_subparsers(dest="action", required=True).add_parser(
         "new", help="print a new Ed25519 pair: the seed for MASTER_SIGNING_KEY, the public key "
@@ -94,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "config":
         sys.exit(_config_check(args))
+    if args.command in OPERATIONS:
+        print(asyncio.run(OPERATIONS[args.command](args)))
+        return
     if args.command == "keys":
         seed, public = new_signing_key()
         print(f"MASTER_SIGNING_KEY (secret, master only): {seed}\nsignals.public_keys entry: {public}")

@@ -55,12 +55,26 @@ async def set_state(kv: KeyValue, follower_id: str, state: FollowerState | None,
     await kv.put(key, _encoder.encode(Override(state=state, reason=reason, at=time.time())))
 
 
+STRICTNESS: dict[FollowerState, int] = {"active": 0, "dry_run": 0, "close_only": 1, "paused": 2}
+
+
 class Control:
     """The current overrides, kept up to date from the bucket by `watch`."""
 
-    def __init__(self) -> None:
+    def __init__(self, kv: KeyValue | None = None) -> None:
+        self.kv = kv
         self.killed = False
         self.overrides: dict[str, Override] = {}
+
+    async def restrict(self, follower_id: str, state: FollowerState, reason: str) -> bool:
+        """Move a follower to a stricter state (a risk trip); False if it already is there."""
+        current = self.overrides.get(follower_id)
+        if current is not None and STRICTNESS[current.state] >= STRICTNESS[state]:
+            return False
+        self.overrides[follower_id] = Override(state=state, reason=reason, at=time.time())
+        if self.kv is not None:
+            await set_state(self.kv, follower_id, state, reason)
+        return True
 
     def state_of(self, follower_id: str, configured: FollowerState) -> FollowerState:
         override = self.overrides.get(follower_id)
@@ -77,8 +91,9 @@ class Control:
             else:
                 self.overrides.pop(follower_id, None)
 
-    async def watch(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
+    async def watch(self) -> None:
+        assert self.kv is not None
+        watcher = await self.kv.watchall()
         async for entry in watcher:
             if entry is None:  # the end of the current values; updates follow
                 continue

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
+from services.copier.reconcile import Reconciler
 from services.copier.service import Copier
 from services.master.service import MasterMetrics, MasterService
 from services.paper.__main__ import serve_venue
@@ -93,6 +94,7 @@ class CopierHandle:
     registry: CollectorRegistry
     nc: Client
     book: FollowerBook
+    reconciler: Reconciler
 
     async def stop(self) -> None:
         await self.copier.shutdown(grace_s=5)
@@ -187,11 +189,16 @@ class System:
         book.apply(config)
         metrics.set_followers(book.state_counts())
         await bus.ensure_consumer(js, exchange, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
-        control = Control()
-        watching = asyncio.create_task(control.watch(await control_bucket(js)))
-        copier = Copier(nc=nc, js=js, claims=await js.key_value(bus.CLAIMS_BUCKET), book=book,
-                        metrics=metrics, settings=s, instance=instance, control=control)
-        handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book)
+        control = Control(await control_bucket(js))
+        watching = asyncio.create_task(control.watch())
+        claims = await js.key_value(bus.CLAIMS_BUCKET)
+        reconciler = Reconciler(book=book, metrics=metrics, exchange=exchange, control=control.kv,
+                                claims=claims, threshold=s.reconcile_threshold,
+                                heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
+        copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
+                        instance=instance, control=control, reconciler=reconciler)
+        handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,
+                              reconciler)
         self._closers.insert(0, _cancel(watching))
         self._closers.insert(0, handle.stop)
         return handle

@@ -7,6 +7,7 @@ import logging
 
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
+from services.copier.reconcile import Reconciler
 from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
 from shared import bus
@@ -40,17 +41,23 @@ async def run(settings: Settings) -> None:
         claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
-        control = Control()
-        controls = asyncio.create_task(
-            control.watch(await control_bucket(rt.js, settings.stream_replicas)))
+        control = Control(await control_bucket(rt.js, settings.stream_replicas))
+        background = [asyncio.create_task(control.watch())]
+        reconciler = Reconciler(
+            book=book, metrics=metrics, exchange=settings.group, control=control.kv, claims=claims,
+            threshold=settings.reconcile_threshold, heal=settings.reconcile_heal,
+            order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
-                        settings=settings, instance=rt.instance, control=control)
+                        settings=settings, instance=rt.instance, control=control,
+                        reconciler=reconciler)
         worker = asyncio.create_task(copier.run())
-        watcher = asyncio.create_task(reloader.watch())
+        if settings.reconcile_interval_s:
+            background.append(asyncio.create_task(reconciler.run(settings.reconcile_interval_s)))
+        background.append(asyncio.create_task(reloader.watch()))
         rt.mark_started()
         await rt.wait_stopped()
-        watcher.cancel()
-        controls.cancel()
+        for task in background:
+            task.cancel()
         await copier.shutdown(settings.shutdown_grace_s)
         await worker
         await book.close()

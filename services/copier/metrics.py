@@ -42,6 +42,13 @@ class CopierMetrics:
         self.pending = Gauge(
             "copytrade_consumer_pending_signals", "Signals not yet processed by this group",
             ["exchange"], registry=registry).labels(exchange)
+        self.risk_trips = Counter(
+            "copytrade_risk_trips_total", "Followers moved to close-only/paused by an equity limit",
+            ["exchange", "follower", "rule"], registry=registry)
+        self.drift = Gauge(
+            "copytrade_position_drift_ratio",
+            "Follower position vs what copying should have produced: |actual-expected|/expected",
+            ["exchange", "follower", "symbol"], registry=registry)
         self.reloads = Counter(
             "copytrade_config_reloads_total", "Config reloads by outcome", ["outcome"],
             registry=registry)
@@ -62,6 +69,7 @@ class CopierMetrics:
 
     def forget_follower(self, follower: str) -> None:
         """Drop a removed follower's series so dashboards stop showing it."""
-        for labels in list(self.outcomes._metrics):  # prometheus_client has no label query API
-            if labels[1] == follower:
-                self.outcomes.remove(*labels)
+        for metric in (self.outcomes, self.risk_trips, self.drift):
+            for labels in list(metric._metrics):  # prometheus_client has no label query API
+                if labels[1] == follower:
+                    metric.remove(*labels)

@@ -24,6 +24,8 @@ from nats.js.kv import KeyValue
 
 from services.copier.followers import Follower, FollowerBook
 from services.copier.metrics import CopierMetrics
+from services.copier.reconcile import Reconciler
+from services.copier.risk import EquityGuard
 from shared import bus
 from shared.config import Settings
 from shared.control import Control
@@ -36,6 +38,7 @@ from shared.messages import (
     DeadLetter,
     Decision,
     FollowerSnapshot,
+    FollowerState,
     SignalRejected,
     SizedOrder,
     SizeReply,
@@ -71,9 +74,12 @@ class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
+        reconciler: Reconciler | None = None,
     ) -> None:
+        self._reconciler = reconciler
         self._nc, self._js, self._claims, self._book = nc, js, claims, book
         self._control = control
+        self._guard = EquityGuard(control.kv)
         self._metrics, self._settings, self._instance = metrics, settings, instance
         self._exchange = book.exchange
         self._decoder = msgspec.json.Decoder(TradeSignal)
@@ -184,6 +190,8 @@ class Copier:
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]
+        if self._reconciler is not None:
+            self._reconciler.observe(signal)
         log.info("event=signal_copied signal_id=%s followers=%d %s seconds=%.3f", signal.signal_id,
                  len(followers), " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
                  time.time() - received_at)
@@ -214,12 +222,30 @@ class Copier:
         try:
             async with self._limit:
                 rules = await self._book.rules(follower, signal.symbol)
-                return await follower.snapshot(
+                snapshot = await follower.snapshot(
                     signal, rules, self._settings.snapshot_ttl_s, state=state,
                     max_signal_age_s=self._book.signals.max_age_s)
         except ExchangeError as exc:
             return Skip(follower_id=follower.id, reason_code=exc.reason_code,
                         reason=f"Could not read account: {type(exc).__name__}")
+        tripped = await self._trip_equity_limits(follower, snapshot)
+        if tripped == "paused":
+            return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
+        return snapshot if tripped is None else msgspec.structs.replace(snapshot, state=tripped)
+
+    async def _trip_equity_limits(
+        self, follower: Follower, snapshot: FollowerSnapshot
+    ) -> FollowerState | None:
+        """Apply the follower's daily-loss / drawdown limits; the state they now require."""
+        trip = await self._guard.check(follower, snapshot.equity)
+        if trip is None:
+            return None
+        state, reason = trip
+        if await self._control.restrict(follower.id, state, reason):
+            self._metrics.risk_trips.labels(self._exchange, follower.id, reason.split(":")[0]).inc()
+            log.warning("event=risk_limit_tripped follower=%s state=%s reason=%r",
+                        follower.id, state, reason)
+        return self._control.state_of(follower.id, follower.configured_state())
 
     # ---- one follower ----------------------------------------------------------------------------
 
