@@ -146,3 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "master" and args.action == "trade":
         sys.exit(asyncio.run(_trade(args)))
     _run_service(args.command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Operator and automatic controls: equity limits, reconciliation, and the copytrade CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+
+from shared.exchange.paper import Place
+from shared.exchange.port import OrderCommand
+from tests.harness import ROOT, System, config_data, eventually, make_config, paper_followers, trade
+
+
+async def test_daily_loss_moves_follower_to_close_only(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund("risky", 1_000)
+    config = make_config(paper_followers({"risky": 1_000}, risk={"daily_loss_pct": "5"}))
+    copier = await system.start_copier(config)
+    master = await system.start_master(config)
+    first = await master.trade(trade(quote="500"))  # risky holds ~$50 of BTC
+    await system.wait_results(first.signal_id, 1)
+    await system.fund("risky", 900)  # the follower's account loses $100 today
+
+    buy = await master.trade(trade(quote="500"))
+    results = await system.wait_results(buy.signal_id, 1)
+
+    assert results["risky"].reason_code == "close_only"
+    assert 'rule="daily_loss"' in copier.metrics_text()
+
+
+async def test_reconciliation_finds_an_order_placed_by_hand(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund_all({"steady": 1_000, "meddled": 1_000})
+    config = make_config(paper_followers({"steady": 1_000, "meddled": 1_000}))
+    copier = await system.start_copier(config)
+    master = await system.start_master(config)
+    reply = await master.trade(trade(base="0.02"))
+    await system.wait_results(reply.signal_id, 2)
+    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="buy",
+                        size=Decimal("0.01"), size_type="base", reference_price=Decimal(45000))
+    await system.paper(Place("meddled", hand))
+
+    drifts = await copier.reconciler.reconcile()
+
+    assert [(d.follower_id, d.symbol) for d in drifts] == [("meddled", "BTC/USD")]
+    assert drifts[0].actual == Decimal("0.012")
+    assert 'copytrade_position_drift_ratio{exchange="paper",follower="meddled"' in copier.metrics_text()
+
+
+def _cli(system: System, *args: str, config: Path | None = None) -> str:
+    env = {**os.environ, "COPYTRADE_NATS_URL": system.server.url,
+           "COPYTRADE_CONFIG": str(config or "")}
+    done = subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+async def test_cli_pauses_a_follower_shows_status_and_history(system: System) -> None:
+    followers = {"alice": 1_000, "bob": 1_000}
+    await system.fund("master", 10_000)
+    await system.fund_all(followers)
+    config_path = system.tmp_path / "copytrade.yaml"
+    config_path.write_text(yaml.safe_dump(config_data(paper_followers(followers))))
+    copier = await system.start_copier(make_config(paper_followers(followers)))
+    master = await system.start_master(make_config(paper_followers(followers)))
+
+    await asyncio.to_thread(_cli, system, "pause", "bob")
+    await eventually(lambda: copier.copier._control.state_of("bob", "active") == "paused")
+    reply = await master.trade(trade(quote="500"))
+    await system.wait_results(reply.signal_id, 2)
+    status = await asyncio.to_thread(_cli, system, "status", config=config_path)
+    history = await asyncio.to_thread(_cli, system, "history", "--follower", "alice")
+    killed = await asyncio.to_thread(_cli, system, "kill", "on")
+    await eventually(lambda: copier.copier._control.killed)
+
+    rows = {line.split()[0]: line.split() for line in status.splitlines()[2:]}
+    assert rows["alice"][2:4] == ["active", "filled"]
+    assert rows["bob"][2:4] == ["paused", "skipped"]
+    assert reply.signal_id[:12] in history and "filled" in history
+    assert "kill switch ON" in killed
