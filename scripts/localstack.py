@@ -33,9 +33,9 @@ class LocalStack:
         (self.workdir / "secrets").mkdir(exist_ok=True)
         (self.workdir / "secrets" / name).write_text(value)
 
-    def start_nats(self) -> str:
+    def start_nats(self, config: Path | None = None, env: dict[str, str] | None = None) -> str:
         (self.workdir / "nats").mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.workdir / "nats")
+        self.nats = NatsServer(self.workdir / "nats", config=config, env=env)
         self.nats.start()
         return self.nats.url
 

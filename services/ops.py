@@ -28,7 +28,8 @@ _results = msgspec.json.Decoder(CopyResult)
 @contextlib.asynccontextmanager
 async def connected(settings: Settings) -> AsyncIterator[Client]:
     nc = await nats.connect(settings.nats_url, user=settings.nats_user,
-                            password=settings.nats_password, connect_timeout=5)
+                            password=bus.nats_password(settings), tls=bus.tls_context(settings),
+                            connect_timeout=5)
     try:
         yield nc
     finally:

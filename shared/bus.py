@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -22,6 +24,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared.config import Settings
+from shared.errors import ConfigError
 
 log = logging.getLogger("copytrade.bus")
 
@@ -77,6 +80,26 @@ def durable_name(exchange: str) -> str:
     return f"copier-{exchange}"
 
 
+def nats_password(settings: Settings) -> str | None:
+    """The password from the settings, or from the file named like the user (a Secret mount)."""
+    if settings.nats_password or not (settings.nats_password_dir and settings.nats_user):
+        return settings.nats_password
+    path = Path(settings.nats_password_dir) / settings.nats_user
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise ConfigError(f"NATS password file for user {settings.nats_user} is missing") from None
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.nats_tls_ca is None:
+        return None
+    context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
 async def connect(settings: Settings, name: str) -> Client:
     """Connect with credentials when set; reconnect forever (services outlive NATS restarts)."""
     async def on_disconnect() -> None:
@@ -89,7 +112,8 @@ async def connect(settings: Settings, name: str) -> Client:
         log.warning("event=nats_error service=%s error=%s", name, type(exc).__name__)
 
     return await nats.connect(
-        settings.nats_url, name=name, user=settings.nats_user, password=settings.nats_password,
+        settings.nats_url, name=name, user=settings.nats_user, password=nats_password(settings),
+        tls=tls_context(settings),
         max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
     )

@@ -108,6 +108,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: str | None = None
+    nats_password_dir: str | None = None  # a file named like the user holds its password
+    nats_tls_ca: str | None = None  # CA bundle: connect with TLS and verify the server
+    nats_tls_cert: str | None = None  # client certificate and key, for mutual TLS
+    nats_tls_key: str | None = None
     http_port: Annotated[int, Meta(ge=0, le=65535)] = 9100
     config: str = "/etc/copytrade/config/copytrade.yaml"
     secrets_dir: str = "/etc/copytrade/secrets"

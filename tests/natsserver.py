@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -28,8 +29,10 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, store: Path, port: int | None = None, monitor_port: int | None = None):
+    def __init__(self, store: Path, port: int | None = None, monitor_port: int | None = None,
+                 config: Path | None = None, env: dict[str, str] | None = None):
         self.store = store
+        self.config, self.env = config, env or {}
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,10 +42,11 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
+        config = ["-c", str(self.config)] if self.config else []
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+            [nats_server_binary(), *config, "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-m", str(self.monitor_port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):

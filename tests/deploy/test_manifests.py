@@ -66,6 +66,10 @@ EXPORTED_METRICS = {  # the services' metrics contract (names fixed)
 # ---- helpers ---------------------------------------------------------------------------------
 
 
+# what the NATS StatefulSet gives the server from the Secret copytrade-nats (auth.conf)
+NATS_PASSWORDS = {f"NATS_{role}_PASSWORD": f"test-{role.lower()}"
+                  for role in ("MASTER", "COPIER", "SIZER", "PAPER", "OPERATOR")}
+
 def of_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
@@ -318,7 +322,7 @@ def test_nats_server_accepts_rendered_config(
             [nats_server, "-t", "-c", folder / "nats.conf"],
             capture_output=True,
             text=True,
-            env={**os.environ, "POD_NAME": "nats-0"},
+            env={**os.environ, "POD_NAME": "nats-0", **NATS_PASSWORDS},
             cwd=folder,
         )
         assert result.returncode == 0, f"{overlay}: {result.stderr}"
