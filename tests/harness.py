@@ -27,6 +27,7 @@ from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.service import Copier
 from services.master.service import MasterMetrics, MasterService
+from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue
 from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
@@ -213,10 +214,13 @@ class System:
         self._closers.append(account.close)
         self.master_registry = CollectorRegistry()
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
+        published = await fills_bucket(nc.jetstream())
         master = MasterService(js=nc.jetstream(), account=account, config=config.master,
                                metrics=MasterMetrics(self.master_registry, config.master.id),
-                               signer=signer)
+                               signer=signer, published=published)
         self._services.append(await master.start(nc))
+        self.watcher = FillWatcher(account=account, config=config.master, kv=published,
+                                   master=master)
         return master
 
     def spawn_copier(self, config_path: Path, exchange: str = "paper", instance: str = "proc",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.master.service import MasterMetrics, MasterService
+from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
 from shared.errors import ConfigError
@@ -34,12 +37,17 @@ async def run(settings: Settings) -> None:
         ctx = AdapterContext(paper_transport=nats_transport(rt.nc))
         account = build_account(config.master, credentials, ctx)
         await bus.ensure_streams(rt.js, settings.stream_replicas)
+        published = await fills_bucket(rt.js, settings.stream_replicas)
         master = MasterService(js=rt.js, account=account, config=config.master,
                                metrics=MasterMetrics(rt.registry, config.master.id), signer=signer,
+                               published=published,
                                order_timeout_s=settings.order_timeout_s)
         service = await master.start(rt.nc)
+        watcher = FillWatcher(account=account, config=config.master, kv=published, master=master)
+        watching = asyncio.create_task(watcher.run(settings.fill_watch_interval_s))
         rt.mark_started()
         await rt.wait_stopped()
+        watching.cancel()
         await service.stop()
         await account.close()
 

@@ -12,11 +12,13 @@ from decimal import Decimal
 import msgspec
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, Counter
 
+from services.master.watcher import mark_published
 from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError, ExchangeError
@@ -43,9 +45,10 @@ class MasterMetrics:
 class MasterService:
     def __init__(
         self, *, js: JetStreamContext, account: ExchangeAccount, config: MasterConfig,
-        metrics: MasterMetrics, signer: SignalSigner | None, order_timeout_s: float = 10.0,
-        fill_wait_s: float = 30.0,
+        metrics: MasterMetrics, signer: SignalSigner | None, published: KeyValue | None = None,
+        order_timeout_s: float = 10.0, fill_wait_s: float = 30.0,
     ) -> None:
+        self._published = published  # signal ids already published (shared with the watcher)
         self._signer = signer
         self._js, self._account, self._config, self._metrics = js, account, config, metrics
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
@@ -140,6 +143,8 @@ class MasterService:
                 raise
 
         ack = await bus.retry_forever("publish_signal", attempt)
+        if self._published is not None:
+            await mark_published(self._published, signal.signal_id)
         self._metrics.published.inc()
         log.info("event=signal_published signal_id=%s symbol=%s side=%s duplicate=%s",
                  signal.signal_id, signal.symbol, signal.side, getattr(ack, "duplicate", False))
