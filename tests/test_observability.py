@@ -37,9 +37,13 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 
 def exported_names(text: str) -> set[str]:
+    """Metric names a scrape offers: every sample, and families declared before their first
+    series exists (e.g. risk trips, which appear only when a limit is crossed)."""
     names = set()
     for line in text.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
             name = line.split("{")[0].split(" ")[0]
             for suffix in HISTOGRAM_SUFFIXES:
                 name = name.removesuffix(suffix)

@@ -60,6 +60,8 @@ EXPORTED_METRICS = {  # the services' metrics contract (names fixed)
     "copytrade_sizer_requests_total",
     "copytrade_sizer_decisions_total",
     "copytrade_sizer_handle_seconds",
+    "copytrade_position_drift_ratio",
+    "copytrade_risk_trips_total",
 }
 
 
