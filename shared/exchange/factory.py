@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from shared.config import AccountConfig, Credentials
 from shared.errors import ConfigError
@@ -11,12 +12,32 @@ from shared.exchange.paper import PaperAccount, Transport
 from shared.exchange.port import ExchangeAccount
 
 
+@runtime_checkable
+class SharedResource(Protocol):
+    """Something adapters of one process share (an HTTP session, a market table)."""
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class AdapterContext:
-    """What adapters of one process share: the paper transport, per-venue shared resources."""
+    """What adapters of one process share: the paper transport, per-venue shared resources.
+
+    Accounts never close what is shared; the process calls `close()` once, after closing them.
+    """
 
     paper_transport: Transport | None = None
     shared: dict[str, object] = field(default_factory=dict)  # per-venue markets, HTTP sessions
+    http_timeout_s: float = 10.0  # one HTTP request to a venue
+    rate_limit: bool = True  # ccxt's per-account leaky bucket; off only against loopback emulators
+
+    async def close(self) -> None:
+        """Close the shared resources (HTTP sessions); the next account opens them again."""
+        resources = list(self.shared.values())
+        self.shared.clear()
+        for resource in resources:
+            if isinstance(resource, SharedResource):
+                await resource.close()
 
 
 Builder = Callable[[AccountConfig, Credentials | None, AdapterContext], ExchangeAccount]
@@ -28,7 +49,28 @@ def _paper(account: AccountConfig, _: Credentials | None, ctx: AdapterContext) -
     return PaperAccount(account.id, ctx.paper_transport)
 
 
-BUILDERS: dict[str, Builder] = {"paper": _paper}
+def _required(account: AccountConfig, credentials: Credentials | None) -> Credentials:
+    if credentials is None:
+        raise ConfigError(f"account {account.id}: {account.exchange} needs API credentials")
+    return credentials
+
+
+def _ccxt(account: AccountConfig, creds: Credentials | None, ctx: AdapterContext) -> ExchangeAccount:
+    from shared.exchange.ccxt_adapter import CcxtAccount  # ccxt is heavy: paper-only processes skip it
+
+    return CcxtAccount(account, _required(account, creds), ctx)
+
+
+def _alpaca(account: AccountConfig, creds: Credentials | None, ctx: AdapterContext) -> ExchangeAccount:
+    from shared.exchange.alpaca_adapter import AlpacaAccount
+
+    return AlpacaAccount(account, _required(account, creds), ctx)
+
+
+BUILDERS: dict[str, Builder] = {
+    "paper": _paper, "kraken": _ccxt, "coinbase": _ccxt, "binance": _ccxt, "okx": _ccxt,
+    "alpaca": _alpaca,
+}
 
 
 def build_account(

@@ -1,0 +1,308 @@
+"""`ExchangeAccount` on Alpaca's Trading API v2 (alpaca-py `TradingClient`).
+
+The client is synchronous: every call runs in a thread (`asyncio.to_thread`). Its HTTP session
+gets a timeout (alpaca-py sets none) and its own retries are off (it re-POSTs after a 504 even
+when the first order was accepted): `shared.exchange.placing` retries, after a lookup. Replies
+are read raw, as the strings Alpaca sends, because alpaca-py's models turn amounts into floats.
+
+Symbols: ours are always BASE/QUOTE. A crypto pair is traded as "BTC/USD" and held as "BTCUSD";
+a stock is "AAPL/USD" to us and "AAPL" to Alpaca. The asset record tells which is which; assets
+are looked up once per process and endpoint (`AlpacaShare`), with the HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from requests.adapters import HTTPAdapter
+
+from shared.config import AccountConfig, Credentials
+from shared.errors import (
+    AuthError,
+    BelowMinimum,
+    ExchangeError,
+    InsufficientFunds,
+    InvalidOrder,
+    RateLimited,
+    TemporaryError,
+    UnsupportedSymbol,
+)
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
+from shared.messages import MarketRules
+
+if TYPE_CHECKING:
+    from shared.exchange.factory import AdapterContext
+
+log = logging.getLogger("copytrade.exchange.alpaca")
+QUOTE = "USD"
+NOTIONAL_STEP = Decimal("0.01")
+HTTP_CONNECTIONS = 64  # the shared session's pool; threads beyond it wait for a connection
+FILL_PAGE = 100
+
+
+class _AlreadyPlaced(InvalidOrder):
+    """422 "client_order_id must be unique": the order was placed before."""
+
+
+# (HTTP statuses, text in Alpaca's message, our class): first match wins, then by status.
+_BY_TEXT: tuple[tuple[frozenset[int], str, type[ExchangeError]], ...] = (
+    (frozenset({422}), "client_order_id must be unique", _AlreadyPlaced),
+    (frozenset({400, 403, 422}), "insufficient", InsufficientFunds),
+    (frozenset({400, 403, 422}), "minimal", BelowMinimum),  # "cost basis must be >= minimal ..."
+    (frozenset({400, 403, 422}), "must be >=", BelowMinimum),  # "notional value must be >= 1.00"
+    (frozenset({400, 422}), "invalid symbol", UnsupportedSymbol),
+)
+_BY_STATUS: dict[int, type[ExchangeError]] = {
+    400: InvalidOrder, 401: AuthError, 403: AuthError, 422: InvalidOrder, 429: RateLimited,
+}
+
+
+def translate(exc: APIError) -> ExchangeError:
+    """Our error for an Alpaca API error; the message has the HTTP status and Alpaca's code."""
+    status = exc.status_code or 0
+    text, code = _message_and_code(exc)
+    kind = next((k for statuses, part, k in _BY_TEXT if status in statuses and part in text), None)
+    if kind is None:
+        kind = TemporaryError if status >= 500 else _BY_STATUS.get(status, ExchangeError)
+    return kind(f"alpaca: HTTP {status}" + (f" [{code}]" if code else ""))
+
+
+def _message_and_code(exc: APIError) -> tuple[str, str]:
+    """Alpaca's message (lower case, to match on) and numeric code; empty for a non-JSON body."""
+    try:
+        body = json.loads(str(exc))
+    except ValueError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    code = body.get("code")
+    return str(body.get("message", "")).lower(), str(code) if isinstance(code, int) else ""
+
+
+def _crypto_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
+    return MarketRules(symbol=symbol, cost_step=NOTIONAL_STEP,
+                       amount_step=Decimal(str(raw.get("min_trade_increment") or "0.000000001")),
+                       min_amount=Decimal(str(raw.get("min_order_size") or 0)))
+
+
+def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
+    """Stocks publish no size rules: fractional shares go to 9 decimals, from $1 of notional;
+    other stocks trade whole shares only, and never by notional."""
+    fractionable = bool(raw.get("fractionable"))
+    step = Decimal("0.000000001") if fractionable else Decimal(1)
+    return MarketRules(symbol=symbol, amount_step=step, min_amount=step,
+                       min_cost=Decimal(1) if fractionable else Decimal(0),
+                       cost_step=NOTIONAL_STEP, quote_orders=fractionable)
+
+
+@dataclass(frozen=True)
+class _AssetClass:
+    """How Alpaca trades one asset class."""
+
+    time_in_force: str
+    position_symbol: Callable[[str], str]  # order symbol -> the symbol positions use
+    rules: Callable[[str, dict[str, Any]], MarketRules]  # from the raw asset record
+
+
+_CLASSES: dict[str, _AssetClass] = {
+    "crypto": _AssetClass("gtc", lambda s: s.replace("/", ""), _crypto_rules),
+    "us_equity": _AssetClass("day", lambda s: s, _stock_rules),
+}
+
+
+@dataclass(frozen=True)
+class _Asset:
+    order_symbol: str  # "BTC/USD", "AAPL"
+    kind: _AssetClass
+    rules: MarketRules
+
+
+def _parse_asset(symbol: str, raw: dict[str, Any]) -> _Asset | None:
+    kind = _CLASSES.get(str(raw.get("class")))
+    if kind is None or not raw.get("tradable", False):
+        return None
+    return _Asset(order_symbol=str(raw["symbol"]), kind=kind, rules=kind.rules(symbol, raw))
+
+
+class AlpacaShare:
+    """Per process and endpoint: one HTTP session (with the timeout) and the asset cache."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_CONNECTIONS)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.request = functools.partial(  # type: ignore[method-assign]
+            self.session.request, timeout=timeout_s)
+        self.assets: dict[str, _Asset | None] = {}
+
+    async def close(self) -> None:
+        self.session.close()
+
+
+def _share(ctx: AdapterContext, base_url: str | None, paper: bool) -> AlpacaShare:
+    key = f"alpaca:{base_url or ('paper' if paper else 'live')}"
+    share = ctx.shared.get(key)
+    if not isinstance(share, AlpacaShare):
+        share = ctx.shared[key] = AlpacaShare(ctx.http_timeout_s)
+    return share
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))
+
+
+def _ack(order: dict[str, Any]) -> OrderAck:
+    filled = _dec(order.get("filled_qty"))
+    done = order.get("status") == "filled" or (order.get("status") in ("canceled", "expired")
+                                                and filled > 0)
+    price = order.get("filled_avg_price")
+    return OrderAck(exchange_order_id=str(order["id"]),
+                    client_order_id=str(order["client_order_id"]),
+                    status="filled" if done else "submitted",
+                    filled_base=filled if filled > 0 else None,
+                    avg_price=_dec(price) if price is not None and filled > 0 else None)
+
+
+def _canonical(symbol: str) -> str:
+    return symbol if "/" in symbol else f"{symbol}/{QUOTE}"
+
+
+def _fill(activity: dict[str, Any]) -> Fill:
+    at = datetime.fromisoformat(str(activity["transaction_time"])).timestamp()
+    return Fill(order_id=str(activity["order_id"]), symbol=_canonical(str(activity["symbol"])),
+                side=activity["side"], amount=_dec(activity["qty"]),
+                price=_dec(activity["price"]), at=at)
+
+
+class AlpacaAccount:
+    """One Alpaca account (paper or live, per `AccountConfig.paper`)."""
+
+    def __init__(self, account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> None:
+        self.account_id = account.id
+        self._share = _share(ctx, account.base_url, account.paper)
+        self._client = TradingClient(credentials.api_key, credentials.secret, paper=account.paper,
+                                     url_override=account.base_url or None)
+        self._client._retry = 0  # the constructor takes 0 as "default" (3)
+        own, self._client._session = self._client._session, self._share.session
+        own.close()
+
+    @property
+    def http_session(self) -> requests.Session:
+        """The HTTP session this account's requests go through (shared by Alpaca accounts)."""
+        return self._share.session
+
+    async def _call(self, method: str, path: str, data: dict[str, Any] | None = None, *,
+                    missing_ok: bool = False) -> Any:
+        """One API call in a thread; with `missing_ok`, 404 (no such position, order or asset)
+        is None."""
+        try:
+            return await asyncio.to_thread(getattr(self._client, method), path, data)
+        except APIError as exc:
+            if missing_ok and exc.status_code == 404:
+                return None
+            raise translate(exc) from None
+        except requests.RequestException as exc:
+            retryable = isinstance(exc, requests.Timeout | requests.ConnectionError)
+            kind = TemporaryError if retryable else ExchangeError
+            raise kind(f"alpaca: {type(exc).__name__}") from None
+
+    async def connect(self) -> None:
+        return None  # nothing to load up front: assets are read on first use, once per process
+
+    async def close(self) -> None:
+        return None  # the session is shared: AdapterContext.close() closes it
+
+    async def _asset(self, symbol: str) -> _Asset | None:
+        assets = self._share.assets
+        if symbol not in assets:
+            assets[symbol] = await self._lookup_asset(symbol)
+        return assets[symbol]
+
+    async def _lookup_asset(self, symbol: str) -> _Asset | None:
+        """The pair itself ("BTC/USD"), else the base as a stock ("AAPL" for "AAPL/USD")."""
+        base, _, quote = symbol.partition("/")
+        candidates = [(symbol, "crypto")] + ([(base, "us_equity")] if quote in ("", QUOTE) else [])
+        for name, wanted in candidates:
+            raw = await self._call("get", f"/assets/{name}", missing_ok=True)
+            if raw is not None and raw.get("class") == wanted:
+                return _parse_asset(symbol, raw)
+        return None
+
+    async def snapshot(self) -> AccountSnapshot:
+        account = await self._call("get", "/account")
+        return AccountSnapshot(equity=_dec(account["equity"]), cash=_dec(account["cash"]))
+
+    async def position(self, symbol: str) -> Decimal:
+        asset = await self._asset(symbol)
+        if asset is None:
+            return Decimal(0)
+        held = await self._call("get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}",
+                                missing_ok=True)
+        return Decimal(0) if held is None else _dec(held.get("qty"))
+
+    async def market_rules(self, symbol: str) -> MarketRules | None:
+        asset = await self._asset(symbol)
+        return None if asset is None else asset.rules
+
+    async def place_order(self, order: OrderCommand) -> OrderAck:
+        asset = await self._asset(order.symbol)
+        if asset is None:
+            raise UnsupportedSymbol(f"alpaca: {order.symbol} is not a tradable asset")
+        body = {"symbol": asset.order_symbol, "side": order.side, "type": "market",
+                "time_in_force": asset.kind.time_in_force,
+                "client_order_id": order.client_order_id} | _size(order, asset.rules)
+        try:
+            placed = await self._call("post", "/orders", body)
+        except _AlreadyPlaced:
+            found = await self.find_order(order.client_order_id, order.symbol)
+            if found is None:
+                raise InvalidOrder("alpaca: client order id reused") from None
+            return found
+        return _ack(placed)  # usually pending_new: find_order reads the fill later
+
+    async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        found = await self._call("get", "/orders:by_client_order_id",
+                                 {"client_order_id": client_order_id}, missing_ok=True)
+        return None if found is None else _ack(found)
+
+    async def fills_since(self, cursor: float) -> list[Fill]:
+        """FILL activities after `cursor` (unix seconds), oldest first, all pages."""
+        after = datetime.fromtimestamp(cursor, UTC).isoformat()
+        params: dict[str, Any] = {"after": after, "direction": "asc", "page_size": FILL_PAGE}
+        fills: list[Fill] = []
+        while True:
+            page = await self._call("get", "/account/activities/FILL", params)
+            fills += [_fill(activity) for activity in page]
+            if len(page) < FILL_PAGE:
+                return [f for f in fills if f.at > cursor]
+            params["page_token"] = page[-1]["id"]
+
+
+def _size(order: OrderCommand, rules: MarketRules) -> dict[str, str]:
+    """notional for quote-sized buys where the asset takes them, else qty on the asset's step."""
+    if order.size_type == "quote" and order.side == "buy" and rules.quote_orders:
+        notional = order.size.quantize(NOTIONAL_STEP, rounding=ROUND_DOWN)
+        _refuse_zero(notional, order)
+        return {"notional": format(notional, "f")}
+    base = order.size if order.size_type == "base" else order.size / order.reference_price
+    qty = (base / rules.amount_step).to_integral_value(rounding=ROUND_DOWN) * rules.amount_step
+    _refuse_zero(qty, order)
+    return {"qty": format(qty.normalize(), "f")}
+
+
+def _refuse_zero(size: Decimal, order: OrderCommand) -> None:
+    if size <= 0:
+        raise BelowMinimum(f"alpaca: {order.size} {order.size_type} of {order.symbol} "
+                           "rounds to nothing")

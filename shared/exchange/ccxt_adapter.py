@@ -1,0 +1,387 @@
+"""`ExchangeAccount` for Kraken, Coinbase, Binance and OKX: one class on ccxt.async_support,
+driven by the venue records in `venues.py`.
+
+Per follower: its own ccxt instance, so its own nonce and its own rate limiter (leaky bucket).
+Per venue and endpoint per process (`CcxtShare`, kept in `AdapterContext.shared`): one market
+table loaded once by a credential-less instance and handed to every follower's instance, one
+aiohttp session and one TLS context. A follower's `close()` never closes what is shared.
+
+Nonces, Kraken: a signed Kraken call carries a nonce that must exceed the last nonce Kraken saw
+for that API key. ccxt keeps the counter per instance (strictly increasing within it), not per
+key, so one API key must be used by exactly one client in one process. copytrade serves each
+follower from one copier group, and within a group one replica claims each signal for a
+follower — but replicas of a group still interleave calls on the same key (snapshots, orders of
+different signals), and two time-based nonces signed in one order can arrive in the other, which
+Kraken refuses with EAPI:Invalid nonce (a TemporaryError here, so the order is looked up and
+retried). Use one API key per follower per copier group and run such a group as one replica,
+or give the key a nonce window in Kraken's key settings. The Kraken nonce is wall-clock
+microseconds (`venues.microsecond_nonce`): it only ever grows past ccxt's default
+milliseconds, but a key once used with it cannot go back to a millisecond client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import aiohttp
+import ccxt.async_support as ccxt
+import certifi
+
+from shared.config import AccountConfig, Credentials
+from shared.errors import (
+    AuthError,
+    BelowMinimum,
+    ConfigError,
+    CopytradeError,
+    ExchangeError,
+    InsufficientFunds,
+    InvalidOrder,
+    RateLimited,
+    TemporaryError,
+    UnsupportedSymbol,
+)
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
+from shared.exchange.venues import VENUES, CcxtVenue, Lookup
+from shared.messages import MarketRules
+
+if TYPE_CHECKING:
+    from shared.exchange.factory import AdapterContext
+
+log = logging.getLogger("copytrade.exchange.ccxt")
+# ccxt logs signed request headers at DEBUG: its instances log here, never below INFO.
+_VENDOR_LOG = logging.getLogger("copytrade.exchange.ccxt.vendor")
+_VENDOR_LOG.setLevel(logging.INFO)
+HTTP_CONNECTIONS = 512  # per shared session: all followers of one venue in one process
+
+# ccxt class -> ours, most specific first; venue codes (CcxtVenue.reclassify) are checked before.
+_BY_CLASS: tuple[tuple[type[Exception], type[ExchangeError]], ...] = (
+    (ccxt.RateLimitExceeded, RateLimited),
+    (ccxt.DDoSProtection, RateLimited),
+    (ccxt.InsufficientFunds, InsufficientFunds),
+    (ccxt.AuthenticationError, AuthError),  # and PermissionDenied, AccountSuspended
+    (ccxt.BadSymbol, UnsupportedSymbol),
+    (ccxt.InvalidOrder, InvalidOrder),
+    (ccxt.OperationFailed, TemporaryError),  # NetworkError family, and Binance's 5xx
+)
+
+
+def translate(venue: CcxtVenue, exc: Exception) -> ExchangeError:
+    """Our error for a vendor exception. The message names the ccxt class and venue codes only:
+    ccxt's own text carries URLs (with signatures in query strings) and reply bodies."""
+    codes = venue.error_codes(str(exc))
+    kind = next((venue.reclassify[c] for c in codes if c in venue.reclassify), None)
+    if kind is None:
+        kind = next((ours for theirs, ours in _BY_CLASS if isinstance(exc, theirs)), ExchangeError)
+    detail = f" [{', '.join(codes)}]" if codes else ""
+    return kind(f"{venue.name}: {type(exc).__name__}{detail}")
+
+
+@contextmanager
+def vendor_calls(venue: CcxtVenue) -> Iterator[None]:
+    """Translate whatever ccxt raises inside the block; ours pass through."""
+    try:
+        yield
+    except CopytradeError:
+        raise
+    except Exception as exc:
+        raise translate(venue, exc) from None
+
+
+class CcxtShare:
+    """What all accounts of one venue and endpoint share in a process: HTTP session, TLS
+    context, and the market table (loaded once, by an instance without credentials)."""
+
+    def __init__(self, venue: CcxtVenue, base_url: str | None, ctx: AdapterContext) -> None:
+        self.venue = venue
+        self.base_url = base_url
+        self._timeout_ms = int(ctx.http_timeout_s * 1000)
+        self._rate_limit = ctx.rate_limit
+        self._ssl = ssl.create_default_context(cafile=certifi.where())
+        self._session: aiohttp.ClientSession | None = None
+        self._markets: Any = None  # the instance whose market table everybody uses
+        self._loading = asyncio.Lock()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=HTTP_CONNECTIONS)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def client(self, credentials: Credentials | None) -> Any:
+        """A ccxt instance on the shared session; credentials None for the market loader."""
+        config: dict[str, Any] = copy.deepcopy(dict(self.venue.config)) | {
+            "session": self.session, "ssl_context": self._ssl, "timeout": self._timeout_ms,
+            "enableRateLimit": self._rate_limit, "timeout_on_exit": 0, "logger": _VENDOR_LOG,
+        }
+        if credentials is not None:
+            config |= {"apiKey": credentials.api_key, "secret": credentials.secret}
+            if credentials.passphrase:
+                config["password"] = credentials.passphrase
+        if self.venue.nonce is not None:
+            config["nonce"] = self.venue.nonce
+        ex = getattr(ccxt, self.venue.name)(config)
+        if self.base_url:
+            ex.urls["api"] = _redirected(ex.urls["api"], self.base_url, self.venue.url_keys)
+        return ex
+
+    async def markets(self) -> Any:
+        """The instance holding the venue's markets, loading them on first use."""
+        if self._markets is not None:
+            return self._markets
+        async with self._loading:
+            if self._markets is None:
+                loader = self.client(None)
+                try:
+                    with vendor_calls(self.venue):
+                        await loader.load_markets()
+                except BaseException:
+                    await loader.close()
+                    raise
+                self._markets = loader
+                log.info("event=markets_loaded venue=%s markets=%d", self.venue.name,
+                         len(loader.markets))
+        return self._markets
+
+    async def close(self) -> None:
+        loader, self._markets = self._markets, None
+        if loader is not None:
+            await loader.close()  # not the shared session: ccxt closes only sessions it made
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _redirected(api: dict[str, Any], base_url: str, keys: tuple[str, ...] | None) -> dict[str, Any]:
+    base = base_url.rstrip("/")
+    if keys is not None:
+        return dict.fromkeys(keys, base)
+    return {k: base + urlparse(u).path for k, u in api.items() if isinstance(u, str)}
+
+
+def _share(ctx: AdapterContext, venue: CcxtVenue, base_url: str | None) -> CcxtShare:
+    key = f"ccxt:{venue.name}:{base_url or ''}"
+    share = ctx.shared.get(key)
+    if not isinstance(share, CcxtShare):
+        share = ctx.shared[key] = CcxtShare(venue, base_url, ctx)
+    return share
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))
+
+
+_STEP_FROM_PRECISION: dict[int, Callable[[object], Decimal]] = {
+    ccxt.TICK_SIZE: _dec,
+    ccxt.DECIMAL_PLACES: lambda places: Decimal(1).scaleb(-int(str(places))),
+}
+
+
+def _ack(order: dict[str, Any], client_order_id: str) -> OrderAck:
+    filled = _dec(order.get("filled"))
+    done = order.get("status") == "closed" or (order.get("status") == "canceled" and filled > 0)
+    average = order.get("average")
+    if average is None and filled > 0 and order.get("cost") is not None:
+        average = _dec(order["cost"]) / filled
+    return OrderAck(
+        exchange_order_id=str(order["id"]), client_order_id=client_order_id,
+        status="filled" if done else "submitted", filled_base=filled if filled > 0 else None,
+        avg_price=_dec(average) if average is not None and filled > 0 else None)
+
+
+def _fill(trade: dict[str, Any]) -> Fill:
+    return Fill(order_id=str(trade["order"]), symbol=str(trade["symbol"]), side=trade["side"],
+                amount=_dec(trade["amount"]), price=_dec(trade["price"]),
+                at=int(trade["timestamp"]) / 1000)
+
+
+async def _open_then_closed(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+    for fetch in (ex.fetch_open_orders, ex.fetch_closed_orders):
+        orders = await fetch(symbol, params={"clientOrderId": client_order_id})
+        if orders:
+            return dict(orders[0])
+    return None
+
+
+async def _by_client_id(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+    try:
+        return dict(await ex.fetch_order(None, symbol, {"clientOrderId": client_order_id}))
+    except ccxt.OrderNotFound:
+        return None
+
+
+async def _recent_orders(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+    orders = await ex.fetch_orders(symbol)
+    return next((dict(o) for o in orders if o.get("clientOrderId") == client_order_id), None)
+
+
+_LOOKUPS: dict[Lookup, Callable[[Any, str, str], Awaitable[dict[str, Any] | None]]] = {
+    "open_then_closed": _open_then_closed,
+    "by_client_id": _by_client_id,
+    "recent_orders": _recent_orders,
+}
+
+
+class CcxtAccount:
+    """One account on a ccxt venue. Connects on first use; `connect()` does it up front."""
+
+    def __init__(self, account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> None:
+        venue = VENUES.get(account.exchange)
+        if venue is None:
+            raise ConfigError(f"account {account.id}: {account.exchange} is not a ccxt venue")
+        self.account_id = account.id
+        self._venue = venue
+        self._credentials = credentials
+        self._share = _share(ctx, venue, account.base_url)
+        self._ex: Any = None
+
+    @property
+    def http_session(self) -> aiohttp.ClientSession:
+        """The HTTP session this account's requests go through (shared by the venue's accounts)."""
+        return self._share.session
+
+    async def connect(self) -> None:
+        await self._client()
+
+    async def _client(self) -> Any:
+        if self._ex is not None:
+            return self._ex
+        source = await self._share.markets()
+        if self._ex is None:  # another call may have connected while this one waited
+            ex = self._share.client(self._credentials)
+            ex.set_markets_from_exchange(source)  # the same tables, and Kraken's altname index
+            self._ex = ex
+        return self._ex
+
+    async def close(self) -> None:
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            await ex.close()
+
+    async def snapshot(self) -> AccountSnapshot:
+        ex = await self._client()
+        quote = self._venue.quote_currency
+        with vendor_calls(self._venue):
+            balance = await ex.fetch_balance()
+        total, free = balance.get("total") or {}, balance.get("free") or {}
+        held = {f"{c}/{quote}": _dec(n) for c, n in total.items()
+                if c != quote and n and f"{c}/{quote}" in ex.markets}
+        prices = await self._prices(ex, list(held))
+        value = sum((amount * prices.get(s, Decimal(0)) for s, amount in held.items()), Decimal(0))
+        return AccountSnapshot(equity=_dec(total.get(quote)) + value, cash=_dec(free.get(quote)))
+
+    async def _prices(self, ex: Any, symbols: list[str]) -> dict[str, Decimal]:
+        if not symbols:
+            return {}
+        with vendor_calls(self._venue):
+            tickers = await ex.fetch_tickers(symbols)
+        return {s: _dec(t.get("last") or t.get("close")) for s, t in tickers.items()}
+
+    async def position(self, symbol: str) -> Decimal:
+        ex = await self._client()
+        market = ex.markets.get(symbol)
+        base = market["base"] if market else symbol.split("/")[0]
+        with vendor_calls(self._venue):
+            balance = await ex.fetch_balance()
+        return _dec((balance.get("total") or {}).get(base))
+
+    async def market_rules(self, symbol: str) -> MarketRules | None:
+        ex = await self._client()
+        market = ex.markets.get(symbol)
+        if market is None:
+            return None
+        limits = market.get("limits") or {}
+        return MarketRules(
+            symbol=symbol, amount_step=self._step(ex, market),
+            min_amount=_dec((limits.get("amount") or {}).get("min")),
+            min_cost=_dec((limits.get("cost") or {}).get("min")),  # OKX publishes none: 0
+            cost_step=self._venue.cost_step, quote_orders=self._venue.quote_orders)
+
+    def _step(self, ex: Any, market: dict[str, Any]) -> Decimal:
+        precision = (market.get("precision") or {}).get("amount")
+        parse = _STEP_FROM_PRECISION.get(ex.precisionMode)
+        if precision is None or parse is None:
+            raise ExchangeError(f"{self._venue.name}: no amount step for {market.get('symbol')}")
+        return parse(precision)
+
+    async def place_order(self, order: OrderCommand) -> OrderAck:
+        ex = await self._client()
+        amount, params = self._order_args(ex, order)
+        with vendor_calls(self._venue):
+            try:
+                placed = await ex.create_order(order.symbol, "market", order.side, amount, None,
+                                               params)
+            except ccxt.DuplicateOrderId:  # placed before: report that order
+                found = await self.find_order(order.client_order_id, order.symbol)
+                if found is None:
+                    raise
+                return found
+        if placed.get("status") is None or placed.get("filled") is None:  # Kraken, OKX, Coinbase
+            placed = await self._read_fill(ex, placed, order)
+        return _ack(placed, order.client_order_id)
+
+    async def _read_fill(self, ex: Any, placed: dict[str, Any], order: OrderCommand) -> dict[str, Any]:
+        """The order as the venue reports it now; the bare reply if that cannot be read (the
+        order is placed either way: it is reported as submitted, not as a failure)."""
+        try:
+            return dict(await ex.fetch_order(placed["id"], order.symbol))
+        except ccxt.BaseError as exc:
+            log.warning("event=order_fill_unread venue=%s account=%s client_order_id=%s error=%s",
+                        self._venue.name, self.account_id, order.client_order_id,
+                        type(exc).__name__)
+            return placed
+
+    def _order_args(self, ex: Any, order: OrderCommand) -> tuple[float, dict[str, Any]]:
+        """create_order's amount and params; refuses sizes that round to nothing."""
+        venue = self._venue
+        if order.symbol not in ex.markets:
+            raise UnsupportedSymbol(f"{venue.name}: {order.symbol} is not listed")
+        params: dict[str, Any] = {venue.client_id_param: order.client_order_id}
+        if order.size_type == "quote" and order.side == "buy" and venue.quote_orders:
+            cost = order.size.quantize(venue.cost_step, rounding=ROUND_DOWN)
+            _refuse_zero(venue, cost, order)
+            return float(cost), params | dict(venue.quote_buy_params) | {
+                venue.quote_cost_param: float(cost)}
+        base = order.size if order.size_type == "base" else order.size / order.reference_price
+        step = self._step(ex, ex.markets[order.symbol])
+        base = (base / step).to_integral_value(rounding=ROUND_DOWN) * step
+        _refuse_zero(venue, base, order)
+        with vendor_calls(venue):
+            amount = ex.amount_to_precision(order.symbol, float(base))
+        if order.side == "buy" and venue.base_buy_params is not None:
+            params |= venue.base_buy_params(amount)
+        return float(amount), params
+
+    async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        ex = await self._client()
+        with vendor_calls(self._venue):
+            found = await _LOOKUPS[self._venue.lookup](ex, client_order_id, symbol)
+        return None if found is None else _ack(found, client_order_id)
+
+    async def fills_since(self, cursor: float) -> list[Fill]:
+        """Fills after `cursor` (unix seconds), oldest first; one page per symbol asked."""
+        ex = await self._client()
+        quote = self._venue.quote_currency
+        symbols: list[str | None] = [None]
+        if self._venue.fills_need_symbol:
+            symbols = [s for s, m in ex.markets.items() if m.get("spot") and m.get("quote") == quote]
+        trades: list[dict[str, Any]] = []
+        with vendor_calls(self._venue):
+            for symbol in symbols:
+                trades += await ex.fetch_my_trades(symbol, int(cursor * 1000))
+        fills = [_fill(t) for t in trades if int(t["timestamp"]) / 1000 > cursor]
+        return sorted(fills, key=lambda f: f.at)
+
+
+def _refuse_zero(venue: CcxtVenue, size: Decimal, order: OrderCommand) -> None:
+    if size <= 0:
+        raise BelowMinimum(f"{venue.name}: {order.size} {order.size_type} of {order.symbol} "
+                           "rounds to nothing")

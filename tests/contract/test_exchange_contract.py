@@ -1,0 +1,303 @@
+"""The exchange port's contract, run against every adapter: paper, Kraken, Coinbase, Binance,
+OKX and Alpaca (the last five on their loopback emulators, through the real vendor clients).
+
+Every venue starts with 10,000 USD and 1 BTC at 45,000 USD/BTC.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable
+from decimal import Decimal
+
+import pytest
+
+from shared.errors import (
+    AuthError,
+    BelowMinimum,
+    ExchangeError,
+    InsufficientFunds,
+    RateLimited,
+    TemporaryError,
+)
+from shared.exchange.placing import place_idempotently
+from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
+from shared.messages import Side, SizeType
+from tests.contract.conftest import HTTP_TIMEOUT_S, VenueUnderTest
+
+PRICE = Decimal("45000")
+NS = uuid.UUID("0b7c6a52-1d7e-4c8e-9a51-2f1d3c0e9b44")
+
+
+def client_id(label: str) -> str:
+    """A 32-hex client order id, accepted by every venue (as copytrade derives them)."""
+    return uuid.uuid5(NS, label).hex
+
+
+def market(side: Side, size: str, size_type: SizeType = "base", label: str = "",
+           symbol: str = "BTC/USD") -> OrderCommand:
+    return OrderCommand(client_order_id=client_id(label or f"{side}-{size}-{size_type}-{symbol}"),
+                        symbol=symbol, side=side, size=Decimal(size), size_type=size_type,
+                        reference_price=PRICE)
+
+
+async def settled(account: ExchangeAccount, ack: OrderAck, symbol: str = "BTC/USD") -> OrderAck:
+    """The order's fill: a venue may acknowledge first (Alpaca's pending_new) and fill after."""
+    if ack.status == "filled":
+        return ack
+    found = await account.find_order(ack.client_order_id, symbol)
+    assert found is not None
+    return found
+
+
+async def raised(call: Awaitable[object]) -> ExchangeError:
+    with pytest.raises(ExchangeError) as info:
+        await call
+    return info.value
+
+
+# --- account state ----------------------------------------------------------------------------
+
+
+async def test_snapshot_values_holdings_at_market_price(venue: VenueUnderTest) -> None:
+    snapshot = await venue.account.snapshot()
+
+    assert (snapshot.cash, snapshot.equity) == (Decimal("10000"), Decimal("55000"))
+
+
+async def test_position_of_held_symbol_is_its_balance(venue: VenueUnderTest) -> None:
+    assert await venue.account.position("BTC/USD") == Decimal(1)
+
+
+async def test_position_of_unheld_symbol_is_zero(venue: VenueUnderTest) -> None:
+    assert await venue.account.position("ETH/USD") == Decimal(0)
+
+
+async def test_market_rules_give_step_and_minimums(venue: VenueUnderTest) -> None:
+    rules = await venue.account.market_rules("BTC/USD")
+
+    assert rules == venue.rules
+
+
+async def test_market_rules_of_unlisted_symbol_are_none(venue: VenueUnderTest) -> None:
+    assert await venue.account.market_rules("DOGE/USD") is None
+
+
+# --- orders -----------------------------------------------------------------------------------
+
+
+async def test_quote_sized_buy_spends_about_the_quote_amount(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(market("buy", "90", "quote")))
+    position = await venue.account.position("BTC/USD")
+
+    assert ack.status == "filled" and ack.filled_base is not None and ack.avg_price is not None
+    assert Decimal("89.99") <= ack.filled_base * ack.avg_price <= Decimal("90")
+    assert ack.avg_price == PRICE
+    assert position == Decimal(1) + ack.filled_base
+
+
+async def test_quote_sized_buy_of_every_listed_symbol_fills(venue: VenueUnderTest) -> None:
+    results = []
+    for symbol in venue.listed:
+        placed = await venue.account.place_order(market("buy", "30", "quote", symbol=symbol))
+        ack = await settled(venue.account, placed, symbol)
+        results.append((ack.status, ack.avg_price, await venue.account.position(symbol) > 0))
+
+    assert results == [("filled", price, True) for price in venue.listed.values()]
+
+
+async def test_base_sized_buy_fills_the_amount(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(market("buy", "0.001")))
+    position = await venue.account.position("BTC/USD")
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
+    assert position == Decimal("1.001")
+
+
+async def test_base_sized_sell_fills_and_credits_cash(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(market("sell", "0.01")))
+    snapshot = await venue.account.snapshot()
+    position = await venue.account.position("BTC/USD")
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.01"), PRICE)
+    assert (snapshot.cash, position) == (Decimal("10450"), Decimal("0.99"))
+
+
+async def test_find_order_returns_the_placed_order(venue: VenueUnderTest) -> None:
+    order = market("buy", "0.002", label="find-me")
+    placed = await venue.account.place_order(order)
+
+    found = await venue.account.find_order(order.client_order_id, "BTC/USD")
+
+    assert found is not None
+    assert (found.exchange_order_id, found.client_order_id) == (placed.exchange_order_id,
+                                                                order.client_order_id)
+    assert (found.status, found.filled_base, found.avg_price) == ("filled", Decimal("0.002"), PRICE)
+
+
+async def test_find_order_of_unknown_client_id_is_none(venue: VenueUnderTest) -> None:
+    await venue.account.place_order(market("buy", "0.001", label="someone-else"))
+
+    assert await venue.account.find_order(client_id("never-placed"), "BTC/USD") is None
+
+
+async def test_fills_since_lists_fills_after_the_cursor(venue: VenueUnderTest) -> None:
+    before = time.time() - 5
+    buy = await venue.account.place_order(market("buy", "0.002"))
+    sell = await venue.account.place_order(market("sell", "0.001"))
+
+    fills = await venue.account.fills_since(before)
+    later = await venue.account.fills_since(max(f.at for f in fills))
+
+    assert sorted((f.side, f.amount, f.symbol) for f in fills) == [
+        ("buy", Decimal("0.002"), "BTC/USD"), ("sell", Decimal("0.001"), "BTC/USD")]
+    assert {f.order_id for f in fills} == {buy.exchange_order_id, sell.exchange_order_id}
+    assert later == []
+
+
+# --- placing exactly once ---------------------------------------------------------------------
+
+
+async def test_place_idempotently_after_timeout_places_exactly_one_order(
+    venue: VenueUnderTest,
+) -> None:
+    venue.set_timeout_hold(10 * HTTP_TIMEOUT_S)  # released when the venue stops
+    await venue.inject("timeout_after_accept")
+    order = market("buy", "0.001", label="timeout")
+
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
+                                   backoff_s=0.01)
+
+    assert ack.client_order_id == order.client_order_id
+    assert len(await venue.orders()) == 1
+    assert (await settled(venue.account, ack)).filled_base == Decimal("0.001")
+
+
+async def test_server_error_is_temporary_and_retry_places_one_order(venue: VenueUnderTest) -> None:
+    order = market("buy", "0.001", label="server-error")
+    await venue.inject("http_500")
+    error = await raised(venue.account.place_order(order))
+    orders_after_error = len(await venue.orders())
+    await venue.inject("http_500")
+
+    ack = await place_idempotently(venue.account, order, timeout_s=1.0, backoff_s=0.01)
+
+    assert type(error) is TemporaryError
+    assert orders_after_error == 0
+    assert ack.client_order_id == order.client_order_id and len(await venue.orders()) == 1
+
+
+async def test_rate_limit_raises_rate_limited(venue: VenueUnderTest) -> None:
+    await venue.inject("rate_limit")
+
+    error = await raised(venue.account.place_order(market("buy", "0.001")))
+
+    assert type(error) is RateLimited
+    assert await venue.orders() == []
+
+
+async def test_buy_beyond_cash_raises_insufficient_funds(venue: VenueUnderTest) -> None:
+    error = await raised(venue.account.place_order(market("buy", "1")))  # 45,000 USD
+
+    assert type(error) is InsufficientFunds
+    assert await venue.orders() == []
+
+
+async def test_insufficient_funds_fault_raises_insufficient_funds(venue: VenueUnderTest) -> None:
+    await venue.inject("insufficient_funds")
+
+    error = await raised(venue.account.place_order(market("buy", "0.001")))
+
+    assert type(error) is InsufficientFunds
+
+
+@pytest.mark.parametrize(("size", "size_type"), [
+    ("0.000001", "base"),  # under the 0.00001 BTC minimum
+    ("0.00001", "base"),  # 0.45 USD: under the 0.5 USD minimum cost
+    ("0.25", "quote"),
+])
+async def test_order_below_venue_minimum_raises_below_minimum(
+    venue: VenueUnderTest, size: str, size_type: SizeType,
+) -> None:
+    error = await raised(venue.account.place_order(market("buy", size, size_type)))
+
+    assert type(error) is BelowMinimum
+    assert await venue.orders() == []
+
+
+async def test_minimum_fault_raises_below_minimum(venue: VenueUnderTest) -> None:
+    await venue.inject("min_not_met")
+
+    error = await raised(venue.account.place_order(market("buy", "0.001")))
+
+    assert type(error) is BelowMinimum
+
+
+@pytest.mark.parametrize(("size", "size_type"), [("0.000000001", "base"), ("0.004", "quote")])
+async def test_size_rounding_to_nothing_is_refused_unsent(
+    venue: VenueUnderTest, size: str, size_type: SizeType,
+) -> None:
+    await venue.account.market_rules("BTC/USD")  # markets or assets loaded
+    before = venue.requests()
+
+    error = await raised(venue.account.place_order(market("buy", size, size_type)))
+
+    assert isinstance(error, BelowMinimum)
+    assert venue.requests() - before == venue.zero_size_requests
+    assert await venue.orders() == []
+
+
+# --- authentication and secrets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["unknown_key", "wrong_secret"])
+async def test_bad_credentials_raise_auth_error(venue: VenueUnderTest, kind: str) -> None:
+    error = await raised(venue.impostor(kind).snapshot())
+
+    assert type(error) is AuthError
+
+
+async def test_key_refused_after_a_successful_call_raises_auth_error(venue: VenueUnderTest) -> None:
+    await venue.account.snapshot()  # Binance: ccxt reads a later -2015 as an IP ban otherwise
+    await venue.inject("invalid_key")
+
+    error = await raised(venue.account.place_order(market("buy", "0.001")))
+
+    assert type(error) is AuthError
+
+
+async def test_translated_errors_carry_no_credentials(venue: VenueUnderTest) -> None:
+    errors = [await raised(venue.impostor(kind).snapshot())
+              for kind in ("unknown_key", "wrong_secret")]
+    for fault in ("http_500", "rate_limit", "insufficient_funds", "invalid_key", "min_not_met"):
+        await venue.inject(fault)
+        errors.append(await raised(venue.account.place_order(market("buy", "0.001"))))
+
+    texts = [f"{error!s} {error!r}" for error in errors]
+    secrets = [*venue.credentials.values(), SIGNATURE_WORD]
+    assert [t for t in texts if any(s.lower() in t.lower() for s in secrets)] == []
+    # nor would a traceback show the vendor exception they were translated from
+    assert all(e.__cause__ is None and (e.__context__ is None or e.__suppress_context__)
+               for e in errors)
+
+
+SIGNATURE_WORD = "signature="  # a signed query string, as ccxt's messages quote URLs
+
+
+# --- what followers of one venue share --------------------------------------------------------
+
+
+async def test_second_follower_shares_markets_and_http_session(venue: VenueUnderTest) -> None:
+    await venue.account.connect()
+    first_rules = await venue.account.market_rules("BTC/USD")
+    loads = venue.market_loads()
+    second = await venue.add_follower("second")
+
+    await second.connect()
+    second_rules = await second.market_rules("BTC/USD")
+
+    assert venue.market_loads() == loads
+    assert second_rules == first_rules
+    assert venue.session_of(second) is venue.session_of(venue.account) is not None
+    assert await second.snapshot() == await venue.account.snapshot()
