@@ -24,8 +24,13 @@ def adapter_context(settings: Settings, nc: object) -> AdapterContext:
     if settings.paper_venue == "embedded":
         venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
                            seed_cash=settings.paper_seed_cash)
-        return AdapterContext(paper_transport=venue.handle)
-    return AdapterContext(paper_transport=nats_transport(nc))
+        return AdapterContext(paper_transport=venue.handle, http_timeout_s=_http_timeout(settings))
+    return AdapterContext(paper_transport=nats_transport(nc), http_timeout_s=_http_timeout(settings))
+
+
+def _http_timeout(settings: Settings) -> float:
+    """Below the order timeout, so the client gives up before the copier's own deadline."""
+    return settings.order_timeout_s * 0.8
 
 
 async def run(settings: Settings) -> None:
@@ -38,6 +43,9 @@ async def run(settings: Settings) -> None:
                                   interval_s=settings.reload_interval_s)
         if not reloader.load():  # a bad config at start-up stops the process, loudly
             raise SystemExit(f"invalid config {settings.config}: see the log")
+        failed = await book.connect_all()  # readiness waits for markets and sessions
+        if failed:
+            log.warning("event=followers_not_connected followers=%s", ",".join(failed))
         claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)

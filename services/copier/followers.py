@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
+
 from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource, SignalsConfig
 from shared.control import Control
 from shared.exchange.factory import AdapterContext, build_account
@@ -100,6 +102,8 @@ class FollowerBook:
         built: dict[str, Follower] = {}
         for fconfig in config.followers_of(self.exchange):
             creds = self._secrets.credentials(fconfig, "USER")
+            if fconfig.exchange == "alpaca":  # ALPACA_USER_<NAME>_PAPER overrides the config
+                fconfig = msgspec.structs.replace(fconfig, paper=self._secrets.alpaca_paper(fconfig))
             current = self._followers.get(fconfig.id)
             if current is not None and _same_account(current, fconfig, creds):
                 current.config = fconfig  # sizing, state, symbols: the client stays
@@ -124,6 +128,15 @@ class FollowerBook:
         self._retired += list(self._followers.values())
         self._followers = {}
         await self.close_retired()
+        await self._ctx.close()  # shared per-venue sessions and markets
+
+    async def connect_all(self) -> list[str]:
+        """Connect every follower's client (markets, session) ahead of the first signal;
+        return the ids that failed (they are retried on use and their copies fail alone)."""
+        results = await asyncio.gather(*(f.account.connect() for f in self._followers.values()),
+                                       return_exceptions=True)
+        return [fid for fid, r in zip(self._followers, results, strict=True)
+                if isinstance(r, BaseException)]
 
     def secret_values(self) -> list[str]:
         return [v for f in self._followers.values() if f.credentials for v in f.credentials.values()]

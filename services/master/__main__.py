@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services.master.service import MasterMetrics, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, CopytradeError
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.paper import nats_transport
 from shared.runtime import run_main, service_runtime
 from shared.signing import SignalSigner
 
+log = logging.getLogger("copytrade.master")
 SIGNING_KEY_NAME = "MASTER_SIGNING_KEY"
 
 
@@ -34,8 +36,13 @@ async def run(settings: Settings) -> None:
         signer = master_signer(secrets, config.signals.require_signature)
         if signer is not None:
             rt.redactor.add([secrets.get(SIGNING_KEY_NAME) or ""])
-        ctx = AdapterContext(paper_transport=nats_transport(rt.nc))
+        ctx = AdapterContext(paper_transport=nats_transport(rt.nc),
+                             http_timeout_s=settings.order_timeout_s * 0.8)
         account = build_account(config.master, credentials, ctx)
+        try:
+            await account.connect()  # markets and session before the first trade
+        except CopytradeError as exc:
+            log.warning("event=master_not_connected error=%s", type(exc).__name__)
         await bus.ensure_streams(rt.js, settings.stream_replicas)
         published = await fills_bucket(rt.js, settings.stream_replicas)
         master = MasterService(js=rt.js, account=account, config=config.master,
@@ -50,6 +57,7 @@ async def run(settings: Settings) -> None:
         watching.cancel()
         await service.stop()
         await account.close()
+        await ctx.close()
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ from shared.messages import MarketRules, Side
 PAPER_SUBJECT = "copytrade.paper.call"
 
 PaperFaultKind = Literal[
-    "exchange_error", "auth_error", "rate_limited", "timeout_after_accept", "insufficient_funds"
+    "exchange_error", "auth_error", "rate_limited", "timeout_after_accept", "insufficient_funds",
+    "temporary", "below_minimum",
 ]
 
 
