@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.harness import System
 from tests.natsserver import NatsServer, running_nats
+from tests.secrets_scan import leaks, log_files
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> Iterator[None]:
+    """Every test: no registered secret in any log line, in-process or from a subprocess."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    found = leaks([caplog.text, *log_files(tmp_path)])
+    assert not found, f"secret values leaked into logs: {found}"
 
 
 @pytest.fixture

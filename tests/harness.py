@@ -39,6 +39,7 @@ from shared.exchange.paper import nats_transport as paper_transport
 from shared.messages import AuditRecord, CopyResult, TradeRequest
 from shared.signing import SignalSigner, new_signing_key
 from tests.natsserver import NatsServer
+from tests.secrets_scan import leaks, register
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,7 @@ async def eventually(
 
 
 TEST_SIGNING_SEED, TEST_PUBLIC_KEY = new_signing_key()
+register(TEST_SIGNING_SEED)
 
 
 def config_data(
@@ -117,6 +119,7 @@ class System:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._services: list[Service] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.copiers: list[CopierHandle] = []
 
     def settings(self, **overrides: Any) -> Settings:
         base: dict[str, Any] = {"nats_url": self.server.url, "http_port": 0, "ack_wait_s": 5.0,
@@ -143,6 +146,7 @@ class System:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._scan_for_secrets()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
@@ -150,6 +154,14 @@ class System:
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):  # best effort clean-up
                 await closer()
+
+    async def _scan_for_secrets(self) -> None:
+        """No registered secret in any result record or any metric this system exported."""
+        with contextlib.suppress(Exception):  # a test that broke NATS fails on its own account
+            records = [msgspec.json.encode(r).decode() for r in await self.audit()]
+            metrics = [h.metrics_text() for h in self.copiers]
+            found = leaks([*records, *metrics])
+            assert not found, f"secret values leaked into results or metrics: {found}"
 
     # ---- paper exchange ------------------------------------------------------------------------
 
@@ -200,6 +212,7 @@ class System:
                         instance=instance, control=control, reconciler=reconciler)
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,
                               reconciler)
+        self.copiers.append(handle)
         self._closers.insert(0, _cancel(watching))
         self._closers.insert(0, handle.stop)
         return handle

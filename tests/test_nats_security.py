@@ -18,10 +18,12 @@ from shared import bus
 from shared.exchange.paper import Fund, Orders, nats_transport
 from shared.messages import TradeReply, TradeRequest
 from tests.harness import TEST_SIGNING_SEED, config_data
+from tests.secrets_scan import register
 
 AUTH_CONF = ROOT / "deploy/k8s/base/nats/auth.conf"
 PASSWORDS = {"master": "pw-master", "copier": "pw-copier", "sizer": "pw-sizer",
              "paper-exchange": "pw-paper", "operator": "pw-operator"}
+register(*PASSWORDS.values())
 SERVER_ENV = {"NATS_MASTER_PASSWORD": "pw-master", "NATS_COPIER_PASSWORD": "pw-copier",
               "NATS_SIZER_PASSWORD": "pw-sizer", "NATS_PAPER_PASSWORD": "pw-paper",
               "NATS_OPERATOR_PASSWORD": "pw-operator"}

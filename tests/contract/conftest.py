@@ -30,6 +30,7 @@ from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.okx import OkxEmulator
 from tests.emulators.server import EmulatorServer
 from tests.emulators.state import Fault
+from tests.secrets_scan import register
 
 VENUES = ["paper", "kraken", "coinbase", "binance", "okx", "alpaca"]
 HTTP_TIMEOUT_S = 0.5  # loopback answers in milliseconds; held replies time out quickly
@@ -39,6 +40,7 @@ KEY = "ctkey7Q2mWx9"  # distinctive values: the leak test looks for them in erro
 SECRET = "ctsecret4Rz8Lp"
 PASSPHRASE = "ctpass6Hn3Vb"
 STEP, MIN_AMOUNT = Decimal("0.00000001"), Decimal("0.00001")
+register(KEY, SECRET, PASSPHRASE)
 
 # The paper venue's fault kinds for the emulators' faults. "temporary" and "below_minimum" are
 # kinds the paper engine raises (its _ERRORS table) but PaperFaultKind does not list yet.
