@@ -152,3 +152,25 @@ async def test_denied_symbol_is_skipped_for_that_follower_only(system: System) -
     assert {f: r.reason_code for f, r in results.items()} == {
         "picky": "symbol_not_allowed", "open": "none"}
 
+
+
+async def test_slippage_beyond_tolerance_skips_the_guarded_follower(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund_all({"guarded": 1_000, "unguarded": 1_000})
+    config = make_config([
+        {"id": "guarded", "exchange": "paper", "risk": {"max_price_deviation_pct": "2"}},
+        {"id": "unguarded", "exchange": "paper"}])
+    await system.start_copier(config)
+    master = await system.start_master(config)
+    reply = await master.trade(trade(quote="500"))  # filled at $45,000
+    await system.wait_results(reply.signal_id, 2)
+    assert reply.signal is not None
+    moved = msgspec.structs.replace(reply.signal, order_id="moved-1", signature="",
+                                    signal_id=signal_id_for(reply.signal.exchange, "moved-1"))
+
+    await system.set_price("BTC/USD", "50000")  # the market ran 11% while the signal travelled
+    await _publish(system, SignalSigner(TEST_SIGNING_SEED).sign(moved))
+    results = await system.wait_results(moved.signal_id, 2)
+
+    assert results["guarded"].reason_code == "slippage"
+    assert results["unguarded"].outcome == "filled"

@@ -61,10 +61,13 @@ class Follower:
                 self._figures = figures
             if symbol not in figures.positions and rules is not None:
                 figures.positions[symbol] = await self.account.position(symbol)
+            # the venue's price, only for followers with a slippage guard (one call more)
+            guarded = self.config.risk.max_price_deviation_pct is not None and rules is not None
+            price = await self.account.price(symbol) if guarded else None
         return FollowerSnapshot(
             follower_id=self.id, equity=figures.equity, cash=figures.cash,
             position=figures.positions.get(symbol, Decimal(0)), rules=rules,
-            sizing=self.config.sizing, risk=self.config.risk, state=state,
+            sizing=self.config.sizing, risk=self.config.risk, state=state, price=price,
             max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
 
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:

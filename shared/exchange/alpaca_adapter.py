@@ -256,6 +256,16 @@ class AlpacaAccount:
         asset = await self._asset(symbol)
         return None if asset is None else asset.rules
 
+    async def price(self, symbol: str) -> Decimal | None:
+        """The trading API quotes no prices (that is the market-data API, another service);
+        a held position carries its current price, otherwise there is none."""
+        asset = await self._asset(symbol)
+        if asset is None:
+            return None
+        held = await self._call("get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}",
+                                missing_ok=True)
+        return None if held is None or not held.get("current_price") else _dec(held["current_price"])
+
     async def place_order(self, order: OrderCommand) -> OrderAck:
         asset = await self._asset(order.symbol)
         if asset is None:

@@ -285,6 +285,15 @@ class CcxtAccount:
             tickers = await ex.fetch_tickers(symbols)
         return {s: _dec(t.get("last") or t.get("close")) for s, t in tickers.items()}
 
+    async def price(self, symbol: str) -> Decimal | None:
+        ex = await self._client()
+        if symbol not in ex.markets:
+            return None
+        with vendor_calls(self._venue):
+            ticker = await ex.fetch_ticker(symbol)
+        last = ticker.get("last") or ticker.get("close")
+        return None if last is None else _dec(last)
+
     async def position(self, symbol: str) -> Decimal:
         ex = await self._client()
         market = ex.markets.get(symbol)

@@ -54,6 +54,10 @@ class Rules(Struct, frozen=True, tag="rules"):
     symbol: str
 
 
+class Price(Struct, frozen=True, tag="price"):
+    symbol: str
+
+
 class Place(Struct, frozen=True, tag="place"):
     account: str
     order: OrderCommand
@@ -91,7 +95,7 @@ class Orders(Struct, frozen=True, tag="orders"):
     account: str
 
 
-Call = Snapshot | Position | Rules | Place | Find | Fills | Fund | SetPrice | InjectFault | Orders
+Call = Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault | Orders
 
 
 class PaperOrder(Struct, frozen=True, kw_only=True):
@@ -169,7 +173,7 @@ class PaperVenue:
         self.timeout_hold_s = timeout_hold_s
         self._accounts: dict[str, _Account] = {}
         self._handlers: dict[type[Call], Callable[..., Awaitable[Ok]]] = {
-            Snapshot: self._snapshot, Position: self._position, Rules: self._rules,
+            Snapshot: self._snapshot, Position: self._position, Rules: self._rules, Price: self._price,
             Place: self._place, Find: self._find, Fills: self._fills, Fund: self._fund,
             SetPrice: self._set_price, InjectFault: self._fault, Orders: self._orders,
         }
@@ -200,6 +204,9 @@ class PaperVenue:
 
     async def _rules(self, call: Rules) -> Ok:
         return Ok(rules=self.rules.get(call.symbol))
+
+    async def _price(self, call: Price) -> Ok:
+        return Ok(amount=self.prices.get(call.symbol))
 
     async def _place(self, call: Place) -> Ok:
         acc = self._account(call.account)
@@ -321,6 +328,9 @@ class PaperAccount:
 
     async def market_rules(self, symbol: str) -> MarketRules | None:
         return (await self._ok(Rules(symbol))).rules
+
+    async def price(self, symbol: str) -> Decimal | None:
+        return (await self._ok(Price(symbol))).amount
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
         placed = (await self._ok(Place(self.account_id, order))).order
