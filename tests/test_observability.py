@@ -4,9 +4,13 @@ services, and each service's health endpoints tell the truth."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,16 +21,24 @@ import yaml
 
 from scripts.localstack import LocalStack, local_stack
 from shared import bus
-from shared.exchange.paper import Fund, nats_transport
+from shared.exchange.paper import Fund, InjectFault, nats_transport
 from shared.messages import TradeReply, TradeRequest
-from tests.deploy.promql import HISTOGRAM_SUFFIXES, dashboard_metric_names
+from tests.deploy.promql import (
+    HISTOGRAM_SUFFIXES,
+    dashboard_metric_names,
+    dashboard_queries,
+    grafana_to_promql,
+    variable_queries,
+)
 from tests.harness import TEST_SIGNING_SEED, config_data
+from tests.natsserver import free_port
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
     config = tmp_path / "copytrade.yaml"
-    config.write_text(yaml.safe_dump(config_data([{"id": "alice", "exchange": "paper"}])))
+    config.write_text(yaml.safe_dump(config_data([{"id": "alice", "exchange": "paper"},
+                                                   {"id": "dave", "exchange": "paper"}])))
     with local_stack(tmp_path, config) as running:
         running.write_secret("MASTER_SIGNING_KEY", TEST_SIGNING_SEED)
         running.start_nats()
@@ -51,13 +63,17 @@ def exported_names(text: str) -> set[str]:
     return names
 
 
-async def _one_copy(stack: LocalStack) -> None:
+async def _one_copy(stack: LocalStack, quote: int = 500, alice_fault: str | None = None) -> None:
+    """A master buy copied to alice ($1,000) and dave ($100): a $20 buy skips dave."""
     assert stack.nats is not None
     nc = await nats.connect(stack.nats.url)
     call = nats_transport(nc)
     await call(Fund("master", Decimal(10_000)))
     await call(Fund("alice", Decimal(1_000)))
-    request = TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(500), size_type="quote")
+    await call(Fund("dave", Decimal(100)))
+    if alice_fault is not None:
+        await call(InjectFault("alice", alice_fault))  # type: ignore[arg-type]
+    request = TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(quote), size_type="quote")
     reply = await nc.request(bus.MASTER_TRADE_SUBJECT,
                              msgspec.json.Encoder(decimal_format="string").encode(request), timeout=30)
     assert msgspec.json.decode(reply.data, type=TradeReply).ok
@@ -84,3 +100,65 @@ def test_every_service_answers_health_and_readiness(stack: LocalStack) -> None:
                 statuses[(name, path)] = response.status
 
     assert set(statuses.values()) == {200}
+
+
+def _prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "copytrade", "static_configs": [{"targets": targets}]}]}))
+    port = free_port()
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _query(base: str, promql: str) -> dict[str, object]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return dict(json.loads(response.read()))
+    except OSError as exc:
+        return {"status": "unreachable", "error": str(exc)}
+
+
+def _has_data(base: str, promql: str) -> bool:
+    return bool(_query(base, promql).get("data", {}).get("result"))  # type: ignore[union-attr]
+
+
+def _poll(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    assert shutil.which("prometheus"), "prometheus missing: run scripts/install-deploy-tools.sh"
+    proc, base = _prometheus(tmp_path, [f"127.0.0.1:{port}" for port in stack.ports.values()])
+    try:
+        asyncio.run(_one_copy(stack))
+        _poll(lambda: _has_data(base, "copytrade_copy_latency_seconds_count > 0"), 60,
+              "the first copy to be scraped")
+        # counters move between scrapes, so rates have data; dave is skipped, alice fails
+        asyncio.run(_one_copy(stack, quote=20, alice_fault="exchange_error"))
+        for promql in ("count_over_time(copytrade_copy_outcomes_total{outcome='failed'}[5m]) >= 2",
+                       "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
+                       "rate(copytrade_signals_published_total[5m]) > 0",
+                       "count(up == 1) == 4"):
+            _poll(lambda q=promql: _has_data(base, q), 60, promql)
+        answers = {name: _query(base, grafana_to_promql(expr))
+                   for name, expr in {**dashboard_queries(), **variable_queries()}.items()}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    failed = {name: a.get("error") for name, a in answers.items() if a.get("status") != "success"}
+    with_data = {name for name, a in answers.items()
+                 if a.get("data", {}).get("result")}  # type: ignore[union-attr]
+    assert failed == {}
+    assert sorted(set(answers) - with_data) == []
