@@ -141,15 +141,16 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
     assert shutil.which("prometheus"), "prometheus missing: run scripts/install-deploy-tools.sh"
     proc, base = _prometheus(tmp_path, [f"127.0.0.1:{port}" for port in stack.ports.values()])
     try:
+        _poll(lambda: _has_data(base, "count(up == 1) == 4"), 60, "every service scraped once")
         asyncio.run(_one_copy(stack))
-        _poll(lambda: _has_data(base, "copytrade_copy_latency_seconds_count > 0"), 60,
-              "the first copy to be scraped")
+        for promql in ("copytrade_copy_latency_seconds_count > 0",
+                       "copytrade_signals_published_total > 0"):
+            _poll(lambda q=promql: _has_data(base, q), 60, f"the first copy scraped: {promql}")
         # counters move between scrapes, so rates have data; dave is skipped, alice fails
         asyncio.run(_one_copy(stack, quote=20, alice_fault="exchange_error"))
         for promql in ("count_over_time(copytrade_copy_outcomes_total{outcome='failed'}[5m]) >= 2",
                        "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
-                       "rate(copytrade_signals_published_total[5m]) > 0",
-                       "count(up == 1) == 4"):
+                       "rate(copytrade_signals_published_total[5m]) > 0"):
             _poll(lambda q=promql: _has_data(base, q), 60, promql)
         answers = {name: _query(base, grafana_to_promql(expr))
                    for name, expr in {**dashboard_queries(), **variable_queries()}.items()}
