@@ -141,8 +141,7 @@ class System:
         self.paper = paper_transport(self.nc)
         self._services.append(await serve_venue(await self.connect(), self.venue))
         self.sizer_registry = CollectorRegistry()
-        self._services.append(await Sizer(SizerMetrics(self.sizer_registry)).start(
-            await self.connect()))
+        self.sizer = await Sizer(SizerMetrics(self.sizer_registry)).start(await self.connect())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -162,6 +161,9 @@ class System:
             metrics = [h.metrics_text() for h in self.copiers]
             found = leaks([*records, *metrics])
             assert not found, f"secret values leaked into results or metrics: {found}"
+
+    async def stop_sizer(self) -> None:
+        await self.sizer.stop()
 
     # ---- paper exchange ------------------------------------------------------------------------
 
