@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import signal as signals
+from decimal import Decimal
 
 import yaml
+from prometheus_client import CollectorRegistry
 
+from services.master.service import MasterMetrics, MasterService
 from shared import bus
+from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.paper import Fund, PaperVenue
 from shared.messages import CopyResult, SignalRejected
-from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
+from shared.signing import SignalSigner
+from tests.harness import (
+    TEST_SIGNING_SEED,
+    System,
+    config_data,
+    eventually,
+    make_config,
+    paper_followers,
+    trade,
+)
 
 
 async def test_failing_followers_do_not_stop_the_others(system: System) -> None:
@@ -155,3 +169,24 @@ async def _consumer_exists(system: System) -> bool:
 async def _orders_placed(system: System, followers: dict[str, int]) -> int:
     counts = await asyncio.gather(*(system.orders(f) for f in followers))
     return sum(len(c) for c in counts)
+
+
+async def test_master_publish_survives_a_nats_outage_without_doubling(system: System) -> None:
+    venue = PaperVenue()  # embedded: the master order itself needs no NATS
+    await venue.handle(Fund("master", Decimal(10_000), {}))
+    nc = await system.connect()
+    config = make_config([])
+    account = build_account(config.master, None, AdapterContext(paper_transport=venue.handle))
+    master = MasterService(js=nc.jetstream(timeout=1), account=account, config=config.master,
+                           metrics=MasterMetrics(CollectorRegistry(), "master"),
+                           signer=SignalSigner(TEST_SIGNING_SEED))
+
+    system.server.stop()  # the hiccup: the fill happens, publishing cannot
+    trading = asyncio.create_task(master.trade(trade(quote="500")))
+    await eventually(lambda: len(venue._accounts["master"].orders) == 1)
+    await asyncio.to_thread(system.server.start)
+    reply = await asyncio.wait_for(trading, 60)
+
+    signals_info = await system.js.stream_info(bus.SIGNALS_STREAM)
+    assert reply.ok
+    assert signals_info.state.messages == 1
