@@ -69,7 +69,7 @@ class SignalVerifier:
             try:
                 key.verify(payload, signature)
                 return None
-            except BadSignatureError:
+            except (BadSignatureError, ValueError):  # ValueError: not 64 bytes long
                 continue
         return "bad_signature"
 

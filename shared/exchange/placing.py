@@ -36,5 +36,17 @@ async def place_idempotently(
             log.warning("event=order_retry account=%s client_order_id=%s attempt=%d error=%s",
                         account.account_id, order.client_order_id, attempt + 1,
                         type(exc).__name__)
+    # the last attempt may itself have been accepted before it timed out: look once more
+    found = await _final_lookup(account, order, timeout_s)
+    if found is not None:
+        return found
     raise last
+
+
+async def _final_lookup(account: ExchangeAccount, order: OrderCommand, timeout_s: float) -> OrderAck | None:
+    try:
+        return await asyncio.wait_for(
+            account.find_order(order.client_order_id, order.symbol), timeout_s)
+    except (TemporaryError, TimeoutError):
+        return None  # still unknown: the claim stays, and a redelivery looks again
 
