@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import shutil
 import statistics
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -20,6 +21,9 @@ import msgspec
 import nats
 import yaml
 from nats.aio.client import Client
+
+if not __package__:  # `python scripts/bench.py` (make bench): import `scripts` from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
@@ -45,9 +49,11 @@ def signal(quote: str = "100") -> TradeSignal:
 class Run:
     """One copier configuration with N paper followers, processes started fresh."""
 
-    def __init__(self, name: str, followers: int, latency_ms: float, concurrency: int) -> None:
+    def __init__(self, name: str, followers: int, latency_ms: float, concurrency: int,
+                 spread_threshold: int = 200) -> None:
         self.name, self.followers = name, followers
         self.latency_ms, self.concurrency = latency_ms, concurrency
+        self.spread_threshold = spread_threshold  # groups above it spread over replicas
         self.workdir = ROOT / ".bench" / name
 
     async def __aenter__(self) -> Run:
@@ -66,7 +72,8 @@ class Run:
         self.stack.start("copier", "copier", COPYTRADE_CONCURRENCY=str(self.concurrency),
                          COPYTRADE_PAPER_VENUE="embedded", COPYTRADE_PAPER_SEED_CASH="1000000",
                          COPYTRADE_PAPER_LATENCY_MS=str(self.latency_ms),
-                         COPYTRADE_SNAPSHOT_TTL_S="3600", COPYTRADE_ACK_WAIT_S="60")
+                         COPYTRADE_SNAPSHOT_TTL_S="3600", COPYTRADE_ACK_WAIT_S="60",
+                         COPYTRADE_SPREAD_THRESHOLD=str(self.spread_threshold))
         self.stack.wait_ready(60)
         assert self.stack.nats is not None
         self.nc: Client = await nats.connect(self.stack.nats.url)
@@ -140,11 +147,13 @@ async def fan_out(followers: int, latency_ms: float, signals: int) -> None:
 
 
 async def sequential(followers: int, latency_ms: float) -> None:
-    async with Run(f"sequential-{followers}", followers, latency_ms, concurrency=1) as run:
+    async with Run(f"sequential-{followers}", followers, latency_ms, concurrency=1,
+                   spread_threshold=10**9) as run:
         await run.copy(timeout_s=600)  # warm the account figures, as the concurrent run does
         elapsed = fill_to_last_ack(await run.copy(timeout_s=600))
     print(f"  baseline, one follower at a time (the original design), {followers} followers: "
-          f"{elapsed:.2f} s  (→ ≈ {elapsed * 1000 / followers:.1f} s for 1,000)")
+          f"{elapsed:.2f} s  (→ ≈ {elapsed * 1000 / followers:.1f} s for 1,000, "
+          f"≈ {elapsed * 10_000 / followers:.0f} s for 10,000)")
 
 
 async def throughput(followers: int, signals: int) -> None:
@@ -181,6 +190,9 @@ async def main(quick: bool) -> None:
     await sequential(100 if quick else 1000, 50)
     await throughput(2000, 3 if quick else 5)
     await memory_per_follower(100, 1100 if quick else 2100)
+    from scripts import bench_scale  # it reuses this module's signal helpers
+
+    await bench_scale.main(quick)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ _report_publish_async_errors()
 
 SIGNALS_STREAM = "SIGNALS"
 RESULTS_STREAM = "RESULTS"
+WORK_STREAM = "WORK"  # signals spread over a group's replicas: one item per (signal, shard)
 CLAIMS_BUCKET = "copytrade-claims"
 SIZER_SUBJECT = "copytrade.sizer.size"
 MASTER_TRADE_SUBJECT = "copytrade.master.trade"
@@ -78,6 +79,19 @@ def deadletter_subject(exchange: str) -> str:
 
 def durable_name(exchange: str) -> str:
     return f"copier-{exchange}"
+
+
+def work_subject(group: str, shard: int) -> str:
+    return f"copytrade.work.{group}.{shard}"
+
+
+def work_durable(group: str, shard: int) -> str:
+    return f"work-{group}-{shard}"
+
+
+def replicas_subject(group: str) -> str:
+    """Core NATS (not stored): the group's replicas announce themselves here every second."""
+    return f"copytrade.replicas.{group}"
 
 
 def nats_password(settings: Settings) -> str | None:
@@ -130,6 +144,10 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> KeyValue:
                      subjects=["copytrade.results.>", "copytrade.rejects.>",
                                "copytrade.deadletter.>"],
                      duplicate_window=DUPLICATE_WINDOW_S, num_replicas=replicas),
+        # work queue: an item leaves the stream when acked; Nats-Msg-Id "<signal>:<shard>" dedupes
+        StreamConfig(name=WORK_STREAM, subjects=["copytrade.work.>"],
+                     retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                     duplicate_window=DUPLICATE_WINDOW_S, max_age=DAY, num_replicas=replicas),
     ]
     for config in streams:
         try:
@@ -151,8 +169,21 @@ async def ensure_consumer(
     await js.add_consumer(SIGNALS_STREAM, ConsumerConfig(
         durable_name=durable_name(exchange), filter_subject="copytrade.signals.>",
         deliver_policy=DeliverPolicy.NEW, ack_wait=ack_wait_s, max_deliver=max_deliver,
-        max_ack_pending=1000,
+        max_ack_pending=1,  # one signal in hand per group, across replicas: signal order holds
     ))
+
+
+async def ensure_work_consumers(
+    js: JetStreamContext, group: str, shards: int, *, ack_wait_s: float, max_deliver: int
+) -> None:
+    """One durable per (group, shard) on the work stream; one item in hand per shard, so a
+    shard's items (and each follower's copies) run in signal order on whichever replica pulls."""
+    for shard in range(shards):
+        await js.add_consumer(WORK_STREAM, ConsumerConfig(
+            durable_name=work_durable(group, shard), filter_subject=work_subject(group, shard),
+            deliver_policy=DeliverPolicy.ALL, ack_wait=ack_wait_s, max_deliver=max_deliver,
+            max_ack_pending=1,
+        ))
 
 
 async def retry_forever(

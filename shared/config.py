@@ -133,6 +133,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     reconcile_interval_s: Annotated[float, Meta(ge=0)] = 60.0  # 0: no reconciliation
     reconcile_threshold: Decimal = Decimal("0.10")  # drift ratio that is reported (and alerted)
     reconcile_heal: bool = False  # place correcting orders for drift (off by default)
+    # scale-out: a group with more followers than this spreads each signal over its replicas
+    spread_threshold: Annotated[int, Meta(ge=0)] = 200
+    shards: Annotated[int, Meta(ge=1, le=4096)] = 32  # work shards per group: same on every replica
+    replica_heartbeat_s: Annotated[float, Meta(gt=0)] = 1.0  # a replica silent 3x this is gone
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

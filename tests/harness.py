@@ -26,6 +26,7 @@ from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.service import Copier
+from services.copier.work import WorkMetrics
 from services.master.service import MasterMetrics, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue
@@ -107,6 +108,11 @@ class CopierHandle:
 
     def metrics_text(self) -> str:
         return generate_latest(self.registry).decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of this replica's samples of `name` whose labels include `labels`."""
+        return sum(sample.value for family in self.registry.collect() for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
 
 
 class System:
@@ -211,13 +217,26 @@ class System:
                                 claims=claims, threshold=s.reconcile_threshold,
                                 heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
-                        instance=instance, control=control, reconciler=reconciler)
+                        instance=instance, control=control, reconciler=reconciler,
+                        work_metrics=WorkMetrics(registry, exchange))
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,
                               reconciler)
         self.copiers.append(handle)
         self._closers.insert(0, _cancel(watching))
         self._closers.insert(0, handle.stop)
         return handle
+
+    async def start_replicas(
+        self, config: CopytradeConfig, count: int, exchange: str = "paper", others: int = 0,
+        **settings: Any,
+    ) -> list[CopierHandle]:
+        """`count` replicas of one group in this process, returned once each sees all of them
+        (plus `others` replicas running elsewhere, e.g. subprocesses)."""
+        handles = [await self.start_copier(config, exchange, instance=f"replica-{i + 1}",
+                                           **settings) for i in range(count)]
+        await eventually(lambda: all(len(h.copier.replicas.live()) == count + others
+                                     and h.copier.settled for h in handles), timeout=20)
+        return handles
 
     async def start_master(
         self, config: CopytradeConfig, secrets: dict[str, str] | None = None

@@ -10,6 +10,7 @@ from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
+from services.copier.work import WorkMetrics
 from shared import bus
 from shared.config import SecretSource, Settings, load_settings
 from shared.control import Control, control_bucket
@@ -43,7 +44,9 @@ async def run(settings: Settings) -> None:
                                   interval_s=settings.reload_interval_s)
         if not reloader.load():  # a bad config at start-up stops the process, loudly
             raise SystemExit(f"invalid config {settings.config}: see the log")
-        failed = await book.connect_all()  # readiness waits for markets and sessions
+        # readiness waits for markets and sessions; a spread group's replicas each serve only
+        # their shards' followers, so their clients connect on first use and then stay warm
+        failed = await book.connect_all(lazy=len(book.all()) > settings.spread_threshold)
         if failed:
             log.warning("event=followers_not_connected followers=%s", ",".join(failed))
         claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
@@ -57,7 +60,8 @@ async def run(settings: Settings) -> None:
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance, control=control,
-                        reconciler=reconciler)
+                        reconciler=reconciler,
+                        work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())
         if settings.reconcile_interval_s:
             background.append(asyncio.create_task(reconciler.run(settings.reconcile_interval_s)))

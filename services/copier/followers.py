@@ -13,8 +13,10 @@ from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSo
 from shared.control import Control
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
-from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal
+from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal, shard_of
 from shared.signing import SignalVerifier
+
+Lineage = tuple[str, int]  # (consumer, delivery sequence) of the message a copy ran under
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Follower:
         self.account = account
         self.credentials = credentials
         self._figures: _Figures | None = None
+        self._lineage: Lineage | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -70,6 +73,21 @@ class Follower:
             sizing=self.config.sizing, risk=self.config.risk, state=state, price=price,
             max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
 
+    def resume(self, lineage: Lineage) -> None:
+        """Keep the cached figures only if this replica ran the follower's previous copy.
+
+        Every delivery of a consumer advances its sequence, so (consumer, seq - 1) means no other
+        replica took a message for this follower in between; otherwise another replica may have
+        traded the account (a shard that moved, a redelivery) and the figures are read again.
+        """
+        if self._lineage != (lineage[0], lineage[1] - 1):
+            self._figures = None
+        self._lineage = lineage
+
+    def forget_figures(self) -> None:
+        """The account changed in a way this replica did not see (an order found on recovery)."""
+        self._figures = None
+
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
         """Update cached cash and position from a fill instead of re-reading the venue."""
         figures = self._figures
@@ -91,6 +109,7 @@ class FollowerBook:
         self._followers: dict[str, Follower] = {}
         self._retired: list[Follower] = []
         self._rules: dict[str, MarketRules | None] = {}
+        self._shards: tuple[int, list[list[Follower]]] | None = None  # (count, members per shard)
         self.min_notional = Decimal("1.00")
         self.signals = SignalsConfig(require_signature=False)
         self.verifier = SignalVerifier([])
@@ -116,6 +135,7 @@ class FollowerBook:
         self._retired += [f for fid, f in self._followers.items() if built.get(fid) is not f]
         removed = [fid for fid in self._followers if fid not in built]
         self._followers = built
+        self._shards = None
         self.min_notional = config.min_notional
         if config.signals.public_keys != self.signals.public_keys:
             self.verifier = SignalVerifier(config.signals.public_keys)
@@ -133,19 +153,47 @@ class FollowerBook:
         await self.close_retired()
         await self._ctx.close()  # shared per-venue sessions and markets
 
-    async def connect_all(self) -> list[str]:
+    async def connect_all(self, *, lazy: bool = False) -> list[str]:
         """Connect every follower's client (markets, session) ahead of the first signal;
-        return the ids that failed (they are retried on use and their copies fail alone)."""
-        results = await asyncio.gather(*(f.account.connect() for f in self._followers.values()),
+        return the ids that failed (they are retried on use and their copies fail alone).
+
+        lazy: connect one follower per venue endpoint only (the shared markets and session);
+        the others connect on first use and stay connected. For groups spread over replicas,
+        where each replica serves only the followers of the shards it owns.
+        """
+        followers = self._followers
+        if lazy:
+            endpoints = {(f.config.exchange, f.config.base_url, f.config.paper): fid
+                         for fid, f in reversed(followers.items())}
+            followers = {fid: followers[fid] for fid in endpoints.values()}
+        results = await asyncio.gather(*(f.account.connect() for f in followers.values()),
                                        return_exceptions=True)
-        return [fid for fid, r in zip(self._followers, results, strict=True)
+        return [fid for fid, r in zip(followers, results, strict=True)
                 if isinstance(r, BaseException)]
+
+    def signature_problem(self, signal: TradeSignal) -> tuple[str, str] | None:
+        """Why the signal's signature is not acceptable (reason code, text), or None."""
+        if not self.signals.require_signature:
+            return None
+        problem = self.verifier.problem(signal)
+        if problem is None:
+            return None
+        return problem, f"signal {signal.signal_id}: {problem.replace('_', ' ')}"
 
     def secret_values(self) -> list[str]:
         return [v for f in self._followers.values() if f.credentials for v in f.credentials.values()]
 
     def all(self) -> list[Follower]:
         return list(self._followers.values())
+
+    def in_shard(self, shard: int, shards: int) -> list[Follower]:
+        """The followers of one shard (`shard_of`), computed once per config and shard count."""
+        if self._shards is None or self._shards[0] != shards:
+            members: list[list[Follower]] = [[] for _ in range(shards)]
+            for follower in self._followers.values():
+                members[shard_of(follower.id, shards)].append(follower)
+            self._shards = (shards, members)
+        return list(self._shards[1][shard]) if shard < shards else []
 
     def state_counts(self, control: Control | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}

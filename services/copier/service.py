@@ -1,9 +1,14 @@
-"""The copier: takes each signal from its group's durable, sizes it for every follower in one
-sizer call, places the orders concurrently (bounded), records every outcome, then acks.
+"""The copier: one replica of a follower group. It takes each signal from the group's durable
+(one signal in hand per group, across replicas), judges it (signature, replay), then either
 
-Exactly-once effect: before an order, (signal, follower) is claimed in JetStream KV with the
-sized order and its deterministic client order id; a redelivered signal recovers each claimed
-follower by looking its order up at the venue instead of placing it again.
+- copies it itself (the direct path: a group of up to COPYTRADE_SPREAD_THRESHOLD followers,
+  lowest latency): every follower sized in one sizer call per 1,000, orders placed concurrently,
+  or
+- spreads it (larger groups): one work item per shard of followers, stored in the WORK stream
+  and pulled by every replica of the group (`work.py`).
+
+Both paths copy through the same `CopyExecutor` (claim -> place -> record); a message is acked
+only once everything it stands for is stored.
 """
 
 from __future__ import annotations
@@ -12,115 +17,112 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 
 import msgspec
+import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
 
-from services.copier.followers import Follower, FollowerBook
+from services.copier.delivery import Delivery
+from services.copier.executor import CopyExecutor
+from services.copier.followers import FollowerBook, Lineage
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
-from services.copier.risk import EquityGuard
+from services.copier.replicas import Replicas
+from services.copier.work import WorkMetrics, WorkPlanner, WorkRunner
 from shared import bus
 from shared.config import Settings
 from shared.control import Control
-from shared.errors import CopytradeError, ExchangeError
-from shared.exchange.placing import place_idempotently
-from shared.exchange.port import OrderAck, OrderCommand
-from shared.messages import (
-    Claim,
-    CopyResult,
-    DeadLetter,
-    Decision,
-    FollowerSnapshot,
-    FollowerState,
-    SignalRejected,
-    SizedOrder,
-    SizeReply,
-    SizeRequest,
-    Skip,
-    TradeSignal,
-    client_order_id_for,
-)
+from shared.messages import MALFORMED, TradeSignal
 
 log = logging.getLogger("copytrade.copier")
-SIZER_CHUNK = 1000
-WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject already has a message (the claim exists)
-
-
-class ClaimBusy(Exception):
-    """Another live attempt may be placing this follower's order: retry the signal later."""
-
-
-class _Recording:
-    """One signal's outcome records in flight to the results stream, and their tally."""
-
-    def __init__(self) -> None:
-        self.acks: list[asyncio.Future[PubAck]] = []
-        self.tally: Counter[str] = Counter()
-
-    async def stored(self, timeout_s: float) -> None:
-        """Wait until the results stream has stored every record (raise if one failed)."""
-        if self.acks:
-            await asyncio.wait_for(asyncio.gather(*self.acks), timeout_s)
 
 
 class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
-        reconciler: Reconciler | None = None,
+        reconciler: Reconciler | None = None, work_metrics: WorkMetrics | None = None,
     ) -> None:
-        self._reconciler = reconciler
-        self._nc, self._js, self._claims, self._book = nc, js, claims, book
-        self._control = control
-        self._guard = EquityGuard(control.kv)
-        self._metrics, self._settings, self._instance = metrics, settings, instance
+        self._js, self._book, self._control = js, book, control
+        self._metrics, self._settings = metrics, settings
         self._exchange = book.exchange
         self._decoder = msgspec.json.Decoder(TradeSignal)
-        self._claim_decoder = msgspec.json.Decoder(Claim)
-        self._reply_decoder = msgspec.json.Decoder(SizeReply)
-        self._result_decoder = msgspec.json.Decoder(CopyResult)
-        self._encoder = msgspec.json.Encoder(decimal_format="string")
-        self._limit = asyncio.Semaphore(settings.concurrency)
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[None] | None = None
+        self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
+                                     settings=settings, instance=instance, control=control,
+                                     reconciler=reconciler)
+        self._delivery = Delivery(js=js, metrics=metrics, settings=settings, exchange=self._exchange)
+        self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._exchange)
+        self.replicas = Replicas(nc, self._exchange, instance, settings.replica_heartbeat_s)
+        self._planner = WorkPlanner(js=js, book=book, settings=settings, instance=instance,
+                                    metrics=self.work_metrics)
+        self._work = WorkRunner(nc=nc, js=js, book=book, executor=self.executor,
+                                delivery=self._delivery, replicas=self.replicas,
+                                settings=settings, metrics=self.work_metrics)
 
     async def run(self) -> None:
-        """Take signals one at a time (signal order is follower order) until shut down."""
+        """Take signals one at a time (signal order is follower order) until shut down; pull
+        the work items of the shards this replica owns meanwhile."""
+        await self._work.prepare()
+        await self._planner.prepare()
+        await self.replicas.join()
         sub = await self._js.pull_subscribe_bind(
             durable=bus.durable_name(self._exchange), stream=bus.SIGNALS_STREAM)
-        lag = asyncio.create_task(self._watch_lag())
+        background = [asyncio.create_task(self._watch_lag()),
+                      asyncio.create_task(self.replicas.run())]
+        work = asyncio.create_task(self._work.run())
+        delay = 0.1  # backoff after a failed fetch: the loop never dies on a NATS error
         try:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(batch=1, timeout=1.0)
                 except (NatsTimeout, TimeoutError):
+                    msgs = []
+                except nats.errors.Error as exc:  # e.g. 503 while a restarted server recovers
+                    log.warning("event=signal_fetch_failed error=%s", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(5.0, delay * 2)
                     continue
+                delay = 0.1
                 for msg in msgs:
                     self._current = asyncio.create_task(self.process(msg))
                     await asyncio.wait({self._current})
                     self._current = None
-                await self._book.close_retired()
+                if not self._work.busy:  # no copy in flight may still use a retired client
+                    await self._book.close_retired()
         finally:
-            lag.cancel()
+            for task in background:
+                task.cancel()
+            await self.replicas.leave()
+            await self._work.stop(0 if work.done() else self._settings.shutdown_grace_s)
+            await asyncio.wait({work})
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    @property
+    def settled(self) -> bool:
+        """This replica pulls the work shards it owns, and only those."""
+        return self._work.settled
+
     async def shutdown(self, grace_s: float) -> None:
-        """Fetch no more; finish the signal in hand within grace_s, else hand it back (nak)."""
+        """Fetch no more; finish the signal and work items in hand within grace_s, else hand
+        them back (nak)."""
         self._stopping.set()
+        await self.replicas.leave()
         current = self._current
+        work = asyncio.create_task(self._work.stop(grace_s))
         if current is not None:
             _, pending = await asyncio.wait({current}, timeout=grace_s)
             for task in pending:
                 task.cancel()
                 await asyncio.wait({task})
+        await work
 
     async def _watch_lag(self, interval_s: float = 5.0) -> None:
         """Export the group's consumer lag: signals stored but not yet done by this group."""
@@ -132,339 +134,47 @@ class Copier:
             self._metrics.set_followers(self._book.state_counts(self._control))
             await asyncio.sleep(interval_s)
 
-    async def process(self, msg: object) -> None:
-        """Handle one signal message; ack only once every follower's outcome is recorded."""
-        from nats.aio.msg import Msg
-
-        assert isinstance(msg, Msg)
+    async def process(self, msg: Msg) -> None:
+        """Handle one signal message; ack only once every follower's outcome (or, spread, every
+        work item) is stored."""
         received_at = time.time()
         self._metrics.signals_received.inc()
         try:
             signal = self._decoder.decode(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await self._reject(msg.data, "malformed", str(exc))
+        except MALFORMED as exc:
+            await self._delivery.reject(msg.data, "malformed", str(exc))
             await msg.term()
             return
         redelivered = msg.metadata.num_delivered > 1
         problem = await self._judge(signal, redelivered)
         if problem is not None:
-            await self._reject(msg.data, *problem)
+            await self._delivery.reject(msg.data, *problem)
             await msg.term()
             return
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
-        try:
-            await self.fan_out(signal, received_at, redelivered=redelivered)
-            await msg.ack_sync()
-        except asyncio.CancelledError:  # shutdown: hand the signal back; claims make it safe
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            log.warning("event=signal_handed_back signal_id=%s", signal.signal_id)
-            raise
-        except Exception as exc:  # infrastructure trouble: retry the whole signal later
-            await self._retry_or_dead_letter(msg, signal, exc)
-        finally:
-            heartbeat.cancel()
+        lineage = (msg.metadata.consumer or "", msg.metadata.sequence.consumer)
+        await self._delivery.settle(msg, signal.signal_id, self.fan_out(
+            signal, received_at, redelivered=redelivered, lineage=lineage))
 
     async def _judge(self, signal: TradeSignal, redelivered: bool) -> tuple[str, str] | None:
         """Why this signal must not be executed (reason code, text), or None."""
-        if self._book.signals.require_signature:
-            problem = self._book.verifier.problem(signal)
-            if problem is not None:
-                return problem, f"signal {signal.signal_id}: {problem.replace('_', ' ')}"
+        problem = self._book.signature_problem(signal)
+        if problem is not None:
+            return problem
         seen = f"seen.{self._exchange}.{signal.signal_id}"
-        if not redelivered and not await self._claim(seen, b"1"):
+        if not redelivered and not await self.executor.claim(seen, b"1"):
             return "replayed", f"signal {signal.signal_id} was already taken by this group"
         return None
 
-    async def fan_out(self, signal: TradeSignal, received_at: float, *, redelivered: bool) -> None:
+    async def fan_out(
+        self, signal: TradeSignal, received_at: float, *, redelivered: bool,
+        lineage: Lineage = ("", 0),
+    ) -> None:
         followers = self._book.all()
         log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
                  "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
                  redelivered)
-        decisions = await self._size(signal, followers)
-        recording = _Recording()
-        results = await asyncio.gather(*(
-            self._copy_one(signal, f, decisions[f.id], received_at, redelivered, recording)
-            for f in followers), return_exceptions=True)
-        await recording.stored(timeout_s=30)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
-        if self._reconciler is not None:
-            self._reconciler.observe(signal)
-        log.info("event=signal_copied signal_id=%s followers=%d %s seconds=%.3f", signal.signal_id,
-                 len(followers), " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
-                 time.time() - received_at)
-
-    # ---- sizing --------------------------------------------------------------------------------
-
-    async def _size(self, signal: TradeSignal, followers: list[Follower]) -> dict[str, Decision]:
-        snapshots = await asyncio.gather(*(self._snapshot(signal, f) for f in followers))
-        decisions: dict[str, Decision] = {s.follower_id: s for s in snapshots
-                                          if isinstance(s, Skip)}
-        ready = [s for s in snapshots if not isinstance(s, Skip)]
-        for start in range(0, len(ready), SIZER_CHUNK):
-            request = SizeRequest(signal=signal, min_notional=self._book.min_notional,
-                                  now=time.time(), followers=ready[start:start + SIZER_CHUNK])
-            with self._metrics.sizer_latency.time():
-                reply = await self._nc.request(bus.SIZER_SUBJECT, self._encoder.encode(request),
-                                               timeout=10)
-            if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
-                raise CopytradeError(f"sizer error: {reply.headers.get('Nats-Service-Error')}")
-            decisions.update({d.follower_id: d for d in self._reply_decoder.decode(reply.data).decisions})
-        return decisions
-
-    async def _snapshot(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot | Skip:
-        """The follower's figures, or a skip when its venue cannot be read (isolated)."""
-        state = self._control.state_of(follower.id, follower.configured_state())
-        if state == "paused":  # nothing to read or size
-            return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
-        try:
-            async with self._limit:
-                rules = await self._book.rules(follower, signal.symbol)
-                snapshot = await follower.snapshot(
-                    signal, rules, self._settings.snapshot_ttl_s, state=state,
-                    max_signal_age_s=self._book.signals.max_age_s)
-        except ExchangeError as exc:
-            return Skip(follower_id=follower.id, reason_code=exc.reason_code,
-                        reason=f"Could not read account: {type(exc).__name__}")
-        tripped = await self._trip_equity_limits(follower, snapshot)
-        if tripped == "paused":
-            return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
-        return snapshot if tripped is None else msgspec.structs.replace(snapshot, state=tripped)
-
-    async def _trip_equity_limits(
-        self, follower: Follower, snapshot: FollowerSnapshot
-    ) -> FollowerState | None:
-        """Apply the follower's daily-loss / drawdown limits; the state they now require."""
-        trip = await self._guard.check(follower, snapshot.equity)
-        if trip is None:
-            return None
-        state, reason = trip
-        if await self._control.restrict(follower.id, state, reason):
-            self._metrics.risk_trips.labels(self._exchange, follower.id, reason.split(":")[0]).inc()
-            log.warning("event=risk_limit_tripped follower=%s state=%s reason=%r",
-                        follower.id, state, reason)
-        return self._control.state_of(follower.id, follower.configured_state())
-
-    # ---- one follower ----------------------------------------------------------------------------
-
-    async def _copy_one(
-        self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
-        redelivered: bool, recording: _Recording,
-    ) -> None:
-        async with self._limit:  # claim only when about to place: a crash strands few claims
-            await self._copy_one_now(signal, follower, decision, received_at, redelivered,
-                                     recording)
-
-    async def _copy_one_now(
-        self, signal: TradeSignal, follower: Follower, decision: Decision, received_at: float,
-        redelivered: bool, recording: _Recording,
-    ) -> None:
-        key = f"{signal.signal_id}.{follower.id}"
-        if redelivered:
-            entry = await self._get_claim(key)
-            if entry is not None:
-                await self._recover(signal, follower, key, entry, received_at, recording)
-                return
-        decision = self._gate(follower, decision)
-        if isinstance(decision, Skip):
-            await self._record(follower, self._skipped(signal, follower, decision, received_at),
-                               recording)
+        if await self._planner.should_spread():
+            await self._planner.plan(signal, received_at)
             return
-        if self._control.state_of(follower.id, follower.configured_state()) == "dry_run":
-            result = self._dry_run(signal, follower, decision, received_at)
-            await self._record(follower, result, recording)
-            return
-        cid = client_order_id_for(signal.signal_id, follower.id)
-        claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
-        if not await self._claim(key, self._encoder.encode(claim)):
-            entry = await self._get_claim(key)
-            assert entry is not None
-            await self._recover(signal, follower, key, entry, received_at, recording)
-            return
-        await self._execute(signal, follower, claim, received_at, recording)
-
-    def _gate(self, follower: Follower, decision: Decision) -> Decision:
-        """The kill switch overrides every order decision, checked as late as possible."""
-        if isinstance(decision, SizedOrder) and self._control.killed:
-            return Skip(follower_id=follower.id, reason_code="kill_switch",
-                        reason="Kill switch is on: no new orders")
-        return decision
-
-    async def _execute(
-        self, signal: TradeSignal, follower: Follower, claim: Claim, received_at: float,
-        recording: _Recording, *, recovered: bool = False,
-    ) -> None:
-        order = claim.order
-        command = OrderCommand(
-            client_order_id=claim.client_order_id, symbol=follower.venue_symbol(signal.symbol),
-            side=order.side, size=order.size, size_type=order.size_type,
-            reference_price=signal.price)
-        if self._control.killed:  # switched on while this copy waited its turn
-            skip = self._gate(follower, order)
-            assert isinstance(skip, Skip)
-            await self._record(follower, self._skipped(signal, follower, skip, received_at), recording)
-            return
-        sent_at = time.time()
-        self._metrics.internal_latency.observe(sent_at - received_at)
-        self._metrics.in_flight.inc()
-        try:
-            ack = await place_idempotently(follower.account, command,
-                                           timeout_s=self._settings.order_timeout_s)
-            follower.apply_fill(command.symbol, order.side, ack)
-            self._metrics.copy_latency.observe(time.time() - signal.executed_at)
-            result = self._placed(signal, follower, order, ack, received_at, sent_at, recovered)
-        except ExchangeError as exc:
-            result = self._failed(signal, follower, order, claim.client_order_id, exc,
-                                  received_at, sent_at)
-        finally:
-            self._metrics.in_flight.dec()
-        await self._record(follower, result, recording)
-
-    async def _recover(
-        self, signal: TradeSignal, follower: Follower, key: str, entry: tuple[Claim, int],
-        received_at: float, recording: _Recording,
-    ) -> None:
-        """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
-        claim, revision = entry
-        if await self._recorded(follower, signal.signal_id):
-            recording.tally["already_recorded"] += 1
-            return
-        symbol = follower.venue_symbol(signal.symbol)
-        found = await follower.account.find_order(claim.client_order_id, symbol)
-        if found is not None:
-            result = self._placed(signal, follower, claim.order, found, received_at, None, True)
-            await self._record(follower, result, recording)
-            return
-        if time.time() - claim.at < self._settings.order_timeout_s * 2:
-            raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
-        taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
-        await self._claims.update(key, self._encoder.encode(taken), last=revision)
-        log.info("event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
-                 signal.signal_id, follower.id, claim.client_order_id)
-        await self._execute(signal, follower, taken, received_at, recording, recovered=True)
-
-    async def _recorded(self, follower: Follower, signal_id: str) -> bool:
-        """Whether this follower's latest recorded outcome is for this signal."""
-        try:
-            msg = await self._js.get_last_msg(bus.RESULTS_STREAM,
-                                              bus.result_subject(self._exchange, follower.id))
-        except NotFoundError:
-            return False
-        return msg.data is not None and self._result_decoder.decode(msg.data).signal_id == signal_id
-
-    async def _claim(self, key: str, data: bytes) -> bool:
-        """Create the claim iff absent (KV create semantics); False when it exists.
-
-        Sent with publish_async rather than KeyValue.create: the same expected-sequence check,
-        without a request/reply round of its own, is a measured ~15% of the copier's CPU per order.
-        """
-        ack = await self._js.publish_async(f"$KV.{bus.CLAIMS_BUCKET}.{key}", data,
-                                           headers={"Nats-Expected-Last-Subject-Sequence": "0"})
-        try:
-            await asyncio.wait_for(ack, self._settings.order_timeout_s)
-        except BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                return False
-            raise
-        return True
-
-    async def _get_claim(self, key: str) -> tuple[Claim, int] | None:
-        try:
-            entry = await self._claims.get(key)
-        except KeyNotFoundError:
-            return None
-        assert entry.value is not None and entry.revision is not None
-        return self._claim_decoder.decode(entry.value), entry.revision
-
-    # ---- recording -------------------------------------------------------------------------------
-
-    async def _record(self, follower: Follower, result: CopyResult, recording: _Recording) -> None:
-        """Send the outcome to the results stream (deduplicated); `recording.stored` awaits it."""
-        ack = await self._js.publish_async(
-            bus.result_subject(self._exchange, follower.id), self._encoder.encode(result),
-            headers={"Nats-Msg-Id": f"{result.signal_id}:{result.follower_id}"})
-        recording.acks.append(ack)
-        recording.tally[result.outcome] += 1
-        self._metrics.outcome(follower.id, result.outcome, result.reason_code)
-        level = logging.DEBUG if result.outcome in ("filled", "submitted") else logging.INFO
-        log.log(level, "event=copy_%s signal_id=%s follower=%s client_order_id=%s reason=%r",
-                result.outcome, result.signal_id, follower.id, result.client_order_id,
-                result.reason)
-
-    async def _reject(self, data: bytes, reason_code: str, reason: str) -> None:
-        self._metrics.signals_rejected.labels(self._exchange, reason_code).inc()
-        record = SignalRejected(exchange=self._exchange, reason_code=reason_code,
-                                reason=reason[:500], size=len(data),
-                                excerpt=repr(data[:120])[:500], at=time.time())
-        await self._js.publish(bus.reject_subject(self._exchange), self._encoder.encode(record))
-        log.warning("event=signal_rejected reason=%s detail=%r", reason_code, reason[:200])
-
-    async def _retry_or_dead_letter(
-        self, msg: object, signal: TradeSignal, exc: Exception
-    ) -> None:
-        from nats.aio.msg import Msg
-
-        assert isinstance(msg, Msg)
-        deliveries = msg.metadata.num_delivered
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        if deliveries < self._settings.max_deliver:
-            delay = min(30.0, 0.5 * 2 ** deliveries)
-            log.warning("event=signal_retry signal_id=%s deliveries=%d error=%s",
-                        signal.signal_id, deliveries, error)
-            await msg.nak(delay=delay)
-            return
-        self._metrics.dead_lettered.inc()
-        record = DeadLetter(exchange=self._exchange, signal_id=signal.signal_id,
-                            deliveries=deliveries, error=error, at=time.time())
-        await self._js.publish(bus.deadletter_subject(self._exchange), self._encoder.encode(record))
-        log.error("event=signal_dead_lettered signal_id=%s error=%s", signal.signal_id, error)
-        await msg.term()
-
-    async def _keep_alive(self, msg: object) -> None:
-        from nats.aio.msg import Msg
-
-        assert isinstance(msg, Msg)
-        while True:
-            await asyncio.sleep(self._settings.ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    # ---- result builders -------------------------------------------------------------------------
-
-    def _base(self, signal: TradeSignal, follower: Follower, received_at: float) -> dict[str, object]:
-        return {"signal_id": signal.signal_id, "follower_id": follower.id,
-                "exchange": self._exchange, "symbol": follower.venue_symbol(signal.symbol),
-                "side": signal.side, "signal_executed_at": signal.executed_at,
-                "received_at": received_at}
-
-    def _skipped(self, signal: TradeSignal, follower: Follower, skip: Skip,
-                 received_at: float) -> CopyResult:
-        return CopyResult(outcome="skipped", reason_code=skip.reason_code, reason=skip.reason,
-                          **self._base(signal, follower, received_at))  # type: ignore[arg-type]
-
-    def _placed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, ack: OrderAck,
-                received_at: float, sent_at: float | None, recovered: bool) -> CopyResult:
-        return CopyResult(
-            outcome=ack.status, size=order.size, size_type=order.size_type,
-            notional=order.notional, client_order_id=ack.client_order_id,
-            exchange_order_id=ack.exchange_order_id, filled_base=ack.filled_base,
-            avg_price=ack.avg_price, recovered=recovered, order_sent_at=sent_at,
-            acked_at=time.time(), **self._base(signal, follower, received_at))  # type: ignore[arg-type]
-
-    def _dry_run(self, signal: TradeSignal, follower: Follower, order: SizedOrder,
-                 received_at: float) -> CopyResult:
-        return CopyResult(
-            outcome="dry_run", reason_code="dry_run", reason="Dry run: decision recorded, no order",
-            size=order.size, size_type=order.size_type, notional=order.notional,
-            client_order_id=client_order_id_for(signal.signal_id, follower.id),
-            **self._base(signal, follower, received_at))  # type: ignore[arg-type]
-
-    def _failed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, cid: str,
-                exc: ExchangeError, received_at: float, sent_at: float) -> CopyResult:
-        return CopyResult(
-            outcome="failed", reason_code=exc.reason_code, reason=f"{type(exc).__name__}: {exc}",
-            size=order.size, size_type=order.size_type, notional=order.notional,
-            client_order_id=cid, order_sent_at=sent_at,
-            **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+        await self.executor.execute(signal, followers, received_at, redelivered=redelivered,
+                                    lineage=lineage)
