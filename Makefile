@@ -40,10 +40,10 @@ chaos: $(STAMP) ## long fault-injection runs: kills, NATS restarts, exchange fau
 	$(BIN)/python -m pytest tests/chaos -s --chaos
 
 demo: $(STAMP) ## run the whole system on this machine and print each copy
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 bench: $(STAMP) ## latency, throughput and memory figures
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m scripts.bench
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo .bench

@@ -7,9 +7,11 @@ in `__post_init__`, so a NaN, a negative size or a 1e999 never reaches sizing or
 from __future__ import annotations
 
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -119,6 +121,7 @@ class DeadLetter(Struct, frozen=True, kw_only=True, tag="deadletter"):
     deliveries: int
     error: Text
     at: float
+    shard: int | None = None  # set when one shard's work item of the signal was given up
 
 
 # ---- sizer request/reply -------------------------------------------------------------------
@@ -258,5 +261,49 @@ class Claim(Struct, frozen=True, kw_only=True):
     client_order_id: str
 
 
+# ---- spreading a signal over a copier group's replicas ----------------------------------------
+
+
+Instance = Annotated[str, Meta(min_length=1, max_length=253)]  # a replica's name (host name)
+
+
+def shard_of(follower_id: str, shards: int) -> int:
+    """The follower's shard: stable across processes and restarts (CRC-32, not `hash`)."""
+    return zlib.crc32(follower_id.encode()) % shards
+
+
+class WorkItem(Struct, frozen=True, kw_only=True, tag="work", forbid_unknown_fields=True):
+    """One shard's share of a signal: copy it for the group's followers in `shard` of `shards`.
+
+    Published by the replica that took the signal, pulled by whichever replica owns the shard;
+    the executor sizes and places at run time, so a shard's items run in signal order, each on
+    the positions its predecessor left."""
+
+    signal: TradeSignal
+    group: AccountId
+    shard: Annotated[int, Meta(ge=0)]
+    shards: Annotated[int, Meta(ge=1, le=4096)]  # the planner's count: membership is shard_of
+    received_at: Timestamp  # when the planning replica took the signal
+    planner: Instance
+
+    def __post_init__(self) -> None:
+        if self.shard >= self.shards:
+            raise ValueError("shard must be below shards")
+
+
+class ReplicaHeartbeat(Struct, frozen=True, kw_only=True, tag="replica", forbid_unknown_fields=True):
+    """A copier replica saying it is alive (or leaving): shard ownership follows the live set."""
+
+    group: AccountId
+    instance: Instance
+    leaving: bool = False
+
+
 AuditRecord = CopyResult | SignalRejected | DeadLetter
 
+
+
+# What strict decoding raises for bytes that are not a valid message. msgspec reports invalid
+# UTF-8 inside a JSON string as UnicodeDecodeError, not as msgspec.DecodeError (found by the
+# chaos suite): every decoder of untrusted bytes catches this whole tuple.
+MALFORMED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)

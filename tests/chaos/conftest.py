@@ -9,9 +9,14 @@ counts orders whose client order id no copy should have produced.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import socket
+import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -27,12 +32,17 @@ from shared.config import CopytradeConfig, parse_config
 from shared.exchange.paper import Orders, PaperVenue
 from shared.messages import CopyResult, TradeSignal, client_order_id_for, signal_id_for
 from shared.signing import SignalSigner
-from tests.harness import TEST_PUBLIC_KEY, TEST_SIGNING_SEED, config_data, paper_followers
+from tests.harness import config_data, paper_followers
+from tests.natsserver import NatsServer, nats_server_binary
 
 MASTER = "master"
 PRICE = Decimal("45000")
 MASTER_EQUITY = Decimal("10000")
-SIGNER = SignalSigner(TEST_SIGNING_SEED)
+# A fixed master key (the harness makes a new one per run): the same signatures, hence the same
+# hypothesis draws and the same hostile sample, on every run.
+CHAOS_SEED = base64.b64encode(hashlib.sha256(b"copytrade chaos suite").digest()).decode()
+SIGNER = SignalSigner(CHAOS_SEED)
+CHAOS_PUBLIC_KEY = SIGNER.public_key_b64
 ENCODER = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -50,35 +60,71 @@ def signed_signal(order_id: str, quote: str = "100") -> TradeSignal:
         master_equity=MASTER_EQUITY, master_position_before=Decimal(0), executed_at=time.time()))
 
 
-async def publish_until_stored(js: JetStreamContext, signal: TradeSignal, timeout: float = 60) -> int:
-    """Publish as the master does, retrying until JetStream acks; return the failed attempts.
+class Publisher:
+    """Publishes signals as the master does, retrying each until JetStream stores it.
 
-    The message id is the signal id, so a retry whose first attempt was stored is dropped by
+    The message id is the signal id, so a retry whose earlier attempt was stored is dropped by
     JetStream's duplicate window: exactly one copy is stored however often we retry.
     """
-    deadline = time.monotonic() + timeout
-    failures = 0
-    while True:
-        try:
-            await js.publish(bus.signal_subject(MASTER), ENCODER.encode(signal), timeout=1.0,
-                             headers={"Nats-Msg-Id": signal.signal_id})
-            return failures
-        except (nats.errors.Error, TimeoutError):
-            failures += 1
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)  # back off before the next attempt, as bus.retry_forever
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.failures = 0  # attempts that got no ack: the outage as the master saw it
+
+    async def publish(self, signal: TradeSignal, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.js.publish(bus.signal_subject(MASTER), ENCODER.encode(signal),
+                                      timeout=1.0, headers={"Nats-Msg-Id": signal.signal_id})
+                return
+            except (nats.errors.Error, TimeoutError):
+                self.failures += 1
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)  # back off before the next attempt, as bus.retry_forever
+
+    async def publish_all(self, signals: Iterable[TradeSignal]) -> None:
+        for signal in signals:
+            await self.publish(signal)
+
+
+async def publish_until_stored(js: JetStreamContext, signal: TradeSignal) -> None:
+    await Publisher(js).publish(signal)
 
 
 def chaos_config_data(followers: Iterable[str], **follower_settings: Any) -> dict[str, Any]:
     """Config file content for paper followers. Scenarios outlast the default 60 s signal age
     limit: a signal skipped as stale would hide a lost copy, so the limit is an hour here."""
     return config_data(paper_followers(dict.fromkeys(followers, 0), **follower_settings),
-                       signals={"public_keys": [TEST_PUBLIC_KEY], "max_age_s": 3600})
+                       signals={"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600})
 
 
 def chaos_config(followers: Iterable[str], **follower_settings: Any) -> CopytradeConfig:
     return parse_config(yaml.safe_dump(chaos_config_data(followers, **follower_settings)))
+
+
+# ---- NATS ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def jetstream_unavailable(server: NatsServer, timeout_s: float = 10.0) -> Iterator[None]:
+    """nats-server back on its port with JetStream not answering yet, as while a restarted server
+    recovers its store: clients reconnect, and every JetStream request gets a 503."""
+    proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(server.port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats-server without JetStream did not start")
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # ---- counting ------------------------------------------------------------------------------------
@@ -157,11 +203,11 @@ class Figures:
     def table(self) -> list[str]:
         header = ("scenario", "faults", "expected", "found", "lost", "duplicated", "unexpected",
                   "seconds")
-        lines = [f"{header[0]:<44}" + "".join(f"{h:>11}" for h in header[1:])]
+        lines = [f"{header[0]:<56}" + "".join(f"{h:>11}" for h in header[1:])]
         for row in self.rows:
             c = row.count
             cells = (row.faults, c.expected, c.found, c.lost, c.duplicated, c.unexpected)
-            lines.append(f"{row.scenario:<44}" + "".join(f"{v:>11}" for v in cells)
+            lines.append(f"{row.scenario:<56}" + "".join(f"{v:>11}" for v in cells)
                          + f"{row.seconds:>11.1f}")
         return lines + self.notes
 

@@ -28,6 +28,9 @@ from nacl.signing import SigningKey
 
 from shared import bus
 from shared.messages import (
+    MALFORMED as DECODE_ERRORS,
+)
+from shared.messages import (
     FollowerSnapshot,
     MarketRules,
     SignalRejected,
@@ -39,6 +42,8 @@ from shared.messages import (
 )
 from shared.signing import SignalSigner, SignalVerifier
 from tests.chaos.conftest import (
+    CHAOS_PUBLIC_KEY,
+    CHAOS_SEED,
     ENCODER,
     MASTER,
     SIGNER,
@@ -51,20 +56,20 @@ from tests.chaos.conftest import (
     results_recorded,
     signed_signal,
 )
-from tests.harness import TEST_PUBLIC_KEY, TEST_SIGNING_SEED, CopierHandle, System, eventually
+from tests.harness import CopierHandle, System, eventually
 
 DECODER = msgspec.json.Decoder(TradeSignal)
-VERIFIER = SignalVerifier([TEST_PUBLIC_KEY])
+VERIFIER = SignalVerifier([CHAOS_PUBLIC_KEY])
 ACCEPTED, RESPELLED = "accepted", "respelled"
-# Known bugs (xfail tests below): an exception escapes the copier's judgement, so the payload
-# is neither executed nor recorded. Counted apart; drop them from EXPECTED once fixed.
+# An exception escaping the copier's judgement (two such bugs were found here and fixed) is
+# counted apart, and no kind expects it.
 DECODER_RAISED, VERIFIER_RAISED = "decoder_raised", "verifier_raised"
 RAISED = {DECODER_RAISED, VERIFIER_RAISED}
 REFUSALS = {"malformed", "unsigned", "bad_signature"}  # the copier's reason codes before execution
 FIELDS = ("type", *TradeSignal.__struct_fields__)
 MONEY_FIELDS = ("price", "size", "filled_base", "master_equity", "master_position_before")
 OTHER_SIGNERS = [SignalSigner(base64.b64encode(bytes([i]) * 32).decode()) for i in (1, 2, 3)]
-TEST_KEY = SigningKey(base64.b64decode(TEST_SIGNING_SEED))
+MASTER_KEY = SigningKey(base64.b64decode(CHAOS_SEED))
 SAMPLE_SEED = 20_240_601
 
 
@@ -80,7 +85,7 @@ def judge(hostile: Hostile) -> str:
     code, ACCEPTED, or *_RAISED when an exception escapes what the copier catches."""
     try:
         signal = DECODER.decode(hostile.data)
-    except (msgspec.ValidationError, msgspec.DecodeError):  # exactly what Copier.process catches
+    except DECODE_ERRORS:  # exactly what Copier.process catches
         return "malformed"
     except Exception:  # see test_invalid_utf8_in_a_string_is_refused_as_malformed
         return DECODER_RAISED
@@ -126,7 +131,7 @@ def raw(token: str) -> msgspec.Raw:
     return msgspec.Raw(token.encode())
 
 
-def sign_doc(doc: dict[str, Any], key: SigningKey = TEST_KEY) -> str:
+def sign_doc(doc: dict[str, Any], key: SigningKey = MASTER_KEY) -> str:
     """Sign a document as the master signs a signal: its canonical bytes with no signature."""
     return base64.b64encode(key.sign(encode({**doc, "signature": ""})).signature).decode()
 
@@ -331,7 +336,7 @@ def _signed_other_spelling(draw: st.DrawFn, genuine: TradeSignal) -> dict[str, A
         spelled = dict(reversed(list((doc | {"signature": ""}).items())))
     else:
         spelled = doc
-    doc["signature"] = base64.b64encode(TEST_KEY.sign(encode(spelled)).signature).decode()
+    doc["signature"] = base64.b64encode(MASTER_KEY.sign(encode(spelled)).signature).decode()
     return doc
 
 
@@ -356,10 +361,10 @@ BAD_SIGNATURES = st.one_of(
 EVERY_KIND = st.one_of(MALFORMED, WRONG_VALUES, WRONG_SHAPES, BAD_SIGNATURES)
 
 # What each kind must be refused as (default: malformed). A flipped byte may land anywhere and a
-# missing field may be the signature; invalid UTF-8 and odd signature lengths hit the known bugs.
+# missing field may be the signature. Nothing may raise past the copier's judgement.
 EXPECTED: dict[str, set[str]] = {
-    "byte_flipped": REFUSALS | RAISED, "non_utf8": {"malformed", DECODER_RAISED},
-    "random_bytes": {"malformed", DECODER_RAISED}, "wrong_value": REFUSALS | RAISED,
+    "byte_flipped": REFUSALS, "non_utf8": {"malformed"},
+    "random_bytes": {"malformed"}, "wrong_value": REFUSALS,
     "missing_fields": {"malformed", "unsigned"}, "unsigned": {"unsigned"},
     "other_key": {"bad_signature"}, "random_signature": {"bad_signature"},
     "not_base64": {"bad_signature"}, "tampered": {"bad_signature"},
@@ -439,9 +444,6 @@ def with_invalid_utf8(order_id: str, junk: bytes, field: str = "master_id") -> b
     return encode(doc).replace(encode(doc[field]), b'"' + junk + b'"', 1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: SignalVerifier.problem() lets nacl's ValueError escape for a valid-base64 signature "
-    "that does not decode to 64 bytes, instead of returning 'bad_signature'"))
 @pytest.mark.parametrize("signature", WRONG_LENGTH_SIGNATURES)
 def test_signature_of_wrong_length_is_refused_not_raised(signature: str) -> None:
     forged = msgspec.structs.replace(signed_signal("wrong-length"), signature=signature)
@@ -449,12 +451,9 @@ def test_signature_of_wrong_length_is_refused_not_raised(signature: str) -> None
     assert VERIFIER.problem(forged) == "bad_signature"
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "bug: msgspec's JSON decoder raises UnicodeDecodeError (not msgspec.DecodeError) for invalid "
-    "UTF-8 inside a JSON string; Copier.process catches only ValidationError and DecodeError"))
 @pytest.mark.parametrize("junk", INVALID_UTF8)
 def test_invalid_utf8_in_a_string_is_refused_as_malformed(junk: bytes) -> None:
-    with pytest.raises((msgspec.ValidationError, msgspec.DecodeError)):
+    with pytest.raises(DECODE_ERRORS):
         DECODER.decode(with_invalid_utf8("bad-utf8", junk))
 
 
@@ -463,7 +462,7 @@ def test_invalid_utf8_in_a_string_is_refused_as_malformed(junk: bytes) -> None:
 
 def hostile_sample(size: int) -> list[Hostile]:
     """`size` hostile payloads of every kind, the same ones on every run (a fixed seed). Those
-    that hit the known bugs are left to the xfail tests: the copier records nothing for them."""
+    that once hit exceptions escaping the copier are now refused like the rest."""
     sample: list[Hostile] = []
 
     @seed(SAMPLE_SEED)
@@ -547,10 +546,6 @@ BUGGY_PAYLOADS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the exception escapes Copier.process (see the two in-process xfail tests): no "
-    "SignalRejected is recorded and the message is neither acked nor termed, so it is "
-    "redelivered every ack_wait until max_deliver, then left unacknowledged"))
 @pytest.mark.parametrize("kind", sorted(BUGGY_PAYLOADS))
 async def test_payload_hitting_an_escaping_exception_is_recorded_as_rejected(
     system: System, kind: str,
@@ -561,7 +556,7 @@ async def test_payload_hitting_an_escaping_exception_is_recorded_as_rejected(
 
     await system.js.publish(bus.signal_subject(MASTER), make())
     await publish_until_stored(system.js, genuine)
-    await eventually(lambda: _copied(system), timeout=30)  # it was judged before the genuine one
+    await eventually(lambda: _copied(system), timeout=15)  # it was judged before the genuine one
     rejected = [r for r in await system.audit() if isinstance(r, SignalRejected)]
 
     assert [r.reason_code for r in rejected] == [reason]
