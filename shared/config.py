@@ -130,6 +130,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     reload_interval_s: Annotated[float, Meta(gt=0)] = 1.0  # how often mounted config/secrets are checked
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 20.0  # SIGTERM: time to finish the signal in hand
     fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0  # master: polling for outside fills
+    exchange_rate_limit: bool = True  # ccxt's per-account leaky bucket; off only for emulators
     reconcile_interval_s: Annotated[float, Meta(ge=0)] = 60.0  # 0: no reconciliation
     reconcile_threshold: Decimal = Decimal("0.10")  # drift ratio that is reported (and alerted)
     reconcile_heal: bool = False  # place correcting orders for drift (off by default)

@@ -15,7 +15,7 @@ from shared import bus
 from shared.config import SecretSource, Settings, load_settings
 from shared.control import Control, control_bucket
 from shared.exchange.factory import AdapterContext
-from shared.exchange.paper import PaperVenue, nats_transport
+from shared.exchange.paper import PaperVenue, Transport, nats_transport
 from shared.runtime import run_main, service_runtime
 
 log = logging.getLogger("copytrade.copier")
@@ -25,8 +25,11 @@ def adapter_context(settings: Settings, nc: object) -> AdapterContext:
     if settings.paper_venue == "embedded":
         venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
                            seed_cash=settings.paper_seed_cash)
-        return AdapterContext(paper_transport=venue.handle, http_timeout_s=_http_timeout(settings))
-    return AdapterContext(paper_transport=nats_transport(nc), http_timeout_s=_http_timeout(settings))
+        transport: Transport = venue.handle
+    else:
+        transport = nats_transport(nc)
+    return AdapterContext(paper_transport=transport, http_timeout_s=_http_timeout(settings),
+                          rate_limit=settings.exchange_rate_limit)
 
 
 def _http_timeout(settings: Settings) -> float:
