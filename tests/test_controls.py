@@ -83,3 +83,37 @@ async def test_cli_pauses_a_follower_shows_status_and_history(system: System) ->
     assert rows["bob"][2:4] == ["paused", "skipped"]
     assert reply.signal_id[:12] in history and "filled" in history
     assert "kill switch ON" in killed
+
+
+async def test_drawdown_from_peak_pauses_the_follower(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund("falling", 1_000)
+    config = make_config(paper_followers({"falling": 1_000}, risk={"max_drawdown_pct": "10"}))
+    copier = await system.start_copier(config)
+    master = await system.start_master(config)
+    first = await master.trade(trade(quote="500"))  # equity seen at its peak: $1,000
+    await system.wait_results(first.signal_id, 1)
+    await system.fund("falling", 850)  # 15% below the peak
+
+    sell = await master.trade(trade(side="sell", base="0.005"))
+    results = await system.wait_results(sell.signal_id, 1)
+
+    assert results["falling"].reason_code == "paused"
+    assert 'rule="max_drawdown"' in copier.metrics_text()
+
+
+async def test_allow_list_copies_only_the_listed_symbols(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund("btc_only", 1_000)
+    config = make_config(paper_followers({"btc_only": 1_000},
+                                         risk={"allow_symbols": ["BTC/USD"]}))
+    await system.start_copier(config)
+    master = await system.start_master(config)
+
+    btc = await master.trade(trade(quote="500"))
+    eth = await master.trade(trade(symbol="ETH/USD", quote="500"))
+    btc_results = await system.wait_results(btc.signal_id, 1)
+    eth_results = await system.wait_results(eth.signal_id, 1)
+
+    assert btc_results["btc_only"].outcome == "filled"
+    assert eth_results["btc_only"].reason_code == "symbol_not_allowed"
