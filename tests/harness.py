@@ -168,6 +168,14 @@ class System:
             found = leaks([*records, *metrics])
             assert not found, f"secret values leaked into results or metrics: {found}"
 
+    async def consumer_exists(self, group: str = "paper") -> bool:
+        """Whether a copier of the group has created its durable (it is consuming)."""
+        try:
+            await self.js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name(group))
+        except Exception:
+            return False
+        return True
+
     async def stop_sizer(self) -> None:
         await self.sizer.stop()
 

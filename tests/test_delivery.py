@@ -139,7 +139,7 @@ async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system
     config = make_config(paper_followers(equities))
     system.venue.latency_s = 0.05
     first = system.spawn_copier(config_path, instance="doomed", COPYTRADE_CONCURRENCY="4")
-    await eventually(lambda: _consumer_exists(system), timeout=20)
+    await eventually(system.consumer_exists, timeout=20)
     master = await system.start_master(config)
 
     reply = await master.trade(trade(quote="500"))
@@ -157,13 +157,6 @@ async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system
     assert {f: len(await system.orders(f)) for f in equities} == dict.fromkeys(equities, 1)
     assert all(isinstance(r, CopyResult) and r.outcome == "filled" for r in results.values())
 
-
-async def _consumer_exists(system: System) -> bool:
-    try:
-        await system.js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name("paper"))
-    except Exception:
-        return False
-    return True
 
 
 async def _orders_placed(system: System, followers: dict[str, int]) -> int:

@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-from shared import bus
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
 from tests.natsserver import free_port
 
@@ -106,7 +105,7 @@ async def test_sigterm_mid_fan_out_leaves_one_order_per_follower(system: System)
     system.venue.latency_s = 0.05
     first = system.spawn_copier(config_path, instance="leaving", COPYTRADE_CONCURRENCY="4",
                                 COPYTRADE_SHUTDOWN_GRACE_S="0.2")
-    await eventually(lambda: _consumer_exists(system), timeout=20)
+    await eventually(system.consumer_exists, timeout=20)
     master = await system.start_master(make_config(paper_followers(followers)))
 
     reply = await master.trade(trade(quote="500"))
@@ -119,13 +118,6 @@ async def test_sigterm_mid_fan_out_leaves_one_order_per_follower(system: System)
     assert exit_code == 0
     assert {f: len(await system.orders(f)) for f in followers} == dict.fromkeys(followers, 1)
 
-
-async def _consumer_exists(system: System) -> bool:
-    try:
-        await system.js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name("paper"))
-    except Exception:
-        return False
-    return True
 
 
 async def _placed_at_least(system: System, followers: dict[str, int], count: int) -> bool:
