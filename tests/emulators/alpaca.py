@@ -9,7 +9,6 @@ a later GET shows the fill, as real Alpaca usually answers.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -90,7 +89,6 @@ class AlpacaEmulator(EmulatorServer):
         self.stocks = stocks  # bases traded as us_equity; the rest is crypto
         self.fill_on_submit_reply = True
         self._submitted: dict[str, Json] = {}  # order_id -> qty / notional / time_in_force sent
-        self._closing = asyncio.Event()
 
     def routes(self, router: web.UrlDispatcher) -> None:
         gets: dict[str, Private] = {
@@ -107,13 +105,6 @@ class AlpacaEmulator(EmulatorServer):
             router.add_get(path, self._private(handler))
         router.add_post("/v2/orders", self._private(self._submit))
 
-    async def start(self) -> str:
-        self._closing = asyncio.Event()
-        return await super().start()
-
-    async def stop(self) -> None:
-        self._closing.set()  # release replies held by TIMEOUT_AFTER_ACCEPT
-        await super().stop()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -134,9 +125,6 @@ class AlpacaEmulator(EmulatorServer):
 
         return checked
 
-    async def _hold(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
     def _uuid(self, *parts: str) -> str:
         return str(uuid.uuid5(NS, ":".join(parts)))

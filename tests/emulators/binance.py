@@ -8,8 +8,6 @@ being the query string concatenated with the form body, `signature` itself left 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -83,7 +81,6 @@ class BinanceEmulator(EmulatorServer):
     """Binance spot emulator. Accounts: `state.add_account(key, secret, balances)` (plain text)."""
 
     def __init__(self, state: VenueState | None = None) -> None:
-        self._closing = asyncio.Event()
         self._quote_qty: dict[str, Decimal] = {}  # order id -> quoteOrderQty asked for
         super().__init__(state)
 
@@ -102,7 +99,6 @@ class BinanceEmulator(EmulatorServer):
             router.add_route(method, f"/api/v3/{path}", partial(self._handle, fn, False))
         for (method, path), signed_fn in signed.items():
             router.add_route(method, f"/api/v3/{path}", partial(self._handle, signed_fn, True))
-        self.app.on_shutdown.append(self._release_held_replies)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -135,13 +131,7 @@ class BinanceEmulator(EmulatorServer):
         expected = hmac.new(account.secret.encode(), (q + b).encode(), hashlib.sha256).hexdigest()
         return None if hmac.compare_digest(expected, signature.lower()) else E_SIGNATURE
 
-    async def _hold(self) -> None:
-        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
-    async def _release_held_replies(self, _app: web.Application) -> None:
-        self._closing.set()
 
     def _market(self, symbol_id: str | None) -> Market | None:
         return next((m for m in self.state.markets.values() if m.base + m.quote == symbol_id),

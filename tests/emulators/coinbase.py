@@ -9,7 +9,6 @@ CDP JWT keys (`Authorization: Bearer`) are refused with 401.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -144,7 +143,6 @@ class CoinbaseEmulator(EmulatorServer):
         super().__init__(state)
         self.app.middlewares.append(self._latency)
         self._configs: dict[str, Json] = {}  # order_id -> order_configuration as sent
-        self._closing = asyncio.Event()
 
     def routes(self, router: web.UrlDispatcher) -> None:
         public = {
@@ -175,13 +173,6 @@ class CoinbaseEmulator(EmulatorServer):
             router.add_get(path, self._private(private_handler))
         router.add_post(f"{V3}/orders", self._private(self._create_order))
 
-    async def start(self) -> str:
-        self._closing = asyncio.Event()
-        return await super().start()
-
-    async def stop(self) -> None:
-        self._closing.set()  # release replies held by TIMEOUT_AFTER_ACCEPT
-        await super().stop()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -220,9 +211,6 @@ class CoinbaseEmulator(EmulatorServer):
             return unauthorized()
         return account
 
-    async def _hold(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
     def _market(self, pid: str) -> Market | None:
         return next((m for m in self.state.markets.values() if product_id(m) == pid), None)

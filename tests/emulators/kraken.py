@@ -9,10 +9,8 @@ XXBTZUSD, altname XBTUSD); ccxt maps it back to BTC/USD.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import re
@@ -74,7 +72,6 @@ class KrakenEmulator(EmulatorServer):
     """Kraken REST emulator. Accounts: `state.add_account(key, base64_secret, balances)`."""
 
     def __init__(self, state: VenueState | None = None) -> None:
-        self._closing = asyncio.Event()
         self._viqc: dict[str, str] = {}  # order id -> quote volume asked for by a viqc order
         super().__init__(state)
 
@@ -90,7 +87,6 @@ class KrakenEmulator(EmulatorServer):
         }
         router.add_route("*", "/0/public/{method}", self._handle_public)
         router.add_post("/0/private/{method}", self._handle_private)
-        self.app.on_shutdown.append(self._release_held_replies)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -137,13 +133,7 @@ class KrakenEmulator(EmulatorServer):
         account.last_nonce = int(nonce)
         return None
 
-    async def _hold(self) -> None:
-        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
-    async def _release_held_replies(self, _app: web.Application) -> None:
-        self._closing.set()
 
     def _pair_id(self, m: Market) -> str:
         return _asset(m.base) + _asset(m.quote)

@@ -9,9 +9,7 @@ timestamp + METHOD + requestPath[?query] + body). Replies are `{"code": "0", "ms
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -69,7 +67,6 @@ class OkxEmulator(EmulatorServer):
     """OKX emulator. Accounts: `state.add_account(key, secret, balances, passphrase=...)`."""
 
     def __init__(self, state: VenueState | None = None) -> None:
-        self._closing = asyncio.Event()
         self._asked: dict[str, tuple[str, str, str]] = {}  # ordId -> (tgtCcy, sz, tag) sent
         super().__init__(state)
 
@@ -91,7 +88,6 @@ class OkxEmulator(EmulatorServer):
             router.add_route(method, f"/api/v5/{path}", partial(self._handle, fn, False))
         for (method, path), private_fn in private.items():
             router.add_route(method, f"/api/v5/{path}", partial(self._handle, private_fn, True))
-        self.app.on_shutdown.append(self._release_held_replies)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -131,13 +127,7 @@ class OkxEmulator(EmulatorServer):
                                              hashlib.sha256).digest()).decode()
         return None if hmac.compare_digest(expected, headers.get("OK-ACCESS-SIGN", "")) else E_SIGN
 
-    async def _hold(self) -> None:
-        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
-    async def _release_held_replies(self, _app: web.Application) -> None:
-        self._closing.set()
 
     def _market(self, inst_id: str | None) -> Market | None:
         return next((m for m in self.state.markets.values() if f"{m.base}-{m.quote}" == inst_id),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from aiohttp import web
 
 from tests.emulators.state import VenueState
@@ -15,12 +18,14 @@ class EmulatorServer:
         self.app = web.Application()
         self.routes(self.app.router)
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()  # set on stop: releases replies held by _hold
         self.url = ""
 
     def routes(self, router: web.UrlDispatcher) -> None:
         raise NotImplementedError
 
     async def start(self) -> str:
+        self._closing = asyncio.Event()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -30,9 +35,15 @@ class EmulatorServer:
         return self.url
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _hold(self) -> None:
+        """TIMEOUT_AFTER_ACCEPT: sit on the reply until the client gave up (or the server stops)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.state.timeout_hold_s)
 
     async def __aenter__(self) -> EmulatorServer:
         await self.start()
