@@ -46,6 +46,18 @@ def signal(quote: str = "100") -> TradeSignal:
         executed_at=time.time()))
 
 
+def fresh_paper_config(workdir: Path, followers: int) -> Path:
+    """An empty work directory with a config of N paper followers trusting the bench's key."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    config = workdir / "copytrade.yaml"
+    config.write_text(yaml.safe_dump({
+        "master": {"id": "master", "exchange": "paper"},
+        "signals": {"public_keys": [PUBLIC_KEY]},
+        "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(followers)]}))
+    return config
+
+
 class Run:
     """One copier configuration with N paper followers, processes started fresh."""
 
@@ -57,13 +69,7 @@ class Run:
         self.workdir = ROOT / ".bench" / name
 
     async def __aenter__(self) -> Run:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        self.workdir.mkdir(parents=True)
-        config = self.workdir / "copytrade.yaml"
-        config.write_text(yaml.safe_dump({
-            "master": {"id": "master", "exchange": "paper"},
-            "signals": {"public_keys": [PUBLIC_KEY]},
-            "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(self.followers)]}))
+        config = fresh_paper_config(self.workdir, self.followers)
         self._ctx = local_stack(self.workdir, config)
         self.stack: LocalStack = self._ctx.__enter__()
         self.stack.start_nats()

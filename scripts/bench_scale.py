@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import msgspec
 import nats
-import yaml
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from scripts.bench import ENCODER, PUBLIC_KEY, pct, signal
+from scripts.bench import ENCODER, fresh_paper_config, pct, signal
 from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
 
@@ -89,13 +87,7 @@ class ScaleRun:
         self.seen = 0  # results stored so far
 
     async def __aenter__(self) -> ScaleRun:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        self.workdir.mkdir(parents=True)
-        config = self.workdir / "copytrade.yaml"
-        config.write_text(yaml.safe_dump({
-            "master": {"id": "master", "exchange": "paper"},
-            "signals": {"public_keys": [PUBLIC_KEY]},
-            "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(self.followers)]}))
+        config = fresh_paper_config(self.workdir, self.followers)
         self._ctx = local_stack(self.workdir, config)
         self.stack: LocalStack = self._ctx.__enter__()
         self.stack.start_nats()
