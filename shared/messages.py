@@ -22,6 +22,7 @@ SizeType = Literal["quote", "base"]
 Outcome = Literal["filled", "submitted", "skipped", "failed", "dry_run"]
 FollowerState = Literal["active", "paused", "close_only", "dry_run"]
 SizingMode = Literal["equity_ratio", "multiplier", "fixed_notional"]
+SlippageAction = Literal["skip", "limit"]
 
 Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 AccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # safe in subjects and KV keys
@@ -136,10 +137,13 @@ class MarketRules(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     min_cost: Decimal = Decimal(0)
     cost_step: Decimal = Decimal("0.01")
     quote_orders: bool = True  # venue takes quote-sized market buys
+    price_step: Decimal | None = None  # limit prices are a multiple of it; None: not published
 
     def __post_init__(self) -> None:
         check_money("amount_step", self.amount_step)
         check_money("cost_step", self.cost_step)
+        if self.price_step is not None:
+            check_money("price_step", self.price_step)
         check_money("min_amount", self.min_amount, positive=False)
         check_money("min_cost", self.min_cost, positive=False)
 
@@ -167,6 +171,9 @@ class RiskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     allow_symbols: list[str] | None = None  # None: every symbol
     deny_symbols: list[str] = []
     max_price_deviation_pct: Decimal | None = None  # follower venue price vs master fill
+    # skip: a buy is skipped when the venue's price is beyond the deviation; limit: every buy is
+    # an immediate-or-cancel limit order at the master's price + the deviation (the venue enforces it)
+    slippage_action: SlippageAction = "skip"
     max_signal_age_s: float | None = None  # overrides signals.max_age_s
     daily_loss_pct: Decimal | None = None  # equity down this much today -> close_only
     max_drawdown_pct: Decimal | None = None  # equity down this much from its peak -> paused
@@ -179,6 +186,8 @@ class RiskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 check_money(name, value)
         if self.max_signal_age_s is not None and not 0 < self.max_signal_age_s <= 86_400:
             raise ValueError("max_signal_age_s must be in (0, 86400]")
+        if self.slippage_action == "limit" and self.max_price_deviation_pct is None:
+            raise ValueError("slippage_action: limit needs max_price_deviation_pct")
 
 
 class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -214,6 +223,7 @@ class SizedOrder(Struct, frozen=True, kw_only=True, tag="order", forbid_unknown_
     size_type: SizeType
     notional: Decimal  # estimated quote value at the master's price
     scale: Decimal  # follower size / master size (informational)
+    limit_price: Decimal | None = None  # immediate-or-cancel at this price or better; None: market
 
 
 class Skip(Struct, frozen=True, kw_only=True, tag="skip", forbid_unknown_fields=True):

@@ -174,3 +174,30 @@ async def test_slippage_beyond_tolerance_skips_the_guarded_follower(system: Syst
 
     assert results["guarded"].reason_code == "slippage"
     assert results["unguarded"].outcome == "filled"
+
+
+async def test_slippage_limit_mode_fills_within_tolerance_and_expires_beyond_it(
+    system: System,
+) -> None:
+    await system.fund("master", 10_000)
+    await system.fund_all({"limited": 1_000})
+    config = make_config([{"id": "limited", "exchange": "paper", "risk": {
+        "max_price_deviation_pct": "2", "slippage_action": "limit"}}])
+    await system.start_copier(config)
+    master = await system.start_master(config)
+    first = await master.trade(trade(quote="500"))  # filled at $45,000: the limit is $45,900
+    await system.wait_results(first.signal_id, 1)
+    assert first.signal is not None
+    moved = msgspec.structs.replace(first.signal, order_id="moved-1", signature="",
+                                    signal_id=signal_id_for(first.signal.exchange, "moved-1"))
+
+    await system.set_price("BTC/USD", "46000")  # 2.2% above the master's fill
+    await _publish(system, SignalSigner(TEST_SIGNING_SEED).sign(moved))
+    second = (await system.wait_results(moved.signal_id, 1))["limited"]
+    orders = await system.orders("limited")
+
+    assert [(o.status, o.limit_price) for o in orders] == [
+        ("filled", Decimal("45900.0")), ("expired", Decimal("45900.0"))]
+    assert orders[0].amount == Decimal("0.00111111") and orders[1].amount == 0
+    assert (second.outcome, second.reason_code) == ("skipped", "limit_not_filled")
+    assert second.exchange_order_id == orders[1].order_id

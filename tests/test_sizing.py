@@ -9,9 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.sizer.sizing import size_follower
+import msgspec
+import pytest
+
 from shared.messages import (
     FollowerSnapshot,
     MarketRules,
+    RiskSpec,
     SizedOrder,
     SizingSpec,
     Skip,
@@ -20,7 +24,8 @@ from shared.messages import (
 )
 
 BTC = MarketRules(symbol="BTC/USD", amount_step=Decimal("0.00000001"),
-                  min_amount=Decimal("0.00001"), min_cost=Decimal("0.5"))
+                  min_amount=Decimal("0.00001"), min_cost=Decimal("0.5"), price_step=Decimal("0.1"))
+LIMIT_1PCT = RiskSpec(max_price_deviation_pct=Decimal("1"), slippage_action="limit")
 ONE = Decimal("1.00")
 
 
@@ -38,10 +43,12 @@ def signal(side: str = "buy", size: str = "500", size_type: str = "quote", price
 
 
 def follower(equity: str = "1000", cash: str | None = None, position: str = "0",
-             rules: MarketRules | None = BTC, sizing: SizingSpec | None = None) -> FollowerSnapshot:
+             rules: MarketRules | None = BTC, sizing: SizingSpec | None = None,
+             risk: RiskSpec | None = None, price: str | None = None) -> FollowerSnapshot:
     return FollowerSnapshot(follower_id="f", equity=Decimal(equity),
                             cash=Decimal(cash if cash is not None else equity),
-                            position=Decimal(position), rules=rules, sizing=sizing or SizingSpec())
+                            position=Decimal(position), rules=rules, sizing=sizing or SizingSpec(),
+                            risk=risk or RiskSpec(), price=None if price is None else Decimal(price))
 
 
 def test_guide_examples_scale_quote_buy_by_equity() -> None:
@@ -127,6 +134,43 @@ def test_sell_without_follower_position_skips() -> None:
     assert isinstance(decision, Skip) and decision.reason_code == "no_position"
 
 
+def test_limit_mode_buys_by_base_at_master_price_plus_tolerance() -> None:
+    decision = size_follower(signal(price="45000.05"), follower(risk=LIMIT_1PCT), ONE)
+
+    assert isinstance(decision, SizedOrder)
+    assert (decision.size_type, decision.limit_price) == ("base", Decimal("45450.0"))  # tick down
+    assert decision.size == Decimal("0.00111110")  # $50 at the master's price, truncated
+
+
+def test_limit_mode_places_the_order_whatever_the_venue_price_shows() -> None:
+    moved = follower(risk=LIMIT_1PCT, price="50000")  # the venue holds the bound, not a snapshot
+    skip_mode = follower(risk=RiskSpec(max_price_deviation_pct=Decimal("1")), price="50000")
+
+    limited, skipped = size_follower(signal(), moved, ONE), size_follower(signal(), skip_mode, ONE)
+
+    assert isinstance(limited, SizedOrder) and limited.limit_price == Decimal("45450.0")
+    assert isinstance(skipped, Skip) and skipped.reason_code == "slippage"
+
+
+def test_limit_buy_must_afford_its_limit_price() -> None:
+    # $50 at the master's price, $50.50 at the limit: $50.25 of cash is not enough
+    decision = size_follower(signal(), follower(cash="50.25", risk=LIMIT_1PCT), ONE)
+
+    assert isinstance(decision, Skip) and decision.reason_code == "insufficient_balance"
+
+
+def test_limit_mode_leaves_sells_as_market_orders() -> None:
+    sig = signal("sell", "0.5", "base", position_before="1")
+    decision = size_follower(sig, follower(position="0.2", risk=LIMIT_1PCT), ONE)
+
+    assert isinstance(decision, SizedOrder) and decision.limit_price is None
+
+
+def test_limit_action_without_a_tolerance_is_a_config_error() -> None:
+    with pytest.raises(msgspec.ValidationError, match="needs max_price_deviation_pct"):
+        msgspec.convert({"slippage_action": "limit"}, RiskSpec)
+
+
 money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("10000000"), places=2)
 prices = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("200000"), places=2)
 amounts = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("1000"), places=8)
@@ -184,3 +228,20 @@ def test_sell_never_exceeds_what_the_follower_holds(
         assert decision.size <= position
         assert decision.size <= Fraction(position) * fraction
         assert decision.size % BTC.amount_step == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(master_size=money, equity=money, cash=money, price=prices,
+       tolerance=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("50"), places=2))
+def test_limit_buy_stays_within_tolerance_on_tick_and_affordable_at_its_limit(
+    master_size: Decimal, equity: Decimal, cash: Decimal, price: Decimal, tolerance: Decimal,
+) -> None:
+    risk = RiskSpec(max_price_deviation_pct=tolerance, slippage_action="limit")
+    sig = signal(size=str(master_size), price=str(price))
+    decision = size_follower(sig, follower(str(equity), cash=str(cash), risk=risk), ONE)
+
+    if isinstance(decision, SizedOrder):
+        assert decision.limit_price is not None and decision.size_type == "base"
+        assert decision.limit_price <= price * (1 + tolerance / 100)
+        assert decision.limit_price % Decimal("0.1") == 0
+        assert decision.size * decision.limit_price <= cash

@@ -32,13 +32,14 @@ from shared.config import Settings
 from shared.control import Control
 from shared.errors import CopytradeError, ExchangeError
 from shared.exchange.placing import place_idempotently
-from shared.exchange.port import OrderAck, OrderCommand
+from shared.exchange.port import OrderAck, OrderCommand, OrderStatus
 from shared.messages import (
     Claim,
     CopyResult,
     Decision,
     FollowerSnapshot,
     FollowerState,
+    Outcome,
     SizedOrder,
     SizeReply,
     SizeRequest,
@@ -49,6 +50,9 @@ from shared.messages import (
 
 log = logging.getLogger("copytrade.copier")
 SIZER_CHUNK = 1000
+# expired: the venue ended the order having filled nothing (a limit order out of the money)
+_OUTCOMES: dict[OrderStatus, Outcome] = {"filled": "filled", "submitted": "submitted",
+                                         "expired": "skipped"}
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject already has a message (the claim exists)
 
 
@@ -226,7 +230,7 @@ class CopyExecutor:
         command = OrderCommand(
             client_order_id=claim.client_order_id, symbol=follower.venue_symbol(signal.symbol),
             side=order.side, size=order.size, size_type=order.size_type,
-            reference_price=signal.price)
+            reference_price=signal.price, limit_price=order.limit_price)
         if self._control.killed:  # switched on while this copy waited its turn
             skip = self._gate(follower, order)
             assert isinstance(skip, Skip)
@@ -335,12 +339,14 @@ class CopyExecutor:
 
     def _placed(self, signal: TradeSignal, follower: Follower, order: SizedOrder, ack: OrderAck,
                 received_at: float, sent_at: float | None, recovered: bool) -> CopyResult:
+        code, reason = _unfilled(order) if ack.status == "expired" else ("none", "")
         return CopyResult(
-            outcome=ack.status, size=order.size, size_type=order.size_type,
-            notional=order.notional, client_order_id=ack.client_order_id,
-            exchange_order_id=ack.exchange_order_id, filled_base=ack.filled_base,
-            avg_price=ack.avg_price, recovered=recovered, order_sent_at=sent_at,
-            acked_at=time.time(), **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+            outcome=_OUTCOMES[ack.status], reason_code=code, reason=reason, size=order.size,
+            size_type=order.size_type, notional=order.notional,
+            client_order_id=ack.client_order_id, exchange_order_id=ack.exchange_order_id,
+            filled_base=ack.filled_base, avg_price=ack.avg_price, recovered=recovered,
+            order_sent_at=sent_at, acked_at=time.time(),
+            **self._base(signal, follower, received_at))  # type: ignore[arg-type]
 
     def _dry_run(self, signal: TradeSignal, follower: Follower, order: SizedOrder,
                  received_at: float) -> CopyResult:
@@ -357,3 +363,10 @@ class CopyExecutor:
             size=order.size, size_type=order.size_type, notional=order.notional,
             client_order_id=cid, order_sent_at=sent_at,
             **self._base(signal, follower, received_at))  # type: ignore[arg-type]
+
+
+def _unfilled(order: SizedOrder) -> tuple[str, str]:
+    if order.limit_price is not None:
+        return ("limit_not_filled", f"Limit order at {order.limit_price} not filled: the price "
+                                    "moved beyond the slippage tolerance")
+    return "not_filled", "The venue ended the order without filling it"

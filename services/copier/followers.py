@@ -64,8 +64,11 @@ class Follower:
                 self._figures = figures
             if symbol not in figures.positions and rules is not None:
                 figures.positions[symbol] = await self.account.position(symbol)
-            # the venue's price, only for followers with a slippage guard (one call more)
-            guarded = self.config.risk.max_price_deviation_pct is not None and rules is not None
+            # the venue's price, only for a slippage guard that skips (one call more); a guard
+            # by limit order leaves the bound to the venue
+            risk = self.config.risk
+            guarded = (risk.max_price_deviation_pct is not None and risk.slippage_action == "skip"
+                       and rules is not None)
             price = await self.account.price(symbol) if guarded else None
         return FollowerSnapshot(
             follower_id=self.id, equity=figures.equity, cash=figures.cash,
@@ -91,6 +94,8 @@ class Follower:
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
         """Update cached cash and position from a fill instead of re-reading the venue."""
         figures = self._figures
+        if ack.status == "expired":
+            return  # ended having filled nothing: the account is as it was
         if figures is None or ack.filled_base is None or ack.avg_price is None:
             self._figures = None  # unknown effect: read again next time
             return

@@ -23,6 +23,7 @@ from shared.messages import (
 )
 
 ZERO = Decimal(0)
+PRICE_STEP_UNPUBLISHED = Decimal("0.00000001")
 
 
 def size_all(
@@ -81,6 +82,8 @@ def _gate_slippage(signal: TradeSignal, follower: FollowerSnapshot, _: float | N
     tolerance, price = follower.risk.max_price_deviation_pct, follower.price
     if signal.side == "sell" or tolerance is None or price is None:
         return None  # exits are never blocked
+    if follower.risk.slippage_action == "limit":
+        return None  # the order's limit price holds the bound at the venue
     deviation = abs(price - signal.price) / signal.price * 100
     if deviation > tolerance:
         return ("slippage", f"Price moved {deviation:.2f}% from the master's fill "
@@ -108,25 +111,40 @@ def _scale(signal: TradeSignal, follower: FollowerSnapshot) -> Fraction:
 def _size_entry(
     signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules, min_notional: Decimal
 ) -> Decision:
+    limit = _limit_price(signal, follower, rules)
     scale = _scale(signal, follower)
     cap = _buy_cap(signal, follower)
     if cap is not None and cap < min_notional:
         return _skip(follower, "max_position", "Position limit reached for this symbol")
     if cap is not None and Fraction(_master_notional(signal)) * scale > cap:
         scale = Fraction(cap) / Fraction(_master_notional(signal))
-    if signal.size_type == "quote" and rules.quote_orders:
+    # a limit order is sized in base: venues take no quote-sized limit orders
+    by_quote = signal.size_type == "quote" and rules.quote_orders and limit is None
+    if by_quote:
         size = _truncate(Fraction(signal.size) * scale, rules.cost_step)
         base, notional = size / signal.price, size
     else:
         base = _truncate(_base_size(signal) * scale, rules.amount_step)
         size, notional = base, base * signal.price
-    size_type: SizeType = "quote" if signal.size_type == "quote" and rules.quote_orders else "base"
+    size_type: SizeType = "quote" if by_quote else "base"
+    worst_cost = notional if limit is None else base * limit  # a limit buy may pay up to its limit
     problem = _check_minimums(notional, base, rules, min_notional) or _check_affordable(
-        notional, follower.cash)
+        worst_cost, follower.cash)
     if problem is not None:
         return _skip(follower, *problem)
     return SizedOrder(follower_id=follower.follower_id, side="buy", size=size,
-                      size_type=size_type, notional=notional, scale=_decimal(scale))
+                      size_type=size_type, notional=notional, scale=_decimal(scale),
+                      limit_price=limit)
+
+
+def _limit_price(signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules) -> Decimal | None:
+    """A limit buy's price, the master's price + the tolerance, down to the venue's tick (never
+    above the bound); None for a market order."""
+    tolerance = follower.risk.max_price_deviation_pct
+    if follower.risk.slippage_action != "limit" or tolerance is None:
+        return None
+    bound = Fraction(signal.price) * (1 + Fraction(tolerance) / 100)
+    return _truncate(bound, rules.price_step or PRICE_STEP_UNPUBLISHED)
 
 
 def _buy_cap(signal: TradeSignal, follower: FollowerSnapshot) -> Decimal | None:

@@ -38,7 +38,7 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
 from shared.messages import MarketRules
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("copytrade.exchange.alpaca")
 QUOTE = "USD"
 NOTIONAL_STEP = Decimal("0.01")
+# stock limit prices: cents from $1 (Alpaca takes 4 decimals below $1; cents are valid there too)
+STOCK_PRICE_STEP = Decimal("0.01")
 HTTP_CONNECTIONS = 64  # the shared session's pool; threads beyond it wait for a connection
 FILL_PAGE = 100
 
@@ -91,9 +93,11 @@ def _message_and_code(exc: APIError) -> tuple[str, str]:
 
 
 def _crypto_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
+    tick = raw.get("price_increment")
     return MarketRules(symbol=symbol, cost_step=NOTIONAL_STEP,
                        amount_step=Decimal(str(raw.get("min_trade_increment") or "0.000000001")),
-                       min_amount=Decimal(str(raw.get("min_order_size") or 0)))
+                       min_amount=Decimal(str(raw.get("min_order_size") or 0)),
+                       price_step=Decimal(str(tick)) if tick else None)
 
 
 def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
@@ -103,7 +107,8 @@ def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
     step = Decimal("0.000000001") if fractionable else Decimal(1)
     return MarketRules(symbol=symbol, amount_step=step, min_amount=step,
                        min_cost=Decimal(1) if fractionable else Decimal(0),
-                       cost_step=NOTIONAL_STEP, quote_orders=fractionable)
+                       cost_step=NOTIONAL_STEP, quote_orders=fractionable,
+                       price_step=STOCK_PRICE_STEP)
 
 
 @dataclass(frozen=True)
@@ -163,14 +168,24 @@ def _dec(value: object) -> Decimal:
     return Decimal(0) if value is None else Decimal(str(value))
 
 
+def _status(order: dict[str, Any], filled: Decimal) -> OrderStatus:
+    """filled; canceled or expired (an immediate-or-cancel remainder): filled as far as it went,
+    else expired; anything else (new, pending_new, partially_filled...) is still working."""
+    status = order.get("status")
+    if status == "filled" or (status in _ENDED and filled > 0):
+        return "filled"
+    return "expired" if status in _ENDED else "submitted"
+
+
+_ENDED = ("canceled", "expired", "rejected")
+
+
 def _ack(order: dict[str, Any]) -> OrderAck:
     filled = _dec(order.get("filled_qty"))
-    done = order.get("status") == "filled" or (order.get("status") in ("canceled", "expired")
-                                                and filled > 0)
     price = order.get("filled_avg_price")
     return OrderAck(exchange_order_id=str(order["id"]),
                     client_order_id=str(order["client_order_id"]),
-                    status="filled" if done else "submitted",
+                    status=_status(order, filled),
                     filled_base=filled if filled > 0 else None,
                     avg_price=_dec(price) if price is not None and filled > 0 else None)
 
@@ -273,6 +288,9 @@ class AlpacaAccount:
         body = {"symbol": asset.order_symbol, "side": order.side, "type": "market",
                 "time_in_force": asset.kind.time_in_force,
                 "client_order_id": order.client_order_id} | _size(order, asset.rules)
+        if order.limit_price is not None:  # immediate-or-cancel: it never rests on the book
+            body |= {"type": "limit", "time_in_force": "ioc",
+                     "limit_price": format(order.limit_price.normalize(), "f")}
         try:
             placed = await self._call("post", "/orders", body)
         except _AlreadyPlaced:
@@ -301,8 +319,10 @@ class AlpacaAccount:
 
 
 def _size(order: OrderCommand, rules: MarketRules) -> dict[str, str]:
-    """notional for quote-sized buys where the asset takes them, else qty on the asset's step."""
-    if order.size_type == "quote" and order.side == "buy" and rules.quote_orders:
+    """notional for quote-sized market buys where the asset takes them, else qty on the asset's
+    step (a limit order is always by qty)."""
+    by_notional = order.side == "buy" and order.limit_price is None and rules.quote_orders
+    if order.size_type == "quote" and by_notional:
         notional = order.size.quantize(NOTIONAL_STEP, rounding=ROUND_DOWN)
         _refuse_zero(notional, order)
         return {"notional": format(notional, "f")}

@@ -48,7 +48,7 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
 from shared.exchange.venues import VENUES, CcxtVenue, Lookup
 from shared.messages import MarketRules
 
@@ -185,16 +185,34 @@ _STEP_FROM_PRECISION: dict[int, Callable[[object], Decimal]] = {
 }
 
 
+def _status(order: dict[str, Any], filled: Decimal) -> OrderStatus:
+    """closed: filled; canceled or expired (an immediate-or-cancel remainder): filled as far as
+    it went, else expired; anything else is still working: submitted."""
+    status = order.get("status")
+    if status == "closed" or (status in _ENDED and filled > 0):
+        return "filled"
+    return "expired" if status in _ENDED else "submitted"
+
+
+_ENDED = ("canceled", "expired", "rejected")
+
+
 def _ack(order: dict[str, Any], client_order_id: str) -> OrderAck:
     filled = _dec(order.get("filled"))
-    done = order.get("status") == "closed" or (order.get("status") == "canceled" and filled > 0)
     average = order.get("average")
     if average is None and filled > 0 and order.get("cost") is not None:
         average = _dec(order["cost"]) / filled
     return OrderAck(
         exchange_order_id=str(order["id"]), client_order_id=client_order_id,
-        status="filled" if done else "submitted", filled_base=filled if filled > 0 else None,
+        status=_status(order, filled), filled_base=filled if filled > 0 else None,
         avg_price=_dec(average) if average is not None and filled > 0 else None)
+
+
+def _precision_step(ex: Any, market: dict[str, Any], of: str) -> Decimal | None:
+    """The market's amount or price step, from ccxt's precision in the venue's precision mode."""
+    precision = (market.get("precision") or {}).get(of)
+    parse = _STEP_FROM_PRECISION.get(ex.precisionMode)
+    return None if precision is None or parse is None else parse(precision)
 
 
 def _fill(trade: dict[str, Any]) -> Fill:
@@ -312,21 +330,24 @@ class CcxtAccount:
             symbol=symbol, amount_step=self._step(ex, market),
             min_amount=_dec((limits.get("amount") or {}).get("min")),
             min_cost=_dec((limits.get("cost") or {}).get("min")),  # OKX publishes none: 0
-            cost_step=self._venue.cost_step, quote_orders=self._venue.quote_orders)
+            cost_step=self._venue.cost_step, quote_orders=self._venue.quote_orders,
+            price_step=_precision_step(ex, market, "price"))
 
     def _step(self, ex: Any, market: dict[str, Any]) -> Decimal:
-        precision = (market.get("precision") or {}).get("amount")
-        parse = _STEP_FROM_PRECISION.get(ex.precisionMode)
-        if precision is None or parse is None:
+        step = _precision_step(ex, market, "amount")
+        if step is None:
             raise ExchangeError(f"{self._venue.name}: no amount step for {market.get('symbol')}")
-        return parse(precision)
+        return step
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
         ex = await self._client()
         amount, params = self._order_args(ex, order)
+        kind, price = "market", None
+        if order.limit_price is not None:  # immediate-or-cancel: it never rests on the book
+            kind, price, params = "limit", float(order.limit_price), params | {"timeInForce": "IOC"}
         with vendor_calls(self._venue):
             try:
-                placed = await ex.create_order(order.symbol, "market", order.side, amount, None,
+                placed = await ex.create_order(order.symbol, kind, order.side, amount, price,
                                                params)
             except ccxt.DuplicateOrderId:  # placed before: report that order
                 found = await self.find_order(order.client_order_id, order.symbol)
@@ -354,7 +375,8 @@ class CcxtAccount:
         if order.symbol not in ex.markets:
             raise UnsupportedSymbol(f"{venue.name}: {order.symbol} is not listed")
         params: dict[str, Any] = {venue.client_id_param: order.client_order_id}
-        if order.size_type == "quote" and order.side == "buy" and venue.quote_orders:
+        market_buy = order.side == "buy" and order.limit_price is None
+        if order.size_type == "quote" and market_buy and venue.quote_orders:
             cost = order.size.quantize(venue.cost_step, rounding=ROUND_DOWN)
             _refuse_zero(venue, cost, order)
             return float(cost), params | dict(venue.quote_buy_params) | {
@@ -365,7 +387,7 @@ class CcxtAccount:
         _refuse_zero(venue, base, order)
         with vendor_calls(venue):
             amount = ex.amount_to_precision(order.symbol, float(base))
-        if order.side == "buy" and venue.base_buy_params is not None:
+        if market_buy and venue.base_buy_params is not None:
             params |= venue.base_buy_params(amount)
         return float(amount), params
 

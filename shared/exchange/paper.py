@@ -23,6 +23,7 @@ from shared.errors import (
     BelowMinimum,
     ExchangeError,
     InsufficientFunds,
+    InvalidOrder,
     RateLimited,
     TemporaryError,
     UnsupportedSymbol,
@@ -107,6 +108,8 @@ class PaperOrder(Struct, frozen=True, kw_only=True):
     cost: Decimal
     price: Decimal
     at: float
+    status: Literal["filled", "expired"] = "filled"  # expired: a limit order out of the money
+    limit_price: Decimal | None = None
 
 
 class Failure(Struct, frozen=True, tag="failure"):
@@ -132,6 +135,7 @@ _ERRORS: dict[str, type[ExchangeError]] = {
     "insufficient_funds": InsufficientFunds,
     "below_minimum": BelowMinimum,
     "unsupported_symbol": UnsupportedSymbol,
+    "invalid_order": InvalidOrder,
 }
 
 
@@ -145,9 +149,11 @@ class PaperRefusal(Exception):
 
 DEFAULT_RULES = {
     "BTC/USD": MarketRules(symbol="BTC/USD", amount_step=Decimal("0.00000001"),
-                           min_amount=Decimal("0.00001"), min_cost=Decimal("0.5")),
+                           min_amount=Decimal("0.00001"), min_cost=Decimal("0.5"),
+                           price_step=Decimal("0.1")),
     "ETH/USD": MarketRules(symbol="ETH/USD", amount_step=Decimal("0.00000001"),
-                           min_amount=Decimal("0.0001"), min_cost=Decimal("0.5")),
+                           min_amount=Decimal("0.0001"), min_cost=Decimal("0.5"),
+                           price_step=Decimal("0.01")),
 }
 DEFAULT_PRICES = {"BTC/USD": Decimal("45000"), "ETH/USD": Decimal("3000")}
 
@@ -224,6 +230,8 @@ class PaperVenue:
         return Ok(order=order)
 
     def _fill(self, acc: _Account, cmd: OrderCommand) -> PaperOrder:
+        """A market order fills at the feed price; a limit order (immediate-or-cancel) fills
+        there only when that is within its limit, else it expires having filled nothing."""
         rules = self.rules.get(cmd.symbol)
         if rules is None:
             raise PaperRefusal("unsupported_symbol", f"unknown symbol {cmd.symbol}")
@@ -233,16 +241,22 @@ class PaperVenue:
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
         if amount < rules.min_amount or cost < rules.min_cost:
             raise PaperRefusal("below_minimum", f"order minimum not met: {amount} {cmd.symbol}")
+        _check_limit(cmd, rules)
         base = cmd.symbol.split("/")[0]
         held = acc.holdings.get(base, Decimal(0))
-        if (cmd.side == "buy" and cost > acc.cash) or (cmd.side == "sell" and amount > held):
+        reserved = cost if cmd.limit_price is None or cmd.side == "sell" else amount * cmd.limit_price
+        if (cmd.side == "buy" and reserved > acc.cash) or (cmd.side == "sell" and amount > held):
             raise PaperRefusal("insufficient_funds", "insufficient funds")
-        sign = 1 if cmd.side == "buy" else -1
-        acc.holdings[base] = held + sign * amount
-        acc.cash -= sign * cost
         order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
                            symbol=cmd.symbol, side=cmd.side, amount=amount, cost=cost,
-                           price=price, at=time.time())
+                           price=price, at=time.time(), limit_price=cmd.limit_price)
+        if _within_limit(cmd, price):
+            sign = 1 if cmd.side == "buy" else -1
+            acc.holdings[base] = held + sign * amount
+            acc.cash -= sign * cost
+        else:
+            order = msgspec.structs.replace(order, amount=Decimal(0), cost=Decimal(0),
+                                            status="expired")
         acc.orders[cmd.client_order_id] = order
         return order
 
@@ -251,7 +265,7 @@ class PaperVenue:
 
     async def _fills(self, call: Fills) -> Ok:
         orders = self._account(call.account).orders.values()
-        return Ok(orders=[o for o in orders if o.at > call.since])
+        return Ok(orders=[o for o in orders if o.at > call.since and o.status == "filled"])
 
     async def _orders(self, call: Orders) -> Ok:
         return Ok(orders=list(self._account(call.account).orders.values()))
@@ -267,6 +281,21 @@ class PaperVenue:
     async def _fault(self, call: InjectFault) -> Ok:
         self._account(call.account).faults.append(call.kind)
         return Ok()
+
+
+def _check_limit(cmd: OrderCommand, rules: MarketRules) -> None:
+    if cmd.limit_price is None:
+        return
+    if cmd.size_type != "base":
+        raise PaperRefusal("invalid_order", "a limit order is sized in base")
+    step = rules.price_step
+    if step is not None and cmd.limit_price % step:
+        raise PaperRefusal("invalid_order", f"limit price {cmd.limit_price} is off the {step} tick")
+
+
+def _within_limit(cmd: OrderCommand, price: Decimal) -> bool:
+    limit = cmd.limit_price
+    return limit is None or (price <= limit if cmd.side == "buy" else price >= limit)
 
 
 # ---- transports ------------------------------------------------------------------------------
@@ -348,5 +377,8 @@ class PaperAccount:
 
 
 def _ack(order: PaperOrder) -> OrderAck:
+    if order.status == "expired":
+        return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
+                        status="expired")
     return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
                     status="filled", filled_base=order.amount, avg_price=order.price)

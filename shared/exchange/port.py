@@ -9,11 +9,13 @@ from msgspec import Struct
 
 from shared.messages import MarketRules, Side, SizeType
 
-OrderStatus = Literal["filled", "submitted"]
+# expired: an immediate-or-cancel limit order that found no price within its limit, filled nothing
+OrderStatus = Literal["filled", "submitted", "expired"]
 
 
 class OrderCommand(Struct, frozen=True, kw_only=True):
-    """A market order to place, identified by our deterministic client order id."""
+    """An order to place, identified by our deterministic client order id: a market order, or
+    with `limit_price` an immediate-or-cancel limit order (base-sized) that never rests."""
 
     client_order_id: str
     symbol: str  # the venue's unified symbol
@@ -21,6 +23,7 @@ class OrderCommand(Struct, frozen=True, kw_only=True):
     size: Decimal
     size_type: SizeType
     reference_price: Decimal  # the master's fill price: for venues that need a price
+    limit_price: Decimal | None = None  # on the venue's price tick (the sizer rounds it)
 
 
 class OrderAck(Struct, frozen=True, kw_only=True):

@@ -40,6 +40,7 @@ KEY = "ctkey7Q2mWx9"  # distinctive values: the leak test looks for them in erro
 SECRET = "ctsecret4Rz8Lp"
 PASSPHRASE = "ctpass6Hn3Vb"
 STEP, MIN_AMOUNT = Decimal("0.00000001"), Decimal("0.00001")
+PRICE_STEP = Decimal("0.1")  # BTC/USD price tick on every venue
 register(KEY, SECRET, PASSPHRASE)
 
 # The paper venue's fault kinds for the emulators' faults. "temporary" and "below_minimum" are
@@ -113,7 +114,8 @@ EMULATED = {
 
 
 def _rules(min_cost: Decimal) -> MarketRules:
-    return MarketRules(symbol="BTC/USD", amount_step=STEP, min_amount=MIN_AMOUNT, min_cost=min_cost)
+    return MarketRules(symbol="BTC/USD", amount_step=STEP, min_amount=MIN_AMOUNT, min_cost=min_cost,
+                       price_step=PRICE_STEP)
 
 
 @contextlib.asynccontextmanager
