@@ -2,24 +2,24 @@
 
 Every call is checked against APCA-API-KEY-ID / APCA-API-SECRET-KEY. Numbers go out as JSON
 strings, as Alpaca sends them. Crypto is "BTC/USD" in orders, assets and activities but
-"BTCUSD" in positions; stocks are their base ("AAPL"). Market orders fill at once; with
-`fill_on_submit_reply = False` the submit reply says "pending_new" with filled_qty "0" and only
-a later GET shows the fill, as real Alpaca usually answers.
+"BTCUSD" in positions; stocks are their base ("AAPL"). Market and ioc limit orders end at once
+(an ioc limit that does not cross ends "canceled"); with `fill_on_submit_reply = False` the
+submit reply says "pending_new" with filled_qty "0" and only a later GET shows the outcome, as
+real Alpaca usually answers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import DEFAULT_MARKETS, Account, Fault, Market, Order, VenueState
+from tests.emulators.state import DEFAULT_MARKETS, Account, Fault, Market, Order, VenueState, parse_decimal
 
 Json = dict[str, Any]
 Private = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
@@ -38,7 +38,10 @@ ERRORS: dict[str, tuple[int, int, str]] = {
                            "(requested: {requested}, available: {available})"),
     "min_not_met": (403, 40310000, "cost basis must be >= minimal amount of order {min_cost}"),
     "unknown_symbol": (422, 40010001, "invalid symbol: {symbol}"),
-    "unsupported_type": (422, 40010001, "only market orders are emulated"),
+    "unsupported_type": (422, 40010001, "only market and ioc limit orders are emulated"),
+    "limit_fields": (422, 40010001, "limit orders need qty and limit_price"),
+    "invalid_price": (422, 42210000, "invalid limit_price {limit_price}. sub-penny increment "
+                      "does not fulfill minimum pricing criteria"),
     "invalid_side": (422, 40010001, "invalid side"),
     "qty_xor_notional": (422, 40010001, "exactly one of qty or notional is required"),
     "invalid_time_in_force": (422, 40010001, "invalid crypto time_in_force"),
@@ -52,13 +55,6 @@ def iso(ts: float) -> str:
 
 def num(value: Decimal) -> str:
     return format(value.normalize(), "f")
-
-
-def parse_decimal(value: object) -> Decimal | None:
-    with contextlib.suppress(InvalidOperation, TypeError):
-        parsed = Decimal(str(value))
-        return parsed if parsed.is_finite() else None
-    return None
 
 
 def error(kind: str, context: dict[str, str] | None = None) -> web.Response:
@@ -246,11 +242,13 @@ class AlpacaEmulator(EmulatorServer):
     # -- orders --------------------------------------------------------------------------------
 
     def _context(self, account: Account, body: Json) -> dict[str, str]:
-        """What the error messages name: symbol, currency, requested, available, min_cost."""
+        """What the error messages name: symbol, currency, requested, available, min_cost,
+        limit_price. A limit buy requests qty at its limit price."""
         market = self._market(str(body.get("symbol", "")))
         if market is None:
             return {"symbol": str(body.get("symbol"))}
-        price = self.state.prices[market.symbol]
+        limit = parse_decimal(body.get("limit_price"))
+        price = self.state.prices[market.symbol] if limit is None else limit
         qty, notional = parse_decimal(body.get("qty")), parse_decimal(body.get("notional"))
         buy = body.get("side") == "buy"
         base_qty = qty if qty is not None else (notional or Decimal(0)) / price
@@ -259,16 +257,20 @@ class AlpacaEmulator(EmulatorServer):
         return {"symbol": self._symbol(market), "currency": currency,
                 "requested": num(requested.quantize(market.amount_step)),
                 "available": num(account.balances.get(currency, Decimal(0))),
-                "min_cost": num(market.min_cost)}
+                "min_cost": num(market.min_cost), "limit_price": str(body.get("limit_price"))}
 
     def _refusal(self, account: Account, body: Json, client_order_id: str) -> str | None:
         market = self._market(str(body.get("symbol", "")))
         sizes = [parse_decimal(body[k]) for k in ("qty", "notional") if body.get(k) is not None]
+        limit = body.get("type") == "limit"
         checks = (
             (market is None, "unknown_symbol"),
-            (body.get("type") != "market", "unsupported_type"),
+            (body.get("type") not in ("market", "limit"), "unsupported_type"),
+            (limit and body.get("time_in_force") != "ioc", "unsupported_type"),  # nothing rests
             (body.get("side") not in ("buy", "sell"), "invalid_side"),
             (len(sizes) != 1 or None in sizes, "qty_xor_notional"),
+            (limit and (body.get("qty") is None or parse_decimal(body.get("limit_price")) is None),
+             "limit_fields"),
             (market is not None and not self._is_stock(market)
              and body.get("time_in_force") not in CRYPTO_TIME_IN_FORCE, "invalid_time_in_force"),
             (account.order_by_client_id(client_order_id) is not None,
@@ -287,41 +289,51 @@ class AlpacaEmulator(EmulatorServer):
         market = self._market(str(body.get("symbol", "")))
         if refusal is not None or market is None:
             return error(refusal or "unknown_symbol", context)
-        qty, notional = parse_decimal(body.get("qty")), parse_decimal(body.get("notional"))
         try:
-            order = self.state.fill(account, market.symbol, str(body["side"]), amount=qty,
-                                    cost=notional, client_order_id=client_order_id)
+            order = self._fill(account, market, body, client_order_id)
         except ValueError as exc:
             return error(str(exc), context)
         self._submitted[order.order_id] = {
-            "qty": None if qty is None else num(qty),
-            "notional": None if notional is None else num(notional),
-            "time_in_force": body.get("time_in_force"),
-        }
+            k: None if (v := parse_decimal(body.get(k))) is None else num(v)
+            for k in ("qty", "notional")} | {"time_in_force": body.get("time_in_force")}
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
             await self._hold()
-        return web.json_response(self._order_json(order, filled=self.fill_on_submit_reply))
+        return web.json_response(self._order_json(order, final=self.fill_on_submit_reply))
 
-    def _order_json(self, order: Order, filled: bool = True) -> Json:
+    def _fill(self, account: Account, market: Market, body: Json, client_order_id: str) -> Order:
+        qty, side = parse_decimal(body.get("qty")), str(body["side"])
+        if body["type"] == "limit":
+            assert qty is not None  # _refusal checked limit orders' fields
+            return self.state.fill_limit_ioc(account, market.symbol, side, qty,
+                                             Decimal(str(body["limit_price"])), client_order_id)
+        return self.state.fill(account, market.symbol, side, amount=qty,
+                               cost=parse_decimal(body.get("notional")),
+                               client_order_id=client_order_id)
+
+    def _order_json(self, order: Order, final: bool = True) -> Json:
+        """The order as Alpaca shows it; not `final`: as just accepted (pending_new)."""
         market = self.state.markets[order.symbol]
         sent = self._submitted.get(order.order_id, {"qty": num(order.amount), "notional": None,
                                                     "time_in_force": "gtc"})
-        at = iso(order.created)
+        at, filled = iso(order.created), final and bool(order.amount)
+        canceled = final and order.status == "canceled"  # an ioc limit that did not cross
+        limit = None if order.limit_price is None else num(order.limit_price)
         return {
             "id": order.order_id, "client_order_id": order.client_order_id,
             "created_at": at, "updated_at": at, "submitted_at": at,
             "filled_at": at if filled else None, "expired_at": None, "expires_at": None,
-            "canceled_at": None, "failed_at": None, "replaced_at": None, "replaced_by": None,
-            "replaces": None, "asset_id": self._uuid("asset", market.symbol),
+            "canceled_at": at if canceled else None, "failed_at": None, "replaced_at": None,
+            "replaced_by": None, "replaces": None,
+            "asset_id": self._uuid("asset", market.symbol),
             "symbol": self._symbol(market), "asset_class": self._asset_class(market),
             "notional": sent["notional"], "qty": sent["qty"],
             "filled_qty": num(order.amount) if filled else "0",
             "filled_avg_price": num(order.price) if filled else None,
             "order_class": "simple" if self._is_stock(market) else "",
-            "order_type": "market", "type": "market", "side": order.side,
+            "order_type": order.order_type, "type": order.order_type, "side": order.side,
             "position_intent": None, "time_in_force": sent["time_in_force"],
-            "limit_price": None, "stop_price": None,
-            "status": "filled" if filled else "pending_new", "extended_hours": False,
+            "limit_price": limit, "stop_price": None,
+            "status": order.status if final else "pending_new", "extended_hours": False,
             "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
             "subtag": None, "source": "access_key",
         }
@@ -372,8 +384,8 @@ class AlpacaEmulator(EmulatorServer):
             return web.json_response([])
         after, until = (datetime.fromisoformat(query[k]).timestamp() if k in query else None
                         for k in ("after", "until"))
-        orders = [o for o in account.orders
-                  if (after is None or o.created > after) and (until is None or o.created < until)]
+        orders = [o for o in account.orders if o.amount
+                  and (after is None or o.created > after) and (until is None or o.created < until)]
         items = [self._activity_json(account, o) for o in orders]
         items = items if query.get("direction") == "asc" else items[::-1]
         ids = [item["id"] for item in items]

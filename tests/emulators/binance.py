@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState
+from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
 
 Params = dict[str, str]
 Reply = web.StreamResponse
@@ -43,7 +43,14 @@ E_NO_ORDER = (400, -2013, "Order does not exist.")
 FAULT_ERRORS = {Fault.HTTP_500: E_INTERNAL, Fault.RATE_LIMIT: E_RATE,
                 Fault.INSUFFICIENT_FUNDS: E_FUNDS, Fault.INVALID_KEY: E_KEY,
                 Fault.MIN_NOT_MET: E_NOTIONAL}
-REFUSALS = {"insufficient_funds": E_FUNDS, "unknown_symbol": E_SYMBOL}
+E_PRICE_FILTER = (400, -1013, "Filter failure: PRICE_FILTER")
+E_ORDER_TYPE = (400, -1116, "Invalid orderType.")
+E_TIF = (400, -1115, "Invalid timeInForce.")
+E_CLIENT_ID = (400, -1100, "Illegal characters found in parameter 'newClientOrderId'; "
+               r"legal range is '^[\.A-Z\:/a-z0-9_-]{1,36}$'.")
+REFUSALS = {"insufficient_funds": E_FUNDS, "unknown_symbol": E_SYMBOL,
+            "invalid_price": E_PRICE_FILTER}
+STATUSES = {"filled": "FILLED", "canceled": "EXPIRED"}  # an IOC that found no liquidity expires
 CLIENT_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 
 
@@ -69,6 +76,23 @@ def _error(err: Error) -> Reply:
 
 def _missing(name: str) -> Error:
     return (400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def _invalid(p: Params) -> Error | None:
+    """Binance's error for a malformed new order, if any: market, or limit IOC only."""
+    limit = p.get("type") == "LIMIT"
+    sizes = [p[k] for k in ("quantity", "quoteOrderQty") if k in p]
+    checks = (
+        (p.get("side", "").lower() not in ("buy", "sell"), _missing("side")),
+        (p.get("type") not in ("MARKET", "LIMIT"), E_ORDER_TYPE),
+        (limit and "timeInForce" not in p, _missing("timeInForce")),
+        (limit and p.get("timeInForce") not in (None, "IOC"), E_TIF),  # nothing rests here
+        (limit and parse_decimal(p.get("price")) is None, _missing("price")),
+        (not CLIENT_ID.fullmatch(p.get("newClientOrderId", "-")), E_CLIENT_ID),
+        (len(sizes) != 1 or (limit and "quantity" not in p), _missing("quantity")),
+        (any(parse_decimal(v) is None for v in sizes), _missing("quantity")),
+    )
+    return next((error for bad, error in checks if bad), None)
 
 
 def _without_signature(raw: str) -> tuple[str, str | None]:
@@ -238,38 +262,35 @@ class BinanceEmulator(EmulatorServer):
         if fault in FAULT_ERRORS:
             return FAULT_ERRORS[fault]
         market = self._market(p.get("symbol"))
-        side, client_id = p.get("side", "").lower(), p.get("newClientOrderId")
         if market is None:
             return E_SYMBOL
-        if side not in ("buy", "sell"):
-            return _missing("side")
-        if p.get("type") != "MARKET":  # the emulator fills market orders only
-            return (400, -1116, "Invalid orderType.")
-        if client_id is not None and not CLIENT_ID.fullmatch(client_id):
-            return (400, -1100, "Illegal characters found in parameter 'newClientOrderId'; "
-                    r"legal range is '^[\.A-Z\:/a-z0-9_-]{1,36}$'.")
-        if ("quantity" in p) == ("quoteOrderQty" in p):
-            return _missing("quantity")
+        if (invalid := _invalid(p)) is not None:
+            return invalid
         try:
-            amount = Decimal(p["quantity"]) if "quantity" in p else None
-            cost = Decimal(p["quoteOrderQty"]) if "quoteOrderQty" in p else None
-        except InvalidOperation:
-            return _missing("quantity")
-        try:
-            order = self.state.fill(account, market.symbol, side, amount=amount, cost=cost,
-                                    client_order_id=client_id or uuid.uuid4().hex[:22])
+            order = self._fill(account, market, p)
         except ValueError as refusal:
-            return self._refusal(str(refusal), market, amount, cost)
+            return self._refusal(str(refusal), market, p)
         order.order_id, order.trade_id = str(self.state.next_id()), str(self.state.next_id())
-        if cost is not None:
-            self._quote_qty[order.order_id] = cost
+        if "quoteOrderQty" in p:
+            self._quote_qty[order.order_id] = Decimal(p["quoteOrderQty"])
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
             await self._hold()
         return self._order_json(order, p.get("newOrderRespType", "FULL"))
 
-    def _refusal(self, kind: str, m: Market, amount: Decimal | None, cost: Decimal | None) -> Error:
+    def _fill(self, account: Account, market: Market, p: Params) -> Order:
+        side = p["side"].lower()
+        client_id = p.get("newClientOrderId") or uuid.uuid4().hex[:22]
+        if p["type"] == "LIMIT":
+            return self.state.fill_limit_ioc(account, market.symbol, side,
+                                             Decimal(p["quantity"]), Decimal(p["price"]), client_id)
+        amount, cost = parse_decimal(p.get("quantity")), parse_decimal(p.get("quoteOrderQty"))
+        return self.state.fill(account, market.symbol, side, amount=amount, cost=cost,
+                               client_order_id=client_id)
+
+    def _refusal(self, kind: str, m: Market, p: Params) -> Error:
         if kind != "min_not_met":
             return REFUSALS[kind]
+        amount, cost = parse_decimal(p.get("quantity")), parse_decimal(p.get("quoteOrderQty"))
         base = amount if amount is not None else cost / self.state.prices[m.symbol]  # type: ignore[operator]
         return E_LOT_SIZE if base < m.min_amount else E_NOTIONAL
 
@@ -280,16 +301,18 @@ class BinanceEmulator(EmulatorServer):
         if kind == "ACK":
             return ack
         result = ack | {
-            "price": "0.00000000", "origQty": _fmt(o.amount), "executedQty": _fmt(o.amount),
+            "price": _fmt(o.limit_price or Decimal(0)), "origQty": _fmt(o.size),
+            "executedQty": _fmt(o.amount),
             "origQuoteOrderQty": _fmt(self._quote_qty.get(o.order_id, Decimal(0))),
-            "cummulativeQuoteQty": _fmt(o.cost), "status": "FILLED", "timeInForce": "GTC",
-            "type": "MARKET", "side": o.side.upper(), "workingTime": _ms(o.created),
+            "cummulativeQuoteQty": _fmt(o.cost), "status": STATUSES[o.status],
+            "timeInForce": "GTC" if o.limit_price is None else "IOC",
+            "type": o.order_type.upper(), "side": o.side.upper(), "workingTime": _ms(o.created),
             "selfTradePreventionMode": "EXPIRE_MAKER",
         }
         if kind == "FULL":
             result["fills"] = [{"price": _fmt(o.price), "qty": _fmt(o.amount),
                                 "commission": "0.00000000", "commissionAsset": m.quote,
-                                "tradeId": _num(o.trade_id)}]
+                                "tradeId": _num(o.trade_id)}] if o.amount else []
         elif kind == "QUERY":
             del result["transactTime"]
             result |= {"stopPrice": "0.00000000", "icebergQty": "0.00000000",
@@ -313,7 +336,7 @@ class BinanceEmulator(EmulatorServer):
         return E_NO_ORDER if order is None else self._order_json(order)
 
     async def _open_orders(self, _account: Account, _p: Params) -> list[Any]:
-        return []  # market orders fill at once: nothing ever rests
+        return []  # market and IOC orders end at once: nothing ever rests
 
     async def _all_orders(self, account: Account, p: Params) -> Any:
         if self._market(p.get("symbol")) is None:
@@ -325,7 +348,7 @@ class BinanceEmulator(EmulatorServer):
         if market is None:
             return E_SYMBOL
         orders = [o for o in self._in_window(self._orders_of(account, p), p)
-                  if p.get("orderId", str(_num(o.order_id))) == str(_num(o.order_id))
+                  if o.amount and p.get("orderId", str(_num(o.order_id))) == str(_num(o.order_id))
                   and _num(o.trade_id) >= int(p.get("fromId") or 0)]
         return [{"symbol": market.base + market.quote, "id": _num(o.trade_id),
                  "orderId": _num(o.order_id), "orderListId": -1, "price": _fmt(o.price),

@@ -9,21 +9,20 @@ CDP JWT keys (`Authorization: Bearer`) are refused with 401.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState
+from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
 
 Json = dict[str, Any]
 Private = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
@@ -42,13 +41,6 @@ def num(value: Decimal) -> str:
 
 def product_id(market: Market) -> str:
     return f"{market.base}-{market.quote}"
-
-
-def parse_decimal(value: object) -> Decimal | None:
-    with contextlib.suppress(InvalidOperation, TypeError):
-        parsed = Decimal(str(value))
-        return parsed if parsed.is_finite() else None
-    return None
 
 
 def unauthorized() -> web.Response:
@@ -88,8 +80,18 @@ ORDER_ERRORS: dict[str, Callable[[Json], web.Response]] = {
     "unknown_symbol": failure("INVALID_PRODUCT_ID", "invalid product_id"),
     "invalid_side": failure("INVALID_SIDE", "invalid side"),
     "unsupported": failure(
-        "UNSUPPORTED_ORDER_CONFIGURATION", "only market_market_ioc orders are emulated"),
+        "UNSUPPORTED_ORDER_CONFIGURATION",
+        "only market_market_ioc and sor_limit_ioc orders are emulated"),
+    "invalid_price": failure(
+        "INVALID_PRICE_PRECISION", "invalid price precision", "PREVIEW_INVALID_PRICE_PRECISION"),
 }
+STATUSES = {"filled": "FILLED", "canceled": "CANCELLED"}  # an IOC that found no liquidity
+# order_configuration kinds the emulator fills -> the sets of fields each may be sized by
+CONFIGS: dict[str, tuple[frozenset[str], ...]] = {
+    "market_market_ioc": (frozenset({"base_size"}), frozenset({"quote_size"})),
+    "sor_limit_ioc": (frozenset({"base_size", "limit_price"}),),
+}
+NUMBERS = ("base_size", "quote_size", "limit_price")
 NOT_FOUND = {"error": "NOT_FOUND", "error_details": "order with this orderID was not found",
              "message": "order with this orderID was not found"}
 
@@ -105,12 +107,26 @@ def trade_id(order: Order) -> str:
 # List filters: query parameter -> the order attribute its values are matched against.
 ORDER_FILTERS: dict[str, Callable[[Order], str]] = {
     "order_ids": lambda o: o.order_id, "product_ids": product_of, "product_id": product_of,
-    "order_status": lambda o: o.status.upper(), "order_side": lambda o: o.side.upper(),
+    "order_status": lambda o: STATUSES[o.status], "order_side": lambda o: o.side.upper(),
 }
 FILL_FILTERS: dict[str, Callable[[Order], str]] = {
     "order_ids": lambda o: o.order_id, "order_id": lambda o: o.order_id,
     "trade_ids": trade_id, "product_ids": product_of, "product_id": product_of,
 }
+
+
+def parse_config(config: object) -> tuple[str, dict[str, Decimal]] | None:
+    """The order_configuration kind the emulator fills and its numbers; None if unsupported."""
+    if not isinstance(config, dict):
+        return None
+    kind = next((k for k in CONFIGS if isinstance(config.get(k), dict)), None)
+    if kind is None:
+        return None
+    given = {k: v for k, v in config[kind].items() if k in NUMBERS}
+    numbers = {k: d for k, v in given.items() if (d := parse_decimal(v)) is not None}
+    if set(given) not in CONFIGS[kind] or len(numbers) != len(given):
+        return None
+    return kind, numbers
 
 
 def select(
@@ -374,24 +390,28 @@ class CoinbaseEmulator(EmulatorServer):
         return web.json_response(self._accepted(order_or_error))
 
     def _fill(self, account: Account, body: Json, client_order_id: str | None) -> Order | str:
-        """Fill a market_market_ioc order, or name the ORDER_ERRORS entry that refuses it."""
-        config = body.get("order_configuration") or {}
-        ioc = config.get("market_market_ioc") if isinstance(config, dict) else None
-        sizes = {k: parse_decimal(v) for k, v in (ioc or {}).items()
-                 if k in ("base_size", "quote_size")} if isinstance(ioc, dict) else {}
+        """Fill a market_market_ioc or sor_limit_ioc order, or name the ORDER_ERRORS entry that
+        refuses it."""
         side = {"BUY": "buy", "SELL": "sell"}.get(str(body.get("side")))
         if side is None:
             return "invalid_side"
-        if len(sizes) != 1 or None in sizes.values():
+        parsed = parse_config(body.get("order_configuration"))
+        if parsed is None:
             return "unsupported"
+        kind, sizes = parsed
         market = self._market(str(body.get("product_id")))
-        try:  # an unknown product makes VenueState.fill raise "unknown_symbol"
-            order = self.state.fill(
-                account, market.symbol if market else "", side, amount=sizes.get("base_size"),
-                cost=sizes.get("quote_size"), client_order_id=client_order_id)
+        symbol = market.symbol if market else ""  # VenueState refuses "" as "unknown_symbol"
+        try:
+            if kind == "sor_limit_ioc":
+                order = self.state.fill_limit_ioc(account, symbol, side, sizes["base_size"],
+                                                  sizes["limit_price"], client_order_id)
+            else:
+                order = self.state.fill(account, symbol, side, amount=sizes.get("base_size"),
+                                        cost=sizes.get("quote_size"),
+                                        client_order_id=client_order_id)
         except ValueError as exc:
             return str(exc)
-        self._configs[order.order_id] = {"market_market_ioc": ioc}
+        self._configs[order.order_id] = {kind: body["order_configuration"][kind]}
         return order
 
     def _accepted(self, order: Order) -> Json:
@@ -409,25 +429,25 @@ class CoinbaseEmulator(EmulatorServer):
         return self._configs.get(order.order_id, default)
 
     def _in_quote(self, order: Order) -> bool:
-        return "quote_size" in self._config(order)["market_market_ioc"]
+        return "quote_size" in self._config(order).get("market_market_ioc", {})
 
     def _order_json(self, account: Account, order: Order) -> Json:
-        created = iso(order.created)
+        created, filled = iso(order.created), bool(order.amount)
         return {
             "order_id": order.order_id, "product_id": product_of(order),
             "user_id": self._uuid(account.api_key), "order_configuration": self._config(order),
             "side": order.side.upper(), "client_order_id": order.client_order_id or "",
-            "status": order.status.upper(), "time_in_force": "IMMEDIATE_OR_CANCEL",
-            "created_time": created, "completion_percentage": "100",
+            "status": STATUSES[order.status], "time_in_force": "IMMEDIATE_OR_CANCEL",
+            "created_time": created, "completion_percentage": "100" if filled else "0",
             "filled_size": num(order.amount), "average_filled_price": num(order.price),
-            "fee": "", "number_of_fills": "1", "filled_value": num(order.cost),
+            "fee": "", "number_of_fills": str(int(filled)), "filled_value": num(order.cost),
             "pending_cancel": False, "size_in_quote": self._in_quote(order), "total_fees": "0",
             "size_inclusive_of_fees": self._in_quote(order),
             "total_value_after_fees": num(order.cost), "trigger_status": "INVALID_ORDER_TYPE",
-            "order_type": "MARKET", "reject_reason": "REJECT_REASON_UNSPECIFIED",
+            "order_type": order.order_type.upper(), "reject_reason": "REJECT_REASON_UNSPECIFIED",
             "settled": True, "product_type": "SPOT", "reject_message": "", "cancel_message": "",
             "order_placement_source": "RETAIL_ADVANCED", "outstanding_hold_amount": "0",
-            "is_liquidation": False, "last_fill_time": created,
+            "is_liquidation": False, "last_fill_time": created if filled else None,
         }
 
     def _fill_json(self, account: Account, order: Order) -> Json:
@@ -459,6 +479,7 @@ class CoinbaseEmulator(EmulatorServer):
 
     async def _fills(self, request: web.Request, account: Account) -> web.Response:
         window = ("start_sequence_timestamp", "end_sequence_timestamp")
-        orders = select(account.orders, request.query, FILL_FILTERS, window)
+        fills = [o for o in account.orders if o.amount]
+        orders = select(fills, request.query, FILL_FILTERS, window)
         items, cursor = page([self._fill_json(account, o) for o in orders], request.query, 100)
         return web.json_response({"fills": items, "cursor": cursor})

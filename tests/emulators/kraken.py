@@ -17,14 +17,14 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState
+from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
 
 ASSET_IDS = {"BTC": "XXBT", "ETH": "XETH", "USD": "ZUSD", "EUR": "ZEUR"}  # Kraken's asset ids
 ALTNAMES = {"BTC": "XBT"}
@@ -34,6 +34,7 @@ FAULT_ERRORS = {
     Fault.INVALID_KEY: "EAPI:Invalid key",
     Fault.MIN_NOT_MET: "EOrder:Order minimum not met",
 }
+STATUSES = {"filled": "closed", "canceled": "canceled"}  # an unfilled IOC ends canceled
 REFUSALS = {"insufficient_funds": "EOrder:Insufficient funds",
             "unknown_symbol": "EQuery:Unknown asset pair"}
 # cl_ord_id: long UUID, short (32 hex) UUID, or free text of up to 18 characters
@@ -58,6 +59,25 @@ def _fmt(value: Decimal, places: int = 8) -> str:
 def _kraken_id(prefix: str) -> str:
     h = uuid.uuid4().hex.upper()
     return f"{prefix}{h[:5]}-{h[5:10]}-{h[10:16]}"
+
+
+def _viqc(p: Params) -> bool:
+    """Volume in quote currency (a market buy by cost)."""
+    return "viqc" in p.get("oflags", "").split(",")
+
+
+def _invalid_argument(p: Params) -> str | None:
+    """The AddOrder argument Kraken would call invalid, if any."""
+    limit = p.get("ordertype") == "limit"
+    checks = (
+        ("type", p.get("type") in ("buy", "sell")),
+        ("ordertype", p.get("ordertype") in ("market", "limit")),  # stop, trailing: not emulated
+        ("timeinforce", not limit or p.get("timeinforce") == "IOC"),  # nothing rests here
+        ("cl_ord_id", "cl_ord_id" not in p or CL_ORD_ID.fullmatch(p["cl_ord_id"])),
+        ("volume", parse_decimal(p.get("volume")) is not None),
+        ("price", not limit or parse_decimal(p.get("price")) is not None),
+    )
+    return next((name for name, valid in checks if not valid), None)
 
 
 def _ok(result: Any) -> Reply:
@@ -210,56 +230,64 @@ class KrakenEmulator(EmulatorServer):
         market = self._market(p.get("pair"))
         if market is None:
             return _err("EQuery:Unknown asset pair")
-        side, client_id = p.get("type"), p.get("cl_ord_id")
-        if side not in ("buy", "sell"):
-            return _err("EGeneral:Invalid arguments:type")
-        if p.get("ordertype") != "market":  # the emulator fills market orders only
-            return _err("EGeneral:Invalid arguments:ordertype")
-        if client_id is not None and not CL_ORD_ID.fullmatch(client_id):
-            return _err("EGeneral:Invalid arguments:cl_ord_id")
+        if (invalid := _invalid_argument(p)) is not None:
+            return _err(f"EGeneral:Invalid arguments:{invalid}")
         try:
-            volume = Decimal(p.get("volume", ""))
-        except InvalidOperation:
-            return _err("EGeneral:Invalid arguments:volume")
-        viqc = "viqc" in p.get("oflags", "").split(",")  # volume in quote currency
-        try:
-            order = self.state.fill(account, market.symbol, side,
-                                    amount=None if viqc else volume, cost=volume if viqc else None,
-                                    client_order_id=client_id)
+            order = self._fill(account, market, p)
         except ValueError as refusal:
-            return _err(self._refusal(str(refusal), market, volume, viqc))
+            return _err(self._refusal(str(refusal), market, p))
         order.order_id, order.trade_id = _kraken_id("O"), _kraken_id("T")
-        if viqc:
-            self._viqc[order.order_id] = _fmt(volume)
+        if _viqc(p):
+            self._viqc[order.order_id] = _fmt(Decimal(p["volume"]))
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
             await self._hold()
-        vol = _fmt(volume, 8 if viqc else _decimals(market.amount_step))
-        return _ok({"descr": {"order": f"{side} {vol} {self._altname(market)} @ market"},
-                    "txid": [order.order_id]})
+        vol = _fmt(Decimal(p["volume"]), 8 if _viqc(p) else _decimals(market.amount_step))
+        return _ok({"descr": {"order": self._describe(order, vol)}, "txid": [order.order_id]})
 
-    def _refusal(self, kind: str, market: Market, volume: Decimal, viqc: bool) -> str:
+    def _fill(self, account: Account, market: Market, p: Params) -> Order:
+        side, volume, client_id = p["type"], Decimal(p["volume"]), p.get("cl_ord_id")
+        if p["ordertype"] == "limit":
+            return self.state.fill_limit_ioc(account, market.symbol, side, volume,
+                                             Decimal(p["price"]), client_id)
+        viqc = _viqc(p)
+        return self.state.fill(account, market.symbol, side, amount=None if viqc else volume,
+                               cost=volume if viqc else None, client_order_id=client_id)
+
+    def _refusal(self, kind: str, market: Market, p: Params) -> str:
+        if kind == "invalid_price":
+            return (f"EOrder:Invalid price:{self._pair_id(market)} price can only be specified up "
+                    f"to {_decimals(market.price_step)} decimals.")
         if kind != "min_not_met":
             return REFUSALS[kind]
-        base = volume / self.state.prices[market.symbol] if viqc else volume
+        volume = Decimal(p["volume"])
+        base = volume / self.state.prices[market.symbol] if _viqc(p) else volume
         return ("EOrder:Order minimum not met" if base < market.min_amount
                 else "EOrder:Cost minimum not met")
 
+    def _describe(self, o: Order, vol: str) -> str:
+        """Kraken's one-line order description, e.g. "buy 0.00100000 XBTUSD @ limit 45000.0"."""
+        m = self.state.markets[o.symbol]
+        limit = o.limit_price
+        at = "market" if limit is None else f"limit {_fmt(limit, _decimals(m.price_step))}"
+        return f"{o.side} {vol} {self._altname(m)} @ {at}"
+
     def _order_info(self, o: Order, with_trades: bool = False) -> dict[str, Any]:
         m = self.state.markets[o.symbol]
-        vol = self._viqc.get(o.order_id) or _fmt(o.amount)
+        vol = self._viqc.get(o.order_id) or _fmt(o.size)
+        limit = "0" if o.limit_price is None else _fmt(o.limit_price, _decimals(m.price_step))
         info: dict[str, Any] = {
-            "refid": None, "userref": None, "status": "closed", "reason": None,
+            "refid": None, "userref": None, "status": STATUSES[o.status], "reason": None,
             "opentm": o.created, "closetm": o.created, "starttm": 0, "expiretm": 0,
-            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": "market",
-                      "price": "0", "price2": "0", "leverage": "none",
-                      "order": f"{o.side} {vol} {self._altname(m)} @ market", "close": ""},
+            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": o.order_type,
+                      "price": limit, "price2": "0", "leverage": "none",
+                      "order": self._describe(o, vol), "close": ""},
             "vol": vol, "vol_exec": _fmt(o.amount), "cost": _fmt(o.cost, 5), "fee": "0.00000",
             "price": _fmt(o.price, 5), "stopprice": "0.00000", "limitprice": "0.00000",
             "misc": "", "oflags": "fciq,viqc" if o.order_id in self._viqc else "fciq",
         }
         if o.client_order_id is not None:
             info["cl_ord_id"] = o.client_order_id
-        if with_trades:
+        if with_trades and o.amount:
             info["trades"] = [o.trade_id]
         return info
 
@@ -272,7 +300,7 @@ class KrakenEmulator(EmulatorServer):
         return _ok({t: self._order_info(by_id[t], trades) for t in txids})
 
     async def _open_orders(self, account: Account, p: Params) -> Reply:
-        return _ok({"open": {}})  # market orders fill at once: nothing ever rests
+        return _ok({"open": {}})  # market and IOC orders end at once: nothing ever rests
 
     async def _closed_orders(self, account: Account, p: Params) -> Reply:
         orders = [o for o in reversed(account.orders) if self._in_window(o, p)
@@ -284,12 +312,12 @@ class KrakenEmulator(EmulatorServer):
     async def _trades_history(self, account: Account, p: Params) -> Reply:
         trades = {}
         for o in reversed(account.orders):
-            if self._in_window(o, p):
+            if o.amount and self._in_window(o, p):
                 m = self.state.markets[o.symbol]
                 trades[o.trade_id] = {
                     "ordertxid": o.order_id, "postxid": "TKH2SE-M7IF5-CFI7LT",
                     "pair": self._pair_id(m),
-                    "time": o.created, "type": o.side, "ordertype": "market",
+                    "time": o.created, "type": o.side, "ordertype": o.order_type,
                     "price": _fmt(o.price, 5), "cost": _fmt(o.cost, 5), "fee": "0.00000",
                     "vol": _fmt(o.amount), "margin": "0.00000", "leverage": "0", "misc": "",
                     "trade_id": int(hashlib.sha256(o.trade_id.encode()).hexdigest()[:8], 16),

@@ -17,14 +17,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState
+from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
 
 Params = dict[str, Any]
 Reply = web.StreamResponse
@@ -40,6 +40,8 @@ E_SIGN = (401, "50113", "Invalid Sign.")
 E_INSTRUMENT = (200, "51001", "Instrument ID does not exist.")
 E_NO_ORDER = (200, "51603", "Order does not exist")
 REQUEST_FAULTS = {Fault.HTTP_500: E_SYSTEM, Fault.RATE_LIMIT: E_RATE, Fault.INVALID_KEY: E_KEY}
+NO_INSTRUMENT = ("51001", "Instrument ID does not exist.")
+E_PX = ("51000", "Parameter px error")  # no px, or one off the instrument's tickSz
 MIN_NOT_MET = ("51020", "Your order should meet or exceed the minimum order amount.")
 ORDER_FAULTS = {Fault.INSUFFICIENT_FUNDS: "insufficient_funds", Fault.MIN_NOT_MET: "min_not_met"}
 CL_ORD_ID = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -52,6 +54,36 @@ def _s(value: Decimal) -> str:
 
 def _ms(seconds: float) -> str:
     return str(int(seconds * 1000))
+
+
+def _target(r: Params) -> str:
+    """tgtCcy as sent, else OKX's default: a spot market buy is sized in quote."""
+    return str(r.get("tgtCcy") or ("quote_ccy" if r.get("side") == "buy" else "base_ccy"))
+
+
+def _invalid(r: Params, client_id: str) -> tuple[str, str] | None:
+    """OKX's per-order (sCode, sMsg) for a malformed order, if any: market, or limit IOC only."""
+    ioc = r.get("ordType") == "ioc"
+    checks = (
+        (r.get("side") not in ("buy", "sell"), ("51000", "Parameter side error")),
+        (r.get("ordType") not in ("market", "ioc"), ("51000", "Parameter ordType error")),
+        (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
+        (bool(client_id) and not CL_ORD_ID.fullmatch(client_id),
+         ("51000", "Parameter clOrdId error")),
+        (ioc and parse_decimal(r.get("px")) is None, E_PX),
+        (parse_decimal(r.get("sz")) is None, ("51000", "Parameter sz error")),
+    )
+    return next((err for bad, err in checks if bad), None)
+
+
+def _refusal(kind: str, market: Market, side: str) -> tuple[str, str]:
+    ccy = market.quote if side == "buy" else market.base
+    return {
+        "insufficient_funds": ("51008", f"Order failed. Insufficient {ccy} balance in account."),
+        "min_not_met": MIN_NOT_MET,
+        "unknown_symbol": NO_INSTRUMENT,
+        "invalid_price": E_PX,
+    }[kind]
 
 
 def _data(data: list[Any], code: str = "0", msg: str = "") -> Reply:
@@ -213,56 +245,51 @@ class OkxEmulator(EmulatorServer):
     def _place_one(self, account: Account, r: Params, refusal: str | None) -> dict[str, Any]:
         client_id, tag = str(r.get("clOrdId", "")), str(r.get("tag", ""))
         reply = {"clOrdId": client_id, "ordId": "", "tag": tag, "ts": _ms(time.time())}
-        market, side = self._market(r.get("instId")), r.get("side")
-        checks = [
-            (market is None, ("51001", "Instrument ID does not exist.")),
-            (side not in ("buy", "sell"), ("51000", "Parameter side error")),
-            (r.get("ordType") != "market", ("51000", "Parameter ordType error")),  # market only
-            (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
-            (bool(client_id) and not CL_ORD_ID.fullmatch(client_id),
-             ("51000", "Parameter clOrdId error")),
-        ]
-        failure = next((err for bad, err in checks if bad), None)
+        market = self._market(r.get("instId"))
+        failure = _invalid(r, client_id) if market is not None else NO_INSTRUMENT
         if failure:
             return reply | {"sCode": failure[0], "sMsg": failure[1]}
         assert market is not None
-        tgt = r.get("tgtCcy") or ("quote_ccy" if side == "buy" else "base_ccy")
-        try:
-            size = Decimal(str(r.get("sz")))
-        except InvalidOperation:
-            return reply | {"sCode": "51000", "sMsg": "Parameter sz error"}
         try:
             if refusal:
                 raise ValueError(refusal)
-            order = self.state.fill(
-                account, market.symbol, str(side), client_order_id=client_id or None,
-                amount=size if tgt == "base_ccy" else None,
-                cost=size if tgt == "quote_ccy" else None)
+            order = self._fill(account, market, r, client_id or None)
         except ValueError as exc:
-            ccy = market.quote if side == "buy" else market.base
-            code, msg = {
-                "insufficient_funds": ("51008", f"Order failed. Insufficient {ccy} balance in "
-                                                "account."),
-                "min_not_met": MIN_NOT_MET,
-                "unknown_symbol": ("51001", "Instrument ID does not exist."),
-            }[str(exc)]
+            code, msg = _refusal(str(exc), market, str(r.get("side")))
             return reply | {"sCode": code, "sMsg": msg}
         order.order_id = str(600_000_000_000_000_000 + self.state.next_id())
         order.trade_id = str(self.state.next_id())
-        self._asked[order.order_id] = (tgt, str(r.get("sz")), tag)
+        self._asked[order.order_id] = (_target(r), str(r.get("sz")), tag)
         return reply | {"ordId": order.order_id, "sCode": "0", "sMsg": "Order placed"}
+
+    def _fill(self, account: Account, market: Market, r: Params, client_id: str | None) -> Order:
+        side, size = str(r["side"]), Decimal(str(r["sz"]))
+        if r["ordType"] == "ioc":
+            return self.state.fill_limit_ioc(account, market.symbol, side, size,
+                                             Decimal(str(r["px"])), client_id)
+        tgt = _target(r)
+        return self.state.fill(account, market.symbol, side, client_order_id=client_id,
+                               amount=size if tgt == "base_ccy" else None,
+                               cost=size if tgt == "quote_ccy" else None)
 
     def _order_json(self, o: Order) -> dict[str, Any]:
         m = self.state.markets[o.symbol]
         tgt, size, tag = self._asked.get(o.order_id, ("base_ccy", _s(o.amount), ""))
         ms = _ms(o.created)
+
+        def filled(value: str) -> str:  # fill fields stay empty while nothing filled
+            return value if o.amount else ""
+
         return {
             "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tgtCcy": tgt, "ccy": "",
-            "ordId": o.order_id, "clOrdId": o.client_order_id or "", "tag": tag, "px": "",
+            "ordId": o.order_id, "clOrdId": o.client_order_id or "", "tag": tag,
+            "px": "" if o.limit_price is None else _s(o.limit_price),
             "pxUsd": "", "pxVol": "", "pxType": "", "sz": size, "pnl": "0",
-            "ordType": "market", "side": o.side, "posSide": "net", "tdMode": "cash",
-            "accFillSz": _s(o.amount), "fillPx": _s(o.price), "tradeId": o.trade_id,
-            "fillSz": _s(o.amount), "fillTime": ms, "avgPx": _s(o.price), "state": "filled",
+            "ordType": "market" if o.limit_price is None else "ioc", "side": o.side,
+            "posSide": "net", "tdMode": "cash", "accFillSz": _s(o.amount),
+            "fillPx": filled(_s(o.price)), "tradeId": filled(o.trade_id),
+            "fillSz": _s(o.amount), "fillTime": filled(ms), "avgPx": filled(_s(o.price)),
+            "state": o.status,  # an IOC that found no liquidity ends "canceled"
             "lever": "", "attachAlgoClOrdId": "", "tpTriggerPx": "", "tpTriggerPxType": "",
             "tpOrdPx": "", "slTriggerPx": "", "slTriggerPxType": "", "slOrdPx": "",
             "attachAlgoOrds": [], "stpId": "", "stpMode": "cancel_maker",
@@ -282,14 +309,14 @@ class OkxEmulator(EmulatorServer):
         return E_NO_ORDER if order is None else [self._order_json(order)]
 
     async def _pending(self, _account: Account, _p: Params) -> list[Any]:
-        return []  # market orders fill at once: nothing ever rests
+        return []  # market and IOC orders end at once: nothing ever rests
 
     async def _history(self, account: Account, p: Params) -> list[Any]:
         return [self._order_json(o) for o in self._window(account, p)]
 
     async def _fills(self, account: Account, p: Params) -> list[Any]:
         fills = []
-        for o in self._window(account, p):
+        for o in filter(lambda o: o.amount, self._window(account, p)):
             m = self.state.markets[o.symbol]
             fills.append({
                 "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tradeId": o.trade_id,

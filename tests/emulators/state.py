@@ -8,12 +8,21 @@ contract suite can drive every venue the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from enum import Enum
+
+
+def parse_decimal(value: object) -> Decimal | None:
+    """A finite Decimal from a venue's number (a string or a JSON number), else None."""
+    with contextlib.suppress(InvalidOperation, TypeError):
+        parsed = Decimal(str(value))
+        return parsed if parsed.is_finite() else None
+    return None
 
 
 class Fault(Enum):
@@ -49,10 +58,21 @@ class Order:
     side: str  # "buy" | "sell"
     amount: Decimal  # base filled
     cost: Decimal  # quote spent/received
-    price: Decimal
+    price: Decimal  # average fill price, 0 when nothing filled
     created: float
-    status: str = "filled"  # market orders fill at once
+    status: str = "filled"  # "filled" | "canceled" (an IOC limit that did not cross)
     trade_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    limit_price: Decimal | None = None  # None: a market order
+    ordered: Decimal | None = None  # base size a limit order asked for
+
+    @property
+    def order_type(self) -> str:
+        return "market" if self.limit_price is None else "limit"
+
+    @property
+    def size(self) -> Decimal:
+        """Base size asked for: a market order's is what it filled."""
+        return self.amount if self.ordered is None else self.ordered
 
 
 @dataclass
@@ -117,26 +137,69 @@ class VenueState:
         kind is one of "unknown_symbol", "min_not_met", "insufficient_funds".
         Exactly one of amount (base) and cost (quote) is given.
         """
-        market = self.markets.get(symbol)
-        if market is None:
-            raise ValueError("unknown_symbol")
+        market = self._market(symbol)
         price = self.prices[symbol]
         if amount is None:
             assert cost is not None
             amount = (cost / price).quantize(market.amount_step, rounding=ROUND_DOWN)
+        self._check(account, market, side, amount, price)
+        return self._book(account, market, side, amount, price, client_order_id)
+
+    def fill_limit_ioc(
+        self, account: Account, symbol: str, side: str, amount: Decimal, limit_price: Decimal,
+        client_order_id: str | None = None,
+    ) -> Order:
+        """Fill an immediate-or-cancel limit order whole at the current price if that is at or
+        better than `limit_price`, else keep it "canceled" with nothing filled.
+
+        Raises ValueError(kind) as `fill` does, or "invalid_price" for a price off the tick.
+        Funds and minimums are checked at the limit price, as venues reserve at the limit.
+        """
+        market = self._market(symbol)
+        if limit_price <= 0 or limit_price % market.price_step:
+            raise ValueError("invalid_price")
+        self._check(account, market, side, amount, limit_price)
+        price = self.prices[symbol]
+        crosses = price <= limit_price if side == "buy" else price >= limit_price
+        if crosses:
+            return self._book(account, market, side, amount, price, client_order_id,
+                              limit_price=limit_price, ordered=amount)
+        return self._book(account, market, side, Decimal(0), Decimal(0), client_order_id,
+                          limit_price=limit_price, ordered=amount, status="canceled")
+
+    def _market(self, symbol: str) -> Market:
+        market = self.markets.get(symbol)
+        if market is None:
+            raise ValueError("unknown_symbol")
+        return market
+
+    @staticmethod
+    def _check(account: Account, market: Market, side: str, amount: Decimal,
+               price: Decimal) -> None:
+        """Refuse an order of `amount` base at `price` below the minimums or beyond the funds."""
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
         if amount < market.min_amount or cost < market.min_cost:
             raise ValueError("min_not_met")
-        base_bal = account.balances.get(market.base, Decimal(0))
-        quote_bal = account.balances.get(market.quote, Decimal(0))
-        if (side == "buy" and cost > quote_bal) or (side == "sell" and amount > base_bal):
+        held = account.balances.get(market.base if side == "sell" else market.quote, Decimal(0))
+        if (cost if side == "buy" else amount) > held:
             raise ValueError("insufficient_funds")
-        sign = 1 if side == "buy" else -1
-        account.balances[market.base] = base_bal + sign * amount
-        account.balances[market.quote] = quote_bal - sign * cost
+
+    @staticmethod
+    def _book(
+        account: Account, market: Market, side: str, amount: Decimal, price: Decimal,
+        client_order_id: str | None, *, limit_price: Decimal | None = None,
+        ordered: Decimal | None = None, status: str = "filled",
+    ) -> Order:
+        """Keep the order and move the balances by what it filled."""
+        cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+        if amount:
+            sign, balances = (1 if side == "buy" else -1), account.balances
+            balances[market.base] = balances.get(market.base, Decimal(0)) + sign * amount
+            balances[market.quote] = balances.get(market.quote, Decimal(0)) - sign * cost
         order = Order(
-            order_id=str(uuid.uuid4()), client_order_id=client_order_id, symbol=symbol, side=side,
-            amount=amount, cost=cost, price=price, created=time.time(),
+            order_id=str(uuid.uuid4()), client_order_id=client_order_id, symbol=market.symbol,
+            side=side, amount=amount, cost=cost, price=price, created=time.time(),
+            status=status, limit_price=limit_price, ordered=ordered,
         )
         account.orders.append(order)
         return order

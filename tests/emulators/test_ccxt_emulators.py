@@ -10,7 +10,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
@@ -93,6 +93,8 @@ class Venue:
     below_min_amount_error: type[Exception]
     below_min_cost_error: type[Exception]
     min_cost: float | None  # limits.cost.min as ccxt reports it
+    unfilled_ioc_status: str  # ccxt's status for a limit IOC that found no liquidity
+    off_tick_error: type[Exception]  # a limit price off the venue's tick
     passphrase: str | None = None
 
 
@@ -112,6 +114,8 @@ VENUES = [
         below_min_amount_error=ccxt.InvalidOrder,  # EOrder:Order minimum not met
         below_min_cost_error=ccxt.ExchangeError,  # coarse: EOrder:Cost minimum not met unmapped
         min_cost=0.5,
+        unfilled_ioc_status="canceled",
+        off_tick_error=ccxt.ExchangeError,  # coarse: EOrder:Invalid price:... unmapped
     ),
     Venue(
         "binance", BinanceEmulator, binance_client, "binance-secret", by_client_order_id,
@@ -127,6 +131,8 @@ VENUES = [
         below_min_amount_error=ccxt.InvalidOrder,  # -1013 Filter failure: LOT_SIZE (by text)
         below_min_cost_error=ccxt.BadRequest,  # -1013 Filter failure: NOTIONAL
         min_cost=0.5,
+        unfilled_ioc_status="expired",  # EXPIRED
+        off_tick_error=ccxt.InvalidOrder,  # -1013 Filter failure: PRICE_FILTER (by text)
     ),
     Venue(
         "okx", OkxEmulator, okx_client, "okx-secret", by_client_order_id,
@@ -141,6 +147,8 @@ VENUES = [
         below_min_amount_error=ccxt.InvalidOrder,
         below_min_cost_error=ccxt.InvalidOrder,
         min_cost=None,  # OKX instruments publish no minimum notional; ccxt reports None
+        unfilled_ioc_status="canceled",
+        off_tick_error=ccxt.BadRequest,  # sCode 51000 Parameter px error
         passphrase="okx-passphrase",
     ),
 ]
@@ -176,6 +184,12 @@ async def ex(venue: Venue, emulator: EmulatorServer, account: Account) -> AsyncI
         yield client
     finally:
         await client.close()
+
+
+def limit_ioc(ex: Any, side: str, amount: float, price: float, cid: str) -> Awaitable[Any]:
+    """A limit IOC order as the adapters send it through ccxt's unified API."""
+    return ex.create_order("BTC/USD", "limit", side, amount, price,
+                           {"timeInForce": "IOC", "clientOrderId": cid})
 
 
 async def _raises(expected: type[Exception], call: Awaitable[Any]) -> Exception:
@@ -306,6 +320,82 @@ async def test_buy_beyond_balance_raises_insufficient_funds(ex: Any, account: Ac
     assert account.orders == [] and account.balances == BALANCES
 
 
+# --- limit IOC orders ------------------------------------------------------------------------
+
+
+async def test_limit_ioc_buy_at_or_above_the_price_fills_whole_at_the_venue_price(
+    venue: Venue, ex: Any, account: Account,
+) -> None:
+    cid = client_id("limit-buy")
+    placed = await limit_ioc(ex, "buy", 0.001, 45450, cid)
+    found = await venue.find(ex, cid)
+    order = account.order_by_client_id(cid)
+    assert order is not None and placed["id"] == order.order_id
+    assert account.balances == {"USD": Decimal("9955"), "BTC": Decimal("1.001")}
+    assert found is not None and (found["id"], found["status"]) == (order.order_id, "closed")
+    assert (found["type"], found["side"], found["price"]) == ("limit", "buy", 45450)
+    assert (found["amount"], found["filled"], found["average"]) == (0.001, 0.001, 45000)
+
+
+async def test_limit_ioc_buy_below_the_price_ends_unfilled_and_moves_no_funds(
+    venue: Venue, ex: Any, account: Account,
+) -> None:
+    cid = client_id("limit-buy-unfilled")
+    await limit_ioc(ex, "buy", 0.001, 44000, cid)
+    found = await venue.find(ex, cid)
+    assert account.balances == BALANCES and account.orders[0].status == "canceled"
+    assert found is not None and found["status"] == venue.unfilled_ioc_status
+    assert (found["type"], found["price"], found["amount"]) == ("limit", 44000, 0.001)
+    assert (found["filled"], found["average"]) == (0, None)
+    assert await ex.fetch_open_orders("BTC/USD") == []  # an IOC never rests
+
+
+async def test_limit_ioc_sell_fills_at_or_below_the_price_and_not_above_it(
+    venue: Venue, ex: Any, account: Account,
+) -> None:
+    await limit_ioc(ex, "sell", 0.01, 44550, client_id("sell-fills"))
+    await limit_ioc(ex, "sell", 0.01, 46000, client_id("sell-unfilled"))
+    fills = await venue.find(ex, client_id("sell-fills"))
+    unfilled = await venue.find(ex, client_id("sell-unfilled"))
+    assert account.balances == {"USD": Decimal("10450"), "BTC": Decimal("0.99")}
+    assert fills is not None and (fills["status"], fills["filled"], fills["average"]) == (
+        "closed", 0.01, 45000)
+    assert unfilled is not None and (unfilled["status"], unfilled["filled"]) == (
+        venue.unfilled_ioc_status, 0)
+    assert [t["order"] for t in await ex.fetch_my_trades("BTC/USD")] == [fills["id"]]
+
+
+async def test_limit_ioc_order_is_fetched_by_venue_order_id(ex: Any) -> None:
+    placed = await limit_ioc(ex, "buy", 0.001, 45000, client_id("limit-by-id"))
+    fetched = await ex.fetch_order(placed["id"], "BTC/USD")
+    assert (fetched["clientOrderId"], fetched["status"], fetched["type"]) == (
+        client_id("limit-by-id"), "closed", "limit")
+    assert (fetched["price"], fetched["filled"], fetched["cost"]) == (45000, 0.001, 45)
+
+
+async def test_limit_price_off_the_venue_tick_is_refused_and_places_nothing(
+    venue: Venue, ex: Any, emulator: EmulatorServer, account: Account,
+) -> None:
+    # the venue coarsened its tick after the client cached markets: ccxt still rounds to 0.1
+    market = emulator.state.markets["BTC/USD"]
+    emulator.state.markets["BTC/USD"] = replace(market, price_step=Decimal(1))
+    await _raises(venue.off_tick_error, limit_ioc(ex, "buy", 0.001, 45000.5, client_id("tick")))
+    assert account.orders == [] and account.balances == BALANCES
+
+
+async def test_limit_buy_needs_funds_at_its_limit_price(ex: Any, account: Account) -> None:
+    # 0.222 BTC: $9,990 at the venue's price, $10,089.90 at the limit, with $10,000 of cash
+    await _raises(ccxt.InsufficientFunds, limit_ioc(ex, "buy", 0.222, 45450, client_id("funds")))
+    assert account.orders == [] and account.balances == BALANCES
+
+
+async def test_limit_order_resting_on_the_book_is_refused(ex: Any, account: Account) -> None:
+    with pytest.raises(ccxt.BaseError):  # GTC: the emulators keep no resting orders
+        await ex.create_order("BTC/USD", "limit", "buy", 0.001, 44000,
+                              {"clientOrderId": client_id("gtc")})
+    assert account.orders == []
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 
@@ -324,6 +414,29 @@ async def test_order_fault_raises_venue_error_class_and_places_nothing(
     assert await venue.find(ex, cid) is None
     await ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid})
     assert account.order_by_client_id(cid) is not None  # the fault hit one request only
+
+
+@pytest.mark.parametrize("fault", [f for f in Fault if f is not Fault.TIMEOUT_AFTER_ACCEPT],
+                         ids=lambda f: f.value)
+async def test_limit_order_fault_raises_the_market_order_error_and_places_nothing(
+    venue: Venue, ex: Any, account: Account, fault: Fault,
+) -> None:
+    account.faults.append(fault)
+    await _raises(venue.fault_errors[fault], limit_ioc(ex, "buy", 0.001, 45450, client_id("f")))
+    assert account.orders == [] and account.faults == []
+
+
+async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
+    venue: Venue, ex: Any, emulator: EmulatorServer, account: Account,
+) -> None:
+    emulator.state.timeout_hold_s = 2.0
+    ex.timeout = 500  # ms
+    account.faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
+    cid = client_id("limit-timeout")
+    await _raises(ccxt.RequestTimeout, limit_ioc(ex, "buy", 0.001, 44000, cid))
+    found = await venue.find(ex, cid)
+    assert found is not None and (found["status"], found["filled"]) == (
+        venue.unfilled_ioc_status, 0)
 
 
 async def test_timeout_after_accept_raises_request_timeout_and_order_exists(

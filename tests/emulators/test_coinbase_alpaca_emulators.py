@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -14,10 +15,10 @@ import pytest_asyncio
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
+from alpaca.trading.enums import OrderSide, OrderStatus, OrderType, TimeInForce
 from alpaca.trading.models import Order as AlpacaOrder
 from alpaca.trading.models import TradeActivity
-from alpaca.trading.requests import MarketOrderRequest
+from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 
 from tests.emulators.alpaca import AlpacaEmulator
 from tests.emulators.coinbase import CoinbaseEmulator
@@ -89,7 +90,20 @@ def market_order(symbol: str, side: OrderSide, **size: Any) -> MarketOrderReques
     return MarketOrderRequest(symbol=symbol, side=side, time_in_force=tif, **size)
 
 
-async def submit(client: TradingClient, order: MarketOrderRequest) -> AlpacaOrder:
+def limit_ioc(symbol: str, side: OrderSide, qty: float, price: float,
+              client_order_id: str | None = None) -> LimitOrderRequest:
+    return LimitOrderRequest(symbol=symbol, side=side, qty=qty, limit_price=price,
+                             time_in_force=TimeInForce.IOC, client_order_id=client_order_id)
+
+
+def cb_limit_ioc(cb: ccxt.coinbase, side: str, amount: float, price: float, cid: str) -> Any:
+    # ccxt drops the unified clientOrderId for coinbase: the raw client_order_id param is kept
+    return cb.create_order("BTC/USD", "limit", side, amount, price,
+                           {"timeInForce": "IOC", "client_order_id": cid})
+
+
+async def submit(client: TradingClient, order: MarketOrderRequest | LimitOrderRequest,
+                 ) -> AlpacaOrder:
     return await asyncio.to_thread(client.submit_order, order)  # type: ignore[return-value]
 
 
@@ -223,13 +237,16 @@ async def test_wrong_secret_is_refused_with_authentication_error(
         await exchange.close()
 
 
-@pytest.mark.parametrize(("fault", "error"), [
+CB_FAULTS = pytest.mark.parametrize(("fault", "error"), [
     (Fault.HTTP_500, ccxt.ExchangeError),  # ccxt maps Coinbase's JSON 5xx to plain ExchangeError
     (Fault.RATE_LIMIT, ccxt.RateLimitExceeded),
     (Fault.INSUFFICIENT_FUNDS, ccxt.InsufficientFunds),
     (Fault.INVALID_KEY, ccxt.AuthenticationError),
     (Fault.MIN_NOT_MET, ccxt.ExchangeError),  # PREVIEW_INVALID_*_SIZE_TOO_SMALL is unmapped
 ])
+
+
+@CB_FAULTS
 async def test_order_fault_raises_ccxt_error_and_places_nothing(
     coinbase: CoinbaseEmulator, cb: ccxt.coinbase, fault: Fault, error: type[Exception],
 ) -> None:
@@ -270,6 +287,104 @@ async def test_timeout_after_accept_raises_request_timeout_but_order_exists(
 
     assert [(o["clientOrderId"], o["status"], o["filled"]) for o in history] == [
         ("t-1", "closed", 0.1)]
+
+
+# -- Coinbase limit IOC (sor_limit_ioc) --------------------------------------------------------
+
+
+async def test_limit_ioc_buy_at_or_above_the_price_fills_at_the_venue_price(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    placed = await cb_limit_ioc(cb, "buy", 0.001, 45450, "lim-buy")
+    order = await cb.fetch_order(placed["id"])
+
+    assert order["info"]["order_configuration"] == {
+        "sor_limit_ioc": {"base_size": "0.001", "limit_price": "45450"}}
+    assert (order["status"], order["type"], order["timeInForce"], order["price"]) == (
+        "closed", "limit", "IOC", 45450.0)
+    assert (order["amount"], order["filled"], order["average"]) == (0.001, 0.001, 45000.0)
+    assert coinbase.state.accounts[CB_KEY].balances == {
+        "USD": Decimal("9955"), "BTC": Decimal("1.001")}
+
+
+async def test_limit_ioc_buy_below_the_price_is_cancelled_unfilled(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    await cb_limit_ioc(cb, "buy", 0.001, 44000, "lim-unfilled")
+    history = await cb.fetch_orders("BTC/USD")
+    found = next(o for o in history if o["clientOrderId"] == "lim-unfilled")
+
+    assert (found["info"]["status"], found["status"]) == ("CANCELLED", "canceled")
+    assert (found["filled"], found["average"], found["price"]) == (0.0, None, 44000.0)
+    assert await cb.fetch_my_trades("BTC/USD") == []
+    assert coinbase.state.accounts[CB_KEY].balances == {"USD": Decimal(10000), "BTC": Decimal(1)}
+
+
+async def test_limit_ioc_sell_fills_at_or_below_the_price_and_not_above_it(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    await cb_limit_ioc(cb, "sell", 0.1, 44550, "sell-fills")
+    await cb_limit_ioc(cb, "sell", 0.1, 46000, "sell-unfilled")
+    found = {o["clientOrderId"]: o for o in await cb.fetch_orders("BTC/USD")}
+
+    assert (found["sell-fills"]["status"], found["sell-fills"]["filled"]) == ("closed", 0.1)
+    assert (found["sell-unfilled"]["status"], found["sell-unfilled"]["filled"]) == (
+        "canceled", 0.0)
+    assert coinbase.state.accounts[CB_KEY].balances == {
+        "USD": Decimal("14500"), "BTC": Decimal("0.9")}
+
+
+async def test_limit_price_off_the_product_increment_is_refused(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    # the product's increment grew after ccxt cached markets: it still rounds to 0.1
+    market = coinbase.state.markets["BTC/USD"]
+    coinbase.state.markets["BTC/USD"] = dataclasses.replace(market, price_step=Decimal(1))
+
+    with pytest.raises(ccxt.BaseError) as raised:
+        await cb_limit_ioc(cb, "buy", 0.001, 45000.5, "off-tick")
+
+    assert raised.type is ccxt.ExchangeError  # INVALID_PRICE_PRECISION is unmapped
+    assert "PREVIEW_INVALID_PRICE_PRECISION" in str(raised.value)
+    assert coinbase.state.accounts[CB_KEY].orders == []
+
+
+async def test_limit_buy_needs_funds_at_its_limit_price(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    with pytest.raises(ccxt.InsufficientFunds):  # $9,990 at the price, $10,089.90 at the limit
+        await cb_limit_ioc(cb, "buy", 0.222, 45450, "lim-funds")
+
+    assert coinbase.state.accounts[CB_KEY].orders == []
+
+
+@CB_FAULTS
+async def test_limit_order_fault_raises_the_market_order_error(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase, fault: Fault, error: type[Exception],
+) -> None:
+    account = coinbase.state.accounts[CB_KEY]
+    account.faults.append(fault)
+
+    with pytest.raises(ccxt.BaseError) as raised:
+        await cb_limit_ioc(cb, "sell", 0.1, 44550, "lim-fault")
+
+    assert raised.type is error
+    assert (account.orders, account.faults) == ([], [])
+
+
+async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
+    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+) -> None:
+    coinbase.state.accounts[CB_KEY].faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
+    cb.timeout = 300  # ms
+
+    with pytest.raises(ccxt.RequestTimeout):
+        await cb_limit_ioc(cb, "buy", 0.001, 44000, "lim-timeout")
+    cb.timeout = 10_000
+    history = await cb.fetch_orders("BTC/USD")
+
+    assert [(o["clientOrderId"], o["status"], o["filled"]) for o in history] == [
+        ("lim-timeout", "canceled", 0.0)]
 
 
 # -- Alpaca ------------------------------------------------------------------------------------
@@ -376,13 +491,16 @@ async def test_wrong_secret_is_refused_with_401(alpaca: AlpacaEmulator) -> None:
         401, 40110000, "request is not authorized")
 
 
-@pytest.mark.parametrize(("fault", "status", "code"), [
+AP_FAULTS = pytest.mark.parametrize(("fault", "status", "code"), [
     (Fault.HTTP_500, 500, 50010000),
     (Fault.RATE_LIMIT, 429, 42910000),
     (Fault.INSUFFICIENT_FUNDS, 403, 40310000),
     (Fault.INVALID_KEY, 401, 40110000),
     (Fault.MIN_NOT_MET, 403, 40310000),
 ])
+
+
+@AP_FAULTS
 async def test_order_fault_raises_api_error_and_places_nothing(
     alpaca: AlpacaEmulator, client: TradingClient, fault: Fault, status: int, code: int,
 ) -> None:
@@ -419,3 +537,103 @@ async def test_timeout_after_accept_times_out_client_but_order_exists(
     found = await asyncio.to_thread(patient.get_order_by_client_id, "t-1")
 
     assert (found.status, found.filled_qty) == (OrderStatus.FILLED, "0.1")
+
+
+# -- Alpaca limit IOC --------------------------------------------------------------------------
+
+
+async def test_limit_ioc_crypto_buy_within_its_price_fills_at_the_venue_price(
+    alpaca: AlpacaEmulator, client: TradingClient,
+) -> None:
+    order = await submit(client, limit_ioc("BTC/USD", OrderSide.BUY, 0.001, 45450, "lim-1"))
+    found = await asyncio.to_thread(client.get_order_by_client_id, "lim-1")
+
+    assert (order.status, order.filled_qty, order.filled_avg_price) == (
+        OrderStatus.FILLED, "0.001", "45000")
+    assert (found.id, found.type, found.time_in_force, found.limit_price) == (
+        order.id, OrderType.LIMIT, TimeInForce.IOC, "45450")
+    assert alpaca.state.accounts[AP_KEY].balances["USD"] == Decimal("9955")
+
+
+async def test_limit_ioc_stock_buy_beyond_its_price_is_canceled_unfilled(
+    alpaca: AlpacaEmulator, client: TradingClient,
+) -> None:
+    order = await submit(client, limit_ioc("AAPL", OrderSide.BUY, 2, 189.5, "lim-2"))
+    found = await asyncio.to_thread(client.get_order_by_client_id, "lim-2")
+    fills = await asyncio.to_thread(client.get, "/account/activities/FILL")
+
+    assert (order.status, order.filled_qty, order.filled_avg_price) == (
+        OrderStatus.CANCELED, "0", None)
+    assert (found.status, found.qty, found.limit_price, found.canceled_at is not None) == (
+        OrderStatus.CANCELED, "2", "189.5", True)
+    assert fills == []
+    assert alpaca.state.accounts[AP_KEY].balances == {"USD": Decimal(10000), "BTC": Decimal("0.5")}
+
+
+async def test_limit_ioc_sell_credits_cash_only_when_it_crosses(
+    alpaca: AlpacaEmulator, client: TradingClient,
+) -> None:
+    filled = await submit(client, limit_ioc("BTC/USD", OrderSide.SELL, 0.1, 44550))
+    unfilled = await submit(client, limit_ioc("BTC/USD", OrderSide.SELL, 0.1, 46000))
+
+    assert (filled.status, filled.filled_qty, filled.filled_avg_price) == (
+        OrderStatus.FILLED, "0.1", "45000")
+    assert (unfilled.status, unfilled.filled_qty) == (OrderStatus.CANCELED, "0")
+    assert alpaca.state.accounts[AP_KEY].balances == {
+        "USD": Decimal("14500"), "BTC": Decimal("0.4")}
+
+
+@pytest.mark.parametrize(("symbol", "price"), [("AAPL", 190.005), ("BTC/USD", 45000.05)])
+async def test_limit_price_off_the_tick_is_refused_with_422(
+    alpaca: AlpacaEmulator, client: TradingClient, symbol: str, price: float,
+) -> None:
+    refused = await api_error(client.submit_order, limit_ioc(symbol, OrderSide.BUY, 1, price))
+
+    assert (refused.status_code, refused.code, refused.message) == (
+        422, 42210000, f"invalid limit_price {price}. sub-penny increment does not fulfill "
+        "minimum pricing criteria")
+    assert alpaca.state.accounts[AP_KEY].orders == []
+
+
+@pytest.mark.parametrize(("order", "status", "message"), [
+    (limit_ioc("BTC/USD", OrderSide.BUY, 0.222, 45450), 403,
+     "insufficient balance for USD (requested: 10089.9, available: 10000)"),  # at the limit
+    (LimitOrderRequest(symbol="BTC/USD", side=OrderSide.BUY, qty=0.001, limit_price=44000,
+                       time_in_force=TimeInForce.GTC), 422,
+     "only market and ioc limit orders are emulated"),  # nothing rests on the emulator's book
+])
+async def test_limit_order_refused_by_the_venue_places_nothing(
+    alpaca: AlpacaEmulator, client: TradingClient, order: LimitOrderRequest, status: int,
+    message: str,
+) -> None:
+    refused = await api_error(client.submit_order, order)
+
+    assert (refused.status_code, refused.message) == (status, message)
+    assert alpaca.state.accounts[AP_KEY].orders == []
+
+
+@AP_FAULTS
+async def test_limit_order_fault_raises_the_same_api_error(
+    alpaca: AlpacaEmulator, client: TradingClient, fault: Fault, status: int, code: int,
+) -> None:
+    account = alpaca.state.accounts[AP_KEY]
+    account.faults.append(fault)
+
+    refused = await api_error(client.submit_order, limit_ioc("BTC/USD", OrderSide.SELL, 0.1, 44550))
+
+    assert (refused.status_code, refused.code) == (status, code)
+    assert (account.orders, account.faults) == ([], [])
+
+
+async def test_timeout_after_accept_on_a_limit_order_finds_it_canceled(
+    alpaca: AlpacaEmulator,
+) -> None:
+    alpaca.state.accounts[AP_KEY].faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
+    impatient, patient = trading_client(alpaca.url, timeout_s=0.3), trading_client(alpaca.url)
+    order = limit_ioc("BTC/USD", OrderSide.BUY, 0.001, 44000, "lim-timeout")
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        await asyncio.to_thread(impatient.submit_order, order)
+    found = await asyncio.to_thread(patient.get_order_by_client_id, "lim-timeout")
+
+    assert (found.status, found.filled_qty) == (OrderStatus.CANCELED, "0")
