@@ -42,9 +42,16 @@ def market(side: Side, size: str, size_type: SizeType = "base", label: str = "",
                         reference_price=PRICE)
 
 
+def limit(side: Side, size: str, price: str, label: str = "") -> OrderCommand:
+    """An immediate-or-cancel limit order for BTC/USD (the venue's price is 45,000)."""
+    return OrderCommand(client_order_id=client_id(label or f"limit-{side}-{size}-{price}"),
+                        symbol="BTC/USD", side=side, size=Decimal(size), size_type="base",
+                        reference_price=PRICE, limit_price=Decimal(price))
+
+
 async def settled(account: ExchangeAccount, ack: OrderAck, symbol: str = "BTC/USD") -> OrderAck:
-    """The order's fill: a venue may acknowledge first (Alpaca's pending_new) and fill after."""
-    if ack.status == "filled":
+    """The order's end: a venue may acknowledge first (Alpaca's pending_new) and fill after."""
+    if ack.status != "submitted":
         return ack
     found = await account.find_order(ack.client_order_id, symbol)
     assert found is not None
@@ -301,3 +308,60 @@ async def test_second_follower_shares_markets_and_http_session(venue: VenueUnder
     assert second_rules == first_rules
     assert venue.session_of(second) is venue.session_of(venue.account) is not None
     assert await second.snapshot() == await venue.account.snapshot()
+
+
+# --- limit orders (the slippage guard's limit mode): immediate-or-cancel, never resting ----------
+
+
+async def test_limit_buy_within_its_price_fills_at_the_venue_price(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(limit("buy", "0.001", "45450")))
+    position = await venue.account.position("BTC/USD")
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
+    assert position == Decimal("1.001")
+
+
+async def test_limit_sell_within_its_price_fills_at_the_venue_price(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(limit("sell", "0.01", "44550")))
+    position = await venue.account.position("BTC/USD")
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.01"), PRICE)
+    assert position == Decimal("0.99")
+
+
+async def test_limit_buy_beyond_its_price_expires_without_trading(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(limit("buy", "0.001", "44000")))
+    snapshot = await venue.account.snapshot()
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("expired", None, None)
+    assert (snapshot.cash, await venue.account.position("BTC/USD")) == (Decimal(10000), Decimal(1))
+
+
+async def test_limit_sell_beyond_its_price_expires_without_trading(venue: VenueUnderTest) -> None:
+    ack = await settled(venue.account, await venue.account.place_order(limit("sell", "0.01", "46000")))
+
+    assert ack.status == "expired"
+    assert await venue.account.position("BTC/USD") == Decimal(1)
+
+
+async def test_expired_limit_order_after_timeout_is_found_not_placed_again(
+    venue: VenueUnderTest,
+) -> None:
+    venue.set_timeout_hold(10 * HTTP_TIMEOUT_S)  # released when the venue stops
+    await venue.inject("timeout_after_accept")
+    order = limit("buy", "0.001", "44000", label="expired-timeout")
+
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
+                                   backoff_s=0.01)
+    found = await venue.account.find_order(order.client_order_id, "BTC/USD")
+
+    assert (await settled(venue.account, ack)).status == "expired"
+    assert found is not None and found.status == "expired"
+    assert len(await venue.orders()) == 1
+
+
+async def test_limit_buy_needs_funds_at_its_limit_price(venue: VenueUnderTest) -> None:
+    # 0.222 BTC: $9,990 at the venue's price, $10,089.90 at the limit, with $10,000 of cash
+    error = await raised(venue.account.place_order(limit("buy", "0.222", "45450")))
+
+    assert isinstance(error, InsufficientFunds)
