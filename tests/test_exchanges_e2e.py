@@ -148,3 +148,26 @@ async def test_fill_made_on_the_coinbase_website_is_copied_once(system: System, 
 
     signals = (await system.js.stream_info(bus.SIGNALS_STREAM)).state.messages
     assert (published, after_restart, signals) == (1, 0, 1)
+
+
+async def test_kraken_limit_mode_fills_within_tolerance_and_expires_when_kraken_ran(
+    system: System, venues: Venues,
+) -> None:
+    followers = {"alice": 1_000, "bob": 5_000}
+    guard = {"max_price_deviation_pct": "1", "slippage_action": "limit"}
+    master = await _start(system, venues, venues.config(followers, risk=guard))
+
+    first = await master.trade(trade(quote="500"))  # $45,000 on Coinbase: limit $45,450
+    first_results = await system.wait_results(first.signal_id, 3)
+    venues.kraken.state.prices["BTC/USD"] = Decimal("46000")  # Kraken ran 2.2% ahead
+    second = await master.trade(trade(quote="500"))
+    second_results = await system.wait_results(second.signal_id, 3)
+
+    kraken = [(o.order_type, o.limit_price, o.status) for f in followers
+              for o in venues.orders("kraken", f)]
+    assert kraken == [("limit", Decimal("45450.0"), "filled"),
+                      ("limit", Decimal("45450.0"), "canceled")] * 2
+    assert {f: first_results[f].outcome for f in followers} == {"alice": "filled", "bob": "filled"}
+    assert {f: second_results[f].reason_code for f in followers} == {
+        "alice": "limit_not_filled", "bob": "limit_not_filled"}
+    assert second_results["erin"].outcome in ("filled", "submitted")  # no guard: a market order
