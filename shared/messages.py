@@ -100,7 +100,7 @@ class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown
     signal_executed_at: float = 0.0
     received_at: float = 0.0
     order_sent_at: float | None = None
-    acked_at: float | None = None
+    acked_at: float | None = None  # the venue accepted the order (its fill may be read after)
 
 
 class SignalRejected(Struct, frozen=True, kw_only=True, tag="rejected"):

@@ -243,7 +243,7 @@ class CopyExecutor:
             ack = await place_idempotently(follower.account, command,
                                            timeout_s=self._settings.order_timeout_s)
             follower.apply_fill(command.symbol, order.side, ack)
-            self._metrics.copy_latency.observe(time.time() - signal.executed_at)
+            self._metrics.copy_latency.observe((ack.accepted_at or time.time()) - signal.executed_at)
             result = self._placed(signal, follower, order, ack, received_at, sent_at, recovered)
         except ExchangeError as exc:
             result = self._failed(signal, follower, order, claim.client_order_id, exc,
@@ -345,7 +345,7 @@ class CopyExecutor:
             size_type=order.size_type, notional=order.notional,
             client_order_id=ack.client_order_id, exchange_order_id=ack.exchange_order_id,
             filled_base=ack.filled_base, avg_price=ack.avg_price, recovered=recovered,
-            order_sent_at=sent_at, acked_at=time.time(),
+            order_sent_at=sent_at, acked_at=ack.accepted_at or time.time(),
             **self._base(signal, follower, received_at))  # type: ignore[arg-type]
 
     def _dry_run(self, signal: TradeSignal, follower: Follower, order: SizedOrder,

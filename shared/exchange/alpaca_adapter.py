@@ -16,12 +16,14 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
@@ -298,7 +300,8 @@ class AlpacaAccount:
             if found is None:
                 raise InvalidOrder("alpaca: client order id reused") from None
             return found
-        return _ack(placed)  # usually pending_new: find_order reads the fill later
+        # usually pending_new: find_order reads the fill later
+        return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         found = await self._call("get", "/orders:by_client_order_id",

@@ -22,9 +22,11 @@ milliseconds, but a key once used with it cannot go back to a millisecond client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from decimal import ROUND_DOWN, Decimal
@@ -34,6 +36,7 @@ from urllib.parse import urlparse
 import aiohttp
 import ccxt.async_support as ccxt
 import certifi
+import msgspec
 
 from shared.config import AccountConfig, Credentials
 from shared.errors import (
@@ -60,6 +63,7 @@ log = logging.getLogger("copytrade.exchange.ccxt")
 _VENDOR_LOG = logging.getLogger("copytrade.exchange.ccxt.vendor")
 _VENDOR_LOG.setLevel(logging.INFO)
 HTTP_CONNECTIONS = 512  # per shared session: all followers of one venue in one process
+FILL_READ_DEFER_S = 1.0  # most a fill read waits for the venue's placements in flight
 
 # ccxt class -> ours, most specific first; venue codes (CcxtVenue.reclassify) are checked before.
 _BY_CLASS: tuple[tuple[type[Exception], type[ExchangeError]], ...] = (
@@ -108,6 +112,9 @@ class CcxtShare:
         self._session: aiohttp.ClientSession | None = None
         self._markets: Any = None  # the instance whose market table everybody uses
         self._loading = asyncio.Lock()
+        self._placing = 0  # create_order calls in flight, all accounts of the venue
+        self._placed = asyncio.Event()  # set while none are
+        self._placed.set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -150,6 +157,27 @@ class CcxtShare:
                 log.info("event=markets_loaded venue=%s markets=%d", self.venue.name,
                          len(loader.markets))
         return self._markets
+
+    @contextmanager
+    def placing(self) -> Iterator[None]:
+        """Count an order placement in flight (see `placements_done`)."""
+        self._placing += 1
+        self._placed.clear()
+        try:
+            yield
+        finally:
+            self._placing -= 1
+            if not self._placing:
+                self._placed.set()
+
+    async def placements_done(self) -> None:
+        """Wait (a bounded time) until no order of this venue is being placed in the process.
+
+        Reading an order's fill is bookkeeping; placing is what the copy latency is: in a fan-out
+        to many followers, every order goes out before the first fill is read back.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._placed.wait(), FILL_READ_DEFER_S)
 
     async def close(self) -> None:
         loader, self._markets = self._markets, None
@@ -347,16 +375,19 @@ class CcxtAccount:
             kind, price, params = "limit", float(order.limit_price), params | {"timeInForce": "IOC"}
         with vendor_calls(self._venue):
             try:
-                placed = await ex.create_order(order.symbol, kind, order.side, amount, price,
-                                               params)
+                with self._share.placing():
+                    placed = await ex.create_order(order.symbol, kind, order.side, amount, price,
+                                                   params)
+                accepted_at = time.time()
             except ccxt.DuplicateOrderId:  # placed before: report that order
                 found = await self.find_order(order.client_order_id, order.symbol)
                 if found is None:
                     raise
                 return found
         if placed.get("status") is None or placed.get("filled") is None:  # Kraken, OKX, Coinbase
+            await self._share.placements_done()
             placed = await self._read_fill(ex, placed, order)
-        return _ack(placed, order.client_order_id)
+        return msgspec.structs.replace(_ack(placed, order.client_order_id), accepted_at=accepted_at)
 
     async def _read_fill(self, ex: Any, placed: dict[str, Any], order: OrderCommand) -> dict[str, Any]:
         """The order as the venue reports it now; the bare reply if that cannot be read (the

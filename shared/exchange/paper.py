@@ -364,7 +364,7 @@ class PaperAccount:
     async def place_order(self, order: OrderCommand) -> OrderAck:
         placed = (await self._ok(Place(self.account_id, order))).order
         assert placed is not None
-        return _ack(placed)
+        return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         found = (await self._ok(Find(self.account_id, client_order_id))).order

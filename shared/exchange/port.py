@@ -34,6 +34,8 @@ class OrderAck(Struct, frozen=True, kw_only=True):
     status: OrderStatus
     filled_base: Decimal | None = None
     avg_price: Decimal | None = None
+    # unix time of the venue's reply accepting the order; None for an order found, not placed now
+    accepted_at: float | None = None
 
 
 class AccountSnapshot(Struct, frozen=True, kw_only=True):

@@ -122,6 +122,17 @@ async def test_base_sized_buy_fills_the_amount(venue: VenueUnderTest) -> None:
     assert position == Decimal("1.001")
 
 
+async def test_placed_order_carries_its_acceptance_time_and_a_found_one_none(
+    venue: VenueUnderTest,
+) -> None:
+    before = time.time()
+    placed = await venue.account.place_order(market("buy", "0.001", label="accepted"))
+    found = await venue.account.find_order(placed.client_order_id, "BTC/USD")
+
+    assert placed.accepted_at is not None and before <= placed.accepted_at <= time.time()
+    assert found is not None and found.accepted_at is None
+
+
 async def test_base_sized_sell_fills_and_credits_cash(venue: VenueUnderTest) -> None:
     ack = await settled(venue.account, await venue.account.place_order(market("sell", "0.01")))
     snapshot = await venue.account.snapshot()
