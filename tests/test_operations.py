@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from services.copier.reload import fingerprint
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
 from tests.natsserver import free_port
 
@@ -67,6 +68,21 @@ async def _start(system: System, followers: dict[str, int], **env: str) -> tuple
 
 def _reloads(port: int, outcome: str) -> float | None:
     return metric(scrape(port), f'copytrade_config_reloads_total{{outcome="{outcome}"}}')
+
+
+def test_fingerprint_changes_with_a_swapped_secret_or_a_rewritten_config_only(tmp_path: Path) -> None:
+    config, secrets = tmp_path / "copytrade.yaml", tmp_path / "secrets"
+    config.write_text("version: 1\n")
+    mount(secrets, {"KRAKEN_USER_A_API_KEY": "key-1", "KRAKEN_USER_A_API_SECRET": "secret-1"})
+    first, unchanged = fingerprint(config, secrets), fingerprint(config, secrets)
+
+    mount(secrets, {"KRAKEN_USER_A_API_KEY": "key-2", "KRAKEN_USER_A_API_SECRET": "secret-1"})
+    swapped = fingerprint(config, secrets)
+    config.write_text("version: 1  # edited\n")
+    rewritten = fingerprint(config, secrets)
+
+    assert first == unchanged
+    assert len({first, swapped, rewritten}) == 3
 
 
 async def test_swapped_config_adds_and_removes_followers_without_restart(system: System) -> None:
