@@ -5,13 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.sizer.sizing import size_follower
-import msgspec
-import pytest
-
 from shared.messages import (
     FollowerSnapshot,
     MarketRules,
