@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 from services.copier.followers import FollowerBook
@@ -53,8 +52,6 @@ async def run(settings: Settings) -> None:
         failed = await book.connect_all(lazy=len(book.all()) > settings.spread_threshold)
         if failed:
             log.warning("event=followers_not_connected followers=%s", ",".join(failed))
-        gc.collect()
-        gc.freeze()  # clients and markets live as long as the process: no full GC walks them
         claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
