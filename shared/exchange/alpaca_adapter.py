@@ -53,6 +53,8 @@ NOTIONAL_STEP = Decimal("0.01")
 STOCK_PRICE_STEP = Decimal("0.01")
 HTTP_CONNECTIONS = 64  # the shared session's pool; threads beyond it wait for a connection
 FILL_PAGE = 100
+# pauses before each read-back of a just-placed order Alpaca still shows working (pending_new)
+FILL_READS_S = (0.0, 0.2, 0.5)
 
 
 class _AlreadyPlaced(InvalidOrder):
@@ -300,8 +302,26 @@ class AlpacaAccount:
             if found is None:
                 raise InvalidOrder("alpaca: client order id reused") from None
             return found
-        # usually pending_new: find_order reads the fill later
-        return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
+        accepted_at = time.time()
+        ack = await self._read_fill(_ack(placed), order)
+        return msgspec.structs.replace(ack, accepted_at=accepted_at)
+
+    async def _read_fill(self, ack: OrderAck, order: OrderCommand) -> OrderAck:
+        """The order's outcome, read back while Alpaca still shows it working: its submit reply
+        is usually pending_new with nothing filled. Still working after the last read (a stock
+        order outside market hours waits for the open), or unreadable: submitted, as placed."""
+        for pause in FILL_READS_S:
+            if ack.status != "submitted":
+                break
+            await asyncio.sleep(pause)
+            try:
+                found = await self.find_order(order.client_order_id, order.symbol)
+            except ExchangeError as exc:
+                log.warning("event=order_fill_unread venue=alpaca account=%s client_order_id=%s "
+                            "error=%s", self.account_id, order.client_order_id, type(exc).__name__)
+                break
+            ack = found or ack
+        return ack
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         found = await self._call("get", "/orders:by_client_order_id",

@@ -22,7 +22,7 @@ from shared.errors import (
     TemporaryError,
 )
 from shared.exchange.placing import place_idempotently
-from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
+from shared.exchange.port import OrderCommand
 from shared.messages import Side, SizeType
 from tests.contract.conftest import HTTP_TIMEOUT_S, VenueUnderTest
 
@@ -47,15 +47,6 @@ def limit(side: Side, size: str, price: str, label: str = "") -> OrderCommand:
     return OrderCommand(client_order_id=client_id(label or f"limit-{side}-{size}-{price}"),
                         symbol="BTC/USD", side=side, size=Decimal(size), size_type="base",
                         reference_price=PRICE, limit_price=Decimal(price))
-
-
-async def settled(account: ExchangeAccount, ack: OrderAck, symbol: str = "BTC/USD") -> OrderAck:
-    """The order's end: a venue may acknowledge first (Alpaca's pending_new) and fill after."""
-    if ack.status != "submitted":
-        return ack
-    found = await account.find_order(ack.client_order_id, symbol)
-    assert found is not None
-    return found
 
 
 async def raised(call: Awaitable[object]) -> ExchangeError:
@@ -95,7 +86,7 @@ async def test_market_rules_of_unlisted_symbol_are_none(venue: VenueUnderTest) -
 
 
 async def test_quote_sized_buy_spends_about_the_quote_amount(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(market("buy", "90", "quote")))
+    ack = await venue.account.place_order(market("buy", "90", "quote"))
     position = await venue.account.position("BTC/USD")
 
     assert ack.status == "filled" and ack.filled_base is not None and ack.avg_price is not None
@@ -107,15 +98,14 @@ async def test_quote_sized_buy_spends_about_the_quote_amount(venue: VenueUnderTe
 async def test_quote_sized_buy_of_every_listed_symbol_fills(venue: VenueUnderTest) -> None:
     results = []
     for symbol in venue.listed:
-        placed = await venue.account.place_order(market("buy", "30", "quote", symbol=symbol))
-        ack = await settled(venue.account, placed, symbol)
+        ack = await venue.account.place_order(market("buy", "30", "quote", symbol=symbol))
         results.append((ack.status, ack.avg_price, await venue.account.position(symbol) > 0))
 
     assert results == [("filled", price, True) for price in venue.listed.values()]
 
 
 async def test_base_sized_buy_fills_the_amount(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(market("buy", "0.001")))
+    ack = await venue.account.place_order(market("buy", "0.001"))
     position = await venue.account.position("BTC/USD")
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
@@ -134,7 +124,7 @@ async def test_placed_order_carries_its_acceptance_time_and_a_found_one_none(
 
 
 async def test_base_sized_sell_fills_and_credits_cash(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(market("sell", "0.01")))
+    ack = await venue.account.place_order(market("sell", "0.01"))
     snapshot = await venue.account.snapshot()
     position = await venue.account.position("BTC/USD")
 
@@ -189,7 +179,7 @@ async def test_place_idempotently_after_timeout_places_exactly_one_order(
 
     assert ack.client_order_id == order.client_order_id
     assert len(await venue.orders()) == 1
-    assert (await settled(venue.account, ack)).filled_base == Decimal("0.001")
+    assert ack.filled_base == Decimal("0.001")
 
 
 async def test_server_error_is_temporary_and_retry_places_one_order(venue: VenueUnderTest) -> None:
@@ -325,7 +315,7 @@ async def test_second_follower_shares_markets_and_http_session(venue: VenueUnder
 
 
 async def test_limit_buy_within_its_price_fills_at_the_venue_price(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(limit("buy", "0.001", "45450")))
+    ack = await venue.account.place_order(limit("buy", "0.001", "45450"))
     position = await venue.account.position("BTC/USD")
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
@@ -333,7 +323,7 @@ async def test_limit_buy_within_its_price_fills_at_the_venue_price(venue: VenueU
 
 
 async def test_limit_sell_within_its_price_fills_at_the_venue_price(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(limit("sell", "0.01", "44550")))
+    ack = await venue.account.place_order(limit("sell", "0.01", "44550"))
     position = await venue.account.position("BTC/USD")
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.01"), PRICE)
@@ -341,7 +331,7 @@ async def test_limit_sell_within_its_price_fills_at_the_venue_price(venue: Venue
 
 
 async def test_limit_buy_beyond_its_price_expires_without_trading(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(limit("buy", "0.001", "44000")))
+    ack = await venue.account.place_order(limit("buy", "0.001", "44000"))
     snapshot = await venue.account.snapshot()
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("expired", None, None)
@@ -349,7 +339,7 @@ async def test_limit_buy_beyond_its_price_expires_without_trading(venue: VenueUn
 
 
 async def test_limit_sell_beyond_its_price_expires_without_trading(venue: VenueUnderTest) -> None:
-    ack = await settled(venue.account, await venue.account.place_order(limit("sell", "0.01", "46000")))
+    ack = await venue.account.place_order(limit("sell", "0.01", "46000"))
 
     assert ack.status == "expired"
     assert await venue.account.position("BTC/USD") == Decimal(1)
@@ -366,7 +356,7 @@ async def test_expired_limit_order_after_timeout_is_found_not_placed_again(
                                    backoff_s=0.01)
     found = await venue.account.find_order(order.client_order_id, "BTC/USD")
 
-    assert (await settled(venue.account, ack)).status == "expired"
+    assert ack.status == "expired"
     assert found is not None and found.status == "expired"
     assert len(await venue.orders()) == 1
 

@@ -5,7 +5,8 @@ strings, as Alpaca sends them. Crypto is "BTC/USD" in orders, assets and activit
 "BTCUSD" in positions; stocks are their base ("AAPL"). Market and ioc limit orders end at once
 (an ioc limit that does not cross ends "canceled"); with `fill_on_submit_reply = False` the
 submit reply says "pending_new" with filled_qty "0" and only a later GET shows the outcome, as
-real Alpaca usually answers.
+real Alpaca usually answers; `working_reads` more GETs of each order show it still "new" first
+(a stock order waiting for the open never ends).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class AlpacaEmulator(EmulatorServer):
         self.app.middlewares.append(self._latency)
         self.stocks = stocks  # bases traded as us_equity; the rest is crypto
         self.fill_on_submit_reply = True
+        self.working_reads = 0  # GETs of an order that still show it working ("new")
+        self._reads: dict[str, int] = {}  # order_id -> GETs answered
         self._submitted: dict[str, Json] = {}  # order_id -> qty / notional / time_in_force sent
 
     def routes(self, router: web.UrlDispatcher) -> None:
@@ -343,13 +346,20 @@ class AlpacaEmulator(EmulatorServer):
         order = next((o for o in account.orders if o.order_id == wanted), None)
         if order is None:
             return not_found("order not found")
-        return web.json_response(self._order_json(order))
+        return web.json_response(self._read(order))
 
     async def _order_by_client_id(self, request: web.Request, account: Account) -> web.Response:
         order = account.order_by_client_id(request.query.get("client_order_id", ""))
         if order is None:
             return not_found("order not found")
-        return web.json_response(self._order_json(order))
+        return web.json_response(self._read(order))
+
+    def _read(self, order: Order) -> Json:
+        """The order as a GET shows it: still working for its first `working_reads` reads."""
+        reads = self._reads[order.order_id] = self._reads.get(order.order_id, 0) + 1
+        if reads <= self.working_reads:
+            return self._order_json(order, final=False) | {"status": "new"}
+        return self._order_json(order)
 
     async def _list_orders(self, request: web.Request, account: Account) -> web.Response:
         query = request.query
