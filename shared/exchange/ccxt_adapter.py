@@ -1,7 +1,8 @@
 """`ExchangeAccount` for Kraken, Coinbase, Binance and OKX: one class on ccxt.async_support,
 driven by the venue records in `venues.py`.
 
-Per follower: its own ccxt instance, so its own nonce and its own rate limiter (leaky bucket).
+Per follower: its own ccxt instance, so its own nonce and its own rate limiter (a leaky bucket
+holding the venue's burst, `throttle.BurstThrottle`).
 Per venue and endpoint per process (`CcxtShare`, kept in `AdapterContext.shared`): one market
 table loaded once by a credential-less instance and handed to every follower's instance, one
 aiohttp session and one TLS context. A follower's `close()` never closes what is shared.
@@ -52,6 +53,7 @@ from shared.errors import (
     UnsupportedSymbol,
 )
 from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
+from shared.exchange.throttle import BurstThrottle
 from shared.exchange.venues import VENUES, CcxtVenue, Lookup
 from shared.messages import MarketRules
 
@@ -64,6 +66,7 @@ _VENDOR_LOG = logging.getLogger("copytrade.exchange.ccxt.vendor")
 _VENDOR_LOG.setLevel(logging.INFO)
 HTTP_CONNECTIONS = 512  # per shared session: all followers of one venue in one process
 FILL_READ_DEFER_S = 1.0  # most a fill read waits for the venue's placements in flight
+BALANCE_REUSE_S = 1.0  # a position read reuses the snapshot's balance read this recently
 
 # ccxt class -> ours, most specific first; venue codes (CcxtVenue.reclassify) are checked before.
 _BY_CLASS: tuple[tuple[type[Exception], type[ExchangeError]], ...] = (
@@ -136,6 +139,8 @@ class CcxtShare:
         if self.venue.nonce is not None:
             config["nonce"] = self.venue.nonce
         ex = getattr(ccxt, self.venue.name)(config)
+        if self._rate_limit:  # ccxt's own holds no burst and forgets idle time
+            ex.throttler = BurstThrottle(ex.rateLimit, self.venue.burst)
         if self.base_url:
             ex.urls["api"] = _redirected(ex.urls["api"], self.base_url, self.venue.url_keys)
         return ex
@@ -288,11 +293,19 @@ class CcxtAccount:
         self._credentials = credentials
         self._share = _share(ctx, venue, account.base_url)
         self._ex: Any = None
+        self._orders = 0  # orders placed (begun): a balance read before one is stale
+        self._balance: tuple[float, int, dict[str, Any]] | None = None  # (monotonic, _orders, reply)
 
     @property
     def http_session(self) -> aiohttp.ClientSession:
         """The HTTP session this account's requests go through (shared by the venue's accounts)."""
         return self._share.session
+
+    @property
+    def rate_limit_waits(self) -> int:
+        """Calls that found this account's rate limiter full and waited (0 with it off)."""
+        throttle = getattr(self._ex, "throttler", None)
+        return throttle.waits if isinstance(throttle, BurstThrottle) else 0
 
     async def connect(self) -> None:
         await self._client()
@@ -315,8 +328,7 @@ class CcxtAccount:
     async def snapshot(self) -> AccountSnapshot:
         ex = await self._client()
         quote = self._venue.quote_currency
-        with vendor_calls(self._venue):
-            balance = await ex.fetch_balance()
+        balance = await self._fetch_balance(ex)
         total, free = balance.get("total") or {}, balance.get("free") or {}
         held = {f"{c}/{quote}": _dec(n) for c, n in total.items()
                 if c != quote and n and f"{c}/{quote}" in ex.markets}
@@ -344,9 +356,20 @@ class CcxtAccount:
         ex = await self._client()
         market = ex.markets.get(symbol)
         base = market["base"] if market else symbol.split("/")[0]
-        with vendor_calls(self._venue):
-            balance = await ex.fetch_balance()
+        balance = await self._fetch_balance(ex, reuse_s=BALANCE_REUSE_S)
         return _dec((balance.get("total") or {}).get(base))
+
+    async def _fetch_balance(self, ex: Any, reuse_s: float = 0.0) -> dict[str, Any]:
+        """The account's balances; a read younger than `reuse_s` with no order placed since is
+        reused (sizing reads the snapshot, then the position: one rate-limited call, not two)."""
+        kept, orders = self._balance, self._orders
+        if kept is not None and kept[1] == orders and time.monotonic() - kept[0] <= reuse_s:
+            return kept[2]
+        started = time.monotonic()
+        with vendor_calls(self._venue):
+            balance = dict(await ex.fetch_balance())
+        self._balance = (started, orders, balance)
+        return balance
 
     async def market_rules(self, symbol: str) -> MarketRules | None:
         ex = await self._client()
@@ -370,6 +393,7 @@ class CcxtAccount:
     async def place_order(self, order: OrderCommand) -> OrderAck:
         ex = await self._client()
         amount, params = self._order_args(ex, order)
+        self._orders += 1  # the order changes the balance
         kind, price = "market", None
         if order.limit_price is not None:  # immediate-or-cancel: it never rests on the book
             kind, price, params = "limit", float(order.limit_price), params | {"timeInForce": "IOC"}

@@ -53,6 +53,9 @@ class CcxtVenue:
     fills_need_symbol: bool  # fetch_my_trades needs a symbol: ask per quote-currency market
     error_patterns: tuple[re.Pattern[str], ...]  # venue error codes in ccxt's message (group 1)
     reclassify: Mapping[str, type[ExchangeError]]  # venue code -> our class, over ccxt's class
+    # the account's rate-limit burst in ccxt cost units (ccxt refills one per `rateLimit` ms):
+    # what the venue documents an account may send at once (shared.exchange.throttle)
+    burst: float
     nonce: Callable[[], int] | None = None  # replaces ccxt's nonce for signed calls
     quote_currency: str = "USD"
     cost_step: Decimal = Decimal("0.01")  # quote amounts are sent in cents
@@ -82,6 +85,9 @@ KRAKEN = CcxtVenue(
         "EOrder:Order minimum not met": BelowMinimum,  # ccxt: InvalidOrder
         "EOrder:Cost minimum not met": BelowMinimum,  # ccxt: plain ExchangeError
     },
+    # REST counter: 15 calls (Starter tier; 20 above), decaying 0.33 a second; ccxt counts a
+    # private call as 3 units at one a second. AddOrder (cost 0) is on the trading limiter.
+    burst=45,
     nonce=microsecond_nonce,
     notes=("create_order's reply has the txid only: the fill is read with fetch_order",
            "a quote-sized (viqc) order's amount is in USD but its filled is in the base"),
@@ -105,6 +111,7 @@ COINBASE = CcxtVenue(
         "INTERNAL": TemporaryError,  # a JSON 5xx: ccxt says plain ExchangeError
         "INVALID_PRODUCT_ID": UnsupportedSymbol,
     },
+    burst=30,  # Advanced Trade private REST: 30 requests a second per user; ccxt: 1 per 34 ms
     notes=("a reused client_order_id returns the first order: venue-side dedupe",),
 )
 
@@ -129,6 +136,9 @@ BINANCE = CcxtVenue(
         # ban); the code means invalid key, IP or permission: an auth error, never retried.
         "-2015": AuthError,
     },
+    # REQUEST_WEIGHT 6,000 a minute (per IP), ccxt's unit 5 of weight every 50 ms: two seconds'
+    # worth (account weight 20 is 4 units; an order 0.2)
+    burst=40,
     notes=("a 5xx (-1001) is ccxt OperationFailed, not a NetworkError: retried all the same",),
 )
 
@@ -144,6 +154,7 @@ OKX = CcxtVenue(
     fills_need_symbol=False,
     error_patterns=(re.compile(r'"s?[Cc]ode"\s*:\s*"(\d{5})"'),),  # 5xxxx; not "1" (all failed)
     reclassify={"51020": BelowMinimum},  # ccxt: InvalidOrder
+    burst=10,  # balance: 10 requests per 2 s (ccxt cost 2 at 110 ms); orders 60 per 2 s
     notes=("instruments publish no minimum notional: min_cost is 0",
            "create_order's reply has ordId only: the fill is read with fetch_order"),
 )

@@ -1,0 +1,36 @@
+"""Each follower's rate limiter: a leaky bucket that holds the venue's burst and drains while idle.
+
+ccxt's own throttler (4.5) holds one call's worth of tokens and credits no idle time: after a
+balance read (Kraken cost 3, one unit a second) every later call of the account waits three
+seconds, however long the account was idle. A Kraken copy (balance, ticker, balance, order)
+waited seven seconds for it. Venues allow bursts — Kraken's REST counter holds 15 calls and
+decays a third of a call a second; AddOrder is not counted — so this limiter takes ccxt's cost
+units at ccxt's rate, and holds `burst` of them (`CcxtVenue.burst`). A zero-cost call (Kraken's
+AddOrder) never waits.
+
+ccxt calls `await exchange.throttler(cost)` before each request and sets `throttler.loop` when it
+opens; this class answers both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiolimiter import AsyncLimiter
+
+
+class BurstThrottle:
+    """ccxt's throttler interface over an `aiolimiter.AsyncLimiter` of `burst` cost units."""
+
+    def __init__(self, rate_limit_ms: float, burst: float) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by ccxt; the bucket needs none
+        self._bucket = AsyncLimiter(burst, burst * rate_limit_ms / 1000)
+        self.waits = 0  # calls that found the bucket full and waited
+
+    async def __call__(self, cost: float | None = None) -> None:
+        amount = min(1.0 if cost is None else float(cost), self._bucket.max_rate)
+        if amount <= 0:
+            return
+        if not self._bucket.has_capacity(amount):
+            self.waits += 1
+        await self._bucket.acquire(amount)

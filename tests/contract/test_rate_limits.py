@@ -1,0 +1,117 @@
+"""Each ccxt follower's own rate limiter holds the venue's burst (`shared.exchange.throttle`).
+
+ccxt's limiter holds one call's worth and forgets idle time: a Kraken copy waited seven seconds
+on it. With the venue's burst, a copy's reads and its order go out at once, and calls beyond the
+burst still wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+from aiohttp import web
+
+from shared.config import AccountConfig, Credentials
+from shared.exchange.ccxt_adapter import CcxtAccount
+from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.port import OrderCommand
+from shared.exchange.throttle import BurstThrottle
+from tests.contract.conftest import EMULATED, HTTP_TIMEOUT_S, KEY
+
+# the venue call that reads an account's balances
+BALANCE_PATH = {"kraken": "/0/private/BalanceEx", "coinbase": "/api/v3/brokerage/accounts",
+                "binance": "/api/v3/account", "okx": "/api/v5/account/balance"}
+
+
+@dataclass
+class Limited:
+    """A follower with rate limiting on, as in production, and the paths its venue answered."""
+
+    venue: str
+    account: CcxtAccount
+    paths: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(params=list(BALANCE_PATH))
+async def limited(request: pytest.FixtureRequest) -> AsyncIterator[Limited]:
+    spec = EMULATED[request.param]
+    emulator = spec.emulator()
+    emulator.state.add_account(KEY, spec.secret, {"USD": Decimal(10000), "BTC": Decimal(1)},
+                               passphrase=spec.passphrase)
+    paths: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     ) -> web.StreamResponse:
+        paths.append(request.path)
+        return await handler(request)
+
+    emulator.app.middlewares.append(record)
+    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
+    async with emulator:
+        account = build_account(AccountConfig(id="limited", exchange=request.param,
+                                              base_url=emulator.url),
+                                Credentials(KEY, spec.secret, spec.passphrase), ctx)
+        assert isinstance(account, CcxtAccount)
+        try:
+            yield Limited(request.param, account, paths)
+        finally:
+            await account.close()
+            await ctx.close()
+
+
+def buy() -> OrderCommand:
+    return OrderCommand(client_order_id=uuid.uuid4().hex, symbol="BTC/USD", side="buy",
+                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
+
+
+async def test_copies_go_out_within_the_followers_burst(limited: Limited) -> None:
+    account = limited.account
+    await account.connect()
+
+    # a copy as the copier makes it: sizing reads, the order and its fill read; the next copy
+    # sizes on the figures kept from the first
+    await account.snapshot()
+    await account.position("BTC/USD")
+    acks = [await account.place_order(buy()), await account.place_order(buy())]
+
+    assert [ack.status for ack in acks] == ["filled", "filled"]
+    assert account.rate_limit_waits == 0
+
+
+async def test_sizing_reads_the_balance_once_and_again_after_an_order(limited: Limited) -> None:
+    account = limited.account
+
+    await account.snapshot()
+    before_order = await account.position("BTC/USD")
+    await account.place_order(buy())
+    after_order = await account.position("BTC/USD")
+
+    assert limited.paths.count(BALANCE_PATH[limited.venue]) == 2
+    assert after_order == before_order + Decimal("0.001")
+
+
+async def test_calls_beyond_the_burst_wait_and_a_free_call_never_does() -> None:
+    throttle = BurstThrottle(rate_limit_ms=1000, burst=3)  # one unit a second, three held
+
+    await throttle(3)  # the burst: at once
+    await throttle(0)  # Kraken's AddOrder costs nothing on the REST counter
+    waits_within_burst = throttle.waits
+    beyond = asyncio.ensure_future(throttle(1))  # the bucket is full: about a second
+    await beyond
+
+    assert (waits_within_burst, throttle.waits) == (0, 1)
+
+
+async def test_a_cost_above_the_burst_is_capped_to_it() -> None:
+    throttle = BurstThrottle(rate_limit_ms=1, burst=2)
+
+    await throttle(5)
+
+    assert throttle.waits == 0
