@@ -251,9 +251,10 @@ class System:
     ) -> MasterService:
         nc = await self.connect()
         credentials = SecretSource(None, secrets or {}).credentials(config.master, "MASTER")
-        account = build_account(config.master, credentials, AdapterContext(paper_transport(nc)))
+        ctx = AdapterContext(paper_transport(nc))
+        account = build_account(config.master, credentials, ctx)
         await account.connect()
-        self._closers.append(account.close)
+        self._closers += [ctx.close, account.close]  # closed in reverse: the account, then its session
         self.master_registry = CollectorRegistry()
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
         published = await fills_bucket(nc.jetstream())
