@@ -74,8 +74,8 @@ async def venues(system: System) -> AsyncIterator[Venues]:
 
 
 def loopback(http_timeout_s: float = 5.0) -> AdapterContext:
-    """Clients for loopback emulators: no ccxt leaky bucket (Kraken's waits 1 s per call)."""
-    return AdapterContext(rate_limit=False, http_timeout_s=http_timeout_s)
+    """Clients as in production, each follower with its own rate limiter."""
+    return AdapterContext(http_timeout_s=http_timeout_s)
 
 
 async def _start(system: System, venues: Venues, config: Any, **copier: Any) -> Any:
