@@ -41,6 +41,7 @@ from shared.errors import (
     UnsupportedSymbol,
 )
 from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
+from shared.exchange.throttle import BurstThrottle
 from shared.messages import MarketRules
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ HTTP_CONNECTIONS = 64  # the shared session's pool; threads beyond it wait for a
 FILL_PAGE = 100
 # pauses before each read-back of a just-placed order Alpaca still shows working (pending_new)
 FILL_READS_S = (0.0, 0.2, 0.5)
+CALLS_PER_MINUTE = 200  # Alpaca's Trading API limit per account
 
 
 class _AlreadyPlaced(InvalidOrder):
@@ -216,6 +218,14 @@ class AlpacaAccount:
         self._client._retry = 0  # the constructor takes 0 as "default" (3)
         own, self._client._session = self._client._session, self._share.session
         own.close()
+        # its own rate limiter: a minute's calls at once, then Alpaca's rate
+        self._throttle = (BurstThrottle(60_000 / CALLS_PER_MINUTE, CALLS_PER_MINUTE)
+                          if ctx.rate_limit else None)
+
+    @property
+    def rate_limit_waits(self) -> int:
+        """Calls that found this account's rate limiter full and waited (0 with it off)."""
+        return 0 if self._throttle is None else self._throttle.waits
 
     @property
     def http_session(self) -> requests.Session:
@@ -226,6 +236,8 @@ class AlpacaAccount:
                     missing_ok: bool = False) -> Any:
         """One API call in a thread; with `missing_ok`, 404 (no such position, order or asset)
         is None."""
+        if self._throttle is not None:
+            await self._throttle()
         try:
             return await asyncio.to_thread(getattr(self._client, method), path, data)
         except APIError as exc:

@@ -9,7 +9,7 @@ units at ccxt's rate, and holds `burst` of them (`CcxtVenue.burst`). A zero-cost
 AddOrder) never waits.
 
 ccxt calls `await exchange.throttler(cost)` before each request and sets `throttler.loop` when it
-opens; this class answers both.
+opens; this class answers both. The Alpaca adapter calls it before each request too.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest_asyncio
 
 from shared.config import AccountConfig, Credentials
-from shared.exchange.alpaca_adapter import FILL_READS_S
+from shared.exchange.alpaca_adapter import FILL_READS_S, AlpacaAccount
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import ExchangeAccount, OrderCommand
 from tests.contract.conftest import HTTP_TIMEOUT_S, KEY, SECRET
@@ -33,7 +33,7 @@ async def alpaca() -> AsyncIterator[Alpaca]:
     emulator = AlpacaEmulator()
     emulator.fill_on_submit_reply = False  # as real Alpaca: the submit reply says pending_new
     emulator.state.add_account(KEY, SECRET, {"USD": Decimal(10000)})
-    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=False)
+    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S)  # with its rate limiter, as in production
     async with emulator:
         account = build_account(AccountConfig(id="follower-1", exchange="alpaca",
                                               base_url=emulator.url),
@@ -55,6 +55,7 @@ async def test_pending_new_order_is_reported_with_the_fill_read_back(alpaca: Alp
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
     assert ack.accepted_at is not None
+    assert isinstance(alpaca.account, AlpacaAccount) and alpaca.account.rate_limit_waits == 0
 
 
 async def test_order_shown_working_for_a_while_is_read_until_it_fills(alpaca: Alpaca) -> None:
