@@ -118,12 +118,8 @@ def _rules(min_cost: Decimal) -> MarketRules:
                        price_step=PRICE_STEP)
 
 
-@contextlib.asynccontextmanager
-async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
-    spec = EMULATED[name]
-    emulator = spec.emulator()
-    if isinstance(emulator, AlpacaEmulator):
-        emulator.fill_on_submit_reply = False  # as real Alpaca: pending_new, the fill read later
+def recorded_paths(emulator: EmulatorServer) -> list[str]:
+    """The request paths the emulator answers from now on, in order."""
     paths: list[str] = []
 
     @web.middleware
@@ -134,6 +130,16 @@ async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
         return await handler(request)
 
     emulator.app.middlewares.append(record)
+    return paths
+
+
+@contextlib.asynccontextmanager
+async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
+    spec = EMULATED[name]
+    emulator = spec.emulator()
+    if isinstance(emulator, AlpacaEmulator):
+        emulator.fill_on_submit_reply = False  # as real Alpaca: pending_new, the fill read later
+    paths = recorded_paths(emulator)
     state = emulator.state
     balances = {"USD": CASH, "BTC": BTC_HELD}
     state.add_account(KEY, spec.secret, balances, passphrase=spec.passphrase)

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
-from aiohttp import web
 
 from shared.config import AccountConfig, Credentials
 from shared.exchange.ccxt_adapter import CcxtAccount
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import OrderCommand
 from shared.exchange.throttle import BurstThrottle
-from tests.contract.conftest import EMULATED, HTTP_TIMEOUT_S, KEY
+from tests.contract.conftest import EMULATED, HTTP_TIMEOUT_S, KEY, recorded_paths
 
 # the venue call that reads an account's balances
 BALANCE_PATH = {"kraken": "/0/private/BalanceEx", "coinbase": "/api/v3/brokerage/accounts",
@@ -43,16 +42,7 @@ async def limited(request: pytest.FixtureRequest) -> AsyncIterator[Limited]:
     emulator = spec.emulator()
     emulator.state.add_account(KEY, spec.secret, {"USD": Decimal(10000), "BTC": Decimal(1)},
                                passphrase=spec.passphrase)
-    paths: list[str] = []
-
-    @web.middleware
-    async def record(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                     ) -> web.StreamResponse:
-        paths.append(request.path)
-        return await handler(request)
-
-    emulator.app.middlewares.append(record)
+    paths = recorded_paths(emulator)
     ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
     async with emulator:
         account = build_account(AccountConfig(id="limited", exchange=request.param,
