@@ -40,7 +40,7 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, order_status
 from shared.exchange.throttle import BurstThrottle
 from shared.messages import MarketRules
 
@@ -174,16 +174,7 @@ def _dec(value: object) -> Decimal:
     return Decimal(0) if value is None else Decimal(str(value))
 
 
-def _status(order: dict[str, Any], filled: Decimal) -> OrderStatus:
-    """filled; canceled or expired (an immediate-or-cancel remainder): filled as far as it went,
-    else expired; anything else (new, pending_new, partially_filled...) is still working."""
-    status = order.get("status")
-    if status == "filled" or (status in _ENDED and filled > 0):
-        return "filled"
-    return "expired" if status in _ENDED else "submitted"
-
-
-_ENDED = ("canceled", "expired", "rejected")
+_ENDED = ("canceled", "expired", "rejected")  # Alpaca's statuses of an order that ended
 
 
 def _ack(order: dict[str, Any]) -> OrderAck:
@@ -191,7 +182,8 @@ def _ack(order: dict[str, Any]) -> OrderAck:
     price = order.get("filled_avg_price")
     return OrderAck(exchange_order_id=str(order["id"]),
                     client_order_id=str(order["client_order_id"]),
-                    status=_status(order, filled),
+                    status=order_status(done=order.get("status") == "filled",
+                                        ended=order.get("status") in _ENDED, filled=filled),
                     filled_base=filled if filled > 0 else None,
                     avg_price=_dec(price) if price is not None and filled > 0 else None)
 

@@ -52,7 +52,7 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, OrderStatus
+from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, order_status
 from shared.exchange.throttle import BurstThrottle
 from shared.exchange.venues import VENUES, CcxtVenue, Lookup
 from shared.messages import MarketRules
@@ -218,16 +218,7 @@ _STEP_FROM_PRECISION: dict[int, Callable[[object], Decimal]] = {
 }
 
 
-def _status(order: dict[str, Any], filled: Decimal) -> OrderStatus:
-    """closed: filled; canceled or expired (an immediate-or-cancel remainder): filled as far as
-    it went, else expired; anything else is still working: submitted."""
-    status = order.get("status")
-    if status == "closed" or (status in _ENDED and filled > 0):
-        return "filled"
-    return "expired" if status in _ENDED else "submitted"
-
-
-_ENDED = ("canceled", "expired", "rejected")
+_ENDED = ("canceled", "expired", "rejected")  # ccxt's unified statuses of an order that ended
 
 
 def _ack(order: dict[str, Any], client_order_id: str) -> OrderAck:
@@ -237,7 +228,9 @@ def _ack(order: dict[str, Any], client_order_id: str) -> OrderAck:
         average = _dec(order["cost"]) / filled
     return OrderAck(
         exchange_order_id=str(order["id"]), client_order_id=client_order_id,
-        status=_status(order, filled), filled_base=filled if filled > 0 else None,
+        status=order_status(done=order.get("status") == "closed",
+                            ended=order.get("status") in _ENDED, filled=filled),
+        filled_base=filled if filled > 0 else None,
         avg_price=_dec(average) if average is not None and filled > 0 else None)
 
 

@@ -13,6 +13,15 @@ from shared.messages import MarketRules, Side, SizeType
 OrderStatus = Literal["filled", "submitted", "expired"]
 
 
+def order_status(*, done: bool, ended: bool, filled: Decimal) -> OrderStatus:
+    """Our status from the venue's: `done` (fully filled) or `ended` (canceled, expired, rejected:
+    an immediate-or-cancel remainder) with something filled is filled, ended with nothing is
+    expired; anything else is still working: submitted."""
+    if done or (ended and filled > 0):
+        return "filled"
+    return "expired" if ended else "submitted"
+
+
 class OrderCommand(Struct, frozen=True, kw_only=True):
     """An order to place, identified by our deterministic client order id: a market order, or
     with `limit_price` an immediate-or-cancel limit order (base-sized) that never rests."""
