@@ -46,16 +46,20 @@ def signal(quote: str = "100") -> TradeSignal:
         executed_at=time.time()))
 
 
-def fresh_paper_config(workdir: Path, followers: int) -> Path:
-    """An empty work directory with a config of N paper followers trusting the bench's key."""
+def fresh_config(workdir: Path, followers: list[dict[str, str]]) -> Path:
+    """An empty work directory with a config of these followers, trusting the bench's key."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     config = workdir / "copytrade.yaml"
     config.write_text(yaml.safe_dump({
         "master": {"id": "master", "exchange": "paper"},
-        "signals": {"public_keys": [PUBLIC_KEY]},
-        "followers": [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(followers)]}))
+        "signals": {"public_keys": [PUBLIC_KEY]}, "followers": followers}))
     return config
+
+
+def fresh_paper_config(workdir: Path, followers: int) -> Path:
+    """An empty work directory with a config of N paper followers."""
+    return fresh_config(workdir, [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(followers)])
 
 
 class Run:

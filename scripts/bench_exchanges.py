@@ -89,26 +89,17 @@ def main() -> None:
 
 async def kraken_fan_out(followers: int, latency_ms: float, signals: int) -> None:
     """A copier process copying to N Kraken followers at the emulator (its own process)."""
-    import shutil
-
     import nats
-    import yaml
 
-    from scripts.bench import ENCODER, PUBLIC_KEY, fill_to_last_ack, signal
+    from scripts.bench import ENCODER, fill_to_last_ack, fresh_config, signal
     from scripts.localstack import local_stack
     from shared import bus
     from shared.messages import CopyResult
 
     emulator, url = start_emulator(followers, latency_ms)
     workdir = ROOT / ".bench" / f"kraken-{followers}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    config = workdir / "copytrade.yaml"
-    config.write_text(yaml.safe_dump({
-        "master": {"id": "master", "exchange": "paper"},
-        "signals": {"public_keys": [PUBLIC_KEY]},
-        "followers": [{"id": f"k{i:05d}", "exchange": "kraken", "base_url": url,
-                       "credentials": f"K{i:05d}"} for i in range(followers)]}))
+    config = fresh_config(workdir, [{"id": f"k{i:05d}", "exchange": "kraken", "base_url": url,
+                                     "credentials": f"K{i:05d}"} for i in range(followers)])
     decoder = msgspec.json.Decoder(CopyResult)
     try:
         with local_stack(workdir, config) as stack:
