@@ -6,6 +6,10 @@ holding the venue's burst, `throttle.BurstThrottle`).
 Per venue and endpoint per process (`CcxtShare`, kept in `AdapterContext.shared`): one market
 table loaded once by a credential-less instance and handed to every follower's instance, one
 aiohttp session and one TLS context. A follower's `close()` never closes what is shared.
+Prices are public and the same for every account: the share reads them through that instance,
+one request for all the accounts that ask within PRICE_REUSE_S. Venues limit public calls per
+IP (Kraken about one a second), so a ticker read per follower would have 1,000 followers of a
+pod refused when their snapshots expire together.
 
 Nonces, Kraken: a signed Kraken call carries a nonce that must exceed the last nonce Kraken saw
 for that API key. ccxt keeps the counter per instance (strictly increasing within it), not per
@@ -67,6 +71,7 @@ _VENDOR_LOG.setLevel(logging.INFO)
 HTTP_CONNECTIONS = 512  # per shared session: all followers of one venue in one process
 FILL_READ_DEFER_S = 1.0  # most a fill read waits for the venue's placements in flight
 BALANCE_REUSE_S = 1.0  # a position read reuses the snapshot's balance read this recently
+PRICE_REUSE_S = 1.0  # a venue's price read serves every account of the process this long
 
 # ccxt class -> ours, most specific first; venue codes (CcxtVenue.reclassify) are checked before.
 _BY_CLASS: tuple[tuple[type[Exception], type[ExchangeError]], ...] = (
@@ -116,6 +121,8 @@ class CcxtShare:
         self._markets: Any = None  # the instance whose market table everybody uses
         self._loading = asyncio.Lock()
         self._placing = 0  # create_order calls in flight, all accounts of the venue
+        self._quotes: dict[str, tuple[float, Decimal | None]] = {}  # symbol -> (read at, last)
+        self._reading: dict[str, asyncio.Future[None]] = {}  # symbol -> its read in flight
         self._placed = asyncio.Event()  # set while none are
         self._placed.set()
 
@@ -163,6 +170,33 @@ class CcxtShare:
                          len(loader.markets))
         return self._markets
 
+    async def prices(self, symbols: list[str]) -> dict[str, Decimal | None]:
+        """The last price of each symbol, read once for all accounts asking within
+        PRICE_REUSE_S (a read in flight is joined, not repeated)."""
+        now = time.monotonic()
+        stale = [s for s in dict.fromkeys(symbols) if s not in self._reading
+                 and (s not in self._quotes or now - self._quotes[s][0] > PRICE_REUSE_S)]
+        if stale:
+            read = asyncio.ensure_future(self._read_prices(stale, now))
+            self._reading.update(dict.fromkeys(stale, read))
+        for pending in {self._reading[s] for s in symbols if s in self._reading}:
+            await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
+        return {s: self._quotes[s][1] for s in symbols}
+
+    async def _read_prices(self, symbols: list[str], started: float) -> None:
+        try:
+            ex = await self.markets()
+            with vendor_calls(self.venue):
+                tickers = await (ex.fetch_tickers(symbols) if len(symbols) > 1
+                                 else _one_ticker(ex, symbols[0]))
+            for symbol in symbols:
+                ticker = tickers.get(symbol) or {}
+                last = ticker.get("last") or ticker.get("close")
+                self._quotes[symbol] = (started, None if last is None else _dec(last))
+        finally:
+            for symbol in symbols:
+                self._reading.pop(symbol, None)
+
     @contextmanager
     def placing(self) -> Iterator[None]:
         """Count an order placement in flight (see `placements_done`)."""
@@ -191,6 +225,10 @@ class CcxtShare:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+async def _one_ticker(ex: Any, symbol: str) -> dict[str, Any]:
+    return {symbol: await ex.fetch_ticker(symbol)}
 
 
 def _redirected(api: dict[str, Any], base_url: str, keys: tuple[str, ...] | None) -> dict[str, Any]:
@@ -325,25 +363,16 @@ class CcxtAccount:
         total, free = balance.get("total") or {}, balance.get("free") or {}
         held = {f"{c}/{quote}": _dec(n) for c, n in total.items()
                 if c != quote and n and f"{c}/{quote}" in ex.markets}
-        prices = await self._prices(ex, list(held))
-        value = sum((amount * prices.get(s, Decimal(0)) for s, amount in held.items()), Decimal(0))
+        prices = await self._share.prices(list(held)) if held else {}
+        value = sum((amount * (prices.get(s) or Decimal(0)) for s, amount in held.items()),
+                    Decimal(0))
         return AccountSnapshot(equity=_dec(total.get(quote)) + value, cash=_dec(free.get(quote)))
-
-    async def _prices(self, ex: Any, symbols: list[str]) -> dict[str, Decimal]:
-        if not symbols:
-            return {}
-        with vendor_calls(self._venue):
-            tickers = await ex.fetch_tickers(symbols)
-        return {s: _dec(t.get("last") or t.get("close")) for s, t in tickers.items()}
 
     async def price(self, symbol: str) -> Decimal | None:
         ex = await self._client()
         if symbol not in ex.markets:
             return None
-        with vendor_calls(self._venue):
-            ticker = await ex.fetch_ticker(symbol)
-        last = ticker.get("last") or ticker.get("close")
-        return None if last is None else _dec(last)
+        return (await self._share.prices([symbol]))[symbol]
 
     async def position(self, symbol: str) -> Decimal:
         ex = await self._client()

@@ -2,7 +2,8 @@
 
 ccxt's limiter holds one call's worth and forgets idle time: a Kraken copy waited seven seconds
 on it. With the venue's burst, a copy's reads and its order go out at once, and calls beyond the
-burst still wait.
+burst still wait. Prices are public and limited per IP: the followers of a venue in one process
+read them once.
 """
 
 from __future__ import annotations
@@ -105,3 +106,34 @@ async def test_a_cost_above_the_burst_is_capped_to_it() -> None:
     await throttle(5)
 
     assert throttle.waits == 0
+
+
+@pytest.mark.parametrize("venue", list(BALANCE_PATH))
+async def test_followers_of_a_venue_share_one_price_read(venue: str) -> None:
+    spec = EMULATED[venue]
+    emulator = spec.emulator()
+    paths = recorded_paths(emulator)
+    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
+    followers = []
+    async with emulator:
+        for i in range(20):
+            emulator.state.add_account(f"{KEY}-{i}", spec.secret,
+                                       {"USD": Decimal(1000), "BTC": Decimal(i + 1)},
+                                       passphrase=spec.passphrase)
+            followers.append(build_account(
+                AccountConfig(id=f"f{i}", exchange=venue, base_url=emulator.url),  # type: ignore[arg-type]
+                Credentials(f"{KEY}-{i}", spec.secret, spec.passphrase), ctx))
+        try:
+            # every follower's snapshot expires at once: each values its BTC at the venue's price
+            snapshots = await asyncio.gather(*(f.snapshot() for f in followers))
+            guard_price = await followers[0].price("BTC/USD")  # the slippage guard's read
+        finally:
+            for f in followers:
+                await f.close()
+            await ctx.close()
+
+    price = emulator.state.prices["BTC/USD"]
+    price_reads = [p for p in paths if p != BALANCE_PATH[venue] and not spec.market_loading(p)]
+    assert [s.equity for s in snapshots] == [1000 + (i + 1) * price for i in range(20)]
+    assert guard_price == price
+    assert len(price_reads) == 1
