@@ -120,6 +120,9 @@ class CcxtShare:
         self._session: aiohttp.ClientSession | None = None
         self._markets: Any = None  # the instance whose market table everybody uses
         self._loading = asyncio.Lock()
+        budget = venue.per_ip
+        self.ip_throttle = (BurstThrottle(budget.rate_limit_ms, budget.burst)
+                            if budget is not None and self._rate_limit else None)
         self._placing = 0  # create_order calls in flight, all accounts of the venue
         self._quotes: dict[str, tuple[float, Decimal | None]] = {}  # symbol -> (read at, last)
         self._reading: dict[str, asyncio.Future[None]] = {}  # symbol -> its read in flight
@@ -147,7 +150,7 @@ class CcxtShare:
             config["nonce"] = self.venue.nonce
         ex = getattr(ccxt, self.venue.name)(config)
         if self._rate_limit:  # ccxt's own holds no burst and forgets idle time
-            ex.throttler = BurstThrottle(ex.rateLimit, self.venue.burst)
+            ex.throttler = BurstThrottle(ex.rateLimit, self.venue.burst, then=self.ip_throttle)
         if self.base_url:
             ex.urls["api"] = _redirected(ex.urls["api"], self.base_url, self.venue.url_keys)
         return ex
@@ -337,6 +340,12 @@ class CcxtAccount:
         """Calls that found this account's rate limiter full and waited (0 with it off)."""
         throttle = getattr(self._ex, "throttler", None)
         return throttle.waits if isinstance(throttle, BurstThrottle) else 0
+
+    @property
+    def ip_limit_waits(self) -> int:
+        """Calls of any account of the venue in this process that waited on its per-IP budget."""
+        throttle = self._share.ip_throttle
+        return 0 if throttle is None else throttle.waits
 
     async def connect(self) -> None:
         await self._client()

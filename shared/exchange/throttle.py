@@ -8,6 +8,10 @@ decays a third of a call a second; AddOrder is not counted — so this limiter t
 units at ccxt's rate, and holds `burst` of them (`CcxtVenue.burst`). A zero-cost call (Kraken's
 AddOrder) never waits.
 
+A venue that counts a limit per IP (Binance's request weight) gets one more bucket per process,
+shared by all its accounts (`then`): a call takes its account's tokens first, then the IP's, so
+an account held back by its own limit holds none of the shared budget.
+
 ccxt calls `await exchange.throttler(cost)` before each request and sets `throttler.loop` when it
 opens; this class answers both. The Alpaca adapter calls it before each request too.
 """
@@ -22,9 +26,10 @@ from aiolimiter import AsyncLimiter
 class BurstThrottle:
     """ccxt's throttler interface over an `aiolimiter.AsyncLimiter` of `burst` cost units."""
 
-    def __init__(self, rate_limit_ms: float, burst: float) -> None:
+    def __init__(self, rate_limit_ms: float, burst: float, then: BurstThrottle | None = None) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None  # set by ccxt; the bucket needs none
         self._bucket = AsyncLimiter(burst, burst * rate_limit_ms / 1000)
+        self._then = then
         self.waits = 0  # calls that found the bucket full and waited
 
     async def __call__(self, cost: float | None = None) -> None:
@@ -34,3 +39,5 @@ class BurstThrottle:
         if not self._bucket.has_capacity(amount):
             self.waits += 1
         await self._bucket.acquire(amount)
+        if self._then is not None:
+            await self._then(cost)

@@ -39,6 +39,23 @@ def coinbase_base_size(amount: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class IpBudget:
+    """A request budget the venue counts per IP address, not per account: every account of the
+    venue in one process draws on one bucket (`CcxtShare`). `units` ccxt cost units per
+    `window_s`; the bucket holds `burst` and refills the rest evenly, so no window of the venue
+    (fixed or sliding) ever sees more than `units`."""
+
+    units: float
+    window_s: float
+    burst: float
+
+    @property
+    def rate_limit_ms(self) -> float:
+        """Milliseconds per unit refilled (ccxt's `rateLimit` convention)."""
+        return self.window_s * 1000 / (self.units - self.burst)
+
+
+@dataclass(frozen=True)
 class CcxtVenue:
     """One venue's quirks, as ccxt 4.5 exposes them."""
 
@@ -57,6 +74,7 @@ class CcxtVenue:
     # what the venue documents an account may send at once (shared.exchange.throttle)
     burst: float
     nonce: Callable[[], int] | None = None  # replaces ccxt's nonce for signed calls
+    per_ip: IpBudget | None = None  # a limit the venue counts per IP, across accounts
     quote_currency: str = "USD"
     cost_step: Decimal = Decimal("0.01")  # quote amounts are sent in cents
     quote_orders: bool = True  # market buys can be sized in quote currency
@@ -136,9 +154,12 @@ BINANCE = CcxtVenue(
         # ban); the code means invalid key, IP or permission: an auth error, never retried.
         "-2015": AuthError,
     },
-    # REQUEST_WEIGHT 6,000 a minute (per IP), ccxt's unit 5 of weight every 50 ms: two seconds'
-    # worth (account weight 20 is 4 units; an order 0.2)
+    # per account: ccxt's unit is 5 of weight, one every 50 ms; two seconds' worth (account
+    # weight 20 is 4 units; an order 0.2)
     burst=40,
+    # REQUEST_WEIGHT is counted per IP: 6,000 a minute is 1,200 ccxt units for all accounts of a
+    # pod; a 429 past it, then an IP ban (418) for every follower. A fifth is held as burst.
+    per_ip=IpBudget(units=1200, window_s=60, burst=240),
     notes=("a 5xx (-1001) is ccxt OperationFailed, not a NetworkError: retried all the same",),
 )
 

@@ -21,8 +21,10 @@ from shared.exchange.ccxt_adapter import CcxtAccount
 from shared.exchange.factory import AdapterContext, build_account
 from shared.exchange.port import OrderCommand
 from shared.exchange.throttle import BurstThrottle
+from shared.exchange.venues import VENUES, CcxtVenue
 from tests.contract.conftest import EMULATED, HTTP_TIMEOUT_S, KEY, recorded_paths
 
+ACCOUNT_READ_UNITS = 4  # Binance /api/v3/account: weight 20, ccxt cost 4
 # the venue call that reads an account's balances
 BALANCE_PATH = {"kraken": "/0/private/BalanceEx", "coinbase": "/api/v3/brokerage/accounts",
                 "binance": "/api/v3/account", "okx": "/api/v5/account/balance"}
@@ -137,3 +139,43 @@ async def test_followers_of_a_venue_share_one_price_read(venue: str) -> None:
     assert [s.equity for s in snapshots] == [1000 + (i + 1) * price for i in range(20)]
     assert guard_price == price
     assert len(price_reads) == 1
+
+
+async def test_binance_followers_of_a_process_wait_on_one_ip_weight_budget() -> None:
+    spec = EMULATED["binance"]
+    budget = VENUES["binance"].per_ip
+    assert budget is not None
+    emulator = spec.emulator()
+    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
+    reads = int(budget.burst // ACCOUNT_READ_UNITS) + 1  # one more than the IP's burst holds
+    followers = []
+    async with emulator:
+        for i in range(reads):
+            emulator.state.add_account(f"{KEY}-{i}", spec.secret, {"USD": Decimal(1000)})
+            account = build_account(AccountConfig(id=f"b{i}", exchange="binance",
+                                                  base_url=emulator.url),
+                                    Credentials(f"{KEY}-{i}", spec.secret), ctx)
+            assert isinstance(account, CcxtAccount)
+            followers.append(account)
+        try:
+            await followers[0].connect()  # the markets: public weight on the same budget
+            snapshots = await asyncio.gather(*(f.snapshot() for f in followers))
+        finally:
+            for f in followers:
+                await f.close()
+            await ctx.close()
+
+    assert all(s.cash == 1000 for s in snapshots)
+    assert [f.rate_limit_waits for f in followers] == [0] * reads  # each within its own burst
+    assert followers[0].ip_limit_waits >= 1  # together past the IP's
+
+
+@pytest.mark.parametrize("venue", [v for v in VENUES.values() if v.per_ip is not None],
+                         ids=lambda v: v.name)
+def test_a_per_ip_budget_never_exceeds_the_venue_limit_in_any_window(venue: CcxtVenue) -> None:
+    budget = venue.per_ip
+    assert budget is not None
+
+    refilled = budget.window_s * 1000 / budget.rate_limit_ms
+
+    assert budget.burst + refilled <= budget.units
