@@ -48,6 +48,19 @@ async def test_large_group_signals_spread_over_replicas_one_order_each(system: S
                for h in replicas) == 2 * len(followers)
 
 
+async def test_replicas_connect_their_shards_followers_before_the_first_signal(
+    system: System,
+) -> None:
+    followers = _followers(60)
+    system.venue.seed_cash = Decimal(1_000)  # a paper client connects by reading its account
+
+    replicas = await system.start_replicas(make_config(paper_followers(followers)), 2,
+                                           spread_threshold=10, shards=8)
+
+    await eventually(lambda: set(followers) <= set(system.venue.accounts()), timeout=20)
+    assert all(h.metric("copytrade_work_items_total") == 0 for h in replicas)  # no signal yet
+
+
 async def test_buy_then_sell_for_same_follower_execute_in_signal_order(system: System) -> None:
     followers = _followers(60)
     await system.fund("master", 10_000)

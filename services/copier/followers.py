@@ -163,17 +163,22 @@ class FollowerBook:
         return the ids that failed (they are retried on use and their copies fail alone).
 
         lazy: connect one follower per venue endpoint only (the shared markets and session);
-        the others connect on first use and stay connected. For groups spread over replicas,
-        where each replica serves only the followers of the shards it owns.
+        the others connect when their replica takes their shards (`connect`), or on first use.
+        For groups spread over replicas, where each replica serves only its shards' followers.
         """
-        followers = self._followers
+        followers = list(self._followers.values())
         if lazy:
-            endpoints = {(f.config.exchange, f.config.base_url, f.config.paper): fid
-                         for fid, f in reversed(followers.items())}
-            followers = {fid: followers[fid] for fid in endpoints.values()}
-        results = await asyncio.gather(*(f.account.connect() for f in followers.values()),
+            endpoints = {(f.config.exchange, f.config.base_url, f.config.paper): f
+                         for f in reversed(followers)}
+            followers = list(endpoints.values())
+        return await self.connect(followers)
+
+    @staticmethod
+    async def connect(followers: list[Follower]) -> list[str]:
+        """Connect these followers' clients; the ids that failed."""
+        results = await asyncio.gather(*(f.account.connect() for f in followers),
                                        return_exceptions=True)
-        return [fid for fid, r in zip(followers, results, strict=True)
+        return [f.id for f, r in zip(followers, results, strict=True)
                 if isinstance(r, BaseException)]
 
     def signature_problem(self, signal: TradeSignal) -> tuple[str, str] | None:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.copier.delivery import Delivery
 from services.copier.executor import CopyExecutor
-from services.copier.followers import FollowerBook
+from services.copier.followers import Follower, FollowerBook
 from services.copier.replicas import Replicas
 from shared import bus
 from shared.config import Settings
@@ -115,6 +115,8 @@ class WorkRunner:
         self._loops: dict[int, asyncio.Task[None]] = {}
         self._items: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._warmed: set[int] = set()  # shards whose followers' clients were connected
+        self._warming: set[asyncio.Task[None]] = set()
 
     @property
     def busy(self) -> bool:
@@ -137,6 +139,7 @@ class WorkRunner:
             while not (self._stopping.is_set() or self._nc.is_closed):
                 self._replicas.changed.clear()
                 owned = [s for s in range(self._settings.shards) if self._replicas.owns(s)]
+                self._warm([s for s in owned if s not in self._warmed])
                 for shard in owned:
                     loop = self._loops.get(shard)
                     if loop is None or loop.done():
@@ -151,9 +154,27 @@ class WorkRunner:
             if loops:
                 await asyncio.wait(loops)
 
+    def _warm(self, shards: list[int]) -> None:
+        """Connect the clients of newly owned shards' followers now, in the background, not on
+        their first signal: a client costs milliseconds of CPU to build, and hundreds built in
+        one copy made it seconds late for the last of them."""
+        followers = [f for s in shards for f in self._book.in_shard(s, self._settings.shards)]
+        self._warmed.update(shards)
+        if followers:
+            task = asyncio.create_task(self._connect(followers))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _connect(self, followers: list[Follower]) -> None:
+        failed = await self._book.connect(followers)
+        if failed:  # retried on first use; their copies fail alone
+            log.warning("event=clients_connect_failed followers=%s", ",".join(failed))
+
     async def stop(self, grace_s: float) -> None:
         """Pull no more; finish items in hand within grace_s, else hand them back (nak)."""
         self._stopping.set()
+        for task in self._warming:
+            task.cancel()
         if self._items:
             _, pending = await asyncio.wait(set(self._items), timeout=grace_s)
             for task in pending:

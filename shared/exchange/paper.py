@@ -190,6 +190,10 @@ class PaperVenue:
         except PaperRefusal as exc:
             return Failure(exc.kind, str(exc))
 
+    def accounts(self) -> list[str]:
+        """The accounts the venue holds (funded, or seeded on their first call)."""
+        return list(self._accounts)
+
     def _account(self, name: str) -> _Account:
         account = self._accounts.get(name)
         if account is None and self.seed_cash is not None:
