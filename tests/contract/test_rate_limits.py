@@ -24,6 +24,7 @@ from shared.exchange.throttle import BurstThrottle
 from shared.exchange.venues import VENUES, CcxtVenue
 from tests.contract.conftest import EMULATED, HTTP_TIMEOUT_S, KEY, recorded_paths
 
+MANY_TIMEOUT_S = 10  # tens of accounts at once share the loop with their emulator: no timeouts
 ACCOUNT_READ_UNITS = 4  # Binance /api/v3/account: weight 20, ccxt cost 4
 # the venue call that reads an account's balances
 BALANCE_PATH = {"kraken": "/0/private/BalanceEx", "coinbase": "/api/v3/brokerage/accounts",
@@ -115,7 +116,7 @@ async def test_followers_of_a_venue_share_one_price_read(venue: str) -> None:
     spec = EMULATED[venue]
     emulator = spec.emulator()
     paths = recorded_paths(emulator)
-    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
+    ctx = AdapterContext(http_timeout_s=MANY_TIMEOUT_S, rate_limit=True)
     followers = []
     async with emulator:
         for i in range(20):
@@ -146,7 +147,7 @@ async def test_binance_followers_of_a_process_wait_on_one_ip_weight_budget() -> 
     budget = VENUES["binance"].per_ip
     assert budget is not None
     emulator = spec.emulator()
-    ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
+    ctx = AdapterContext(http_timeout_s=MANY_TIMEOUT_S, rate_limit=True)
     reads = int(budget.burst // ACCOUNT_READ_UNITS) + 1  # one more than the IP's burst holds
     followers = []
     async with emulator:
