@@ -62,6 +62,9 @@ async def _start(system: System, followers: dict[str, int], **env: str) -> tuple
                         COPYTRADE_RELOAD_INTERVAL_S="0.1", **env)
     await eventually(lambda: metric(scrape(port), "copytrade_config_last_reload_success") == 1,
                      timeout=30)
+    # the config loads before the group's durable exists, and a new durable delivers only
+    # signals published after it: a signal sent in between is never copied
+    await eventually(system.consumer_exists, timeout=30)
     master = await system.start_master(make_config(paper_followers(followers)))
     return master, config_dir, port
 
