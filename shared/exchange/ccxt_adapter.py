@@ -120,14 +120,14 @@ class CcxtShare:
         self._session: aiohttp.ClientSession | None = None
         self._markets: Any = None  # the instance whose market table everybody uses
         self._loading = asyncio.Lock()
-        budget = venue.per_ip
-        self.ip_throttle = (BurstThrottle(budget.rate_limit_ms, budget.burst)
-                            if budget is not None and self._rate_limit else None)
         self._placing = 0  # create_order calls in flight, all accounts of the venue
-        self._quotes: dict[str, tuple[float, Decimal | None]] = {}  # symbol -> (read at, last)
-        self._reading: dict[str, asyncio.Future[None]] = {}  # symbol -> its read in flight
         self._placed = asyncio.Event()  # set while none are
         self._placed.set()
+        self._quotes: dict[str, tuple[float, Decimal | None]] = {}  # symbol -> (read at, last)
+        self._reading: dict[str, asyncio.Future[None]] = {}  # symbol -> its read in flight
+        budget = venue.per_ip  # one bucket for every account of the venue in the process
+        self.ip_throttle = (BurstThrottle(budget.rate_limit_ms, budget.burst)
+                            if budget is not None and self._rate_limit else None)
 
     @property
     def session(self) -> aiohttp.ClientSession:
