@@ -20,7 +20,8 @@ from typing import Any
 import msgspec
 
 from shared.config import AccountConfig, Credentials
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderCommand
 from tests.emulators.serve import key_for, secret_for
 

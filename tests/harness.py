@@ -34,7 +34,8 @@ from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
 from shared.config import CopytradeConfig, SecretSource, Settings, load_settings, parse_config
 from shared.control import Control, control_bucket
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVenue, SetPrice
 from shared.exchange.paper import nats_transport as paper_transport
 from shared.messages import AuditRecord, CopyResult, TradeRequest

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from services.master.service import MasterMetrics, MasterService
 from shared import bus
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.paper import Fund, PaperVenue
 from shared.messages import CopyResult, SignalRejected
 from shared.signing import SignalSigner

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared import bus
-from shared.exchange.factory import AdapterContext
+from shared.exchange.context import AdapterContext
 from shared.messages import CopyResult
 from tests.emulators.alpaca import AlpacaEmulator
 from tests.emulators.coinbase import CoinbaseEmulator

@@ -14,7 +14,7 @@ from services.copier.work import WorkMetrics
 from shared import bus
 from shared.config import SecretSource, Settings, load_settings
 from shared.control import Control, control_bucket
-from shared.exchange.factory import AdapterContext
+from shared.exchange.context import AdapterContext
 from shared.exchange.paper import PaperVenue, Transport, nats_transport
 from shared.runtime import run_main, service_runtime
 

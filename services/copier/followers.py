@@ -11,7 +11,8 @@ import msgspec
 
 from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource, SignalsConfig
 from shared.control import Control
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
 from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal, shard_of
 from shared.signing import SignalVerifier

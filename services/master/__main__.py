@@ -10,7 +10,8 @@ from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
 from shared.errors import ConfigError, CopytradeError
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.paper import nats_transport
 from shared.runtime import run_main, service_runtime
 from shared.signing import SignalSigner

@@ -45,7 +45,7 @@ from shared.exchange.throttle import BurstThrottle
 from shared.messages import MarketRules
 
 if TYPE_CHECKING:
-    from shared.exchange.factory import AdapterContext
+    from shared.exchange.context import AdapterContext
 
 log = logging.getLogger("copytrade.exchange.alpaca")
 QUOTE = "USD"

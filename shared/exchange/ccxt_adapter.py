@@ -62,7 +62,7 @@ from shared.exchange.venues import VENUES, CcxtVenue, Lookup
 from shared.messages import MarketRules
 
 if TYPE_CHECKING:
-    from shared.exchange.factory import AdapterContext
+    from shared.exchange.context import AdapterContext
 
 log = logging.getLogger("copytrade.exchange.ccxt")
 # ccxt logs signed request headers at DEBUG: its instances log here, never below INFO.

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from shared import bus
-from shared.exchange.factory import AdapterContext
+from shared.exchange.context import AdapterContext
 from shared.messages import CopyResult, DeadLetter, TradeSignal, client_order_id_for
 from tests.chaos.conftest import (
     Figures,

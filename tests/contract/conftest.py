@@ -19,7 +19,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from shared.config import AccountConfig, Credentials
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.paper import Call, Fund, InjectFault, Orders, PaperVenue, Reply
 from shared.exchange.port import ExchangeAccount
 from shared.messages import MarketRules

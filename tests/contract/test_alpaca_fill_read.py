@@ -14,7 +14,8 @@ import pytest_asyncio
 
 from shared.config import AccountConfig, Credentials
 from shared.exchange.alpaca_adapter import FILL_READS_S, AlpacaAccount
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderCommand
 from tests.contract.conftest import HTTP_TIMEOUT_S, KEY, SECRET
 from tests.emulators.alpaca import AlpacaEmulator

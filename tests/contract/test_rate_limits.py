@@ -18,7 +18,8 @@ import pytest
 
 from shared.config import AccountConfig, Credentials
 from shared.exchange.ccxt_adapter import CcxtAccount
-from shared.exchange.factory import AdapterContext, build_account
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.port import OrderCommand
 from shared.exchange.throttle import BurstThrottle
 from shared.exchange.venues import VENUES, CcxtVenue, IpBudget
