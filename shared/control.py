@@ -9,16 +9,16 @@ import time
 
 import msgspec
 from msgspec import Struct
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from shared import bus
 from shared.messages import FollowerState
 
 log = logging.getLogger("copytrade.control")
 
-CONTROL_BUCKET = "copytrade-control"
+CONTROL_BUCKET = bus.CONTROL_BUCKET  # the name lives in shared.bus; kept here for the CLI
 KILL_KEY = "kill"
 STATE_PREFIX = "state."
 
@@ -34,11 +34,8 @@ _decoder = msgspec.json.Decoder(Override)
 
 
 async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(CONTROL_BUCKET)
-    except NotFoundError:
-        return await js.create_key_value(KeyValueConfig(
-            bucket=CONTROL_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas))
+    """The control bucket, created or brought to `replicas` like every bucket (shared.bus)."""
+    return await bus.bucket(js, bus.CONTROL_BUCKET, replicas)
 
 
 async def set_kill(kv: KeyValue, on: bool) -> None:

@@ -17,6 +17,7 @@ from nats.js.client import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from shared import bus
+from shared.bus import nats_fixes
 from shared.config import Settings
 from shared.observability import HealthServer, RedactSecrets, setup_logging
 
@@ -56,6 +57,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def service_runtime(name: str, settings: Settings) -> AsyncIterator[Runtime]:
     """Set up a service process; SIGTERM/SIGINT set `runtime.stopping`."""
+    nats_fixes.install()
     redactor = setup_logging(settings.log_level)
     registry = CollectorRegistry()
     health = HealthServer(registry, settings.http_port)

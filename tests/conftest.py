@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.bus import nats_fixes
 from tests.harness import System
 from tests.natsserver import NatsServer, running_nats
 from tests.secrets_scan import leaks, log_files
@@ -30,6 +31,10 @@ def nats_server() -> Iterator[NatsServer]:
 async def system(nats_server: NatsServer, tmp_path: object) -> AsyncIterator[System]:
     async with System(nats_server, tmp_path) as sys_:  # type: ignore[arg-type]
         yield sys_
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    nats_fixes.install()  # as every service does at start-up
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

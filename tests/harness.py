@@ -19,9 +19,11 @@ import msgspec
 import nats
 import yaml
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.copier.copy.policy import Policy
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
@@ -152,7 +154,7 @@ class System:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._scan_for_secrets()
+        await self.scan_for_secrets()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
@@ -161,19 +163,21 @@ class System:
             with contextlib.suppress(Exception):  # best effort clean-up
                 await closer()
 
-    async def _scan_for_secrets(self) -> None:
+    async def scan_for_secrets(self) -> None:
         """No registered secret in any result record or any metric this system exported."""
-        with contextlib.suppress(Exception):  # a test that broke NATS fails on its own account
+        try:
             records = [msgspec.json.encode(r).decode() for r in await self.audit()]
-            metrics = [h.metrics_text() for h in self.copiers]
-            found = leaks([*records, *metrics])
-            assert not found, f"secret values leaked into results or metrics: {found}"
+        except (nats.errors.Error, TimeoutError):  # a test that broke NATS: scan the metrics
+            records = []
+        metrics = [h.metrics_text() for h in self.copiers]
+        found = leaks([*records, *metrics])
+        assert not found, f"secret values leaked into results or metrics: {found}"
 
     async def consumer_exists(self, group: str = "paper") -> bool:
         """Whether a copier of the group has created its durable (it is consuming)."""
         try:
             await self.js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name(group))
-        except Exception:
+        except NotFoundError:
             return False
         return True
 
@@ -222,11 +226,13 @@ class System:
         control = Control(await control_bucket(js))
         watching = asyncio.create_task(control.watch())
         claims = await js.key_value(bus.CLAIMS_BUCKET)
-        reconciler = Reconciler(book=book, metrics=metrics, exchange=exchange, control=control.kv,
-                                claims=claims, threshold=s.reconcile_threshold,
+        policy = Policy(control, metrics)
+        reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
+                                control=control.kv, claims=claims, threshold=s.reconcile_threshold,
                                 heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
-                        instance=instance, control=control, reconciler=reconciler,
+                        instance=instance, control=control, policy=policy,
+                        reconciler=reconciler,
                         work_metrics=WorkMetrics(registry, exchange))
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,
                               reconciler)

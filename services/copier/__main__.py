@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.copier.copy.policy import Policy
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
@@ -57,12 +58,15 @@ async def run(settings: Settings) -> None:
                                   max_deliver=settings.max_deliver)
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
         background = [asyncio.create_task(control.watch())]
+        policy = Policy(control, metrics)
         reconciler = Reconciler(
-            book=book, metrics=metrics, exchange=settings.group, control=control.kv, claims=claims,
+            book=book, metrics=metrics, group=settings.group, policy=policy, control=control.kv,
+            claims=claims,
             threshold=settings.reconcile_threshold, heal=settings.reconcile_heal,
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance, control=control,
+                        policy=policy,
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())

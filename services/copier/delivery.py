@@ -26,9 +26,9 @@ log = logging.getLogger("copytrade.copier")
 
 class Delivery:
     def __init__(
-        self, *, js: JetStreamContext, metrics: CopierMetrics, settings: Settings, exchange: str
+        self, *, js: JetStreamContext, metrics: CopierMetrics, settings: Settings, group: str
     ) -> None:
-        self._js, self._metrics, self._settings, self._exchange = js, metrics, settings, exchange
+        self._js, self._metrics, self._settings, self._group = js, metrics, settings, group
         self._encoder = msgspec.json.Encoder(decimal_format="string")
 
     async def settle(
@@ -64,20 +64,20 @@ class Delivery:
             await msg.nak(delay=delay)
             return
         self._metrics.dead_lettered.inc()
-        record = DeadLetter(exchange=self._exchange, signal_id=signal_id, deliveries=deliveries,
+        record = DeadLetter(exchange=self._group, signal_id=signal_id, deliveries=deliveries,
                             error=error, at=time.time(), shard=shard)
-        await self._js.publish(bus.deadletter_subject(self._exchange), self._encoder.encode(record))
+        await self._js.publish(bus.deadletter_subject(self._group), self._encoder.encode(record))
         log.error("event=signal_dead_lettered signal_id=%s%s error=%s", signal_id, _shard(shard),
                   error)
         await msg.term()
 
     async def reject(self, data: bytes, reason_code: str, reason: str) -> None:
         """Record bytes that will never be executed, and why (they are then terminated)."""
-        self._metrics.signals_rejected.labels(self._exchange, reason_code).inc()
-        record = SignalRejected(exchange=self._exchange, reason_code=reason_code,
+        self._metrics.signals_rejected.labels(self._group, reason_code).inc()
+        record = SignalRejected(exchange=self._group, reason_code=reason_code,
                                 reason=reason[:500], size=len(data),
                                 excerpt=repr(data[:120])[:500], at=time.time())
-        await self._js.publish(bus.reject_subject(self._exchange), self._encoder.encode(record))
+        await self._js.publish(bus.reject_subject(self._group), self._encoder.encode(record))
         log.warning("event=signal_rejected reason=%s detail=%r", reason_code, reason[:200])
 
     async def _keep_alive(self, msg: Msg) -> None:

@@ -106,10 +106,10 @@ class Follower:
 
 
 class FollowerBook:
-    """The followers of one exchange group, built from config; adapters are made once each."""
+    """The followers of one copier group, built from config; adapters are made once each."""
 
-    def __init__(self, exchange: str, secrets: SecretSource, ctx: AdapterContext) -> None:
-        self.exchange = exchange
+    def __init__(self, group: str, secrets: SecretSource, ctx: AdapterContext) -> None:
+        self.group = group
         self._secrets = secrets
         self._ctx = ctx
         self._followers: dict[str, Follower] = {}
@@ -128,7 +128,7 @@ class FollowerBook:
         in flight finish on the client they started with.
         """
         built: dict[str, Follower] = {}
-        for fconfig in config.followers_of(self.exchange):
+        for fconfig in config.followers_of(self.group):
             creds = self._secrets.credentials(fconfig, "USER")
             if fconfig.exchange == "alpaca":  # ALPACA_USER_<NAME>_PAPER overrides the config
                 fconfig = msgspec.structs.replace(fconfig, paper=self._secrets.alpaca_paper(fconfig))

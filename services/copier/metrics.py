@@ -10,8 +10,9 @@ STATES = ("active", "paused", "close_only", "dry_run")
 
 
 class CopierMetrics:
-    def __init__(self, registry: CollectorRegistry, exchange: str) -> None:
-        self.exchange = exchange
+    def __init__(self, registry: CollectorRegistry, group: str) -> None:
+        self.group = group
+        exchange = group  # the label is still named `exchange` on the dashboards
         self.signals_received = Counter(
             "copytrade_signals_received_total", "Signals taken from the stream", ["exchange"],
             registry=registry).labels(exchange)
@@ -49,6 +50,12 @@ class CopierMetrics:
             "copytrade_position_drift_ratio",
             "Follower position vs what copying should have produced: |actual-expected|/expected",
             ["exchange", "follower", "symbol"], registry=registry)
+        self.reconcile_errors = Counter(
+            "copytrade_reconcile_errors_total", "Reconciliation reads or rounds that failed",
+            ["exchange"], registry=registry).labels(exchange)
+        self.heals = Counter(
+            "copytrade_heals_total", "Heal orders by outcome (placed, failed, or the refusal)",
+            ["exchange", "outcome"], registry=registry)
         self.reloads = Counter(
             "copytrade_config_reloads_total", "Config reloads by outcome", ["outcome"],
             registry=registry)
@@ -61,11 +68,11 @@ class CopierMetrics:
         self.signals_rejected.labels(exchange, "malformed")
 
     def outcome(self, follower: str, outcome: str, reason: str) -> None:
-        self.outcomes.labels(self.exchange, follower, outcome, reason).inc()
+        self.outcomes.labels(self.group, follower, outcome, reason).inc()
 
     def set_followers(self, counts: dict[str, int]) -> None:
         for state in STATES:
-            self.followers.labels(self.exchange, state).set(counts.get(state, 0))
+            self.followers.labels(self.group, state).set(counts.get(state, 0))
 
     def forget_follower(self, follower: str) -> None:
         """Drop a removed follower's series so dashboards stop showing it."""

@@ -1,25 +1,29 @@
 """Reconciliation: compare each follower's actual position with what copying should have
 produced (the master's position scaled by the follower's sizing), export the drift, record it
-for `copytrade status`, and optionally heal it through the same idempotent order path."""
+for `copytrade status`, and optionally heal it: through the same policy as a copy (kill switch,
+state, caps, dry-run) and the same idempotent order path."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from decimal import Decimal
 
 import msgspec
+import nats
 from msgspec import Struct
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.copier.copy.policy import Policy
 from services.copier.followers import Follower, FollowerBook
 from services.copier.metrics import CopierMetrics
 from shared.errors import CopytradeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderCommand
-from shared.messages import TradeSignal, client_order_id_for
+from shared.messages import SizedOrder, Skip, TradeSignal, client_order_id_for
+from shared.sizing_modes import position_scale
 
 log = logging.getLogger("copytrade.reconcile")
 DRIFT_PREFIX = "drift."
@@ -43,11 +47,11 @@ class Drift(Struct, frozen=True, kw_only=True):
 
 class Reconciler:
     def __init__(
-        self, *, book: FollowerBook, metrics: CopierMetrics, exchange: str,
+        self, *, book: FollowerBook, metrics: CopierMetrics, group: str, policy: Policy,
         control: KeyValue | None, claims: KeyValue, threshold: Decimal, heal: bool,
         order_timeout_s: float,
     ) -> None:
-        self._book, self._metrics, self._exchange = book, metrics, exchange
+        self._book, self._metrics, self._group, self._policy = book, metrics, group, policy
         self._control, self._claims = control, claims
         self._threshold, self._heal, self._order_timeout_s = threshold, heal, order_timeout_s
         self._master: dict[str, MasterPosition] = {}
@@ -63,8 +67,11 @@ class Reconciler:
     async def run(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            with contextlib.suppress(Exception):  # a failed round is retried next interval
+            try:
                 await self.reconcile()
+            except (CopytradeError, nats.errors.Error, TimeoutError) as exc:  # next round retries
+                self._metrics.reconcile_errors.inc()
+                log.warning("event=reconcile_round_failed error=%s", type(exc).__name__)
 
     async def reconcile(self) -> list[Drift]:
         """One round over every follower and symbol; returns the drifts over the threshold."""
@@ -78,23 +85,29 @@ class Reconciler:
         return drifts
 
     async def _check(self, follower: Follower, symbol: str, master: MasterPosition) -> Drift | None:
-        spec = follower.config.sizing
         try:
-            venue_symbol = follower.venue_symbol(symbol)
-            actual = await follower.account.position(venue_symbol)
-            if spec.mode == "multiplier" and spec.multiplier is not None:
-                expected = master.amount * spec.multiplier
-            elif spec.mode == "equity_ratio":
-                equity = (await follower.account.snapshot()).equity
-                expected = master.amount * equity / master.equity
-            else:
-                return None  # fixed_notional copies have no position to match
-        except CopytradeError:
+            expected = await self._target(follower, master)
+            if expected is None:
+                return None
+            actual = await follower.account.position(follower.venue_symbol(symbol))
+        except CopytradeError as exc:  # this follower's venue: the others still reconcile
+            self._metrics.reconcile_errors.inc()
+            log.warning("event=reconcile_read_failed follower=%s error=%s", follower.id,
+                        type(exc).__name__)
             return None
         ratio = abs(actual - expected) / expected if expected > 0 else Decimal(actual > 0)
-        self._metrics.drift.labels(self._exchange, follower.id, symbol).set(float(ratio))
+        self._metrics.drift.labels(self._group, follower.id, symbol).set(float(ratio))
         return Drift(follower_id=follower.id, symbol=symbol, expected=expected, actual=actual,
                      ratio=ratio, at=time.time())
+
+    async def _target(self, follower: Follower, master: MasterPosition) -> Decimal | None:
+        """The position copying should have produced: the master's, scaled like a copy."""
+        spec = follower.config.sizing
+        equity = (await follower.account.snapshot()).equity if spec.mode == "equity_ratio" else Decimal(0)
+        scale = position_scale(spec, equity=equity, master_equity=master.equity)
+        if scale is None:
+            return None
+        return master.amount * Decimal(scale.numerator) / Decimal(scale.denominator)
 
     async def _report(self, drift: Drift, master: MasterPosition, follower: Follower) -> None:
         log.warning("event=position_drift follower=%s symbol=%s expected=%s actual=%s ratio=%.3f",
@@ -105,18 +118,30 @@ class Reconciler:
             await self._heal_drift(drift, master, follower)
 
     async def _heal_drift(self, drift: Drift, master: MasterPosition, follower: Follower) -> None:
-        """One correcting order per (master position, follower): claimed like any copy."""
-        key = f"heal.{master.signal_id}.{follower.id}"
-        try:
-            await self._claims.create(key, b"1")
-        except Exception:
-            return  # already healed for this master position (or being healed)
+        """One correcting order per (master position, follower): through the policy, like any
+        copy, and claimed, so it is placed at most once."""
         gap = drift.expected - drift.actual
+        order = SizedOrder(follower_id=follower.id, side="buy" if gap > 0 else "sell",
+                           size=abs(gap), size_type="base", notional=abs(gap) * master.price,
+                           scale=Decimal(1))
+        verdict = self._policy.admit(follower, order, held_notional=drift.actual * master.price)
+        if verdict != "place":
+            reason = verdict.reason_code if isinstance(verdict, Skip) else "dry_run"
+            self._metrics.heals.labels(self._group, reason).inc()
+            log.info("event=heal_refused follower=%s reason=%s", follower.id, reason)
+            return
+        try:
+            await self._claims.create(f"heal.{master.signal_id}.{follower.id}", b"1")
+        except KeyWrongLastSequenceError:
+            return  # already healed for this master position (or being healed)
         command = OrderCommand(
             client_order_id=client_order_id_for(f"heal-{master.signal_id}", follower.id),
-            symbol=follower.venue_symbol(drift.symbol), side="buy" if gap > 0 else "sell",
-            size=abs(gap), size_type="base", reference_price=master.price)
+            symbol=follower.venue_symbol(drift.symbol), side=order.side, size=order.size,
+            size_type="base", reference_price=master.price)
         try:
             await place_idempotently(follower.account, command, timeout_s=self._order_timeout_s)
         except CopytradeError as exc:
+            self._metrics.heals.labels(self._group, "failed").inc()
             log.warning("event=heal_failed follower=%s error=%s", follower.id, type(exc).__name__)
+            return
+        self._metrics.heals.labels(self._group, "placed").inc()

@@ -167,7 +167,7 @@ class ConfigReloader:
             config = load_config(self._config_path)
         except (ConfigError, ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
             raise _failure(exc, "config") from None
-        for follower in config.followers_of(self._book.exchange):
+        for follower in config.followers_of(self._book.group):
             try:
                 self._secrets.credentials(follower, "USER")
                 if follower.exchange == "alpaca":

@@ -27,8 +27,9 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from services.copier.copy.execute import CopyExecutor
+from services.copier.copy.policy import Policy
 from services.copier.delivery import Delivery
-from services.copier.executor import CopyExecutor
 from services.copier.followers import FollowerBook, Lineage
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
@@ -46,20 +47,21 @@ class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
-        reconciler: Reconciler | None = None, work_metrics: WorkMetrics | None = None,
+        policy: Policy, reconciler: Reconciler | None = None,
+        work_metrics: WorkMetrics | None = None,
     ) -> None:
         self._js, self._book, self._control = js, book, control
         self._metrics, self._settings = metrics, settings
-        self._exchange = book.exchange
+        self._group = book.group
         self._decoder = msgspec.json.Decoder(TradeSignal)
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[None] | None = None
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
-                                     settings=settings, instance=instance, control=control,
+                                     settings=settings, instance=instance, policy=policy,
                                      reconciler=reconciler)
-        self._delivery = Delivery(js=js, metrics=metrics, settings=settings, exchange=self._exchange)
-        self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._exchange)
-        self.replicas = Replicas(nc, self._exchange, instance, settings.replica_heartbeat_s)
+        self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
+        self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
+        self.replicas = Replicas(nc, self._group, instance, settings.replica_heartbeat_s)
         self._planner = WorkPlanner(js=js, book=book, settings=settings, instance=instance,
                                     metrics=self.work_metrics)
         self._work = WorkRunner(nc=nc, js=js, book=book, executor=self.executor,
@@ -73,7 +75,7 @@ class Copier:
         await self._planner.prepare()
         await self.replicas.join()
         sub = await self._js.pull_subscribe_bind(
-            durable=bus.durable_name(self._exchange), stream=bus.SIGNALS_STREAM)
+            durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
         background = [asyncio.create_task(self._watch_lag()),
                       asyncio.create_task(self.replicas.run())]
         work = asyncio.create_task(self._work.run())
@@ -129,7 +131,7 @@ class Copier:
         while True:
             with contextlib.suppress(Exception):
                 info = await self._js.consumer_info(bus.SIGNALS_STREAM,
-                                                    bus.durable_name(self._exchange))
+                                                    bus.durable_name(self._group))
                 self._metrics.pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
             self._metrics.set_followers(self._book.state_counts(self._control))
             await asyncio.sleep(interval_s)
@@ -160,8 +162,8 @@ class Copier:
         problem = self._book.signature_problem(signal)
         if problem is not None:
             return problem
-        seen = f"seen.{self._exchange}.{signal.signal_id}"
-        if not redelivered and not await self.executor.claim(seen, b"1"):
+        seen = f"seen.{self._group}.{signal.signal_id}"
+        if not redelivered and not await self.executor.claims.create(seen, b"1"):
             return "replayed", f"signal {signal.signal_id} was already taken by this group"
         return None
 

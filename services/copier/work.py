@@ -23,8 +23,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.copier.copy.execute import CopyExecutor
 from services.copier.delivery import Delivery
-from services.copier.executor import CopyExecutor
 from services.copier.followers import Follower, FollowerBook
 from services.copier.replicas import Replicas
 from shared import bus
@@ -63,7 +63,7 @@ class WorkPlanner:
         metrics: WorkMetrics,
     ) -> None:
         self._js, self._book, self._settings = js, book, settings
-        self._group, self._instance, self._metrics = book.exchange, instance, metrics
+        self._group, self._instance, self._metrics = book.group, instance, metrics
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._spread_before = False
 
@@ -110,7 +110,7 @@ class WorkRunner:
     ) -> None:
         self._nc, self._js, self._book, self._executor = nc, js, book, executor
         self._delivery, self._replicas, self._settings = delivery, replicas, settings
-        self._metrics, self._group = metrics, book.exchange
+        self._metrics, self._group = metrics, book.group
         self._decoder = msgspec.json.Decoder(WorkItem)
         self._loops: dict[int, asyncio.Task[None]] = {}
         self._items: set[asyncio.Task[None]] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -11,6 +12,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from shared import bus
 from shared.config import Settings, load_settings
 from shared.exchange.paper import Call, PaperVenue
 from shared.runtime import run_main, service_runtime
@@ -29,20 +31,32 @@ async def serve_venue(nc: Client, venue: PaperVenue) -> Service:
         # task so simulated latency overlaps, as it would at a real venue
         task = asyncio.create_task(answer(request))
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(_observed(tasks))
 
     async def answer(request: Request) -> None:
         try:
             call = decoder.decode(request.data)
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # not JSON, or JSON of the wrong shape
             await request.respond_error("400", str(exc))
             return
         await request.respond(encoder.encode(await venue.handle(call)))
 
-    service = await add_service(nc, name="copytrade-paper", version="1.0.0",
+    service = await add_service(nc, name=bus.PAPER_SERVICE, version="1.0.0",
                                 description="Simulated exchange for demo, dry runs and tests")
-    await service.add_group(name="copytrade.paper").add_endpoint(name="call", handler=handle)
+    await service.add_group(name=bus.PAPER_GROUP).add_endpoint(name=bus.PAPER_ENDPOINT,
+                                                                handler=handle)
     return service
+
+
+def _observed(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback that forgets the task and logs its exception (none goes unseen)."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=paper_call_failed error=%s", type(task.exception()).__name__)
+
+    return done
 
 
 async def run(settings: Settings) -> None:

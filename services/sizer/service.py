@@ -13,6 +13,7 @@ from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.sizer.sizing import size_all
+from shared import bus
 from shared.messages import SizedOrder, SizeReply, SizeRequest
 
 log = logging.getLogger("copytrade.sizer")
@@ -34,7 +35,7 @@ class SizerMetrics:
 
 
 class Sizer:
-    """Answers `SizeRequest`s on copytrade.sizer.size."""
+    """Answers `SizeRequest`s on `bus.SIZER_SUBJECT`."""
 
     def __init__(self, metrics: SizerMetrics) -> None:
         self._metrics = metrics
@@ -42,17 +43,17 @@ class Sizer:
         self._encoder = msgspec.json.Encoder(decimal_format="string")
 
     async def start(self, nc: Client) -> Service:
-        service = await add_service(nc, name="copytrade-sizer", version="1.0.0",
+        service = await add_service(nc, name=bus.SIZER_SERVICE, version="1.0.0",
                                     description="Sizes follower orders for a trade signal")
-        group = service.add_group(name="copytrade.sizer")
-        await group.add_endpoint(name="size", handler=self.handle)
+        group = service.add_group(name=bus.SIZER_GROUP)
+        await group.add_endpoint(name=bus.SIZER_ENDPOINT, handler=self.handle)
         return service
 
     async def handle(self, request: Request) -> None:
         started = time.perf_counter()
         try:
             size_request = self._decoder.decode(request.data)
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # not JSON, or JSON of the wrong shape
             self._metrics.requests.labels("error").inc()
             log.warning("event=size_request_rejected error=%s", exc)
             await request.respond_error("400", f"invalid size request: {exc}")

@@ -21,6 +21,7 @@ from shared.messages import (
     Skip,
     TradeSignal,
 )
+from shared.sizing_modes import order_scale
 
 ZERO = Decimal(0)
 PRICE_STEP_UNPUBLISHED = Decimal("0.00000001")
@@ -55,14 +56,6 @@ def size_follower(
 Problem = tuple[str, str] | None
 
 
-def _gate_state(signal: TradeSignal, follower: FollowerSnapshot, _: float | None) -> Problem:
-    if follower.state == "paused":
-        return "paused", "Follower is paused"
-    if follower.state == "close_only" and signal.side == "buy":
-        return "close_only", "Follower is close-only: buys are not copied"
-    return None
-
-
 def _gate_symbol(signal: TradeSignal, follower: FollowerSnapshot, _: float | None) -> Problem:
     allow, deny = follower.risk.allow_symbols, follower.risk.deny_symbols
     if signal.symbol in deny or (allow is not None and signal.symbol not in allow):
@@ -91,7 +84,8 @@ def _gate_slippage(signal: TradeSignal, follower: FollowerSnapshot, _: float | N
     return None
 
 
-GATES = (_gate_state, _gate_symbol, _gate_age, _gate_slippage)
+# the follower's state, the kill switch and equity limits are the copier's policy (one gate)
+GATES = (_gate_symbol, _gate_age, _gate_slippage)
 
 
 def _master_notional(signal: TradeSignal) -> Decimal:
@@ -100,12 +94,8 @@ def _master_notional(signal: TradeSignal) -> Decimal:
 
 def _scale(signal: TradeSignal, follower: FollowerSnapshot) -> Fraction:
     """Follower size / master size before caps, by sizing mode (exact: no rounding yet)."""
-    spec = follower.sizing
-    if spec.mode == "multiplier" and spec.multiplier is not None:
-        return Fraction(spec.multiplier)
-    if spec.mode == "fixed_notional" and spec.fixed_notional is not None:
-        return Fraction(spec.fixed_notional) / Fraction(_master_notional(signal))
-    return Fraction(follower.equity) / Fraction(signal.master_equity)
+    return order_scale(follower.sizing, equity=follower.equity, master_equity=signal.master_equity,
+                       master_notional=_master_notional(signal))
 
 
 def _size_entry(

@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
+from shared import bus
 from shared.errors import (
     AuthError,
     BelowMinimum,
@@ -30,8 +31,6 @@ from shared.errors import (
 )
 from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
 from shared.messages import MarketRules, Side
-
-PAPER_SUBJECT = "copytrade.paper.call"
 
 PaperFaultKind = Literal[
     "exchange_error", "auth_error", "rate_limited", "timeout_after_accept", "insufficient_funds",
@@ -320,7 +319,7 @@ def nats_transport(nc: object, timeout_s: float = 10.0) -> Transport:
 
     async def call(request: Call) -> Reply:
         try:
-            msg = await nc.request(PAPER_SUBJECT, _call_encoder.encode(request), timeout=timeout_s)
+            msg = await nc.request(bus.PAPER_SUBJECT, _call_encoder.encode(request), timeout=timeout_s)
         except (NatsTimeout, NoRespondersError) as exc:
             raise TemporaryError(f"paper exchange unreachable: {type(exc).__name__}") from None
         reply: Reply = _reply_decoder.decode(msg.data)

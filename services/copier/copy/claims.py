@@ -1,0 +1,87 @@
+"""Claims: before a follower's order, (signal, follower) is claimed in the JetStream KV bucket
+with the sized order and its client order id, so a redelivery recovers instead of re-placing.
+
+Writes survive a leader change or a reconnect (bounded retries, `bus.retry`); a retried create
+that finds its own earlier write takes it as made."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from shared import bus
+from shared.bus import nats_fixes
+from shared.messages import Claim
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject already has a message (the claim exists)
+
+
+class ClaimBusy(Exception):
+    """Another live attempt may be placing this follower's order: retry the message later."""
+
+
+class Claims:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, *, timeout_s: float) -> None:
+        nats_fixes.require()  # without it a create that conflicts never resolves
+        self._js, self._kv, self._timeout_s = js, kv, timeout_s
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._decoder = msgspec.json.Decoder(Claim)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        """Create the claim iff absent (KV create semantics); False when someone else holds it.
+
+        Sent with publish_async rather than KeyValue.create: the same expected-sequence check,
+        without a request/reply round of its own, is a measured ~15% of the copier's CPU per order.
+        """
+        attempts = 0
+
+        async def once() -> bool:
+            nonlocal attempts
+            attempts += 1
+            return await self._create_once(key, data)
+
+        made = await bus.retry(f"claim {key}", once)
+        if made or attempts == 1:
+            return made
+        return await self._is_ours(key, data)  # an earlier attempt may have been stored
+
+    async def claim(self, key: str, claim: Claim) -> bool:
+        return await self.create(key, self._encoder.encode(claim))
+
+    async def get(self, key: str) -> tuple[Claim, int] | None:
+        """The claim and its revision, or None."""
+        try:
+            entry = await bus.retry(f"read claim {key}", lambda: self._kv.get(key))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return self._decoder.decode(entry.value), entry.revision
+
+    async def take_over(self, key: str, claim: Claim, revision: int) -> None:
+        """Replace a stale claim with ours; raise if another attempt changed it meanwhile."""
+        data = self._encoder.encode(claim)
+        await bus.retry(f"take over {key}", lambda: self._kv.update(key, data, last=revision))
+
+    async def _create_once(self, key: str, data: bytes) -> bool:
+        ack = await self._js.publish_async(
+            bus.kv_subject(bus.CLAIMS_BUCKET, key), data,
+            headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        try:
+            await asyncio.wait_for(ack, self._timeout_s)
+        except BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
+    async def _is_ours(self, key: str, data: bytes) -> bool:
+        try:
+            entry = await bus.retry(f"read claim {key}", lambda: self._kv.get(key))
+        except KeyNotFoundError:
+            return False
+        return entry.value == data

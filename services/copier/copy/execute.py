@@ -1,0 +1,199 @@
+"""Copying one signal for a set of followers: their figures, the sizer's decisions, then per
+follower policy -> claim -> place -> record, concurrently under this replica's limit.
+
+The same code runs a whole group's signal (the direct path) and one shard's work item (the
+spread path): only the set of followers and the message it runs under differ.
+
+Exactly-once effect: before an order, (signal, follower) is claimed with the sized order and
+its deterministic client order id; a redelivered message recovers each claimed follower by
+looking its order up at the venue instead of placing it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from services.copier.copy.claims import ClaimBusy, Claims
+from services.copier.copy.figures import FigureReader, ReadFailed
+from services.copier.copy.policy import Policy
+from services.copier.copy.results import Copy, Recording, ResultLog
+from services.copier.copy.sizing import SizerClient
+from services.copier.followers import Follower, FollowerBook, Lineage
+from services.copier.metrics import CopierMetrics
+from services.copier.reconcile import Reconciler
+from shared.config import Settings
+from shared.errors import ExchangeError
+from shared.exchange.placing import place_idempotently
+from shared.exchange.port import OrderCommand
+from shared.messages import (
+    Claim,
+    Decision,
+    FollowerSnapshot,
+    SizedOrder,
+    Skip,
+    TradeSignal,
+    client_order_id_for,
+)
+
+log = logging.getLogger("copytrade.copier")
+STORE_TIMEOUT_S = 30.0
+
+
+class CopyExecutor:
+    """Copies signals for followers of one group; one per replica, shared by both paths so the
+    replica's concurrency limit bounds all of its orders."""
+
+    def __init__(
+        self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
+        metrics: CopierMetrics, settings: Settings, instance: str, policy: Policy,
+        reconciler: Reconciler | None = None,
+    ) -> None:
+        self._book, self._metrics, self._settings, self._instance = book, metrics, settings, instance
+        self._group = book.group
+        self._limit = asyncio.Semaphore(settings.concurrency)
+        self.policy = policy
+        self.claims = Claims(js, claims, timeout_s=settings.order_timeout_s)
+        self._figures = FigureReader(book=book, policy=self.policy, settings=settings,
+                                     limit=self._limit)
+        self._sizer = SizerClient(nc, book, metrics)
+        self._results = ResultLog(js, metrics, self._group)
+        self._reconciler = reconciler
+        self._observed: dict[str, float] = {}  # symbol -> newest signal shown to the reconciler
+
+    async def execute(
+        self, signal: TradeSignal, followers: list[Follower], received_at: float, *,
+        redelivered: bool, lineage: Lineage, shard: int | None = None,
+    ) -> None:
+        """Copy `signal` for `followers`; return once every outcome is stored, raise if one
+        could not be (the message is then retried, and claims make the retry safe)."""
+        for follower in followers:
+            follower.resume(lineage)
+        decisions = await self._decide(signal, followers)
+        recording = Recording()
+        outcomes = await asyncio.gather(*(
+            self._copy_one(Copy(signal, f, self._group, received_at), decisions[f.id],
+                           redelivered, recording)
+            for f in followers), return_exceptions=True)
+        await self._results.stored(recording, STORE_TIMEOUT_S)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise failures[0]
+        self._observe(signal)
+        where = "" if shard is None else f" shard={shard}"
+        log.info("event=signal_copied signal_id=%s%s followers=%d %s seconds=%.3f",
+                 signal.signal_id, where, len(followers),
+                 " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
+                 time.time() - received_at)
+
+    def _observe(self, signal: TradeSignal) -> None:
+        """Show the reconciler the master's newest position (shards may finish out of order)."""
+        if self._reconciler is None or signal.executed_at < self._observed.get(signal.symbol, 0):
+            return
+        self._observed[signal.symbol] = signal.executed_at
+        self._reconciler.observe(signal)
+
+    async def _decide(
+        self, signal: TradeSignal, followers: list[Follower]
+    ) -> dict[str, Decision | ReadFailed]:
+        """Each follower's figures, then the sizer's decision for those that could be read."""
+        figures = await self._figures.read_all(signal, followers)
+        decided: dict[str, Decision | ReadFailed] = {
+            f.follower_id: f for f in figures if not isinstance(f, FollowerSnapshot)}
+        ready = [f for f in figures if isinstance(f, FollowerSnapshot)]
+        decided.update(await self._sizer.size(signal, ready))
+        return decided
+
+    async def _copy_one(
+        self, copy: Copy, decision: Decision | ReadFailed, redelivered: bool, recording: Recording
+    ) -> None:
+        async with self._limit:  # claim only when about to place: a crash strands few claims
+            await self._copy_one_now(copy, decision, redelivered, recording)
+
+    async def _copy_one_now(
+        self, copy: Copy, decision: Decision | ReadFailed, redelivered: bool, recording: Recording
+    ) -> None:
+        key = f"{copy.signal.signal_id}.{copy.follower.id}"
+        if redelivered:
+            entry = await self.claims.get(key)
+            if entry is not None:
+                await self._recover(copy, key, entry, recording)
+                return
+        if isinstance(decision, ReadFailed):
+            await self._results.record(copy.failed(decision.error), recording)
+            return
+        verdict = decision if isinstance(decision, Skip) else self.policy.admit(copy.follower, decision)
+        if isinstance(verdict, Skip):
+            await self._results.record(copy.skipped(verdict), recording)
+            return
+        assert isinstance(decision, SizedOrder)
+        cid = client_order_id_for(copy.signal.signal_id, copy.follower.id)
+        if verdict == "dry_run":
+            await self._results.record(copy.dry_run(decision, cid), recording)
+            return
+        claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
+        if not await self.claims.claim(key, claim):
+            entry = await self.claims.get(key)
+            if entry is None:
+                raise ClaimBusy(f"{key}: claimed by another attempt, then gone")
+            await self._recover(copy, key, entry, recording)
+            return
+        await self._place(copy, claim, recording)
+
+    async def _place(
+        self, copy: Copy, claim: Claim, recording: Recording, *, recovered: bool = False
+    ) -> None:
+        order, follower = claim.order, copy.follower
+        verdict = self.policy.admit(follower, order)  # again: it may have changed while queued
+        if isinstance(verdict, Skip):
+            await self._results.record(copy.skipped(verdict), recording)
+            return
+        command = OrderCommand(
+            client_order_id=claim.client_order_id, symbol=copy.symbol, side=order.side,
+            size=order.size, size_type=order.size_type, reference_price=copy.signal.price,
+            limit_price=order.limit_price)
+        sent_at = time.time()
+        self._metrics.internal_latency.observe(sent_at - copy.received_at)
+        self._metrics.in_flight.inc()
+        try:
+            ack = await place_idempotently(follower.account, command,
+                                           timeout_s=self._settings.order_timeout_s)
+            follower.apply_fill(command.symbol, order.side, ack)
+            self._metrics.copy_latency.observe((ack.accepted_at or time.time())
+                                               - copy.signal.executed_at)
+            result = copy.placed(order, ack, sent_at, recovered=recovered)
+        except ExchangeError as exc:
+            result = copy.failed(exc, order=order, client_order_id=claim.client_order_id,
+                                 sent_at=sent_at)
+        finally:
+            self._metrics.in_flight.dec()
+        await self._results.record(result, recording)
+
+    async def _recover(
+        self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording
+    ) -> None:
+        """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
+        claim, revision = entry
+        follower = copy.follower
+        follower.forget_figures()  # another attempt may have traded the account: read it again
+        if await self._results.recorded(follower.id, copy.signal.signal_id):
+            recording.tally["already_recorded"] += 1
+            return
+        found = await follower.account.find_order(claim.client_order_id, copy.symbol)
+        if found is not None:
+            await self._results.record(copy.placed(claim.order, found, None, recovered=True),
+                                       recording)
+            return
+        if time.time() - claim.at < self._settings.order_timeout_s * 2:
+            raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
+        taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
+        await self.claims.take_over(key, taken, revision)
+        log.info("event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
+                 copy.signal.signal_id, follower.id, claim.client_order_id)
+        await self._place(copy, taken, recording, recovered=True)

@@ -1,0 +1,129 @@
+"""The JetStream topology: every stream, bucket and durable, created or brought to the
+configured settings (replicas included) in one place, whichever service starts first."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.bus import subjects as s
+
+log = logging.getLogger("copytrade.bus")
+
+
+def stream_configs(replicas: int) -> list[StreamConfig]:
+    return [
+        StreamConfig(name=s.SIGNALS_STREAM, subjects=[s.SIGNALS_ALL],
+                     retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                     duplicate_window=s.DUPLICATE_WINDOW_S, max_age=30 * s.DAY,
+                     num_replicas=replicas),
+        StreamConfig(name=s.RESULTS_STREAM, storage=StorageType.FILE, max_age=90 * s.DAY,
+                     subjects=[s.RESULTS_ALL, s.REJECTS_ALL, s.DEADLETTER_ALL],
+                     duplicate_window=s.DUPLICATE_WINDOW_S, num_replicas=replicas),
+        # work queue: an item leaves the stream when acked; Nats-Msg-Id "<signal>:<shard>" dedupes
+        StreamConfig(name=s.WORK_STREAM, subjects=[s.WORK_ALL],
+                     retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                     duplicate_window=s.DUPLICATE_WINDOW_S, max_age=s.DAY, num_replicas=replicas),
+    ]
+
+
+def bucket_configs(replicas: int) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(bucket=s.CLAIMS_BUCKET, history=1, ttl=7 * s.DAY,
+                       storage=StorageType.FILE, replicas=replicas),
+        KeyValueConfig(bucket=s.CONTROL_BUCKET, history=5, storage=StorageType.FILE,
+                       replicas=replicas),
+        KeyValueConfig(bucket=s.FILLS_BUCKET, history=1, ttl=30 * s.DAY,
+                       storage=StorageType.FILE, replicas=replicas),
+    ]
+
+
+@dataclass(frozen=True)
+class Buckets:
+    claims: KeyValue
+    control: KeyValue
+    fills: KeyValue
+
+
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> Buckets:
+    """Create or update every stream and bucket to these settings; return the buckets."""
+    for config in stream_configs(replicas):
+        await _ensure_stream(js, config)
+    made = {c.bucket: await _ensure_bucket(js, c) for c in bucket_configs(replicas)}
+    return Buckets(claims=made[s.CLAIMS_BUCKET], control=made[s.CONTROL_BUCKET],
+                   fills=made[s.FILLS_BUCKET])
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The whole topology; the claims bucket (what the copier and tests need first)."""
+    return (await ensure_topology(js, replicas)).claims
+
+
+async def bucket(js: JetStreamContext, name: str, replicas: int = 1) -> KeyValue:
+    """One bucket of the topology, created or updated to its settings."""
+    config = next(c for c in bucket_configs(replicas) if c.bucket == name)
+    return await _ensure_bucket(js, config)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:  # exists with other settings: bring it to ours
+        log.info("event=stream_updated stream=%s replicas=%s", config.name, config.num_replicas)
+        await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """A bucket is a stream `KV_<bucket>`: created when missing, else its replicas, history
+    and TTL brought to ours (nats.py's create refuses an existing bucket with other settings)."""
+    try:
+        info = await js.stream_info(f"KV_{config.bucket}")
+    except NotFoundError:
+        return await js.create_key_value(config)
+    wanted: dict[str, float] = {"num_replicas": config.replicas,
+                                "max_msgs_per_subject": config.history,
+                                "max_age": config.ttl or 0.0}
+    current = {key: getattr(info.config, key) or 0 for key in wanted}
+    if current != wanted:
+        log.info("event=bucket_updated bucket=%s from=%s to=%s", config.bucket, current, wanted)
+        await js.update_stream(dataclasses.replace(
+            info.config, num_replicas=config.replicas, max_msgs_per_subject=config.history,
+            max_age=config.ttl or 0.0))
+    return await js.key_value(config.bucket)
+
+
+async def ensure_consumer(
+    js: JetStreamContext, group: str, *, ack_wait_s: float, max_deliver: int
+) -> None:
+    """The copier group's durable: every group sees every signal, its replicas share it."""
+    await js.add_consumer(s.SIGNALS_STREAM, ConsumerConfig(
+        durable_name=s.durable_name(group), filter_subject=s.SIGNALS_ALL,
+        deliver_policy=DeliverPolicy.NEW, ack_wait=ack_wait_s, max_deliver=max_deliver,
+        max_ack_pending=1,  # one signal in hand per group, across replicas: signal order holds
+    ))
+
+
+async def ensure_work_consumers(
+    js: JetStreamContext, group: str, shards: int, *, ack_wait_s: float, max_deliver: int
+) -> None:
+    """One durable per (group, shard) on the work stream; one item in hand per shard, so a
+    shard's items (and each follower's copies) run in signal order on whichever replica pulls."""
+    for shard in range(shards):
+        await js.add_consumer(s.WORK_STREAM, ConsumerConfig(
+            durable_name=s.work_durable(group, shard), filter_subject=s.work_subject(group, shard),
+            deliver_policy=DeliverPolicy.ALL, ack_wait=ack_wait_s, max_deliver=max_deliver,
+            max_ack_pending=1,
+        ))
