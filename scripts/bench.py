@@ -9,57 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import time
-import uuid
-from decimal import Decimal
 from pathlib import Path
 
-import msgspec
 import nats
-import yaml
 from nats.aio.client import Client
 
 if not __package__:  # `python scripts/bench.py` (make bench): import `scripts` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.localstack import ROOT, LocalStack, local_stack
+from scripts import bench_scale
+from scripts.benchkit import ENCODER, RESULT, fill_to_last_ack, fresh_paper_config, pct, signal
 from shared import bus
-from shared.messages import CopyResult, TradeSignal, signal_id_for
-from shared.signing import SignalSigner, new_signing_key
-
-ENCODER = msgspec.json.Encoder(decimal_format="string")
-SEED, PUBLIC_KEY = new_signing_key()
-SIGNER = SignalSigner(SEED)
-RESULT = msgspec.json.Decoder(CopyResult)
-
-
-def signal(quote: str = "100") -> TradeSignal:
-    order_id = uuid.uuid4().hex
-    return SIGNER.sign(TradeSignal(
-        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
-        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
-        size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
-        master_equity=Decimal(1_000_000), master_position_before=Decimal(0),
-        executed_at=time.time()))
-
-
-def fresh_config(workdir: Path, followers: list[dict[str, str]]) -> Path:
-    """An empty work directory with a config of these followers, trusting the bench's key."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    config = workdir / "copytrade.yaml"
-    config.write_text(yaml.safe_dump({
-        "master": {"id": "master", "exchange": "paper"},
-        "signals": {"public_keys": [PUBLIC_KEY]}, "followers": followers}))
-    return config
-
-
-def fresh_paper_config(workdir: Path, followers: int) -> Path:
-    """An empty work directory with a config of N paper followers."""
-    return fresh_config(workdir, [{"id": f"f{i:05d}", "exchange": "paper"} for i in range(followers)])
+from shared.messages import CopyResult
+from support.localstack import ROOT, LocalStack, local_stack
 
 
 class Run:
@@ -88,7 +53,7 @@ class Run:
         assert self.stack.nats is not None
         self.nc: Client = await nats.connect(self.stack.nats.url)
         self.results: dict[str, list[CopyResult]] = {}
-        await self.nc.jetstream().subscribe("copytrade.results.>", cb=self._on_result,
+        await self.nc.jetstream().subscribe(bus.RESULTS_ALL, cb=self._on_result,
                                             ordered_consumer=True)
         return self
 
@@ -119,15 +84,6 @@ class Run:
     def rss_kb(self) -> int:
         status = Path(f"/proc/{self.stack.procs['copier'].pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def fill_to_last_ack(results: list[CopyResult]) -> float:
-    return max(r.acked_at or 0 for r in results) - results[0].signal_executed_at
 
 
 async def internal_latency(signals: int) -> None:
@@ -200,8 +156,6 @@ async def main(quick: bool) -> None:
     await sequential(100 if quick else 1000, 50)
     await throughput(2000, 3 if quick else 5)
     await memory_per_follower(100, 1100 if quick else 2100)
-    from scripts import bench_scale  # it reuses this module's signal helpers
-
     await bench_scale.main(quick)
 
 

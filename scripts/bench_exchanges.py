@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from shared import bus
 from shared.config import AccountConfig, Credentials
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
@@ -92,10 +93,9 @@ async def kraken_fan_out(followers: int, latency_ms: float, signals: int) -> Non
     """A copier process copying to N Kraken followers at the emulator (its own process)."""
     import nats
 
-    from scripts.bench import ENCODER, fill_to_last_ack, fresh_config, signal
-    from scripts.localstack import local_stack
-    from shared import bus
+    from scripts.benchkit import ENCODER, fill_to_last_ack, fresh_config, signal
     from shared.messages import CopyResult
+    from support.localstack import local_stack
 
     emulator, url = start_emulator(followers, latency_ms)
     workdir = ROOT / ".bench" / f"kraken-{followers}"
@@ -122,7 +122,7 @@ async def kraken_fan_out(followers: int, latency_ms: float, signals: int) -> Non
                 result = decoder.decode(msg.data)
                 results.setdefault(result.signal_id, []).append(result)
 
-            await nc.jetstream().subscribe("copytrade.results.>", cb=collect, ordered_consumer=True)
+            await nc.jetstream().subscribe(bus.RESULTS_ALL, cb=collect, ordered_consumer=True)
             times = []
             for _ in range(signals + 1):
                 sig = signal("10")

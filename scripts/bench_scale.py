@@ -24,9 +24,9 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from scripts.bench import ENCODER, fresh_paper_config, pct, signal
-from scripts.localstack import ROOT, LocalStack, local_stack
+from scripts.benchkit import ENCODER, fresh_paper_config, pct, signal
 from shared import bus
+from support.localstack import ROOT, LocalStack, local_stack
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SHARDS = 32
@@ -160,7 +160,7 @@ class ScaleRun:
     async def results(self) -> dict[str, list[_Result]]:
         """Every stored result, by signal (read after the measurement)."""
         js = self.nc.jetstream()
-        sub = await js.pull_subscribe("copytrade.results.>", config=ConsumerConfig(
+        sub = await js.pull_subscribe(bus.RESULTS_ALL, config=ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))
         decoder = msgspec.json.Decoder(_Result)
         by_signal: dict[str, list[_Result]] = {}

@@ -19,11 +19,11 @@ import nats
 import yaml
 from nats.aio.client import Client
 
-from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
 from shared.exchange.paper import Fund, Ok, Position, Snapshot, nats_transport
 from shared.messages import CopyResult, TradeReply, TradeRequest
 from shared.signing import new_signing_key
+from support.localstack import ROOT, LocalStack, local_stack
 
 FOLLOWERS = {"alice": 1_000, "bob": 5_000, "carol": 50_000, "dave": 100}
 MASTER_EQUITY = 10_000

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from shared.bus import nats_fixes
+from support.natsserver import NatsServer, running_nats
 from tests.harness import System
-from tests.natsserver import NatsServer, running_nats
 from tests.secrets_scan import leaks, log_files
 
 

@@ -42,7 +42,7 @@ from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVe
 from shared.exchange.paper import nats_transport as paper_transport
 from shared.messages import AuditRecord, CopyResult, TradeRequest
 from shared.signing import SignalSigner, new_signing_key
-from tests.natsserver import NatsServer
+from support.natsserver import NatsServer
 from tests.secrets_scan import leaks, register
 
 ROOT = Path(__file__).resolve().parent.parent

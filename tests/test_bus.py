@@ -9,7 +9,7 @@ import pytest
 from nats.js.errors import BadRequestError
 
 from shared import bus
-from tests.natsserver import NatsServer
+from support.natsserver import NatsServer
 
 
 async def test_pipelined_claim_of_existing_key_fails_with_wrong_last_sequence(

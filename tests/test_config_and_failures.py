@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from shared.messages import CopyResult, DeadLetter
+from support.natsserver import free_port
 from tests.emulators.kraken import KrakenEmulator
 from tests.harness import ROOT, System, config_data, eventually, make_config, paper_followers, trade
-from tests.natsserver import free_port
 from tests.secrets_scan import leaks, log_files, register
 
 

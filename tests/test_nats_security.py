@@ -13,10 +13,10 @@ import nats
 import pytest
 import yaml
 
-from scripts.localstack import ROOT, LocalStack, local_stack
 from shared import bus
 from shared.exchange.paper import Fund, Orders, nats_transport
 from shared.messages import TradeReply, TradeRequest
+from support.localstack import ROOT, LocalStack, local_stack
 from tests.harness import TEST_SIGNING_SEED, config_data
 from tests.secrets_scan import register
 

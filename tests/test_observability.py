@@ -19,10 +19,11 @@ import nats
 import pytest
 import yaml
 
-from scripts.localstack import LocalStack, local_stack
 from shared import bus
 from shared.exchange.paper import Fund, InjectFault, nats_transport
 from shared.messages import TradeReply, TradeRequest
+from support.localstack import LocalStack, local_stack
+from support.natsserver import free_port
 from tests.deploy.promql import (
     HISTOGRAM_SUFFIXES,
     dashboard_metric_names,
@@ -31,7 +32,6 @@ from tests.deploy.promql import (
     variable_queries,
 )
 from tests.harness import TEST_SIGNING_SEED, config_data
-from tests.natsserver import free_port
 
 
 @pytest.fixture

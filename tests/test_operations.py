@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from services.copier.reload import fingerprint
+from support.natsserver import free_port
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
-from tests.natsserver import free_port
 
 
 def mount(directory: Path, files: dict[str, str]) -> None:

@@ -20,8 +20,8 @@ from shared.config import SecretSource
 from shared.exchange.context import AdapterContext
 from shared.exchange.paper import PaperVenue
 from shared.observability import RedactSecrets
+from support.natsserver import free_port
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
-from tests.natsserver import free_port
 from tests.test_operations import metric, scrape
 
 SHORT_KEY = "AAEC"  # valid base64, 3 bytes: not an Ed25519 public key

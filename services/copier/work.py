@@ -81,7 +81,7 @@ class WorkPlanner:
 
     async def _queued(self) -> bool:
         info = await self._js.stream_info(bus.WORK_STREAM,
-                                          subjects_filter=f"copytrade.work.{self._group}.>")
+                                          subjects_filter=bus.work_of(self._group))
         return bool(info.state.subjects)
 
     async def plan(self, signal: TradeSignal, received_at: float) -> None:

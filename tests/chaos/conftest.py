@@ -32,8 +32,8 @@ from shared.config import CopytradeConfig, parse_config
 from shared.exchange.paper import Orders, PaperVenue
 from shared.messages import CopyResult, TradeSignal, client_order_id_for, signal_id_for
 from shared.signing import SignalSigner
+from support.natsserver import NatsServer, nats_server_binary
 from tests.harness import config_data, paper_followers
-from tests.natsserver import NatsServer, nats_server_binary
 
 MASTER = "master"
 PRICE = Decimal("45000")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.natsserver import NatsServer, free_port
+from support.natsserver import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
