@@ -243,19 +243,38 @@ class SizeReply(Struct, frozen=True, kw_only=True, tag="size_reply", forbid_unkn
 
 
 class TradeRequest(Struct, frozen=True, kw_only=True, tag="trade", forbid_unknown_fields=True):
-    """Ask the master service to trade on the master account."""
+    """Ask the master service to trade on the master account.
+
+    `request_id` is the idempotency key: a request sent again with the same id never places a
+    second master order, it is answered with the first request's outcome."""
 
     symbol: Symbol
     side: Side
     size: Decimal
     size_type: SizeType
+    # safe in a KV key; a request sent without one gets its own (and no retry safety)
+    request_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")] = msgspec.field(
+        default_factory=lambda: uuid.uuid4().hex)
+    master_id: AccountId | None = None  # the master meant; None: whichever serves the subject
 
     def __post_init__(self) -> None:
         check_money("size", self.size)
 
+    def same_trade(self, other: TradeRequest) -> bool:
+        """Whether `other` asks for the same order (a retry), whatever its master id spelling."""
+        return (self.symbol, self.side, self.size, self.size_type) == (
+            other.symbol, other.side, other.size, other.size_type)
+
 
 class TradeReply(Struct, frozen=True, kw_only=True, tag="trade_reply"):
-    ok: bool
+    """The master's answer. `outcome`: filled (the order filled, its signal is published),
+    refused (no order was placed for this request), unknown (an order may exist: send the same
+    request id again, which looks it up and never places a second one)."""
+
+    ok: bool  # outcome == "filled"
+    outcome: Literal["filled", "refused", "unknown"] = "unknown"
+    request_id: str = ""
+    replayed: bool = False  # the first outcome of this request id, answered again
     signal_id: str = ""
     order_id: str = ""
     error: str = ""

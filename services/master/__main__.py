@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.master.service import MasterMetrics, MasterService
+from services.master.metrics import MasterMetrics
+from services.master.service import MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
+from shared.control import Control, control_bucket
 from shared.errors import ConfigError, CopytradeError
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
@@ -46,17 +48,18 @@ async def run(settings: Settings) -> None:
             log.warning("event=master_not_connected error=%s", type(exc).__name__)
         await bus.ensure_streams(rt.js, settings.stream_replicas)
         published = await fills_bucket(rt.js, settings.stream_replicas)
+        control = Control(await control_bucket(rt.js, settings.stream_replicas))
         master = MasterService(js=rt.js, account=account, config=config.master,
                                metrics=MasterMetrics(rt.registry, config.master.id), signer=signer,
-                               published=published,
+                               published=published, control=control,
                                order_timeout_s=settings.order_timeout_s)
-        service = await master.start(rt.nc)
+        await master.start(rt.nc)  # the kill switch is loaded and watched before any request
         watcher = FillWatcher(account=account, config=config.master, kv=published, master=master)
         watching = asyncio.create_task(watcher.run(settings.fill_watch_interval_s))
         rt.mark_started()
         await rt.wait_stopped()
         watching.cancel()
-        await service.stop()
+        await master.stop()
         await account.close()
         await ctx.close()
 

@@ -14,47 +14,31 @@ import logging
 import time
 from collections import defaultdict
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
-from nats.js.api import KeyValueConfig, StorageType
+import nats
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from services.master.signals import SignalPublisher, published_key
+from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError
 from shared.exchange.port import ExchangeAccount, Fill, OrderAck
 from shared.messages import signal_id_for
 
-if TYPE_CHECKING:
-    from services.master.service import MasterService
-
 log = logging.getLogger("copytrade.watcher")
-FILLS_BUCKET = "copytrade-fills"
 OVERLAP_S = 5.0
 
 
 async def fills_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(FILLS_BUCKET)
-    except NotFoundError:
-        return await js.create_key_value(KeyValueConfig(
-            bucket=FILLS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
-            ttl=30 * 86_400))
-
-
-async def mark_published(kv: KeyValue, signal_id: str) -> bool:
-    """Record that a signal was published; False if it already was."""
-    try:
-        await kv.create(f"signal.{signal_id}", b"1")
-    except KeyWrongLastSequenceError:
-        return False
-    return True
+    """The master's bucket: published signal ids, the watcher's cursor, trade request records."""
+    return await bus.bucket(js, bus.FILLS_BUCKET, replicas)
 
 
 class FillWatcher:
     def __init__(self, *, account: ExchangeAccount, config: MasterConfig, kv: KeyValue,
-                 master: MasterService) -> None:
+                 master: SignalPublisher) -> None:
         self._account, self._config, self._kv, self._master = account, config, kv, master
         self._cursor_key = f"cursor.{config.id}"
 
@@ -62,7 +46,7 @@ class FillWatcher:
         while True:
             try:
                 await self.poll()
-            except CopytradeError as exc:
+            except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
             await asyncio.sleep(interval_s)
 
@@ -75,7 +59,7 @@ class FillWatcher:
         published = 0
         for order_id, order_fills in _by_order(fills).items():
             signal_id = signal_id_for(self._config.exchange, order_id)
-            if await self._kv_has(f"signal.{signal_id}"):
+            if await self._kv_has(published_key(signal_id)):
                 continue  # copytrade's own order, or already published
             await self._publish(order_id, order_fills)
             published += 1

@@ -1,0 +1,33 @@
+"""The master service's metrics, on the registry it is given."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+# filled: order filled, signal published; failed: the venue refused the order; refused: no order
+# (kill switch, bad request, another master's); unknown: the order may exist, a retry looks it up;
+# replayed: a retried request id answered with its first outcome
+TRADE_OUTCOMES = ("filled", "failed", "refused", "unknown", "replayed")
+
+
+class MasterMetrics:
+    def __init__(self, registry: CollectorRegistry, master_id: str) -> None:
+        self.orders = Counter("copytrade_master_orders_total", "Master trade requests by outcome",
+                              ["outcome"], registry=registry)
+        self.published = Counter("copytrade_signals_published_total", "Signals published",
+                                 ["master"], registry=registry).labels(master_id)
+        self.retries = Counter("copytrade_signal_publish_retries_total",
+                               "Signal publishes retried after a NATS error", registry=registry)
+        # after a publish: records that could not be written (a retry still finds the order)
+        self.bookkeeping_failures = Counter(
+            "copytrade_master_bookkeeping_failures_total",
+            "Records written after a signal was published that failed (logged, not reported)",
+            ["record"], registry=registry)
+        self.control_errors = Counter(
+            "copytrade_master_control_watch_errors_total",
+            "Times the master's watch of the control bucket (kill switch) broke and restarted",
+            registry=registry)
+        for outcome in TRADE_OUTCOMES:
+            self.orders.labels(outcome)
+        for record in ("published", "outcome"):
+            self.bookkeeping_failures.labels(record)
