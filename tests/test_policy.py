@@ -1,0 +1,67 @@
+"""The one gate: every order path (copies and heals) is refused by the same policy."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from shared.control import set_kill, set_state
+from shared.exchange.paper import Place
+from shared.exchange.port import OrderCommand
+from tests.harness import CopierHandle, System, eventually, make_config, paper_followers, trade
+
+
+async def _drifted(system: System) -> CopierHandle:
+    """A follower whose position is below its copy target (it sold by hand): a heal buys."""
+    await system.fund("master", 10_000)
+    await system.fund("meddled", 1_000)
+    config = make_config(paper_followers({"meddled": 1_000}))
+    copier = await system.start_copier(config, reconcile_heal=True)
+    master = await system.start_master(config)
+    reply = await master.trade(trade(base="0.02"))
+    await system.wait_results(reply.signal_id, 1)
+    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
+                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
+    await system.paper(Place("meddled", hand))
+    return copier
+
+
+@pytest.mark.parametrize(("state", "refusal"), [
+    ("paused", "paused"), ("close_only", "close_only"), ("dry_run", "dry_run")])
+async def test_heal_is_refused_by_the_followers_state(
+    system: System, state: str, refusal: str
+) -> None:
+    copier = await _drifted(system)
+    await set_state(system.control, "meddled", state, "test")  # type: ignore[arg-type]
+    await eventually(lambda: copier.copier.executor.policy.state(copier.book.all()[0]) == state)
+    orders_before = len(await system.orders("meddled"))
+
+    drifts = await copier.reconciler.reconcile()
+
+    assert [d.follower_id for d in drifts] == ["meddled"]
+    assert len(await system.orders("meddled")) == orders_before
+    assert copier.metric("copytrade_heals_total", outcome=refusal) == 1
+
+
+async def test_heal_is_refused_under_the_kill_switch(system: System) -> None:
+    copier = await _drifted(system)
+    await set_kill(system.control, True)
+    await eventually(lambda: copier.copier._control.killed)
+    orders_before = len(await system.orders("meddled"))
+
+    await copier.reconciler.reconcile()
+
+    assert len(await system.orders("meddled")) == orders_before
+    assert copier.metric("copytrade_heals_total", outcome="kill_switch") == 1
+
+
+async def test_heal_of_an_active_follower_places_one_order(system: System) -> None:
+    copier = await _drifted(system)
+    orders_before = len(await system.orders("meddled"))
+
+    await copier.reconciler.reconcile()
+    await copier.reconciler.reconcile()  # the same drift again: healed once only
+
+    assert len(await system.orders("meddled")) == orders_before + 1
+    assert copier.metric("copytrade_heals_total", outcome="placed") == 1
