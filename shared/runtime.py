@@ -78,7 +78,7 @@ async def service_runtime(name: str, settings: Settings) -> AsyncIterator[Runtim
     try:
         yield runtime
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*bus.TRANSIENT):  # exiting: what is not drained is redelivered
             await nc.drain()
         await health.stop()
         log.info("event=service_stopped service=%s", name)

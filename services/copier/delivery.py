@@ -42,11 +42,12 @@ class Delivery:
             await msg.ack_sync()
             return True
         except asyncio.CancelledError:  # shutdown: hand the message back; claims make it safe
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*bus.TRANSIENT):  # else it comes back after the ack wait
                 await msg.nak()
             log.warning("event=signal_handed_back signal_id=%s%s", signal_id, _shard(shard))
             raise
-        except Exception as exc:  # infrastructure trouble: retry the whole message later
+        except Exception as exc:
+            self._metrics.signal_retries.inc()
             await self.retry_or_dead_letter(msg, signal_id, exc, shard=shard)
             return False
         finally:
@@ -83,8 +84,10 @@ class Delivery:
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
             await asyncio.sleep(self._settings.ack_wait_s / 3)
-            with contextlib.suppress(Exception):
+            try:
                 await msg.in_progress()
+            except bus.TRANSIENT as exc:  # the next beat tries again within the ack wait
+                log.warning("event=keep_alive_failed error=%s", type(exc).__name__)
 
 
 def _shard(shard: int | None) -> str:

@@ -50,6 +50,9 @@ class CopierMetrics:
             "copytrade_position_drift_ratio",
             "Follower position vs what copying should have produced: |actual-expected|/expected",
             ["exchange", "follower", "symbol"], registry=registry)
+        self.signal_retries = Counter(
+            "copytrade_signal_retries_total", "Signals or work items handed back after an error",
+            ["exchange"], registry=registry).labels(exchange)
         self.reconcile_errors = Counter(
             "copytrade_reconcile_errors_total", "Reconciliation reads or rounds that failed",
             ["exchange"], registry=registry).labels(exchange)

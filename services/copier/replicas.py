@@ -61,7 +61,7 @@ class Replicas:
         """Announce this replica and forget silent ones, every interval, until cancelled."""
         while not self._left:
             await asyncio.sleep(self._interval_s)
-            with contextlib.suppress(Exception):  # NATS away: peers will forget us, fail safe
+            with contextlib.suppress(*bus.TRANSIENT):  # NATS away: peers forget us, fail safe
                 await self._announce()
             deadline = time.monotonic() - SILENT_INTERVALS * self._interval_s
             silent = [name for name, at in self._heard.items() if at < deadline]
@@ -75,11 +75,11 @@ class Replicas:
         if self._left:
             return
         self._left = True
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*bus.TRANSIENT):  # the others then forget us by silence
             await self._announce(leaving=True)
             await self._nc.flush(timeout=1)
         if self._sub is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*bus.TRANSIENT):
                 await self._sub.unsubscribe()
 
     async def _announce(self, leaving: bool = False) -> None:
@@ -104,7 +104,7 @@ class Replicas:
         self._heard[beat.instance] = time.monotonic()
         if newcomer:
             self._update()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*bus.TRANSIENT):
                 await self._announce()  # let the newcomer see this replica without waiting
 
     def _update(self) -> None:

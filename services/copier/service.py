@@ -104,7 +104,7 @@ class Copier:
             await self.replicas.leave()
             await self._work.stop(0 if work.done() else self._settings.shutdown_grace_s)
             await asyncio.wait({work})
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*bus.TRANSIENT):  # closing anyway
                 await sub.unsubscribe()
 
     @property
@@ -129,10 +129,12 @@ class Copier:
     async def _watch_lag(self, interval_s: float = 5.0) -> None:
         """Export the group's consumer lag: signals stored but not yet done by this group."""
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 info = await self._js.consumer_info(bus.SIGNALS_STREAM,
                                                     bus.durable_name(self._group))
                 self._metrics.pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            except bus.TRANSIENT as exc:
+                log.info("event=lag_read_failed error=%s", type(exc).__name__)
             self._metrics.set_followers(self._book.state_counts(self._control))
             await asyncio.sleep(interval_s)
 

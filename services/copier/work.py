@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.messages import MALFORMED, TradeSignal, WorkItem
 
 log = logging.getLogger("copytrade.copier")
-WORK_OUTCOMES = ("published", "done", "retried", "rejected")
+WORK_OUTCOMES = ("published", "done", "retried", "rejected", "pull_failed")
 FETCH_WAIT_S = 1.0  # a pull loop notices a lost shard or a shutdown within this
 
 
@@ -197,13 +197,14 @@ class WorkRunner:
                     self._items.add(task)
                     await asyncio.wait({task})
                     self._items.discard(task)
-        except Exception as exc:  # NATS away: the supervisor starts this loop again
+        except Exception as exc:
             if not (self._stopping.is_set() or self._nc.is_closed):
+                self._metrics.count("pull_failed")
                 log.warning("event=work_pull_failed shard=%d error=%s", shard, type(exc).__name__)
                 await asyncio.sleep(self._settings.replica_heartbeat_s)
         finally:
             if sub is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*bus.TRANSIENT):  # closing anyway
                     await sub.unsubscribe()
 
     async def _run_item(self, msg: Msg) -> None:

@@ -7,6 +7,7 @@ from shared.bus.connect import servers as servers
 from shared.bus.connect import tls_context as tls_context
 from shared.bus.retry import retry as retry
 from shared.bus.retry import retry_forever as retry_forever
+from shared.bus.retry import TRANSIENT as TRANSIENT
 from shared.bus.retry import transient as transient
 from shared.bus.subjects import *  # noqa: F403  (every name, re-exported)
 from shared.bus.topology import Buckets as Buckets
