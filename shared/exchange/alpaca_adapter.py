@@ -1,13 +1,16 @@
 """`ExchangeAccount` on Alpaca's Trading API v2 (alpaca-py `TradingClient`).
 
-The client is synchronous: every call runs in a thread (`asyncio.to_thread`). Its HTTP session
+The client is synchronous: every call runs in a thread of the process's Alpaca pool
+(`AlpacaThreads`, as many threads as the copier has orders in flight; not the loop's default
+executor, which has min(32, cores + 4) threads: 6 on two cores). Its HTTP session
 gets a timeout (alpaca-py sets none) and its own retries are off (it re-POSTs after a 504 even
 when the first order was accepted): `shared.exchange.placing` retries, after a lookup. Replies
 are read raw, as the strings Alpaca sends, because alpaca-py's models turn amounts into floats.
 
 Symbols: ours are always BASE/QUOTE. A crypto pair is traded as "BTC/USD" and held as "BTCUSD";
 a stock is "AAPL/USD" to us and "AAPL" to Alpaca. The asset record tells which is which; assets
-are looked up once per process and endpoint (`AlpacaShare`), with the HTTP session.
+are looked up once per process and endpoint (`AlpacaShare`), with the HTTP session: followers
+asking for a symbol while its lookup is in flight wait for that one lookup.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -52,11 +56,11 @@ QUOTE = "USD"
 NOTIONAL_STEP = Decimal("0.01")
 # stock limit prices: cents from $1 (Alpaca takes 4 decimals below $1; cents are valid there too)
 STOCK_PRICE_STEP = Decimal("0.01")
-HTTP_CONNECTIONS = 64  # the shared session's pool; threads beyond it wait for a connection
 FILL_PAGE = 100
 # pauses before each read-back of a just-placed order Alpaca still shows working (pending_new)
 FILL_READS_S = (0.0, 0.2, 0.5)
 CALLS_PER_MINUTE = 200  # Alpaca's Trading API limit per account
+THREADS_KEY = "alpaca-threads"  # in AdapterContext.shared, beside the "alpaca:<endpoint>" shares
 
 
 class _AlreadyPlaced(InvalidOrder):
@@ -147,27 +151,66 @@ def _parse_asset(symbol: str, raw: dict[str, Any]) -> _Asset | None:
 
 
 class AlpacaShare:
-    """Per process and endpoint: one HTTP session (with the timeout) and the asset cache."""
+    """Per process and endpoint: one HTTP session (with the timeout, and a connection for each
+    Alpaca thread) and the assets, looked up once each."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, connections: int) -> None:
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_CONNECTIONS)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.request = functools.partial(  # type: ignore[method-assign]
             self.session.request, timeout=timeout_s)
         self.assets: dict[str, _Asset | None] = {}
+        self.lookups: dict[str, asyncio.Task[_Asset | None]] = {}  # in flight, one per symbol
+
+    def lookup(self, symbol: str, read: Callable[[], Coroutine[Any, Any, _Asset | None]],
+               ) -> asyncio.Task[_Asset | None]:
+        """The symbol's lookup in flight, or a new one with `read`."""
+        task = self.lookups.get(symbol)
+        if task is None:
+            task = self.lookups[symbol] = asyncio.get_running_loop().create_task(read())
+            task.add_done_callback(functools.partial(self._settled, symbol))
+        return task
+
+    def _settled(self, symbol: str, task: asyncio.Task[_Asset | None]) -> None:
+        """Keep what a lookup found; a failed one is forgotten (the next call tries again), its
+        error read here so none goes unobserved when every waiter gave up."""
+        if self.lookups.get(symbol) is task:
+            del self.lookups[symbol]
+        if not task.cancelled() and task.exception() is None:
+            self.assets[symbol] = task.result()
 
     async def close(self) -> None:
+        for task in list(self.lookups.values()):
+            task.cancel()
         self.session.close()
+
+
+class AlpacaThreads:
+    """Per process: the threads Alpaca calls block in, `AdapterContext.alpaca_threads` of them
+    (started as calls need them)."""
+
+    def __init__(self, size: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="alpaca")
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)  # a call in flight ends alone
 
 
 def _share(ctx: AdapterContext, base_url: str | None, paper: bool) -> AlpacaShare:
     key = f"alpaca:{base_url or ('paper' if paper else 'live')}"
     share = ctx.shared.get(key)
     if not isinstance(share, AlpacaShare):
-        share = ctx.shared[key] = AlpacaShare(ctx.http_timeout_s)
+        share = ctx.shared[key] = AlpacaShare(ctx.http_timeout_s, ctx.alpaca_threads)
     return share
+
+
+def _threads(ctx: AdapterContext) -> ThreadPoolExecutor:
+    threads = ctx.shared.get(THREADS_KEY)
+    if not isinstance(threads, AlpacaThreads):
+        threads = ctx.shared[THREADS_KEY] = AlpacaThreads(ctx.alpaca_threads)
+    return threads.executor
 
 
 def _dec(value: object) -> Decimal:
@@ -204,7 +247,9 @@ class AlpacaAccount:
 
     def __init__(self, account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> None:
         self.account_id = account.id
+        self._ctx = ctx
         self._share = _share(ctx, account.base_url, account.paper)
+        _threads(ctx)
         self._client = TradingClient(credentials.api_key, credentials.secret, paper=account.paper,
                                      url_override=account.base_url or None)
         self._client._retry = 0  # the constructor takes 0 as "default" (3)
@@ -226,12 +271,13 @@ class AlpacaAccount:
 
     async def _call(self, method: str, path: str, data: dict[str, Any] | None = None, *,
                     missing_ok: bool = False) -> Any:
-        """One API call in a thread; with `missing_ok`, 404 (no such position, order or asset)
-        is None."""
+        """One API call in an Alpaca thread; with `missing_ok`, 404 (no such position, order or
+        asset) is None."""
         if self._throttle is not None:
             await self._throttle()
+        call = functools.partial(getattr(self._client, method), path, data)
         try:
-            return await asyncio.to_thread(getattr(self._client, method), path, data)
+            return await asyncio.get_running_loop().run_in_executor(_threads(self._ctx), call)
         except APIError as exc:
             if missing_ok and exc.status_code == 404:
                 return None
@@ -247,11 +293,20 @@ class AlpacaAccount:
     async def close(self) -> None:
         return None  # the session is shared: AdapterContext.close() closes it
 
-    async def _asset(self, symbol: str) -> _Asset | None:
-        assets = self._share.assets
-        if symbol not in assets:
-            assets[symbol] = await self._lookup_asset(symbol)
-        return assets[symbol]
+    async def _asset(self, symbol: str, *, retry: bool = True) -> _Asset | None:
+        """The asset, from the process's table, else from the one lookup in flight for it."""
+        share = self._share
+        if symbol in share.assets:
+            return share.assets[symbol]
+        joined = symbol in share.lookups
+        lookup = share.lookup(symbol, functools.partial(self._lookup_asset, symbol))
+        try:
+            return await asyncio.shield(lookup)  # a waiter timing out leaves it to the others
+        except ExchangeError:
+            if not (joined and retry):
+                raise
+            # perhaps another account's failure (its keys): once more, in a new lookup
+            return await self._asset(symbol, retry=False)
 
     async def _lookup_asset(self, symbol: str) -> _Asset | None:
         """The pair itself ("BTC/USD"), else the base as a stock ("AAPL" for "AAPL/USD")."""

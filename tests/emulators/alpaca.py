@@ -6,7 +6,8 @@ strings, as Alpaca sends them. Crypto is "BTC/USD" in orders, assets and activit
 (an ioc limit that does not cross ends "canceled"); with `fill_on_submit_reply = False` the
 submit reply says "pending_new" with filled_qty "0" and only a later GET shows the outcome, as
 real Alpaca usually answers; `working_reads` more GETs of each order show it still "new" first
-(a stock order waiting for the open never ends).
+(a stock order waiting for the open never ends). `state.latency_s` delays every reply;
+`max_in_flight` is the most requests it was answering at once.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class AlpacaEmulator(EmulatorServer):
         self.working_reads = 0  # GETs of an order that still show it working ("new")
         self._reads: dict[str, int] = {}  # order_id -> GETs answered
         self._submitted: dict[str, Json] = {}  # order_id -> qty / notional / time_in_force sent
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most ever answered at once
 
     def routes(self, router: web.UrlDispatcher) -> None:
         gets: dict[str, Private] = {
@@ -110,9 +113,14 @@ class AlpacaEmulator(EmulatorServer):
     @web.middleware
     async def _latency(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.state.requests += 1
-        response: web.StreamResponse = await handler(request)
-        await self.state.delay()
-        return response
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            response: web.StreamResponse = await handler(request)
+            await self.state.delay()
+            return response
+        finally:
+            self.in_flight -= 1
 
     def _private(self, handler: Private) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def checked(request: web.Request) -> web.StreamResponse:
