@@ -30,7 +30,8 @@ def adapter_context(settings: Settings, nc: object) -> AdapterContext:
     else:
         transport = nats_transport(nc)
     return AdapterContext(paper_transport=transport, http_timeout_s=_http_timeout(settings),
-                          rate_limit=settings.exchange_rate_limit)
+                          rate_limit=settings.exchange_rate_limit,
+                          alpaca_threads=settings.concurrency)  # as many Alpaca calls as orders
 
 
 def _http_timeout(settings: Settings) -> float:
