@@ -22,9 +22,12 @@ from shared.exchange.paper import PaperVenue
 from shared.observability import RedactSecrets
 from support.natsserver import free_port
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
+from tests.secrets_scan import register
 from tests.test_operations import metric, scrape
 
 SHORT_KEY = "AAEC"  # valid base64, 3 bytes: not an Ed25519 public key
+KEYS, SECRETS = ("ctreloadkey1x", "ctreloadkey2x"), ("ctreloadsecret1x", "ctreloadsecret2x")
+register(*KEYS, *SECRETS)
 
 
 def mount(directory: Path, files: dict[str, bytes], *, links: bool = True) -> None:
@@ -182,3 +185,27 @@ def test_plain_directory_rename_is_due_at_once_and_rewrite_at_full_scan(tmp_path
     assert renamed is True
     assert before_full_scan is False
     assert at_full_scan is True
+
+
+async def test_non_utf8_secret_is_rejected_and_previous_followers_stay(tmp_path: Path) -> None:
+    config, secrets = tmp_path / "copytrade.yaml", tmp_path / "secrets"
+    follower = {"id": "erin", "exchange": "alpaca", "base_url": "http://127.0.0.1:9"}
+    config.write_text(yaml.safe_dump(config_data([follower])))
+    mount(secrets, {"ALPACA_USER_ERIN_API_KEY": KEYS[0].encode(),
+                    "ALPACA_USER_ERIN_API_SECRET": SECRETS[0].encode()})
+    registry = CollectorRegistry()
+    book = FollowerBook("alpaca", SecretSource(secrets, {}), AdapterContext())
+    reloader = ConfigReloader(config_path=str(config), secrets_dir=str(secrets), book=book,
+                              metrics=CopierMetrics(registry, "alpaca"), redactor=RedactSecrets(),
+                              interval_s=1)
+    first = reloader.load()
+    erin = book.all()[0]
+
+    mount(secrets, {"ALPACA_USER_ERIN_API_KEY": b"\xff" + KEYS[1].encode(),
+                    "ALPACA_USER_ERIN_API_SECRET": SECRETS[1].encode()})
+    second = reloader.load()
+
+    assert (first, second) == (True, False)
+    assert book.all() == [erin]
+    assert registry.get_sample_value("copytrade_config_last_reload_success") == 0
+    await book.close()
