@@ -15,15 +15,17 @@ import sys
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 
-from scripts.bench_exchanges import ROOT
 from shared.config import AccountConfig, Credentials
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderCommand
 from tests.emulators.serve import key_for, secret_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_emulator(accounts: int, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
