@@ -28,7 +28,7 @@ from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.service import Copier
-from services.copier.work import WorkMetrics
+from services.copier.spread.metrics import WorkMetrics
 from services.master.service import MasterMetrics, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue

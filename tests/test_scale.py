@@ -11,7 +11,7 @@ from decimal import ROUND_DOWN, Decimal
 import yaml
 
 from services.copier.followers import Follower
-from services.copier.replicas import owner_of
+from services.copier.spread.replicas import owner_of
 from shared.config import FollowerConfig
 from shared.exchange.paper import PaperAccount, PaperVenue, Snapshot
 from shared.messages import CopyResult, TradeSignal, shard_of, signal_id_for

@@ -11,7 +11,7 @@ from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
-from services.copier.work import WorkMetrics
+from services.copier.spread.metrics import WorkMetrics
 from shared import bus
 from shared.config import SecretSource, Settings, load_settings
 from shared.control import Control, control_bucket

@@ -127,6 +127,9 @@ class FollowerBook:
         Clients replaced or removed are retired and closed later (`close_retired`), so copies
         in flight finish on the client they started with.
         """
+        verifier = self.verifier  # built first: a bad key raises before anything changes
+        if config.signals.public_keys != self.signals.public_keys:
+            verifier = SignalVerifier(config.signals.public_keys)
         built: dict[str, Follower] = {}
         for fconfig in config.followers_of(self.group):
             creds = self._secrets.credentials(fconfig, "USER")
@@ -143,8 +146,7 @@ class FollowerBook:
         self._followers = built
         self._shards = None
         self.min_notional = config.min_notional
-        if config.signals.public_keys != self.signals.public_keys:
-            self.verifier = SignalVerifier(config.signals.public_keys)
+        self.verifier = verifier
         self.signals = config.signals
         return removed
 

@@ -1,13 +1,15 @@
 """The copier: one replica of a follower group. It takes each signal from the group's durable
-(one signal in hand per group, across replicas), judges it (signature, replay), then either
+(one signal in hand per group, across replicas), admits it (`intake`: decode, signature,
+replay), then either
 
 - copies it itself (the direct path: a group of up to COPYTRADE_SPREAD_THRESHOLD followers,
   lowest latency): every follower sized in one sizer call per 1,000, orders placed concurrently,
   or
 - spreads it (larger groups): one work item per shard of followers, stored in the WORK stream
-  and pulled by every replica of the group (`work.py`).
+  and pulled by every replica of the group (`spread/`).
 
-Both paths copy through the same `CopyExecutor` (claim -> place -> record); a message is acked
+Both paths copy through the same `CopyExecutor` (`copy/`: figures -> sizing -> policy ->
+claim -> place -> record); a message is acked
 only once everything it stands for is stored.
 """
 
@@ -18,7 +20,6 @@ import contextlib
 import logging
 import time
 
-import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,14 +32,17 @@ from services.copier.copy.execute import CopyExecutor
 from services.copier.copy.policy import Policy
 from services.copier.delivery import Delivery
 from services.copier.followers import FollowerBook, Lineage
+from services.copier.intake import Intake
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
-from services.copier.replicas import Replicas
-from services.copier.work import WorkMetrics, WorkPlanner, WorkRunner
+from services.copier.spread.metrics import WorkMetrics
+from services.copier.spread.planner import WorkPlanner
+from services.copier.spread.replicas import Replicas
+from services.copier.spread.runner import WorkRunner
 from shared import bus
 from shared.config import Settings
 from shared.control import Control
-from shared.messages import MALFORMED, TradeSignal
+from shared.messages import TradeSignal
 
 log = logging.getLogger("copytrade.copier")
 
@@ -53,13 +57,13 @@ class Copier:
         self._js, self._book, self._control = js, book, control
         self._metrics, self._settings = metrics, settings
         self._group = book.group
-        self._decoder = msgspec.json.Decoder(TradeSignal)
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[None] | None = None
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
                                      settings=settings, instance=instance, policy=policy,
                                      reconciler=reconciler)
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
+        self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)
         self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
         self.replicas = Replicas(nc, self._group, instance, settings.replica_heartbeat_s)
         self._planner = WorkPlanner(js=js, book=book, settings=settings, instance=instance,
@@ -143,31 +147,13 @@ class Copier:
         work item) is stored."""
         received_at = time.time()
         self._metrics.signals_received.inc()
-        try:
-            signal = self._decoder.decode(msg.data)
-        except MALFORMED as exc:
-            await self._delivery.reject(msg.data, "malformed", str(exc))
-            await msg.term()
+        signal = await self._intake.admit(msg)
+        if signal is None:
             return
         redelivered = msg.metadata.num_delivered > 1
-        problem = await self._judge(signal, redelivered)
-        if problem is not None:
-            await self._delivery.reject(msg.data, *problem)
-            await msg.term()
-            return
         lineage = (msg.metadata.consumer or "", msg.metadata.sequence.consumer)
         await self._delivery.settle(msg, signal.signal_id, self.fan_out(
             signal, received_at, redelivered=redelivered, lineage=lineage))
-
-    async def _judge(self, signal: TradeSignal, redelivered: bool) -> tuple[str, str] | None:
-        """Why this signal must not be executed (reason code, text), or None."""
-        problem = self._book.signature_problem(signal)
-        if problem is not None:
-            return problem
-        seen = f"seen.{self._group}.{signal.signal_id}"
-        if not redelivered and not await self.executor.claims.create(seen, b"1"):
-            return "replayed", f"signal {signal.signal_id} was already taken by this group"
-        return None
 
     async def fan_out(
         self, signal: TradeSignal, received_at: float, *, redelivered: bool,

@@ -1,14 +1,5 @@
-"""Spreading a signal over a copier group's replicas.
-
-The replica that takes a signal (`WorkPlanner`) publishes one `WorkItem` per shard of the group's
-followers to the WORK stream (`copytrade.work.<group>.<shard>`, Nats-Msg-Id "<signal>:<shard>")
-and acks the signal once every item is stored. Each shard has its own durable consumer with one
-item in hand at a time, so a shard's items run in signal order on whichever replica pulls them.
-Every replica (`WorkRunner`) pulls the shards it owns (`replicas.py`) and runs each item through
-the same executor as the direct path: claim -> place -> record, ack when the results are stored.
-A replica that dies leaves its item unacked: after ack_wait it is redelivered to the shard's new
-owner, whose claims recover what was already placed.
-"""
+"""The runner: every replica pulls the work items of the shards it owns and runs each through
+the same executor as the direct path, one item in hand per shard."""
 
 from __future__ import annotations
 
@@ -21,84 +12,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.copier.copy.execute import CopyExecutor
 from services.copier.delivery import Delivery
 from services.copier.followers import Follower, FollowerBook
-from services.copier.replicas import Replicas
+from services.copier.spread.metrics import WorkMetrics
+from services.copier.spread.replicas import Replicas
 from shared import bus
 from shared.config import Settings
-from shared.messages import MALFORMED, TradeSignal, WorkItem
+from shared.messages import MALFORMED, WorkItem
 
 log = logging.getLogger("copytrade.copier")
-WORK_OUTCOMES = ("published", "done", "retried", "rejected", "pull_failed")
 FETCH_WAIT_S = 1.0  # a pull loop notices a lost shard or a shutdown within this
-
-
-class WorkMetrics:
-    """Per replica: the work items it published and ran, the shards it owns, the live replicas."""
-
-    def __init__(self, registry: CollectorRegistry, exchange: str) -> None:
-        self.items = Counter(
-            "copytrade_work_items_total", "Work items (one shard of a signal) by outcome",
-            ["exchange", "outcome"], registry=registry)
-        self.shards_owned = Gauge(
-            "copytrade_work_shards_owned", "Work shards this replica pulls", ["exchange"],
-            registry=registry).labels(exchange)
-        self.replicas = Gauge(
-            "copytrade_copier_replicas", "Live replicas of the group, as this replica sees them",
-            ["exchange"], registry=registry).labels(exchange)
-        self._outcomes = {o: self.items.labels(exchange, o) for o in WORK_OUTCOMES}
-
-    def count(self, outcome: str, n: int = 1) -> None:
-        self._outcomes[outcome].inc(n)
-
-
-class WorkPlanner:
-    """Turns a signal into one stored work item per non-empty shard of the group."""
-
-    def __init__(
-        self, *, js: JetStreamContext, book: FollowerBook, settings: Settings, instance: str,
-        metrics: WorkMetrics,
-    ) -> None:
-        self._js, self._book, self._settings = js, book, settings
-        self._group, self._instance, self._metrics = book.group, instance, metrics
-        self._encoder = msgspec.json.Encoder(decimal_format="string")
-        self._spread_before = False
-
-    async def prepare(self) -> None:
-        """A replica started while the group's items are queued keeps spreading until they ran."""
-        self._spread_before = await self._queued()
-
-    async def should_spread(self) -> bool:
-        """Spread when the group is large, or while items of an earlier spread signal are still
-        queued (a direct copy now would overtake them)."""
-        if len(self._book.all()) > self._settings.spread_threshold:
-            self._spread_before = True
-            return True
-        return self._spread_before and await self._queued()
-
-    async def _queued(self) -> bool:
-        info = await self._js.stream_info(bus.WORK_STREAM,
-                                          subjects_filter=bus.work_of(self._group))
-        return bool(info.state.subjects)
-
-    async def plan(self, signal: TradeSignal, received_at: float) -> None:
-        """Publish the signal's work items; return once JetStream has stored every one."""
-        shards = self._settings.shards
-        occupied = [s for s in range(shards) if self._book.in_shard(s, shards)]
-        acks = []
-        for shard in occupied:
-            item = WorkItem(signal=signal, group=self._group, shard=shard, shards=shards,
-                            received_at=received_at, planner=self._instance)
-            acks.append(await self._js.publish_async(
-                bus.work_subject(self._group, shard), self._encoder.encode(item),
-                headers={"Nats-Msg-Id": f"{signal.signal_id}:{shard}"}))
-        await asyncio.wait_for(asyncio.gather(*acks), self._settings.order_timeout_s)
-        self._metrics.count("published", len(acks))
-        log.info("event=signal_spread signal_id=%s followers=%d items=%d", signal.signal_id,
-                 len(self._book.all()), len(acks))
 
 
 class WorkRunner:

@@ -1,0 +1,63 @@
+"""The planner: a signal of a large group becomes one stored work item per non-empty shard."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.js.client import JetStreamContext
+
+from services.copier.followers import FollowerBook
+from services.copier.spread.metrics import WorkMetrics
+from shared import bus
+from shared.config import Settings
+from shared.messages import TradeSignal, WorkItem
+
+log = logging.getLogger("copytrade.copier")
+
+
+class WorkPlanner:
+    """Turns a signal into one stored work item per non-empty shard of the group."""
+
+    def __init__(
+        self, *, js: JetStreamContext, book: FollowerBook, settings: Settings, instance: str,
+        metrics: WorkMetrics,
+    ) -> None:
+        self._js, self._book, self._settings = js, book, settings
+        self._group, self._instance, self._metrics = book.group, instance, metrics
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._spread_before = False
+
+    async def prepare(self) -> None:
+        """A replica started while the group's items are queued keeps spreading until they ran."""
+        self._spread_before = await self._queued()
+
+    async def should_spread(self) -> bool:
+        """Spread when the group is large, or while items of an earlier spread signal are still
+        queued (a direct copy now would overtake them)."""
+        if len(self._book.all()) > self._settings.spread_threshold:
+            self._spread_before = True
+            return True
+        return self._spread_before and await self._queued()
+
+    async def _queued(self) -> bool:
+        info = await self._js.stream_info(bus.WORK_STREAM,
+                                          subjects_filter=bus.work_of(self._group))
+        return bool(info.state.subjects)
+
+    async def plan(self, signal: TradeSignal, received_at: float) -> None:
+        """Publish the signal's work items; return once JetStream has stored every one."""
+        shards = self._settings.shards
+        occupied = [s for s in range(shards) if self._book.in_shard(s, shards)]
+        acks = []
+        for shard in occupied:
+            item = WorkItem(signal=signal, group=self._group, shard=shard, shards=shards,
+                            received_at=received_at, planner=self._instance)
+            acks.append(await self._js.publish_async(
+                bus.work_subject(self._group, shard), self._encoder.encode(item),
+                headers={"Nats-Msg-Id": f"{signal.signal_id}:{shard}"}))
+        await asyncio.wait_for(asyncio.gather(*acks), self._settings.order_timeout_s)
+        self._metrics.count("published", len(acks))
+        log.info("event=signal_spread signal_id=%s followers=%d items=%d", signal.signal_id,
+                 len(self._book.all()), len(acks))
