@@ -69,12 +69,12 @@ async def test_cli_pauses_a_follower_shows_status_and_history(system: System) ->
     copier = await system.start_copier(make_config(paper_followers(followers)))
     master = await system.start_master(make_config(paper_followers(followers)))
 
-    await asyncio.to_thread(_cli, system, "pause", "bob")
+    await asyncio.to_thread(_cli, system, "pause", "bob", config=config_path)
     await eventually(lambda: copier.copier._control.state_of("bob", "active") == "paused")
     reply = await master.trade(trade(quote="500"))
     await system.wait_results(reply.signal_id, 2)
     status = await asyncio.to_thread(_cli, system, "status", config=config_path)
-    history = await asyncio.to_thread(_cli, system, "history", "--follower", "alice")
+    history = await asyncio.to_thread(_cli, system, "history", "--follower", "alice", config=config_path)
     killed = await asyncio.to_thread(_cli, system, "kill", "on")
     await eventually(lambda: copier.copier._control.killed)
 

@@ -1,0 +1,1 @@
+"""`copytrade`, the command line: runs the services and the operator tools over NATS."""
