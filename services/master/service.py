@@ -82,6 +82,7 @@ class MasterService:
                                     description="Places master trades and publishes signals")
         await service.add_group(name=bus.MASTER_GROUP).add_endpoint(
             name=bus.MASTER_TRADE_ENDPOINT, handler=self._handle)
+        await nc.flush()  # subscribed at the server: answering from the moment start returns
         self._service = service
         return service
 
