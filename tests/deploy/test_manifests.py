@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -252,6 +253,7 @@ def readme_cli_commands() -> list[list[str]]:
     return [shlex.split(line)[1:] for line in lines if line.startswith("copytrade ")]
 
 
+@functools.cache
 def installed_kubectls() -> dict[str, Path]:
     """Every kubectl with kustomize v5 on this machine, by version: the venv's, PATH's and the
     versioned ones beside PATH's (the Google Cloud SDK ships kubectl.1.31, kubectl.1.32, ...)."""
@@ -669,6 +671,13 @@ def test_readme_cli_commands_parse_and_settings_exist(capsys: pytest.CaptureFixt
     assert {"keys", "config", "status"} <= {args[0] for args in commands}
     assert set(exits.values()) == {0}, exits
     assert named <= known, f"README names unknown settings: {named - known}"
+
+
+def test_render_overlay_pins_the_image(objects: list[Obj]) -> None:
+    for name, workload in workloads(objects).items():
+        for c in pod(workload)["containers"]:
+            image = c["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}/{c['name']}: {image}"
 
 
 def test_nats_server_accepts_rendered_config(
