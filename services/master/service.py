@@ -105,9 +105,14 @@ class MasterService:
             control.apply(KILL_KEY, entry.value)
 
     async def _watch_control(self, control: Control) -> None:
+        """Follow the kill switch (only its key: follower states are the copiers' business)."""
+        assert control.kv is not None
         while True:
             try:
-                await control.watch()
+                async for entry in await control.kv.watch(KILL_KEY):
+                    if entry is not None:  # None: the current value has been delivered
+                        deleted = entry.operation in ("DEL", "PURGE")
+                        control.apply(KILL_KEY, None if deleted else entry.value)
             except TRANSIENT as exc:  # NATS trouble: watch again (the last state holds meanwhile)
                 self._metrics.control_errors.inc()
                 log.warning("event=control_watch_failed error=%s", type(exc).__name__)
