@@ -1,17 +1,23 @@
-"""A real nats-server with JetStream on a free port and a temporary store."""
+"""Real nats-servers with JetStream on free ports and temporary stores: one (`running_nats`),
+or a cluster of three with routes between them (`running_cluster`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -28,24 +34,46 @@ def nats_server_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class Routes:
+    """A node's place in a cluster: the cluster's name, its own route port, the others' ports."""
+
+    cluster: str
+    port: int
+    peers: tuple[int, ...]
+
+    def args(self) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.peers)
+        return ["--cluster_name", self.cluster, "--cluster", f"nats://127.0.0.1:{self.port}",
+                "--routes", routes]
+
+
 class NatsServer:
     def __init__(self, store: Path, port: int | None = None, monitor_port: int | None = None,
-                 config: Path | None = None, env: dict[str, str] | None = None):
+                 config: Path | None = None, env: dict[str, str] | None = None,
+                 name: str | None = None, routes: Routes | None = None):
         self.store = store
         self.config, self.env = config, env or {}
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
+        self.name, self.routes = name, routes
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout_s: float = 10.0) -> None:
         config = ["-c", str(self.config)] if self.config else []
+        named = ["--server_name", self.name] if self.name else []
+        routed = self.routes.args() if self.routes else []
         self.proc = subprocess.Popen(
-            [nats_server_binary(), *config, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port), "-sd", str(self.store)],
+            [nats_server_binary(), *config, *named, *routed, "-js", "-a", "127.0.0.1",
+             "-p", str(self.port), "-m", str(self.monitor_port), "-sd", str(self.store)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -60,6 +88,69 @@ class NatsServer:
             self.proc.wait(10)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: the node is lost with whatever it had not written or replicated."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def monitor(self, path: str) -> dict[str, Any]:
+        """A monitoring endpoint's JSON (e.g. "healthz", "jsz?streams=true")."""
+        url = f"http://127.0.0.1:{self.monitor_port}/{path}"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            found: dict[str, Any] = json.loads(response.read())
+            return found
+
+    def healthy(self) -> bool:
+        """Up, JetStream enabled and current (in a cluster: a meta leader known, assets synced)."""
+        try:
+            return self.monitor("healthz").get("status") == "ok"
+        except (OSError, ValueError):  # not listening yet, or 503 while it catches up
+            return False
+
+
+class NatsCluster:
+    """Three (or `size`) nats-servers with routes between them and JetStream on each, each node
+    with its own store. Nodes are named node-0, node-1, ...: the names JetStream reports as
+    stream and consumer leaders."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "copytrade") -> None:
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(root / f"node-{i}", name=f"node-{i}",
+                       routes=Routes(name, port, tuple(p for p in route_ports if p != port)))
+            for i, port in enumerate(route_ports)]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (COPYTRADE_NATS_URL for a cluster)."""
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def node(self, name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.name == name)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_healthy(timeout_s)
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Poll every running node's /healthz until JetStream is up on all of them."""
+        deadline = time.monotonic() + timeout_s
+        while not all(n.healthy() for n in self.nodes if n.running):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats cluster not healthy in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
 
 @contextlib.contextmanager
 def running_nats() -> Iterator[NatsServer]:
@@ -70,3 +161,15 @@ def running_nats() -> Iterator[NatsServer]:
             yield server
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(size: int = 3) -> Iterator[NatsCluster]:
+    """A JetStream cluster of `size` routed nodes on loopback, healthy when yielded."""
+    with tempfile.TemporaryDirectory(prefix="copytrade-cluster-") as root:
+        cluster = NatsCluster(Path(root), size)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()

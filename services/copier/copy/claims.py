@@ -1,8 +1,9 @@
 """Claims: before a follower's order, (signal, follower) is claimed in the JetStream KV bucket
 with the sized order and its client order id, so a redelivery recovers instead of re-placing.
 
-Writes survive a leader change or a reconnect (bounded retries, `bus.retry`); a retried create
-that finds its own earlier write takes it as made."""
+Writes survive a leader change or a reconnect (bounded retries, `bus.retry`, each attempt
+waiting at most `bus.WRITE_TIMEOUT_S` for its ack); a retried create that finds its own earlier
+write takes it as made."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class ClaimBusy(Exception):
 class Claims:
     def __init__(self, js: JetStreamContext, kv: KeyValue, *, timeout_s: float) -> None:
         nats_fixes.require()  # without it a create that conflicts never resolves
-        self._js, self._kv, self._timeout_s = js, kv, timeout_s
+        # a claim's ack lost with a node is not waited for the whole order timeout: sent again
+        self._js, self._kv, self._timeout_s = js, kv, min(timeout_s, bus.WRITE_TIMEOUT_S)
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(Claim)
 
@@ -54,13 +56,15 @@ class Claims:
 
     async def get(self, key: str) -> tuple[Claim, int] | None:
         """The claim and its revision, or None."""
-        try:
-            entry = await bus.retry(f"read claim {key}", lambda: self._kv.get(key))
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
+        entry = await self._read(key)
+        if entry is None or entry.value is None or entry.revision is None:
             return None
         return self._decoder.decode(entry.value), entry.revision
+
+    async def value(self, key: str) -> bytes | None:
+        """What is stored under `key` (a claim, or a replay guard), or None."""
+        entry = await self._read(key)
+        return None if entry is None else entry.value
 
     async def take_over(self, key: str, claim: Claim, revision: int) -> None:
         """Replace a stale claim with ours; raise if another attempt changed it meanwhile."""
@@ -80,8 +84,10 @@ class Claims:
         return True
 
     async def _is_ours(self, key: str, data: bytes) -> bool:
+        return await self.value(key) == data
+
+    async def _read(self, key: str) -> KeyValue.Entry | None:
         try:
-            entry = await bus.retry(f"read claim {key}", lambda: self._kv.get(key))
+            return await bus.retry(f"read claim {key}", lambda: self._kv.get(key))
         except KeyNotFoundError:
-            return False
-        return entry.value == data
+            return None
