@@ -4,14 +4,12 @@ skipped with its reason, dry run, or failed with its error class), deduplicated 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 import msgspec
-from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -92,19 +90,11 @@ def _unfilled(order: SizedOrder) -> tuple[str, str]:
     return "not_filled", "The venue ended the order without filling it"
 
 
-@dataclass
-class _Pending:
-    subject: str
-    data: bytes
-    msg_id: str
-    ack: asyncio.Future[PubAck]
-
-
 class Recording:
     """One signal's outcome records in flight to the results stream, and their tally."""
 
     def __init__(self) -> None:
-        self.pending: list[_Pending] = []
+        self.pending: list[bus.Sent] = []
         self.tally: Counter[str] = Counter()
 
 
@@ -120,8 +110,7 @@ class ResultLog:
         """Send the outcome (deduplicated by Nats-Msg-Id); `stored` awaits it."""
         subject = bus.result_subject(self._group, result.follower_id)
         data, msg_id = self._encoder.encode(result), f"{result.signal_id}:{result.follower_id}"
-        ack = await self._js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id})
-        recording.pending.append(_Pending(subject, data, msg_id, ack))
+        recording.pending.append(await bus.send(self._js, subject, data, msg_id))
         recording.tally[result.outcome] += 1
         self._metrics.outcome(result.follower_id, result.outcome, result.reason_code)
         level = logging.DEBUG if result.outcome in ("filled", "submitted") else logging.INFO
@@ -130,22 +119,10 @@ class ResultLog:
                 result.reason)
 
     async def stored(self, recording: Recording, timeout_s: float) -> None:
-        """Wait until the stream has stored every record; one whose write failed (a leader
-        change, a reconnect) is sent again, deduplicated; raise when that fails too."""
-        acks = await asyncio.wait_for(
-            asyncio.gather(*(p.ack for p in recording.pending), return_exceptions=True), timeout_s)
-        for pending, ack in zip(recording.pending, acks, strict=True):
-            if isinstance(ack, BaseException):
-                if not bus.transient(ack):
-                    raise ack
-                await self._resend(pending)
-
-    async def _resend(self, pending: _Pending) -> None:
-        async def publish() -> PubAck:
-            return await self._js.publish(pending.subject, pending.data,
-                                          headers={"Nats-Msg-Id": pending.msg_id})
-
-        await bus.retry("store result", publish)
+        """Wait until the stream has stored every record; those whose write failed or whose
+        ack stopped coming (a leader change, a node lost) are sent again, deduplicated; raise
+        when that fails too."""
+        await bus.confirm(self._js, recording.pending, within_s=min(timeout_s, bus.OUTAGE_S))
 
     async def recorded(self, follower_id: str, signal_id: str) -> bool:
         """Whether this follower's latest recorded outcome is for this signal."""
