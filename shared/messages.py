@@ -28,14 +28,18 @@ Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-
 AccountId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # safe in subjects and KV keys
 Symbol = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[A-Z0-9.]+/[A-Z0-9.]+$")]
 Text = Annotated[str, Meta(max_length=500)]
+FillId = Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]*$")]
 Timestamp = Annotated[float, Meta(ge=0, le=4_102_444_800)]  # before 2100
 
 _ID_NAMESPACE = uuid.UUID("6f1c2d0e-8a43-5b6e-9a59-5cbe1f0d7a11")
 
 
-def signal_id_for(exchange: str, order_id: str) -> str:
-    """Deterministic signal id: the same master fill always yields the same id."""
-    return uuid.uuid5(_ID_NAMESPACE, f"{exchange}:{order_id}").hex
+def signal_id_for(exchange: str, order_id: str, fill_id: str = "") -> str:
+    """Deterministic signal id: the same master fill always yields the same id. `fill_id` tells
+    the fills of one order apart (a trade id, or the cumulative amount filled); "" is the
+    whole order, as before partial fills were copied one by one."""
+    name = f"{exchange}:{order_id}" if not fill_id else f"{exchange}:{order_id}:{fill_id}"
+    return uuid.uuid5(_ID_NAMESPACE, name).hex
 
 
 def client_order_id_for(signal_id: str, follower_id: str) -> str:
@@ -66,16 +70,29 @@ class TradeSignal(Struct, frozen=True, kw_only=True, tag="signal", forbid_unknow
     filled_base: Decimal  # base amount the master order filled
     order_id: Id
     master_equity: Decimal  # the guide's "master balance", before the trade
-    master_position_before: Decimal  # base held before the trade: sells scale by it
+    master_position_before: Decimal  # base held before the trade (the whole balance)
     executed_at: Timestamp
     signature: Annotated[str, Meta(max_length=200)] = ""
+    fill_id: FillId = ""  # which fill of the order ("": the whole order)
+    # the master's copied position (ledger) before this fill: sells scale by it; None from a
+    # master service that predates the ledger (sells then scale by master_position_before)
+    copied_position_before: Decimal | None = None
 
     def __post_init__(self) -> None:
         for name in ("price", "size", "filled_base", "master_equity"):
             check_money(name, getattr(self, name))
         check_money("master_position_before", self.master_position_before, positive=False)
-        if self.signal_id != signal_id_for(self.exchange, self.order_id):
-            raise ValueError("signal_id does not match exchange and order_id")
+        if self.copied_position_before is not None:
+            check_money("copied_position_before", self.copied_position_before, positive=False)
+        if self.signal_id != signal_id_for(self.exchange, self.order_id, self.fill_id):
+            raise ValueError("signal_id does not match exchange, order_id and fill_id")
+
+    @property
+    def sell_base(self) -> Decimal:
+        """What a sell scales by: the copied position when known, else the whole balance."""
+        if self.copied_position_before is not None:
+            return self.copied_position_before
+        return self.master_position_before
 
 
 class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown_fields=True):
@@ -83,7 +100,7 @@ class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown
 
     signal_id: str
     follower_id: str
-    exchange: str
+    exchange: str  # the copier group
     outcome: Outcome
     reason_code: str = "none"
     reason: Text = ""
@@ -101,6 +118,7 @@ class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown
     received_at: float = 0.0
     order_sent_at: float | None = None
     acked_at: float | None = None  # the venue accepted the order (its fill may be read after)
+    master_id: str = ""  # the master whose signal this copies
 
 
 class SignalRejected(Struct, frozen=True, kw_only=True, tag="rejected"):
@@ -158,6 +176,9 @@ class SizingSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         needs = {"multiplier": self.multiplier, "fixed_notional": self.fixed_notional}
         if self.mode in needs and needs[self.mode] is None:
             raise ValueError(f"sizing mode {self.mode} needs `{self.mode}`")
+        for name, value in needs.items():
+            if name != self.mode and value is not None:  # ignored by the sizer: surely a mistake
+                raise ValueError(f"`{name}` does not apply to sizing mode {self.mode}")
         for name in ("multiplier", "fixed_notional", "max_order_notional"):
             value = getattr(self, name)
             if value is not None:
@@ -168,8 +189,8 @@ class RiskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Per-follower risk controls. Caps limit buying only: exits are never blocked."""
 
     max_position_notional: Decimal | None = None  # per symbol, at the master's price
-    allow_symbols: list[str] | None = None  # None: every symbol
-    deny_symbols: list[str] = []
+    allow_symbols: list[Symbol] | None = None  # None: every symbol
+    deny_symbols: list[Symbol] = []
     max_price_deviation_pct: Decimal | None = None  # follower venue price vs master fill
     # skip: a buy is skipped when the venue's price is beyond the deviation; limit: every buy is
     # an immediate-or-cancel limit order at the master's price + the deviation (the venue enforces it)
@@ -179,11 +200,17 @@ class RiskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_drawdown_pct: Decimal | None = None  # equity down this much from its peak -> paused
 
     def __post_init__(self) -> None:
-        for name in ("max_position_notional", "max_price_deviation_pct", "daily_loss_pct",
-                     "max_drawdown_pct"):
+        if self.max_position_notional is not None:
+            check_money("max_position_notional", self.max_position_notional)
+        for name in ("max_price_deviation_pct", "daily_loss_pct", "max_drawdown_pct"):
             value = getattr(self, name)
             if value is not None:
                 check_money(name, value)
+                if value > 100:
+                    raise ValueError(f"{name} must be > 0 and <= 100")
+        both = sorted(set(self.allow_symbols or ()) & set(self.deny_symbols))
+        if both:
+            raise ValueError(f"{', '.join(both)} in both allow_symbols and deny_symbols")
         if self.max_signal_age_s is not None and not 0 < self.max_signal_age_s <= 86_400:
             raise ValueError("max_signal_age_s must be in (0, 86400]")
         if self.slippage_action == "limit" and self.max_price_deviation_pct is None:
@@ -196,7 +223,8 @@ class FollowerSnapshot(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     follower_id: str
     equity: Decimal
     cash: Decimal  # spendable quote currency (buying power)
-    position: Decimal  # base held in the signal's symbol
+    position: Decimal  # base held in the signal's symbol (the whole real balance)
+    holding: Decimal | None = None  # copied holding for the signal's master (ledger): sells act on it
     rules: MarketRules | None  # None: the follower's venue does not list the symbol
     sizing: SizingSpec = SizingSpec()
     risk: RiskSpec = RiskSpec()

@@ -40,6 +40,7 @@ from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVenue, SetPrice
 from shared.exchange.paper import nats_transport as paper_transport
+from shared.ledger import Ledger
 from shared.messages import AuditRecord, CopyResult, TradeRequest
 from shared.signing import SignalSigner, new_signing_key
 from support.natsserver import NatsServer
@@ -230,8 +231,9 @@ class System:
         reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
                                 control=control.kv, claims=claims, threshold=s.reconcile_threshold,
                                 heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
+        ledger = Ledger(await js.key_value(bus.LEDGER_BUCKET))
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
-                        instance=instance, control=control, policy=policy,
+                        instance=instance, control=control, policy=policy, ledger=ledger,
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(registry, exchange))
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,

@@ -32,6 +32,16 @@ async def _publish(system: System, signal: TradeSignal) -> None:
                             headers={"Nats-Msg-Id": uuid.uuid4().hex})  # past JetStream's dedupe
 
 
+def _signal(order_id: str = "outside-1", quote: str = "500") -> TradeSignal:
+    """A master buy as the fill watcher publishes it for a trade made outside copytrade."""
+    return TradeSignal(
+        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
+        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
+        size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
+        master_equity=Decimal(10_000), master_position_before=Decimal(0),
+        executed_at=time.time())
+
+
 async def _rejections(system: System, count: int) -> list[str]:
     async def enough() -> bool:
         return len([r for r in await system.audit() if isinstance(r, SignalRejected)]) >= count
@@ -110,13 +120,16 @@ async def test_kill_switch_stops_new_orders_within_a_second(system: System) -> N
     await set_kill(system.control, True)
     await eventually(lambda: copier.copier._control.killed, timeout=1.0)
 
-    reply = await master.trade(trade(quote="500"))
-    results = await system.wait_results(reply.signal_id, 1)
+    refused = await master.trade(trade(quote="500"))  # the master refuses to trade at all
+    signal = SignalSigner(TEST_SIGNING_SEED).sign(_signal())  # a fill made outside copytrade
+    await _publish(system, signal)
+    results = await system.wait_results(signal.signal_id, 1)
     await set_kill(system.control, False)
     await eventually(lambda: not copier.copier._control.killed, timeout=1.0)
     after = await master.trade(trade(quote="100"))
     await system.wait_results(after.signal_id, 1)
 
+    assert not refused.ok
     assert results["solo"].reason_code == "kill_switch"
     assert len(await system.orders("solo")) == 1
 

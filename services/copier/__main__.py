@@ -17,6 +17,7 @@ from shared.config import SecretSource, Settings, load_settings
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
 from shared.exchange.paper import PaperVenue, Transport, nats_transport
+from shared.ledger import Ledger
 from shared.runtime import run_main, service_runtime
 
 log = logging.getLogger("copytrade.copier")
@@ -54,7 +55,8 @@ async def run(settings: Settings) -> None:
         failed = await book.connect_all(lazy=len(book.all()) > settings.spread_threshold)
         if failed:
             log.warning("event=followers_not_connected followers=%s", ",".join(failed))
-        claims = await bus.ensure_streams(rt.js, settings.stream_replicas)
+        buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
+        claims = buckets.claims
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
@@ -67,7 +69,7 @@ async def run(settings: Settings) -> None:
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance, control=control,
-                        policy=policy,
+                        policy=policy, ledger=Ledger(buckets.ledger),
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())

@@ -38,6 +38,7 @@ class Follower:
         self.account = account
         self.credentials = credentials
         self._figures: _Figures | None = None
+        self.holdings: dict[str, Decimal] = {}  # ledger key -> copied holding, as last written
         self._lineage: Lineage | None = None
         self._lock = asyncio.Lock()
 
@@ -85,12 +86,13 @@ class Follower:
         traded the account (a shard that moved, a redelivery) and the figures are read again.
         """
         if self._lineage != (lineage[0], lineage[1] - 1):
-            self._figures = None
+            self.forget_figures()
         self._lineage = lineage
 
     def forget_figures(self) -> None:
         """The account changed in a way this replica did not see (an order found on recovery)."""
         self._figures = None
+        self.holdings = {}
 
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
         """Update cached cash and position from a fill instead of re-reading the venue."""

@@ -42,6 +42,7 @@ from services.copier.spread.runner import WorkRunner
 from shared import bus
 from shared.config import Settings
 from shared.control import Control
+from shared.ledger import Ledger
 from shared.messages import TradeSignal
 
 log = logging.getLogger("copytrade.copier")
@@ -51,7 +52,7 @@ class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
-        policy: Policy, reconciler: Reconciler | None = None,
+        policy: Policy, ledger: Ledger, reconciler: Reconciler | None = None,
         work_metrics: WorkMetrics | None = None,
     ) -> None:
         self._js, self._book, self._control = js, book, control
@@ -60,7 +61,7 @@ class Copier:
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[None] | None = None
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
-                                     settings=settings, instance=instance, policy=policy,
+                                     settings=settings, instance=instance, policy=policy, ledger=ledger,
                                      reconciler=reconciler)
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
         self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)

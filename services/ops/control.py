@@ -37,13 +37,13 @@ def check_follower(config: CopytradeConfig, follower_id: str) -> None:
 async def change_state(settings: Settings, command: str, follower_id: str, who: str) -> str:
     state = STATE_COMMANDS[command][0]
     async with connected(settings) as nc:
-        kv = await control_bucket(nc.jetstream())
+        kv = await control_bucket(nc.jetstream(), settings.stream_replicas)
         await set_state(kv, follower_id, state, reason=f"{command} by {who}")
     return f"{follower_id}: {state or 'its configured state'} (every copier applies it within a second)"
 
 
 async def kill(settings: Settings, on: bool) -> str:
     async with connected(settings) as nc:
-        await set_kill(await control_bucket(nc.jetstream()), on)
+        await set_kill(await control_bucket(nc.jetstream(), settings.stream_replicas), on)
     return ("kill switch ON: no new orders, master trades refused" if on
             else "kill switch off: copying and master trades resume")

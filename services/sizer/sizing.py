@@ -2,7 +2,8 @@
 
 Buys scale the master's size by the follower's sizing mode (the guide's
 `user_size = master_size × user_equity / master_equity` by default); sells reduce the follower's
-own position by the fraction the master sold. Sizes are truncated to the venue's step, never
+copied holding for that master (the ledger) by the fraction the master sold of its copied
+position, never the follower's own coins. Sizes are truncated to the venue's step, never
 rounded up, and never exceed what the follower can afford or holds.
 """
 
@@ -149,14 +150,16 @@ def _buy_cap(signal: TradeSignal, follower: FollowerSnapshot) -> Decimal | None:
 def _size_exit(
     signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules, min_notional: Decimal
 ) -> Decision:
-    if follower.position <= ZERO:
-        return _skip(follower, "no_position", f"No {signal.symbol} position to sell")
-    if signal.master_position_before <= ZERO:
-        return _skip(follower, "no_position",
-                     "Master held no position before this sell: short sales are not copied")
-    fraction = min(Fraction(1), Fraction(signal.filled_base) / Fraction(signal.master_position_before))
-    # fraction 1 (a full master exit) closes the follower's whole position
-    base = _truncate(Fraction(follower.position) * fraction, rules.amount_step)
+    held = follower.position if follower.holding is None else min(follower.holding, follower.position)
+    if held <= ZERO:
+        what = "copied holding" if follower.holding is not None else "position"
+        return _skip(follower, "no_position", f"No {signal.symbol} {what} to sell")
+    if signal.sell_base <= ZERO:
+        return _skip(follower, "master_own_holdings",
+                     "The master sold coins it held before it was followed: not copied")
+    fraction = min(Fraction(1), Fraction(signal.filled_base) / Fraction(signal.sell_base))
+    # fraction 1 (a full master exit) closes the copied holding, never the follower's own coins
+    base = _truncate(Fraction(held) * fraction, rules.amount_step)
     notional = base * signal.price
     problem = _check_minimums(notional, base, rules, min_notional)
     if problem is not None:

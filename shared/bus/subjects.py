@@ -9,6 +9,7 @@ WORK_STREAM = "WORK"  # signals spread over a group's replicas: one item per (si
 CLAIMS_BUCKET = "copytrade-claims"  # (signal, follower) claims, and replay guards
 CONTROL_BUCKET = "copytrade-control"  # kill switch, follower state overrides, risk baselines
 FILLS_BUCKET = "copytrade-fills"  # the master's fills already published as signals
+LEDGER_BUCKET = "copytrade-ledger"  # copied positions and holdings (shared/ledger.py)
 
 SIGNALS_ALL = "copytrade.signals.>"
 RESULTS_ALL = "copytrade.results.>"

@@ -61,6 +61,7 @@ class Buckets:
     claims: KeyValue
     control: KeyValue
     fills: KeyValue
+    ledger: KeyValue
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int | None = None) -> Buckets:
@@ -73,7 +74,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int | None = None) -> 
         await _ensure_stream(js, config, replicas)
     made = {c.bucket: await _ensure_bucket(js, c, replicas) for c in bucket_configs(replicas or 1)}
     return Buckets(claims=made[s.CLAIMS_BUCKET], control=made[s.CONTROL_BUCKET],
-                   fills=made[s.FILLS_BUCKET])
+                   fills=made[s.FILLS_BUCKET], ledger=made[s.LEDGER_BUCKET])
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> KeyValue:

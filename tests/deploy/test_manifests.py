@@ -395,7 +395,7 @@ def test_render_overlay_keeps_master_single_with_recreate(objects: list[Obj]) ->
 
     assert master["spec"]["replicas"] == 1
     assert master["spec"]["strategy"] == {"type": "Recreate"}
-    assert only_container(master)["args"] == ["master"]
+    assert only_container(master)["args"] == ["run", "master"]
 
 
 def test_render_overlay_runs_one_copier_per_group_folder(objects: list[Obj]) -> None:

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from services.copier.copy.claims import ClaimBusy, Claims
 from services.copier.copy.figures import FigureReader, ReadFailed
+from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.copy.results import Copy, Recording, ResultLog
 from services.copier.copy.sizing import SizerClient
@@ -32,6 +33,7 @@ from shared.config import Settings
 from shared.errors import ExchangeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderCommand
+from shared.ledger import Ledger
 from shared.messages import (
     Claim,
     Decision,
@@ -53,15 +55,16 @@ class CopyExecutor:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, policy: Policy,
-        reconciler: Reconciler | None = None,
+        ledger: Ledger, reconciler: Reconciler | None = None,
     ) -> None:
         self._book, self._metrics, self._settings, self._instance = book, metrics, settings, instance
         self._group = book.group
         self._limit = asyncio.Semaphore(settings.concurrency)
         self.policy = policy
         self.claims = Claims(js, claims, timeout_s=settings.order_timeout_s)
-        self._figures = FigureReader(book=book, policy=self.policy, settings=settings,
-                                     limit=self._limit)
+        self.holdings = Holdings(ledger)
+        self._figures = FigureReader(book=book, policy=self.policy, holdings=self.holdings,
+                                     settings=settings, limit=self._limit)
         self._sizer = SizerClient(nc, book, metrics)
         self._results = ResultLog(js, metrics, self._group)
         self._reconciler = reconciler
@@ -165,6 +168,8 @@ class CopyExecutor:
             ack = await place_idempotently(follower.account, command,
                                            timeout_s=self._settings.order_timeout_s)
             follower.apply_fill(command.symbol, order.side, ack)
+            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol,
+                                       order.side, ack)
             self._metrics.copy_latency.observe((ack.accepted_at or time.time())
                                                - copy.signal.executed_at)
             result = copy.placed(order, ack, sent_at, recovered=recovered)
@@ -187,6 +192,8 @@ class CopyExecutor:
             return
         found = await follower.account.find_order(claim.client_order_id, copy.symbol)
         if found is not None:
+            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol,
+                                       claim.order.side, found)
             await self._results.record(copy.placed(claim.order, found, None, recovered=True),
                                        recording)
             return

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.followers import Follower, FollowerBook
 from shared.config import Settings
@@ -35,9 +36,11 @@ Figures = FollowerSnapshot | Skip | ReadFailed
 
 class FigureReader:
     def __init__(
-        self, *, book: FollowerBook, policy: Policy, settings: Settings, limit: asyncio.Semaphore
+        self, *, book: FollowerBook, policy: Policy, holdings: Holdings, settings: Settings,
+        limit: asyncio.Semaphore,
     ) -> None:
         self._book, self._policy, self._settings, self._limit = book, policy, settings, limit
+        self._holdings = holdings
 
     async def read_all(self, signal: TradeSignal, followers: list[Follower]) -> list[Figures]:
         return list(await asyncio.gather(*(self.read(signal, f) for f in followers)))
@@ -56,7 +59,11 @@ class FigureReader:
         state = await self._policy.after_reading(follower, snapshot.equity)
         if state == "paused":
             return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
-        return msgspec.structs.replace(snapshot, state=state)
+        holding = None
+        if snapshot.rules is not None:  # the position was read: the holding is never above it
+            holding = await self._holdings.clip(follower, signal.master_id, signal.symbol,
+                                                snapshot.position)
+        return msgspec.structs.replace(snapshot, state=state, holding=holding)
 
     async def _read_with_retries(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot:
         """Retry temporary errors (timeouts, 5xx, rate limits) while the signal is young enough

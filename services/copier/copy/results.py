@@ -41,14 +41,16 @@ class Copy:
 
     def skipped(self, skip: Skip) -> CopyResult:
         return CopyResult(
-            signal_id=self.signal.signal_id, follower_id=self.follower.id, exchange=self.group,
+            signal_id=self.signal.signal_id, master_id=self.signal.master_id,
+            follower_id=self.follower.id, exchange=self.group,
             symbol=self.symbol, side=self.signal.side, signal_executed_at=self.signal.executed_at,
             received_at=self.received_at, outcome="skipped", reason_code=skip.reason_code,
             reason=skip.reason)
 
     def dry_run(self, order: SizedOrder, client_order_id: str) -> CopyResult:
         return CopyResult(
-            signal_id=self.signal.signal_id, follower_id=self.follower.id, exchange=self.group,
+            signal_id=self.signal.signal_id, master_id=self.signal.master_id,
+            follower_id=self.follower.id, exchange=self.group,
             symbol=self.symbol, side=self.signal.side, signal_executed_at=self.signal.executed_at,
             received_at=self.received_at, outcome="dry_run", reason_code="dry_run",
             reason="Dry run: decision recorded, no order", size=order.size,
@@ -59,7 +61,8 @@ class Copy:
     ) -> CopyResult:
         code, reason = _unfilled(order) if ack.status == "expired" else ("none", "")
         return CopyResult(
-            signal_id=self.signal.signal_id, follower_id=self.follower.id, exchange=self.group,
+            signal_id=self.signal.signal_id, master_id=self.signal.master_id,
+            follower_id=self.follower.id, exchange=self.group,
             symbol=self.symbol, side=self.signal.side, signal_executed_at=self.signal.executed_at,
             received_at=self.received_at, outcome=_OUTCOMES[ack.status], reason_code=code,
             reason=reason, size=order.size, size_type=order.size_type, notional=order.notional,
@@ -73,7 +76,8 @@ class Copy:
     ) -> CopyResult:
         """An order or an account read that failed: its error class, never a quiet skip."""
         return CopyResult(
-            signal_id=self.signal.signal_id, follower_id=self.follower.id, exchange=self.group,
+            signal_id=self.signal.signal_id, master_id=self.signal.master_id,
+            follower_id=self.follower.id, exchange=self.group,
             symbol=self.symbol, side=self.signal.side, signal_executed_at=self.signal.executed_at,
             received_at=self.received_at, outcome="failed", reason_code=error.reason_code,
             reason=f"{type(error).__name__}: {error}",

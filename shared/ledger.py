@@ -1,0 +1,127 @@
+"""The copy ledger: what copying holds, kept apart from what accounts hold of their own.
+
+- per (master, symbol): the master's **copied position**, the net of its fills since it was
+  followed (never below zero; what it held before is not part of it);
+- per (follower, master, symbol): the follower's **copied holding**, changed only by its own
+  copy fills and clipped to its real balance when it sold by hand.
+
+Each entry lives in the JetStream KV bucket `copytrade-ledger` (replicated like every bucket).
+A change is applied exactly once per fill: the entry keeps the ids of the fills recently applied
+(with the amount before each), and is written with an expected revision, so a redelivery, a
+recovered order or two replicas racing count a fill once.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import msgspec
+from msgspec import Struct
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from shared import bus
+
+log = logging.getLogger("copytrade.ledger")
+ZERO = Decimal(0)
+REMEMBERED = 64  # fill ids kept per entry: redeliveries come long before 64 newer fills
+WRITE_ATTEMPTS = 20
+
+
+class Entry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Decimal = ZERO  # base units
+    applied: dict[str, Decimal] = {}  # fill id -> amount before it (insertion ordered)
+    clipped: Decimal = ZERO  # total removed because the real balance was lower (manual sales)
+
+
+def master_key(master_id: str, symbol: str) -> str:
+    return f"master.{master_id}.{_symbol(symbol)}"
+
+
+def holding_key(follower_id: str, master_id: str, symbol: str) -> str:
+    return f"hold.{follower_id}.{master_id}.{_symbol(symbol)}"
+
+
+def _symbol(symbol: str) -> str:
+    return symbol.replace("/", "_")  # BTC/USD -> BTC_USD: one key token
+
+
+class LedgerConflict(Exception):
+    """An entry kept changing under us: too many writers at once."""
+
+
+class Ledger:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._decoder = msgspec.json.Decoder(Entry)
+
+    async def read(self, key: str) -> Entry:
+        return (await self._read(key))[0]
+
+    async def apply(self, key: str, fill_id: str, delta: Decimal) -> tuple[Decimal, Decimal]:
+        """Add `delta` (a buy's fill; negative for a sell's) once for `fill_id`, never below zero;
+        return (amount before, amount after). A fill already applied changes nothing and returns
+        the figures it had."""
+        for _ in range(WRITE_ATTEMPTS):
+            entry, revision = await self._read(key)
+            if fill_id in entry.applied:
+                before = entry.applied[fill_id]
+                return before, max(ZERO, before + delta)
+            after = max(ZERO, entry.amount + delta)
+            applied = dict(entry.applied)
+            applied[fill_id] = entry.amount
+            while len(applied) > REMEMBERED:
+                del applied[next(iter(applied))]
+            new = msgspec.structs.replace(entry, amount=after, applied=applied)
+            if await self._write(key, new, revision):
+                return entry.amount, after
+        raise LedgerConflict(f"ledger entry {key} kept changing")
+
+    async def clip(self, key: str, real_balance: Decimal) -> Decimal:
+        """Lower the entry to the real balance when it holds more (the account sold by hand);
+        return how much was removed (0 if nothing)."""
+        for _ in range(WRITE_ATTEMPTS):
+            entry, revision = await self._read(key)
+            excess = entry.amount - max(ZERO, real_balance)
+            if excess <= 0:
+                return ZERO
+            new = msgspec.structs.replace(entry, amount=entry.amount - excess,
+                                          clipped=entry.clipped + excess)
+            if await self._write(key, new, revision):
+                log.warning("event=holding_clipped key=%s removed=%s real_balance=%s", key,
+                            excess, real_balance)
+                return excess
+        raise LedgerConflict(f"ledger entry {key} kept changing")
+
+    async def entries(self, prefix: str) -> dict[str, Entry]:
+        """Every entry whose key starts with `prefix` (for the CLI and reconciliation)."""
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return {}
+        return {k: await self.read(k) for k in keys if k.startswith(prefix)}
+
+    async def _read(self, key: str) -> tuple[Entry, int | None]:
+        try:
+            got = await bus.retry(f"ledger read {key}", lambda: self._kv.get(key))
+        except KeyNotFoundError:
+            return Entry(), None
+        if got.value is None or got.operation in ("DEL", "PURGE"):
+            return Entry(), got.revision
+        return self._decoder.decode(got.value), got.revision
+
+    async def _write(self, key: str, entry: Entry, revision: int | None) -> bool:
+        data = self._encoder.encode(entry)
+
+        async def write() -> int:
+            if revision is None:
+                return await self._kv.create(key, data)
+            return await self._kv.update(key, data, last=revision)
+
+        try:
+            await bus.retry(f"ledger write {key}", write)
+        except KeyWrongLastSequenceError:
+            return False  # someone else wrote first: read again
+        return True
