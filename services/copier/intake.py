@@ -1,8 +1,15 @@
 """Intake: what a signal message must pass before anything is copied. Bytes that are not a
 signal, a signature that does not verify, and a signal this group already took are recorded
-as rejects (never executed) and the message is terminated."""
+as rejects (never executed) and the message is terminated.
+
+The replay guard is a create-if-absent key per (group, signal) holding the stream sequence of
+the message that took it: the same message delivered again (a redelivery, also one a new
+consumer leader makes after a node loss, whose delivery count may start over) passes as a
+redelivery; another message with that signal id is a replay."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.msg import Msg
@@ -12,33 +19,53 @@ from services.copier.delivery import Delivery
 from services.copier.followers import FollowerBook
 from shared.messages import MALFORMED, TradeSignal
 
+LEGACY_GUARD = b"1"  # guards written before they held the stream sequence
+
+
+class GuardGone(Exception):
+    """The replay guard existed a moment ago and is gone now: the message is retried."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    signal: TradeSignal
+    redelivered: bool  # this message was taken before: its copies may exist already
+
 
 class Intake:
     def __init__(self, *, book: FollowerBook, claims: Claims, delivery: Delivery) -> None:
         self._book, self._claims, self._delivery = book, claims, delivery
         self._decoder = msgspec.json.Decoder(TradeSignal)
 
-    async def admit(self, msg: Msg) -> TradeSignal | None:
+    async def admit(self, msg: Msg) -> Admitted | None:
         """The signal to copy, or None once the message was rejected and terminated."""
         try:
             signal = self._decoder.decode(msg.data)
         except MALFORMED as exc:
             await self._refuse(msg, "malformed", str(exc))
             return None
-        problem = await self._judge(signal, redelivered=msg.metadata.num_delivered > 1)
+        problem = self._book.signature_problem(signal)
         if problem is not None:
             await self._refuse(msg, *problem)
             return None
-        return signal
+        taken = await self._taken_before(signal, msg)
+        if taken is None:
+            await self._refuse(msg, "replayed",
+                               f"signal {signal.signal_id} was already taken by this group")
+            return None
+        return Admitted(signal, redelivered=taken or msg.metadata.num_delivered > 1)
 
-    async def _judge(self, signal: TradeSignal, *, redelivered: bool) -> tuple[str, str] | None:
-        """Why this signal must not be executed (reason code, text), or None."""
-        problem = self._book.signature_problem(signal)
-        if problem is not None:
-            return problem
-        seen = f"seen.{self._book.group}.{signal.signal_id}"
-        if not redelivered and not await self._claims.create(seen, b"1"):
-            return "replayed", f"signal {signal.signal_id} was already taken by this group"
+    async def _taken_before(self, signal: TradeSignal, msg: Msg) -> bool | None:
+        """False: first taken now; True: this same message was taken before; None: a replay."""
+        key = f"seen.{self._book.group}.{signal.signal_id}"
+        mine = str(msg.metadata.sequence.stream).encode()
+        if await self._claims.create(key, mine):
+            return False
+        held = await self._claims.value(key)
+        if held is None:
+            raise GuardGone(key)
+        if held == mine or (held == LEGACY_GUARD and msg.metadata.num_delivered > 1):
+            return True
         return None
 
     async def _refuse(self, msg: Msg, reason_code: str, reason: str) -> None:

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from services.copier.copy.execute import CopyExecutor
 from services.copier.copy.policy import Policy
-from services.copier.delivery import Delivery
+from services.copier.delivery import Delivery, watched
 from services.copier.followers import FollowerBook, Lineage
 from services.copier.intake import Intake
 from services.copier.metrics import CopierMetrics
@@ -46,6 +46,8 @@ from shared.ledger import Ledger
 from shared.messages import TradeSignal
 
 log = logging.getLogger("copytrade.copier")
+FETCH_WAIT_S = 1.0
+FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a group resumes fast
 
 
 class Copier:
@@ -81,28 +83,11 @@ class Copier:
         await self.replicas.join()
         sub = await self._js.pull_subscribe_bind(
             durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
-        background = [asyncio.create_task(self._watch_lag()),
-                      asyncio.create_task(self.replicas.run())]
-        work = asyncio.create_task(self._work.run())
-        delay = 0.1  # backoff after a failed fetch: the loop never dies on a NATS error
+        background = [watched(self._watch_lag(), "lag_watch"),
+                      watched(self.replicas.run(), "replica_heartbeat")]
+        work = watched(self._work.run(), "work_runner")
         try:
-            while not self._stopping.is_set():
-                try:
-                    msgs = await sub.fetch(batch=1, timeout=1.0)
-                except (NatsTimeout, TimeoutError):
-                    msgs = []
-                except nats.errors.Error as exc:  # e.g. 503 while a restarted server recovers
-                    log.warning("event=signal_fetch_failed error=%s", type(exc).__name__)
-                    await asyncio.sleep(delay)
-                    delay = min(5.0, delay * 2)
-                    continue
-                delay = 0.1
-                for msg in msgs:
-                    self._current = asyncio.create_task(self.process(msg))
-                    await asyncio.wait({self._current})
-                    self._current = None
-                if not self._work.busy:  # no copy in flight may still use a retired client
-                    await self._book.close_retired()
+            await self._take_signals(sub)
         finally:
             for task in background:
                 task.cancel()
@@ -111,6 +96,32 @@ class Copier:
             await asyncio.wait({work})
             with contextlib.suppress(*bus.TRANSIENT):  # closing anyway
                 await sub.unsubscribe()
+
+    async def _take_signals(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Fetch and handle signals one at a time until shut down. A fetch fails while the
+        consumer's leader is re-elected (a node lost) or NATS reconnects: back off briefly and
+        fetch again; the subscription is only an inbox (re-subscribed on reconnect), and the
+        fetch request reaches whichever node leads the consumer now."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(batch=1, timeout=FETCH_WAIT_S)
+            except (NatsTimeout, TimeoutError):
+                msgs = []
+            except nats.errors.Error as exc:  # e.g. 503 while a consumer leader is elected
+                failures += 1
+                log.warning("event=signal_fetch_failed failures=%d error=%s", failures,
+                            type(exc).__name__)
+                await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2 ** failures))
+                continue
+            failures = 0
+            for msg in msgs:
+                self._current = asyncio.create_task(
+                    self._delivery.guarded(msg, self.process(msg)))
+                await asyncio.wait({self._current})
+                self._current = None
+            if not self._work.busy:  # no copy in flight may still use a retired client
+                await self._book.close_retired()
 
     @property
     def settled(self) -> bool:
@@ -148,13 +159,12 @@ class Copier:
         work item) is stored."""
         received_at = time.time()
         self._metrics.signals_received.inc()
-        signal = await self._intake.admit(msg)
-        if signal is None:
+        admitted = await self._intake.admit(msg)
+        if admitted is None:
             return
-        redelivered = msg.metadata.num_delivered > 1
         lineage = (msg.metadata.consumer or "", msg.metadata.sequence.consumer)
-        await self._delivery.settle(msg, signal.signal_id, self.fan_out(
-            signal, received_at, redelivered=redelivered, lineage=lineage))
+        await self._delivery.settle(msg, admitted.signal.signal_id, self.fan_out(
+            admitted.signal, received_at, redelivered=admitted.redelivered, lineage=lineage))
 
     async def fan_out(
         self, signal: TradeSignal, received_at: float, *, redelivered: bool,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import msgspec
@@ -42,22 +41,27 @@ class WorkPlanner:
         return self._spread_before and await self._queued()
 
     async def _queued(self) -> bool:
-        info = await self._js.stream_info(bus.WORK_STREAM,
-                                          subjects_filter=bus.work_of(self._group))
+        info = await bus.retry("work queued", lambda: self._js.stream_info(
+            bus.WORK_STREAM, subjects_filter=bus.work_of(self._group)))
         return bool(info.state.subjects)
 
     async def plan(self, signal: TradeSignal, received_at: float) -> None:
         """Publish the signal's work items; return once JetStream has stored every one."""
         shards = self._settings.shards
         occupied = [s for s in range(shards) if self._book.in_shard(s, shards)]
-        acks = []
-        for shard in occupied:
-            item = WorkItem(signal=signal, group=self._group, shard=shard, shards=shards,
-                            received_at=received_at, planner=self._instance)
-            acks.append(await self._js.publish_async(
-                bus.work_subject(self._group, shard), self._encoder.encode(item),
-                headers={"Nats-Msg-Id": f"{signal.signal_id}:{shard}"}))
-        await asyncio.wait_for(asyncio.gather(*acks), self._settings.order_timeout_s)
-        self._metrics.count("published", len(acks))
+        sent: list[bus.Sent] = []
+        try:
+            for shard in occupied:
+                item = WorkItem(signal=signal, group=self._group, shard=shard, shards=shards,
+                                received_at=received_at, planner=self._instance)
+                sent.append(await bus.send(
+                    self._js, bus.work_subject(self._group, shard), self._encoder.encode(item),
+                    f"{signal.signal_id}:{shard}"))
+        except BaseException:
+            for write in sent:  # nobody will await these now; the signal is retried whole
+                write.ack.cancel()
+            raise
+        await bus.confirm(self._js, sent)  # items lost with a node are sent again, deduplicated
+        self._metrics.count("published", len(sent))
         log.info("event=signal_spread signal_id=%s followers=%d items=%d", signal.signal_id,
-                 len(self._book.all()), len(acks))
+                 len(self._book.all()), len(sent))

@@ -8,13 +8,14 @@ import contextlib
 import logging
 
 import msgspec
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 
 from services.copier.copy.execute import CopyExecutor
-from services.copier.delivery import Delivery
+from services.copier.delivery import Delivery, watched
 from services.copier.followers import Follower, FollowerBook
 from services.copier.spread.metrics import WorkMetrics
 from services.copier.spread.replicas import Replicas
@@ -24,6 +25,7 @@ from shared.messages import MALFORMED, WorkItem
 
 log = logging.getLogger("copytrade.copier")
 FETCH_WAIT_S = 1.0  # a pull loop notices a lost shard or a shutdown within this
+FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often
 
 
 class WorkRunner:
@@ -68,7 +70,7 @@ class WorkRunner:
                 for shard in owned:
                     loop = self._loops.get(shard)
                     if loop is None or loop.done():
-                        self._loops[shard] = asyncio.create_task(self._pull(shard))
+                        self._loops[shard] = watched(self._pull(shard), f"work_pull_{shard}")
                 self._metrics.shards_owned.set(len(owned))
                 self._metrics.replicas.set(len(self._replicas.live()))
                 with contextlib.suppress(TimeoutError):
@@ -86,7 +88,7 @@ class WorkRunner:
         followers = [f for s in shards for f in self._book.in_shard(s, self._settings.shards)]
         self._warmed.update(shards)
         if followers:
-            task = asyncio.create_task(self._connect(followers))
+            task = watched(self._connect(followers), "warm_clients")
             self._warming.add(task)
             task.add_done_callback(self._warming.discard)
 
@@ -112,13 +114,22 @@ class WorkRunner:
         try:
             sub = await self._js.pull_subscribe_bind(
                 durable=bus.work_durable(self._group, shard), stream=bus.WORK_STREAM)
-            while not self._stopping.is_set() and self._replicas.owns(shard):
+            failures = 0
+            while not (self._stopping.is_set() or self._nc.is_closed) and self._replicas.owns(shard):
                 try:
                     msgs = await sub.fetch(batch=1, timeout=FETCH_WAIT_S)
                 except (NatsTimeout, TimeoutError):
                     continue
+                except nats.errors.Error as exc:  # a consumer leader elected, a reconnect
+                    failures += 1
+                    self._metrics.count("pull_failed")
+                    log.warning("event=work_fetch_failed shard=%d failures=%d error=%s", shard,
+                                failures, type(exc).__name__)
+                    await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2 ** failures))
+                    continue
+                failures = 0
                 for msg in msgs:
-                    task = asyncio.create_task(self._run_item(msg))
+                    task = asyncio.create_task(self._delivery.guarded(msg, self._run_item(msg)))
                     self._items.add(task)
                     await asyncio.wait({task})
                     self._items.discard(task)
