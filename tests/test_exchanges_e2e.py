@@ -133,7 +133,7 @@ async def test_bad_key_and_rate_limit_do_not_hold_up_the_others(system: System, 
     results = await system.wait_results(reply.signal_id, 5)
 
     assert {f: r.outcome for f, r in results.items()} == {
-        "alice": "filled", "bob": "skipped", "carol": "failed", "dave": "filled", "erin": "filled"}
+        "alice": "filled", "bob": "failed", "carol": "failed", "dave": "filled", "erin": "filled"}
     assert (results["bob"].reason_code, results["carol"].reason_code) == ("auth_error", "rate_limited")
 
 

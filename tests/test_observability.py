@@ -152,8 +152,8 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
                        "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
                        "rate(copytrade_signals_published_total[5m]) > 0"):
             _poll(lambda q=promql: _has_data(base, q), 60, promql)
-        answers = {name: _query(base, grafana_to_promql(expr))
-                   for name, expr in {**dashboard_queries(), **variable_queries()}.items()}
+        queries = {**dashboard_queries(), **variable_queries()}
+        answers = {name: _query(base, grafana_to_promql(expr)) for name, expr in queries.items()}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -161,5 +161,8 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
     failed = {name: a.get("error") for name, a in answers.items() if a.get("status") != "success"}
     with_data = {name for name, a in answers.items()
                  if a.get("data", {}).get("result")}  # type: ignore[union-attr]
+    # the NATS row reads prometheus-nats-exporter's series: no exporter runs here, so those
+    # queries must parse and run, but cannot have data
+    exporter = {name for name, expr in queries.items() if "nats_" in expr or "job=\"nats\"" in expr}
     assert failed == {}
-    assert sorted(set(answers) - with_data) == []
+    assert sorted(set(answers) - with_data - exporter) == []
