@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.copier.copy.figures import FigureRefresher
 from services.copier.copy.policy import Policy
+from services.copier.delivery import watched
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
@@ -60,7 +62,7 @@ async def run(settings: Settings) -> None:
         await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
                                   max_deliver=settings.max_deliver)
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
-        background = [asyncio.create_task(control.watch())]
+        background = [watched(control.watch(), "control-watch")]
         policy = Policy(control, metrics)
         reconciler = Reconciler(
             book=book, metrics=metrics, group=settings.group, policy=policy, control=control.kv,
@@ -74,8 +76,12 @@ async def run(settings: Settings) -> None:
                         work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())
         if settings.reconcile_interval_s:
-            background.append(asyncio.create_task(reconciler.run(settings.reconcile_interval_s)))
-        background.append(asyncio.create_task(reloader.watch()))
+            background.append(watched(reconciler.run(settings.reconcile_interval_s), "reconcile"))
+        background.append(watched(reloader.watch(), "config-reload"))
+        if settings.figures_refresh_s:
+            refresher = FigureRefresher(book, metrics, interval_s=settings.figures_refresh_s)
+            warm = len(book.all()) <= settings.spread_threshold  # spread: each replica its shards
+            background.append(watched(refresher.run(warm=warm), "figures-refresh"))
         rt.mark_started()
         await rt.wait_stopped()
         for task in background:

@@ -41,6 +41,7 @@ class Follower:
         self.holdings: dict[str, Decimal] = {}  # ledger key -> copied holding, as last written
         self._lineage: Lineage | None = None
         self._lock = asyncio.Lock()
+        self._changes = 0  # fills applied and figures dropped: a refresh read before one is stale
 
     @property
     def id(self) -> str:
@@ -78,6 +79,22 @@ class Follower:
             sizing=self.config.sizing, risk=self.config.risk, state=state, price=price,
             max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
 
+    def figures_age(self) -> float | None:
+        """Seconds since the figures were read from the venue; None when there are none."""
+        figures = self._figures
+        return None if figures is None else time.monotonic() - figures.fetched_at
+
+    async def refresh(self) -> None:
+        """Read equity, cash and every tracked position again, off the copy path. Read outside
+        the lock (a copy is never held up by it); kept only if no fill landed meanwhile."""
+        changes = self._changes
+        symbols = list(self._figures.positions) if self._figures is not None else []
+        snap = await self.account.snapshot()
+        positions = {symbol: await self.account.position(symbol) for symbol in symbols}
+        async with self._lock:
+            if self._changes == changes:
+                self._figures = _Figures(snap.equity, snap.cash, positions, time.monotonic())
+
     def resume(self, lineage: Lineage) -> None:
         """Keep the cached figures only if this replica ran the follower's previous copy.
 
@@ -93,9 +110,11 @@ class Follower:
         """The account changed in a way this replica did not see (an order found on recovery)."""
         self._figures = None
         self.holdings = {}
+        self._changes += 1
 
     def apply_fill(self, symbol: str, side: str, ack: OrderAck) -> None:
         """Update cached cash and position from a fill instead of re-reading the venue."""
+        self._changes += 1
         figures = self._figures
         if ack.status == "expired":
             return  # ended having filled nothing: the account is as it was

@@ -53,6 +53,10 @@ class CopierMetrics:
         self.signal_retries = Counter(
             "copytrade_signal_retries_total", "Signals or work items handed back after an error",
             ["exchange"], registry=registry).labels(exchange)
+        self.figure_refresh_failures = Counter(
+            "copytrade_figure_refresh_failures_total",
+            "Background reads of followers' figures that failed", ["exchange"],
+            registry=registry).labels(exchange)
         self.reconcile_errors = Counter(
             "copytrade_reconcile_errors_total", "Reconciliation reads or rounds that failed",
             ["exchange"], registry=registry).labels(exchange)

@@ -14,6 +14,7 @@ import msgspec
 from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.followers import Follower, FollowerBook
+from services.copier.metrics import CopierMetrics
 from shared.config import Settings
 from shared.errors import ExchangeError, TemporaryError
 from shared.messages import FollowerSnapshot, Skip, TradeSignal
@@ -87,3 +88,42 @@ class FigureReader:
         return await follower.snapshot(
             signal, rules, self._settings.snapshot_ttl_s, state=self._policy.state(follower),
             max_signal_age_s=self._book.signals.max_age_s)
+
+
+class FigureRefresher:
+    """Keeps followers' figures fresh in the background, so a signal's copies need no account
+    read before their orders: every `interval_s`, followers whose figures are older are read
+    again, a few at a time (the copy path keeps the rest of the venue's budget)."""
+
+    def __init__(
+        self, book: FollowerBook, metrics: CopierMetrics, *, interval_s: float, parallel: int = 8
+    ) -> None:
+        self._book, self._metrics, self._interval_s = book, metrics, interval_s
+        self._parallel = asyncio.Semaphore(parallel)
+
+    async def run(self, *, warm: bool) -> None:
+        """warm: read every follower's figures first (a group this replica copies whole)."""
+        if warm:
+            await self.refresh_due(include_unread=True)
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.refresh_due()
+
+    async def refresh_due(self, *, include_unread: bool = False) -> int:
+        """Refresh the followers whose figures are older than the interval; how many were."""
+        due = [f for f in self._book.all() if _due(f.figures_age(), self._interval_s, include_unread)]
+        await asyncio.gather(*(self._refresh(f) for f in due))
+        return len(due)
+
+    async def _refresh(self, follower: Follower) -> None:
+        async with self._parallel:
+            try:
+                await follower.refresh()
+            except ExchangeError as exc:  # kept figures age; past the TTL the copy path reads
+                self._metrics.figure_refresh_failures.inc()
+                log.info("event=figures_refresh_failed follower=%s error=%s", follower.id,
+                         type(exc).__name__)
+
+
+def _due(age: float | None, interval_s: float, include_unread: bool) -> bool:
+    return include_unread if age is None else age >= interval_s * 0.9

@@ -1,0 +1,51 @@
+"""One order per follower between a signal and its copy: the follower's figures come from a
+cache kept by its own fills and refreshed in the background, never read on the copy path."""
+
+from __future__ import annotations
+
+import base64
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry
+
+from services.copier.copy.figures import FigureRefresher
+from services.copier.metrics import CopierMetrics
+from shared.exchange.context import AdapterContext
+from tests.contract.conftest import recorded_paths
+from tests.emulators.kraken import KrakenEmulator
+from tests.harness import System, make_config, trade
+from tests.secrets_scan import register
+
+KEY, SECRET = "fake-key-hot-3Jq", base64.b64encode(b"fake-secret-hot-path-9Zr").decode()
+register(KEY, SECRET)
+SECRETS = {"KRAKEN_USER_HOT_API_KEY": KEY, "KRAKEN_USER_HOT_API_SECRET": SECRET}
+
+
+def _private(paths: list[str]) -> list[str]:
+    return [p.rsplit("/", 1)[-1] for p in paths if "/private/" in p]
+
+
+async def test_second_copy_sends_the_order_with_no_account_read(system: System) -> None:
+    kraken = KrakenEmulator()
+    paths = recorded_paths(kraken)
+    kraken.state.add_account(KEY, SECRET, {"USD": Decimal(1_000)})
+    async with kraken:
+        await system.fund("master", 10_000)
+        config = make_config([{"id": "hot", "exchange": "kraken", "base_url": kraken.url}])
+        copier = await system.start_copier(config, exchange="kraken", secrets=SECRETS,
+                                           ctx=AdapterContext(), snapshot_ttl_s=120.0)
+        master = await system.start_master(config)
+        first = await master.trade(trade(quote="500"))
+        await system.wait_results(first.signal_id, 1)
+        paths.clear()
+
+        second = await master.trade(trade(quote="500"))
+        results = await system.wait_results(second.signal_id, 1)
+        refresher = FigureRefresher(copier.book, CopierMetrics(CollectorRegistry(), "kraken"),
+                                    interval_s=0)
+        refreshed = await refresher.refresh_due()
+
+    assert results["hot"].outcome == "filled"
+    assert "Balance" not in _private(paths)[: _private(paths).index("AddOrder")]
+    assert _private(paths).count("AddOrder") == 1
+    assert refreshed == 1
