@@ -3,6 +3,7 @@ or a cluster of three with routes between them (`running_cluster`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
 
 
 def free_port() -> int:
@@ -150,6 +155,42 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+async def stream_leader(js: JetStreamContext, stream: str) -> str | None:
+    """The node leading `stream` ($JS.API.STREAM.INFO cluster.leader); None while electing."""
+    try:
+        info = await asyncio.wait_for(js.stream_info(stream), 1)
+    except (TimeoutError, nats.errors.Error):  # no leader to answer yet
+        return None
+    return None if info.cluster is None else info.cluster.leader
+
+
+async def consumer_leader(js: JetStreamContext, stream: str, consumer: str) -> str | None:
+    try:
+        info = await js.consumer_info(stream, consumer, timeout=1)
+    except (TimeoutError, nats.errors.Error):
+        return None
+    return None if info.cluster is None else info.cluster.leader
+
+
+async def step_down(nc: Client, stream: str, to: str, consumer: str | None = None) -> None:
+    """Ask the leader of a stream (or of one of its consumers) to hand over to node `to`."""
+    what = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else \
+        f"STREAM.LEADER.STEPDOWN.{stream}"
+    await nc.request(f"$JS.API.{what}", json.dumps({"placement": {"preferred": to}}).encode(),
+                     timeout=5)
+
+
+async def current(js: JetStreamContext, stream: str) -> bool:
+    """A leader elected and every replica caught up (safe to lose one node)."""
+    try:
+        info = await asyncio.wait_for(js.stream_info(stream), 1)
+    except (TimeoutError, nats.errors.Error):
+        return False
+    if info.cluster is None or info.cluster.leader is None:
+        return False
+    return all(peer.current for peer in info.cluster.replicas or [])
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from shared.exchange.paper import nats_transport as paper_transport
 from shared.ledger import Ledger
 from shared.messages import AuditRecord, CopyResult, TradeRequest
 from shared.signing import SignalSigner, new_signing_key
-from support.natsserver import NatsServer
+from support.natsserver import NatsCluster, NatsServer
 from tests.secrets_scan import leaks, register
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ class CopierHandle:
 class System:
     """nats-server + paper exchange + sizer, with copiers and a master added per test."""
 
-    def __init__(self, server: NatsServer, tmp_path: Path) -> None:
+    def __init__(self, server: NatsServer | NatsCluster, tmp_path: Path) -> None:
         self.server = server
         self.tmp_path = tmp_path
         self.venue = PaperVenue()
@@ -138,7 +138,7 @@ class System:
         return load_settings({}, **base)
 
     async def connect(self) -> Client:
-        nc = await nats.connect(self.server.url, max_reconnect_attempts=-1,
+        nc = await nats.connect(bus.servers(self.server.url), max_reconnect_attempts=-1,
                                 reconnect_time_wait=0.2)
         self._closers.append(nc.close)
         return nc

@@ -26,6 +26,7 @@ log = logging.getLogger("copytrade.bus")
 T = TypeVar("T")
 # what a leader election, a node loss or a reconnect looks like to a client: worth another try
 TRANSIENT: tuple[type[BaseException], ...] = (TimeoutError, nats.errors.Error)
+CLOSED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)
 WRITE_TIMEOUT_S = 2.0  # one attempt's wait for a JetStream reply; beyond it, presumed lost
 OUTAGE_S = 20.0  # a write keeps trying this long: a lost leader is replaced within ~10 s
 
@@ -35,6 +36,8 @@ def transient(exc: BaseException) -> bool:
     which a leader election returns; timeouts and connection errors are outages."""
     if isinstance(exc, APIError):
         return isinstance(exc, ServiceUnavailableError | ServerError)
+    if isinstance(exc, CLOSED):
+        return False  # this client was closed (shutting down): no retry can succeed
     return isinstance(exc, TRANSIENT)
 
 
