@@ -14,6 +14,7 @@ from shared.control import Control
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
+from shared.exchange.registry import venue
 from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal, shard_of
 from shared.signing import SignalVerifier
 
@@ -154,7 +155,7 @@ class FollowerBook:
         built: dict[str, Follower] = {}
         for fconfig in config.followers_of(self.group):
             creds = self._secrets.credentials(fconfig, "USER")
-            if fconfig.exchange == "alpaca":  # ALPACA_USER_<NAME>_PAPER overrides the config
+            if venue(fconfig.exchange).paper_switch:  # <EXCHANGE>_USER_<NAME>_PAPER overrides
                 fconfig = msgspec.structs.replace(fconfig, paper=self._secrets.alpaca_paper(fconfig))
             current = self._followers.get(fconfig.id)
             if current is not None and _same_account(current, fconfig, creds):

@@ -26,6 +26,7 @@ from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from shared.config import CopytradeConfig, SecretSource, load_config
 from shared.errors import ConfigError
+from shared.exchange.registry import venue
 from shared.observability import RedactSecrets
 from shared.signing import SignalVerifier
 
@@ -170,7 +171,7 @@ class ConfigReloader:
         for follower in config.followers_of(self._book.group):
             try:
                 self._secrets.credentials(follower, "USER")
-                if follower.exchange == "alpaca":
+                if venue(follower.exchange).paper_switch:
                     self._secrets.alpaca_paper(follower)
             except (ConfigError, ValueError, OSError) as exc:
                 raise _failure(exc, f"credentials:{follower.id}") from None

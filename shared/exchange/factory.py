@@ -9,6 +9,7 @@ from shared.errors import ConfigError
 from shared.exchange.context import AdapterContext
 from shared.exchange.paper import PaperAccount
 from shared.exchange.port import ExchangeAccount
+from shared.exchange.registry import VENUES, AdapterKind
 
 Builder = Callable[[AccountConfig, Credentials | None, AdapterContext], ExchangeAccount]
 
@@ -37,10 +38,8 @@ def _alpaca(account: AccountConfig, creds: Credentials | None, ctx: AdapterConte
     return AlpacaAccount(account, _required(account, creds), ctx)
 
 
-BUILDERS: dict[str, Builder] = {
-    "paper": _paper, "kraken": _ccxt, "coinbase": _ccxt, "binance": _ccxt, "okx": _ccxt,
-    "alpaca": _alpaca,
-}
+BY_KIND: dict[AdapterKind, Builder] = {"paper": _paper, "ccxt": _ccxt, "alpaca": _alpaca}
+BUILDERS: dict[str, Builder] = {name: BY_KIND[v.kind] for name, v in VENUES.items()}
 
 
 def build_account(
