@@ -4,22 +4,31 @@ credentials from a secrets directory or the environment. Everything fails loudly
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gc
 import os
-from collections.abc import Mapping
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 import yaml
 from msgspec import Meta, Struct
+from yaml import events
 
 from shared.errors import ConfigError
 from shared.messages import AccountId, FollowerState, RiskSpec, SizingSpec, Symbol, check_money
+from shared.signing import SignalSigner
 
 ExchangeName = Literal["paper", "kraken", "coinbase", "binance", "okx", "alpaca"]
 ENV_PREFIX = "COPYTRADE_"
+SIGNING_KEY_NAME = "MASTER_SIGNING_KEY"  # the master's Ed25519 seed, a secret
 T = TypeVar("T")
 
 
@@ -60,6 +69,18 @@ class SignalsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     def __post_init__(self) -> None:
         if self.require_signature and not self.public_keys:
             raise ValueError("signals.public_keys is required (or require_signature: false)")
+        for i, key in enumerate(self.public_keys):
+            if _ed25519_public_key(key) is None:
+                raise ValueError(f"public_keys[{i}] is not an Ed25519 public key: "
+                                 "expected 32 bytes in base64, as `copytrade keys new` prints")
+
+
+def _ed25519_public_key(text: str) -> bytes | None:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
 
 
 class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,30 +94,187 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     def __post_init__(self) -> None:
         check_money("min_notional", self.min_notional)
-        ids = [f.id for f in self.followers]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        duplicates = sorted(i for i, n in Counter(f.id for f in self.followers).items() if n > 1)
         if duplicates:
             raise ValueError(f"follower ids must be unique, repeated: {', '.join(duplicates)}")
+        for i, follower in enumerate(self.followers):
+            self._check_follower(i, follower)
+
+    def _check_follower(self, i: int, follower: FollowerConfig) -> None:
+        if follower.id == self.master.id:
+            raise ValueError(f"followers[{i}].id `{follower.id}` is the master's id")
+        cap = follower.sizing.max_order_notional
+        if cap is not None and cap < self.min_notional:
+            raise ValueError(f"followers[{i}].sizing.max_order_notional {cap} is below min_notional "
+                             f"{self.min_notional}: every order of {follower.id} would be skipped")
 
     def followers_of(self, group: str) -> list[FollowerConfig]:
         return [f for f in self.followers if (f.group or f.exchange) == group]
 
 
-def parse_config(text: str, source: str = "config") -> CopytradeConfig:
+# ---- YAML: safe, a repeated key refused, fast on 200,000 followers ---------------------------
+
+# libyaml's parser when installed: the pure-Python one is several times slower
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null", "timestamp")}
+_NO_KEY: Any = object()
+_OPENING = (events.MappingStartEvent, events.SequenceStartEvent)
+_CLOSING = (events.MappingEndEvent, events.SequenceEndEvent)
+_NODES = (events.ScalarEvent, *_OPENING)  # the events that may carry an anchor or a tag
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice: plain YAML would keep the last value without a word."""
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc]
+    """Safe YAML loading that refuses a key given twice in one mapping, naming it and its lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
+                if line != key.start_mark.line + 1:
+                    raise DuplicateKeyError(f"duplicate key `{key.value}` at line "
+                                            f"{key.start_mark.line + 1} (first at line {line})")
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
+class _Fallback(Exception):
+    """The document is more than plain data: leave it to the full loader."""
+
+
+class _PlainDataLoader(_SafeLoader):  # type: ignore[misc]
+    """Builds plain data straight from the parser's events, with the safe loader's own resolver
+    and constructors: no node tree, several times faster than safe_load on a large file.
+    Anchors, aliases, tags, merge keys, complex or repeated keys, several documents: _Fallback."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._plain: dict[str, object] = {}  # plain scalar text -> its value (keys repeat a lot)
+
+    def document(self) -> Any:
+        """The single document's data. One loop, no calls: it runs once per YAML event."""
+        get = self.get_event
+        get()  # stream start
+        if type(get()) is events.StreamEndEvent:
+            return None
+        stack: list[list[Any]] = []  # per open collection: [container, key awaiting its value]
+        root, plain = None, self._plain
+        while (kind := type(event := get())) is not events.DocumentEndEvent:
+            if kind in _NODES and (event.anchor is not None or event.tag is not None):
+                raise _Fallback
+            if kind is events.ScalarEvent:
+                value = event.value  # quoted: a string; plain: resolved like safe_load does
+                if event.implicit[0]:
+                    value = plain[value] if value in plain else self._resolve_plain(value)
+            elif kind in _OPENING:
+                stack.append([{} if kind is events.MappingStartEvent else [], _NO_KEY])
+                continue
+            elif kind in _CLOSING:
+                value = stack.pop()[0]
+            else:
+                raise _Fallback  # an alias
+            if not stack:
+                root = value
+                continue
+            frame = stack[-1]
+            if type(frame[0]) is list:
+                frame[0].append(value)
+            elif frame[1] is not _NO_KEY:
+                frame[0][frame[1]] = value
+                frame[1] = _NO_KEY
+            elif type(value) in (dict, list) or value in frame[0]:  # complex or repeated key
+                raise _Fallback
+            else:
+                frame[1] = value
+        if type(get()) is not events.StreamEndEvent:
+            raise _Fallback
+        return root
+
+    def _resolve_plain(self, text: str) -> object:
+        tag = self.resolve(yaml.ScalarNode, text, (True, False))
+        if tag != _STR and tag not in _PLAIN_TAGS:
+            raise _Fallback  # e.g. a merge key
+        value = text if tag == _STR else self.yaml_constructors[tag](self, yaml.ScalarNode(tag, text))
+        self._plain[text] = value
+        return value
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Parsing a large file makes millions of acyclic objects: the cycle collector would scan
+    them again and again (3x the parse time at 200,000 followers)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def load_yaml(text: str) -> Any:
+    loader = _PlainDataLoader(text)
+    try:
+        return loader.document()
+    except _Fallback:
+        pass
+    finally:
+        loader.dispose()
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+_EXPECTED = "expected a mapping with master, signals and followers"
+# msgspec names a pattern by its regex; say what it means instead
+_PATTERN_NAMES = {
+    f"`str` matching regex '{get_args(Symbol)[1].pattern}'": "a symbol like BTC/USD (BASE/QUOTE, upper case)",
+    f"`str` matching regex '{get_args(AccountId)[1].pattern}'": "an id of 1-64 letters, digits, _ or -",
+}
+
+
+def _readable(error: msgspec.ValidationError) -> str:
+    text = str(error)
+    for pattern, meaning in _PATTERN_NAMES.items():
+        text = text.replace(pattern, meaning)
+    return text
+
+
+def _utf8(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start})") from None
+
+
+def parse_config(text: str | bytes, source: str = "config") -> CopytradeConfig:
     """Parse and validate config YAML; raise ConfigError naming the file and field."""
     try:
-        data = yaml.safe_load(text)
-        return msgspec.convert(data, CopytradeConfig, strict=True)
-    except (yaml.YAMLError, msgspec.ValidationError) as exc:
+        with _gc_paused():
+            data = load_yaml(_utf8(text, source) if isinstance(text, bytes) else text)
+    except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty: {_EXPECTED}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {_EXPECTED}, got {type(data).__name__} {str(data)[:40]!r}")
+    try:
+        with _gc_paused():
+            return msgspec.convert(data, CopytradeConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(exc)}") from None
 
 
 def load_config(path: str | Path) -> CopytradeConfig:
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    return parse_config(raw, str(path))
 
 
 # ---- service settings from the environment ---------------------------------------------------
@@ -124,7 +302,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ack_wait_s: Annotated[float, Meta(gt=0)] = 30.0
     max_deliver: Annotated[int, Meta(ge=1)] = 10
     order_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
-    snapshot_ttl_s: Annotated[float, Meta(ge=0)] = 5.0
+    # followers' figures (equity, cash, positions) are kept from their own fills and refreshed in
+    # the background every figures_refresh_s (0: never); figures older than snapshot_ttl_s are
+    # read again before sizing, on the copy path (never sized on stale data silently)
+    snapshot_ttl_s: Annotated[float, Meta(ge=0)] = 120.0
+    figures_refresh_s: Annotated[float, Meta(ge=0)] = 30.0
     log_level: str = "INFO"
     stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream replicas (3 in a NATS cluster)
     reload_interval_s: Annotated[float, Meta(gt=0)] = 1.0  # how often mounted config/secrets are checked
@@ -150,6 +332,18 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"environment ({ENV_PREFIX}*): {exc}") from None
+
+
+def config_warnings(config: CopytradeConfig, settings: Settings) -> list[str]:
+    """What loads but will not behave as meant: a signal-age limit shorter than the copier's ack
+    wait, so that a signal redelivered after a failed attempt is always too old to copy."""
+    wait = settings.ack_wait_s
+    because = (f"is shorter than the copier's ack wait ({ENV_PREFIX}ACK_WAIT_S={wait:g}s): "
+               "a redelivered signal would always be too old")
+    limits = [("signals.max_age_s", config.signals.max_age_s)]
+    limits += [(f"followers[{i}].risk.max_signal_age_s ({f.id})", f.risk.max_signal_age_s)
+               for i, f in enumerate(config.followers) if f.risk.max_signal_age_s is not None]
+    return [f"{name} {age:g}s {because}" for name, age in limits if age is not None and age < wait]
 
 
 # ---- credentials -----------------------------------------------------------------------------
@@ -185,13 +379,24 @@ class SecretSource:
     def __init__(self, secrets_dir: str | Path | None, env: Mapping[str, str] | None = None):
         self._dir = Path(secrets_dir) if secrets_dir else None
         self._env = os.environ if env is None else env
+        self._listing: frozenset[str] | None = None  # listed(): the only files worth opening
 
     def get(self, name: str) -> str | None:
-        if self._dir is not None:
-            path = self._dir / name
-            if path.is_file():
-                return path.read_text().strip() or None
+        if self._dir is not None and (self._listing is None or name in self._listing):
+            try:
+                with open(os.path.join(self._dir, name)) as file:
+                    return file.read().strip() or None
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                pass
         return self._env.get(name) or None
+
+    def listed(self) -> SecretSource:
+        """This source with its directory listed once, so that checking many accounts opens only
+        files that exist. A snapshot: files added later are not seen."""
+        snapshot = SecretSource(self._dir, self._env)
+        is_dir = self._dir is not None and self._dir.is_dir()
+        snapshot._listing = frozenset(os.listdir(self._dir) if is_dir else ())
+        return snapshot
 
     def names(self) -> set[str]:
         found = {k for k in self._env if "_API_KEY" in k}
@@ -205,9 +410,10 @@ class SecretSource:
         """The account's credentials; None for paper; ConfigError when incomplete."""
         if account.exchange == "paper":
             return None
-        found = {part: next((v for n in names if (v := self.get(n))), None)
-                 for part, names in _env_names(account, role).items()}
-        missing = [_env_names(account, role)[p][0] for p in ("api_key", "secret") if not found[p]]
+        names = _env_names(account, role)
+        found = {part: next((v for n in candidates if (v := self.get(n))), None)
+                 for part, candidates in names.items()}
+        missing = [names[p][0] for p in ("api_key", "secret") if not found[p]]
         if missing:
             raise ConfigError(f"{role.lower()} {account.id}: missing credentials {', '.join(missing)}")
         return Credentials(found["api_key"] or "", found["secret"] or "", found["passphrase"])
@@ -219,15 +425,42 @@ class SecretSource:
 
 
 def check_credentials(config: CopytradeConfig, secrets: SecretSource) -> list[str]:
-    """Problems between config and credentials: entries without keys, keys without entries."""
+    """Problems between config and credentials, for `config check`: accounts without keys, a
+    signing key the copiers would not trust, and keys without accounts (orphan_credentials)."""
+    secrets = secrets.listed()
     problems: list[str] = []
     for account, role in [(config.master, "MASTER"), *((f, "USER") for f in config.followers)]:
         try:
             secrets.credentials(account, role)  # type: ignore[arg-type]
         except ConfigError as exc:
             problems.append(str(exc))
-    known = {f"{f.exchange.upper()}_USER_{f.credentials_name}_API_KEY" for f in config.followers}
-    for name in sorted(secrets.names()):
-        if "_USER_" in name and name not in known:
-            problems.append(f"credentials {name} set but no follower in config uses them")
-    return problems
+    signing = signing_key_problem(config, secrets)
+    return [*problems, *([signing] if signing else []), *orphan_credentials(config, secrets)]
+
+
+def signing_key_problem(config: CopytradeConfig, secrets: SecretSource) -> str | None:
+    """Why the master's signing key (when set) would sign signals no copier accepts, or None."""
+    seed = secrets.get(SIGNING_KEY_NAME)
+    if seed is None or not config.signals.public_keys:
+        return None
+    try:
+        public = SignalSigner(seed).public_key_b64
+    except ConfigError as exc:
+        return f"{SIGNING_KEY_NAME}: {exc}"
+    if base64.b64decode(public) in {_ed25519_public_key(k) for k in config.signals.public_keys}:
+        return None
+    return (f"{SIGNING_KEY_NAME} matches no key in signals.public_keys (its public key is {public}):"
+            " copiers would reject every signal")
+
+
+_USER_KEY = re.compile(rf"^({'|'.join(e.upper() for e in get_args(ExchangeName))})_USER_(.+)_API_KEY$")
+
+
+def orphan_credentials(config: CopytradeConfig, secrets: SecretSource) -> list[str]:
+    """Warnings: follower API keys (`<EXCHANGE>_USER_<NAME>_API_KEY`) that no follower uses,
+    e.g. a follower removed from the config, or a misspelled `credentials` name."""
+    known = {(f.exchange.upper(), f.credentials_name) for f in config.followers}
+    return [f"credentials {name} set but no follower in config uses them (no "
+            f"{m[1].lower()} follower with id or credentials {m[2]})"
+            for name in sorted(secrets.names())
+            if (m := _USER_KEY.match(name)) and (m[1], m[2]) not in known]
