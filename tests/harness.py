@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
@@ -228,10 +229,11 @@ class System:
         watching = asyncio.create_task(control.watch())
         claims = await js.key_value(bus.CLAIMS_BUCKET)
         policy = Policy(control, metrics)
-        reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
-                                control=control.kv, claims=claims, threshold=s.reconcile_threshold,
-                                heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         ledger = Ledger(await js.key_value(bus.LEDGER_BUCKET))
+        reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
+                                ledger=ledger, holdings=Holdings(ledger), control=control.kv,
+                                claims=claims, threshold=s.reconcile_threshold,
+                                heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
                         instance=instance, control=control, policy=policy, ledger=ledger,
                         reconciler=reconciler,

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from shared import bus
 from shared.exchange.paper import Place
 from shared.exchange.port import OrderCommand
+from shared.ledger import Ledger, holding_key
 from tests.harness import ROOT, System, config_data, eventually, make_config, paper_followers, trade
 
 
@@ -33,7 +35,7 @@ async def test_daily_loss_moves_follower_to_close_only(system: System) -> None:
     assert 'rule="daily_loss"' in copier.metrics_text()
 
 
-async def test_reconciliation_finds_an_order_placed_by_hand(system: System) -> None:
+async def test_reconciliation_clips_a_holding_sold_by_hand_and_reports_it(system: System) -> None:
     await system.fund("master", 10_000)
     await system.fund_all({"steady": 1_000, "meddled": 1_000})
     config = make_config(paper_followers({"steady": 1_000, "meddled": 1_000}))
@@ -41,14 +43,19 @@ async def test_reconciliation_finds_an_order_placed_by_hand(system: System) -> N
     master = await system.start_master(config)
     reply = await master.trade(trade(base="0.02"))
     await system.wait_results(reply.signal_id, 2)
-    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="buy",
-                        size=Decimal("0.01"), size_type="base", reference_price=Decimal(45000))
+    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
+                        size=Decimal("0.0005"), size_type="base", reference_price=Decimal(45000))
     await system.paper(Place("meddled", hand))
 
     drifts = await copier.reconciler.reconcile()
+    again = await copier.reconciler.reconcile()
+    holding = await Ledger(await system.js.key_value(bus.LEDGER_BUCKET)).read(
+        holding_key("meddled", "master", "BTC/USD"))
 
-    assert [(d.follower_id, d.symbol) for d in drifts] == [("meddled", "BTC/USD")]
-    assert drifts[0].actual == Decimal("0.012")
+    assert [(d.follower_id, d.symbol, d.clipped) for d in drifts] == [
+        ("meddled", "BTC/USD", Decimal("0.0005"))]
+    assert drifts[0].actual == Decimal("0.0015") == holding.amount
+    assert [d.clipped for d in again] == [Decimal(0)]  # still drifting, clipped once
     assert 'copytrade_position_drift_ratio{exchange="paper",follower="meddled"' in copier.metrics_text()
 
 
@@ -117,3 +124,22 @@ async def test_allow_list_copies_only_the_listed_symbols(system: System) -> None
 
     assert btc_results["btc_only"].outcome == "filled"
     assert eth_results["btc_only"].reason_code == "symbol_not_allowed"
+
+
+async def test_heal_never_buys_back_what_the_follower_sold_by_hand(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund("seller", 1_000)
+    config = make_config(paper_followers({"seller": 1_000}))
+    copier = await system.start_copier(config, reconcile_heal=True)
+    master = await system.start_master(config)
+    reply = await master.trade(trade(base="0.02"))
+    await system.wait_results(reply.signal_id, 1)
+    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
+                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
+    await system.paper(Place("seller", hand))
+    orders_before = len(await system.orders("seller"))
+
+    await copier.reconciler.reconcile()
+
+    assert len(await system.orders("seller")) == orders_before
+    assert copier.metric("copytrade_heals_total", outcome="sold_by_hand") == 1

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from shared.control import set_kill, set_state
-from shared.exchange.paper import Place
-from shared.exchange.port import OrderCommand
 from tests.harness import CopierHandle, System, eventually, make_config, paper_followers, trade
 
 
 async def _drifted(system: System) -> CopierHandle:
-    """A follower whose position is below its copy target (it sold by hand): a heal buys."""
+    """A follower whose copy of a master buy failed: its holding is below its target, a heal
+    buys."""
     await system.fund("master", 10_000)
     await system.fund("meddled", 1_000)
     config = make_config(paper_followers({"meddled": 1_000}))
     copier = await system.start_copier(config, reconcile_heal=True)
     master = await system.start_master(config)
+    await system.fault("meddled", "exchange_error")
     reply = await master.trade(trade(base="0.02"))
-    await system.wait_results(reply.signal_id, 1)
-    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
-                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
-    await system.paper(Place("meddled", hand))
+    results = await system.wait_results(reply.signal_id, 1)
+    assert results["meddled"].outcome == "failed"
     return copier
 
 

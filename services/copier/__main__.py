@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.copier.copy.figures import FigureRefresher
+from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.delivery import watched
 from services.copier.followers import FollowerBook
@@ -64,14 +65,15 @@ async def run(settings: Settings) -> None:
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
         background = [watched(control.watch(), "control-watch")]
         policy = Policy(control, metrics)
+        ledger = Ledger(buckets.ledger)
         reconciler = Reconciler(
-            book=book, metrics=metrics, group=settings.group, policy=policy, control=control.kv,
-            claims=claims,
+            book=book, metrics=metrics, group=settings.group, policy=policy, ledger=ledger,
+            holdings=Holdings(ledger), control=control.kv, claims=claims,
             threshold=settings.reconcile_threshold, heal=settings.reconcile_heal,
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance, control=control,
-                        policy=policy, ledger=Ledger(buckets.ledger),
+                        policy=policy, ledger=ledger,
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())

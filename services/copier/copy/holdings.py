@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from services.copier.followers import Follower
 from shared.exchange.port import OrderAck
-from shared.ledger import Ledger, holding_key
+from shared.ledger import Entry, Ledger, holding_key
 from shared.messages import Side
 
 log = logging.getLogger("copytrade.copier")
@@ -19,14 +19,20 @@ class Holdings:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def of(self, follower: Follower, master_id: str, symbol: str) -> Decimal:
-        """The follower's copied holding for this master and (canonical) symbol."""
+    async def of(
+        self, follower: Follower, master_id: str, symbol: str, *, fresh: bool = False
+    ) -> Decimal:
+        """The follower's copied holding for this master and (canonical) symbol; `fresh` reads
+        the ledger rather than this replica's copy of it."""
         key = holding_key(follower.id, master_id, symbol)
-        cached = follower.holdings.get(key)
+        cached = None if fresh else follower.holdings.get(key)
         if cached is None:
             cached = (await self._ledger.read(key)).amount
             follower.holdings[key] = cached
         return cached
+
+    async def entry(self, follower: Follower, master_id: str, symbol: str) -> Entry:
+        return await self._ledger.read(holding_key(follower.id, master_id, symbol))
 
     async def clip(
         self, follower: Follower, master_id: str, symbol: str, real_balance: Decimal
