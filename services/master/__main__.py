@@ -7,14 +7,15 @@ import logging
 
 from services.master.metrics import MasterMetrics
 from services.master.service import MasterService
-from services.master.watcher import FillWatcher, fills_bucket
+from services.master.watcher import FillWatcher
 from shared import bus
 from shared.config import SecretSource, Settings, load_config, load_settings
-from shared.control import Control, control_bucket
+from shared.control import Control
 from shared.errors import ConfigError, CopytradeError
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.paper import nats_transport
+from shared.ledger import Ledger
 from shared.runtime import run_main, service_runtime
 from shared.signing import SignalSigner
 
@@ -46,13 +47,14 @@ async def run(settings: Settings) -> None:
             await account.connect()  # markets and session before the first trade
         except CopytradeError as exc:
             log.warning("event=master_not_connected error=%s", type(exc).__name__)
-        await bus.ensure_streams(rt.js, settings.stream_replicas)
-        published = await fills_bucket(rt.js, settings.stream_replicas)
-        control = Control(await control_bucket(rt.js, settings.stream_replicas))
+        buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
+        published = buckets.fills
+        control = Control(buckets.control)
         master = MasterService(js=rt.js, account=account, config=config.master,
                                metrics=MasterMetrics(rt.registry, config.master.id), signer=signer,
                                published=published, control=control,
-                               order_timeout_s=settings.order_timeout_s)
+                               order_timeout_s=settings.order_timeout_s,
+                               ledger=Ledger(buckets.ledger))
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request
         watcher = FillWatcher(account=account, config=config.master, kv=published, master=master)
         watching = asyncio.create_task(watcher.run(settings.fill_watch_interval_s))

@@ -5,6 +5,11 @@ Every trade request carries a request id. The master order's client order id is 
 it and the request's record (services.master.trades) is created before the order is placed, so
 a request sent again never places a second order: it gets the first outcome, or resumes the
 first attempt by looking its order up. The kill switch refuses new master trades.
+
+Once the venue acknowledges the order, the service claims it (services.master.orders): the fill
+watcher then leaves it alone, and the service publishes one signal for the whole order. Each
+signal carries the master's copied position before it and is applied to the ledger once
+(services.master.signals).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from services.master.metrics import MasterMetrics as MasterMetrics
+from services.master.orders import ClaimConflict, OrderClaims
 from services.master.signals import MasterSignals
 from services.master.trades import TradeLedger, TradeRecord, master_client_order_id
 from shared import bus
@@ -36,6 +42,7 @@ from shared.control import KILL_KEY, Control, control_bucket
 from shared.errors import CopytradeError, ExchangeError, TemporaryError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
+from shared.ledger import Ledger
 from shared.messages import TradeReply, TradeRequest, TradeSignal
 from shared.signing import SignalSigner
 
@@ -52,12 +59,15 @@ class MasterService:
         self, *, js: JetStreamContext, account: ExchangeAccount, config: MasterConfig,
         metrics: MasterMetrics, signer: SignalSigner | None, published: KeyValue | None = None,
         order_timeout_s: float = 10.0, fill_wait_s: float = 30.0, control: Control | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._js, self._account, self._config, self._metrics = js, account, config, metrics
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
-        # published: the fills bucket, shared with the fill watcher; it holds the trade records too
+        # published: the fills bucket, shared with the fill watcher; it holds the trade records
+        # and the order claims too. ledger: the copied positions (None: the topology's bucket)
         self.signals = MasterSignals(js=js, config=config, metrics=metrics, signer=signer,
-                                     published=published)
+                                     published=published, ledger=ledger)
+        self.orders = OrderClaims(published, config.exchange)
         self._ledger = TradeLedger(published)
         self._control = control
         self._instance = uuid.uuid4().hex  # owner of the records this process opens
@@ -204,9 +214,13 @@ class MasterService:
             if ack is None:
                 return self._refused(request, "the kill switch is ON: master trades are refused, "
                                               "nothing placed")
+            if not await self._claim(ack):
+                return await self._copied_by_watcher(record, ack)
             ack = await self._wait_filled(ack, request.symbol)
-        except (TemporaryError, TimeoutError) as exc:  # the order may exist: the record stays open
-            return self._unknown(request, _describe(exc))
+        except (TemporaryError, TimeoutError, ClaimConflict) as exc:  # the order may exist:
+            return self._unknown(request, _describe(exc))  # the record stays open
+        except TRANSIENT as exc:  # NATS trouble on the claim: the record stays open
+            return self._unknown(request, f"its claim could not be written ({type(exc).__name__})")
         except CopytradeError as exc:  # the venue refused the order: nothing was placed
             reply = self._refused(request, f"the venue refused the order: {_describe(exc)}",
                                   metric="failed")
@@ -230,6 +244,23 @@ class MasterService:
             client_order_id=record.client_order_id, symbol=request.symbol, side=request.side,
             size=request.size, size_type=request.size_type, reference_price=Decimal(0))
         return await place_idempotently(self._account, command, timeout_s=self._order_timeout_s)
+
+    async def _claim(self, ack: OrderAck) -> bool:
+        """Claim the order as copytrade's own (one signal); False when the fill watcher saw a
+        fill of it first (an acknowledgement lost, a request resumed late) and copies it."""
+        claim = await self.orders.claim(ack.exchange_order_id, "own")
+        return claim.by == "own"
+
+    async def _copied_by_watcher(self, record: TradeRecord, ack: OrderAck) -> TradeReply:
+        """The order is copied fill by fill by the fill watcher: filled, no signal of its own."""
+        request = record.request
+        self._metrics.orders.labels("filled").inc()
+        log.info("event=master_trade_copied_by_watcher request_id=%s order_id=%s",
+                 request.request_id, ack.exchange_order_id)
+        reply = TradeReply(ok=True, outcome="filled", request_id=request.request_id,
+                           order_id=ack.exchange_order_id)
+        await self._close(record, reply)
+        return reply
 
     async def _wait_filled(self, ack: OrderAck, symbol: str) -> OrderAck:
         """A signal is published only for a filled master order: poll until it is."""
@@ -291,10 +322,10 @@ class MasterService:
 
     def signal_for(
         self, ack: OrderAck, symbol: str, side: str, size: Decimal, size_type: str,
-        equity: Decimal, position_before: Decimal,
+        equity: Decimal, position_before: Decimal, fill_id: str = "",
     ) -> TradeSignal:
         return self.signals.signal_for(ack, symbol, side, size, size_type, equity,
-                                       position_before)
+                                       position_before, fill_id)
 
     async def publish(self, signal: TradeSignal) -> TradeSignal:
         return await self.signals.publish(signal)

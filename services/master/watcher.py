@@ -1,10 +1,12 @@
 """The master fill watcher: trades made on the master account outside copytrade (by hand on
-the exchange's site, or by another bot) become signals, exactly once.
+the exchange's site, or by another bot) become signals, one per fill, exactly once.
 
 The account's fills are polled from a cursor kept in JetStream KV, so a restart neither misses
-nor repeats one. Each published signal is recorded in the same bucket (the master service
-records its own too), and the signal id is derived from the master order id exactly as for
-copytrade's own orders, so a fill is never published twice.
+nor repeats one. Each fill's signal id comes from its order id and fill id (the venue's trade
+id, else the order's cumulative filled amount at that fill: services.master.orders), and each
+published signal is recorded in the same bucket, so a fill seen again (the polls overlap) is
+not published twice. An order of three fills gives three signals; followers copy each. The
+master service's own orders are claimed by it and published whole: the watcher leaves them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from decimal import Decimal
 
 import nats
@@ -20,11 +21,12 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from services.master.orders import OrderClaims
 from services.master.signals import SignalPublisher, published_key
 from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError
-from shared.exchange.port import ExchangeAccount, Fill, OrderAck
+from shared.exchange.port import AccountSnapshot, ExchangeAccount, Fill, OrderAck
 from shared.messages import signal_id_for
 
 log = logging.getLogger("copytrade.watcher")
@@ -41,6 +43,7 @@ class FillWatcher:
                  master: SignalPublisher) -> None:
         self._account, self._config, self._kv, self._master = account, config, kv, master
         self._cursor_key = f"cursor.{config.id}"
+        self._orders = OrderClaims(kv, config.exchange)
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -51,36 +54,39 @@ class FillWatcher:
             await asyncio.sleep(interval_s)
 
     async def poll(self) -> int:
-        """Publish a signal for every new master order filled since the cursor; return how many."""
+        """Publish a signal for every new master fill since the cursor; return how many."""
         cursor = await self._cursor()
         # overlap the previous poll a little: a fill stamped at the cursor is not missed, and
         # the per-signal records keep it from being published twice
-        fills = await self._account.fills_since(cursor - OVERLAP_S)
+        fills = sorted(await self._account.fills_since(cursor - OVERLAP_S), key=lambda f: f.at)
+        account = _AccountNow(self._account, fills)
         published = 0
-        for order_id, order_fills in _by_order(fills).items():
-            signal_id = signal_id_for(self._config.exchange, order_id)
-            if await self._kv_has(published_key(signal_id)):
-                continue  # copytrade's own order, or already published
-            await self._publish(order_id, order_fills)
-            published += 1
-        if fills:
-            await self._kv.put(self._cursor_key, repr(max(f.at for f in fills)).encode())
+        for index, fill in enumerate(fills):
+            published += await self._copy(fill, index, account)
+        if fills and fills[-1].at > cursor:  # every fill up to here is published
+            await self._kv.put(self._cursor_key, repr(fills[-1].at).encode())
         return published
 
-    async def _publish(self, order_id: str, fills: list[Fill]) -> None:
-        amount = sum((f.amount for f in fills), Decimal(0))
-        price = sum((f.amount * f.price for f in fills), Decimal(0)) / amount
-        first = fills[0]
-        snapshot = await self._account.snapshot()
-        held_now = await self._account.position(first.symbol)
-        before = held_now - amount if first.side == "buy" else held_now + amount
-        ack = OrderAck(exchange_order_id=order_id, client_order_id=first.client_order_id or "",
-                       status="filled", filled_base=amount, avg_price=price)
-        signal = self._master.signal_for(ack, first.symbol, first.side, amount, "base",
-                                         snapshot.equity, max(before, Decimal(0)))
-        await self._master.publish(signal)
-        log.info("event=external_fill_published signal_id=%s order_id=%s amount=%s",
-                 signal.signal_id, order_id, amount)
+    async def _copy(self, fill: Fill, index: int, account: _AccountNow) -> bool:
+        """Publish the fill's signal unless copytrade's own order or already published."""
+        if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id))):
+            return False  # copytrade's own order (or one published whole before fill by fill)
+        if (await self._orders.claim(fill.order_id, "fills")).by != "fills":
+            return False  # the master service's own order: it publishes it whole
+        fill_id = await self._orders.fill_id(fill)
+        if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id,
+                                                          fill_id))):
+            return False
+        ack = OrderAck(exchange_order_id=fill.order_id, client_order_id=fill.client_order_id or "",
+                       status="filled", filled_base=fill.amount, avg_price=fill.price)
+        signal = self._master.signal_for(ack, fill.symbol, fill.side, fill.amount, "base",
+                                         (await account.snapshot()).equity,
+                                         await account.held_before(index), fill_id)
+        signal = await self._master.publish(signal)
+        log.info("event=external_fill_published signal_id=%s order_id=%s fill_id=%s amount=%s "
+                 "copied_position_before=%s", signal.signal_id, fill.order_id, fill_id,
+                 fill.amount, signal.copied_position_before)
+        return True
 
     async def _cursor(self) -> float:
         """Where the last poll stopped; the first start begins now (history is not replayed)."""
@@ -100,8 +106,27 @@ class FillWatcher:
         return True
 
 
-def _by_order(fills: list[Fill]) -> dict[str, list[Fill]]:
-    grouped: dict[str, list[Fill]] = defaultdict(list)
-    for fill in sorted(fills, key=lambda f: f.at):
-        grouped[fill.order_id].append(fill)
-    return grouped
+class _AccountNow:
+    """The master account's equity and positions, read once per poll when a fill needs them."""
+
+    def __init__(self, account: ExchangeAccount, fills: list[Fill]) -> None:
+        self._account, self._fills = account, fills
+        self._snapshot: AccountSnapshot | None = None
+        self._held: dict[str, Decimal] = {}
+
+    async def snapshot(self) -> AccountSnapshot:
+        if self._snapshot is None:
+            self._snapshot = await self._account.snapshot()
+        return self._snapshot
+
+    async def held_before(self, index: int) -> Decimal:
+        """The base held before the poll's fill `index`: held now, less it and the later ones."""
+        symbol = self._fills[index].symbol
+        if symbol not in self._held:
+            self._held[symbol] = await self._account.position(symbol)
+        since = sum((_signed(f) for f in self._fills[index:] if f.symbol == symbol), Decimal(0))
+        return max(Decimal(0), self._held[symbol] - since)
+
+
+def _signed(fill: Fill) -> Decimal:
+    return fill.amount if fill.side == "buy" else -fill.amount

@@ -239,7 +239,8 @@ def _fill(activity: dict[str, Any]) -> Fill:
     at = datetime.fromisoformat(str(activity["transaction_time"])).timestamp()
     return Fill(order_id=str(activity["order_id"]), symbol=_canonical(str(activity["symbol"])),
                 side=activity["side"], amount=_dec(activity["qty"]),
-                price=_dec(activity["price"]), at=at)
+                price=_dec(activity["price"]), at=at,
+                trade_id=None if activity.get("id") is None else str(activity["id"]))
 
 
 class AlpacaAccount:

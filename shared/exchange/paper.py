@@ -95,7 +95,26 @@ class Orders(Struct, frozen=True, tag="orders"):
     account: str
 
 
-Call = Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault | Orders
+class PlaceResting(Struct, frozen=True, tag="rest"):
+    """Place a limit order that rests on the book, as a trader does on the venue's site (tests,
+    demo): it fills only when told to, in parts, by `FillPart`. `order` is base-sized with a
+    `limit_price`."""
+
+    account: str
+    order: OrderCommand
+
+
+class FillPart(Struct, frozen=True, tag="fill_part"):
+    """Fill `amount` (base) of a resting order at `price`, within its limit (tests, demo)."""
+
+    account: str
+    order_id: str
+    amount: Decimal
+    price: Decimal
+
+
+Call = (Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault
+        | Orders | PlaceResting | FillPart)
 
 
 class PaperOrder(Struct, frozen=True, kw_only=True):
@@ -107,8 +126,10 @@ class PaperOrder(Struct, frozen=True, kw_only=True):
     cost: Decimal
     price: Decimal
     at: float
-    status: Literal["filled", "expired"] = "filled"  # expired: a limit order out of the money
+    # expired: a limit order out of the money; open: a resting order not yet wholly filled
+    status: Literal["filled", "expired", "open"] = "filled"
     limit_price: Decimal | None = None
+    ordered: Decimal | None = None  # a resting order's base size (`amount` is what filled)
 
 
 class Failure(Struct, frozen=True, tag="failure"):
@@ -122,6 +143,7 @@ class Ok(Struct, frozen=True, tag="ok"):
     rules: MarketRules | None = None
     order: PaperOrder | None = None
     orders: list[PaperOrder] = []
+    fills: list[Fill] = []  # one per fill (trade): a resting order fills in parts
 
 
 Reply = Ok | Failure
@@ -163,6 +185,7 @@ class _Account:
     holdings: dict[str, Decimal]
     orders: dict[str, PaperOrder] = field(default_factory=dict)  # by client order id
     faults: list[str] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)  # oldest first
 
 
 class PaperVenue:
@@ -181,6 +204,7 @@ class PaperVenue:
             Snapshot: self._snapshot, Position: self._position, Rules: self._rules, Price: self._price,
             Place: self._place, Find: self._find, Fills: self._fills, Fund: self._fund,
             SetPrice: self._set_price, InjectFault: self._fault, Orders: self._orders,
+            PlaceResting: self._rest, FillPart: self._fill_part,
         }
 
     async def handle(self, call: Call) -> Reply:
@@ -253,22 +277,63 @@ class PaperVenue:
         order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
                            symbol=cmd.symbol, side=cmd.side, amount=amount, cost=cost,
                            price=price, at=time.time(), limit_price=cmd.limit_price)
-        if _within_limit(cmd, price):
-            sign = 1 if cmd.side == "buy" else -1
-            acc.holdings[base] = held + sign * amount
-            acc.cash -= sign * cost
+        if _within_limit(cmd.side, cmd.limit_price, price):
+            _book(acc, order, amount, cost, price)
         else:
             order = msgspec.structs.replace(order, amount=Decimal(0), cost=Decimal(0),
                                             status="expired")
         acc.orders[cmd.client_order_id] = order
         return order
 
+    async def _rest(self, call: PlaceResting) -> Ok:
+        """A resting limit order: nothing fills, nothing is reserved, until `FillPart`."""
+        acc, cmd = self._account(call.account), call.order
+        rules = self.rules.get(cmd.symbol)
+        if rules is None:
+            raise PaperRefusal("unsupported_symbol", f"unknown symbol {cmd.symbol}")
+        if cmd.limit_price is None:
+            raise PaperRefusal("invalid_order", "a resting order needs a limit price")
+        _check_limit(cmd, rules)
+        amount = cmd.size.quantize(rules.amount_step, rounding=ROUND_DOWN)
+        if amount < rules.min_amount or cmd.client_order_id in acc.orders:
+            raise PaperRefusal("invalid_order", "order minimum not met or duplicate client id")
+        order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
+                           symbol=cmd.symbol, side=cmd.side, amount=Decimal(0), cost=Decimal(0),
+                           price=Decimal(0), at=time.time(), status="open",
+                           limit_price=cmd.limit_price, ordered=amount)
+        acc.orders[cmd.client_order_id] = order
+        return Ok(order=order)
+
+    async def _fill_part(self, call: FillPart) -> Ok:
+        """One fill of a resting order: at most what is left, at a price within its limit."""
+        acc = self._account(call.account)
+        order = next((o for o in acc.orders.values() if o.order_id == call.order_id), None)
+        if order is None or order.status != "open" or order.ordered is None:
+            raise PaperRefusal("invalid_order", f"no open resting order {call.order_id}")
+        if not 0 < call.amount <= order.ordered - order.amount:
+            raise PaperRefusal("invalid_order", f"{call.amount} is not within what is left")
+        if not _within_limit(order.side, order.limit_price, call.price):
+            raise PaperRefusal("invalid_order", f"{call.price} is beyond the order's limit")
+        cost = (call.amount * call.price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+        held = acc.holdings.get(order.symbol.split("/")[0], Decimal(0))
+        if (order.side == "buy" and cost > acc.cash) or (order.side == "sell" and call.amount > held):
+            raise PaperRefusal("insufficient_funds", "insufficient funds")
+        _book(acc, order, call.amount, cost, call.price)
+        filled, total = order.amount + call.amount, order.cost + cost
+        order = msgspec.structs.replace(
+            order, amount=filled, cost=total, status="filled" if filled == order.ordered else "open",
+            price=(total / filled).quantize(Decimal("0.00000001")))
+        acc.orders[order.client_order_id] = order
+        return Ok(order=order)
+
     async def _find(self, call: Find) -> Ok:
         return Ok(order=self._account(call.account).orders.get(call.client_order_id))
 
     async def _fills(self, call: Fills) -> Ok:
-        orders = self._account(call.account).orders.values()
-        return Ok(orders=[o for o in orders if o.at > call.since and o.status == "filled"])
+        acc = self._account(call.account)
+        # orders: what an adapter from before fill-by-fill reads (one fill per filled order)
+        return Ok(orders=[o for o in acc.orders.values() if o.at > call.since and o.status == "filled"],
+                  fills=[f for f in acc.fills if f.at > call.since])
 
     async def _orders(self, call: Orders) -> Ok:
         return Ok(orders=list(self._account(call.account).orders.values()))
@@ -296,9 +361,19 @@ def _check_limit(cmd: OrderCommand, rules: MarketRules) -> None:
         raise PaperRefusal("invalid_order", f"limit price {cmd.limit_price} is off the {step} tick")
 
 
-def _within_limit(cmd: OrderCommand, price: Decimal) -> bool:
-    limit = cmd.limit_price
-    return limit is None or (price <= limit if cmd.side == "buy" else price >= limit)
+def _within_limit(side: Side, limit: Decimal | None, price: Decimal) -> bool:
+    return limit is None or (price <= limit if side == "buy" else price >= limit)
+
+
+def _book(acc: _Account, order: PaperOrder, amount: Decimal, cost: Decimal, price: Decimal) -> None:
+    """Move the balances by one fill of `order` and keep the fill (with its own trade id)."""
+    base = order.symbol.split("/")[0]
+    sign = 1 if order.side == "buy" else -1
+    acc.holdings[base] = acc.holdings.get(base, Decimal(0)) + sign * amount
+    acc.cash -= sign * cost
+    acc.fills.append(Fill(order_id=order.order_id, symbol=order.symbol, side=order.side,
+                          amount=amount, price=price, at=time.time(),
+                          client_order_id=order.client_order_id, trade_id=uuid.uuid4().hex))
 
 
 # ---- transports ------------------------------------------------------------------------------
@@ -374,14 +449,20 @@ class PaperAccount:
         return None if found is None else _ack(found)
 
     async def fills_since(self, cursor: float) -> list[Fill]:
-        orders = (await self._ok(Fills(self.account_id, cursor))).orders
-        return [Fill(order_id=o.order_id, symbol=o.symbol, side=o.side, amount=o.amount,
-                     price=o.price, at=o.at, client_order_id=o.client_order_id) for o in orders]
+        reply = await self._ok(Fills(self.account_id, cursor))
+        # a venue from before fill-by-fill sends no fills: one per filled order, as it was
+        return reply.fills or [
+            Fill(order_id=o.order_id, symbol=o.symbol, side=o.side, amount=o.amount,
+                 price=o.price, at=o.at, client_order_id=o.client_order_id) for o in reply.orders]
 
 
 def _ack(order: PaperOrder) -> OrderAck:
     if order.status == "expired":
         return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
                         status="expired")
+    if order.status == "open":  # a resting order, filled in part or not at all
+        return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
+                        status="submitted", filled_base=order.amount or None,
+                        avg_price=order.price or None)
     return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
                     status="filled", filled_base=order.amount, avg_price=order.price)

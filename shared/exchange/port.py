@@ -62,6 +62,9 @@ class Fill(Struct, frozen=True, kw_only=True):
     price: Decimal
     at: float
     client_order_id: str | None = None
+    # the venue's id of this fill (trade); None where the venue gives none: one order's fills
+    # are then told apart by the cumulative amount filled (services.master.watcher)
+    trade_id: str | None = None
 
 
 class ExchangeAccount(Protocol):

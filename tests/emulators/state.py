@@ -167,6 +167,23 @@ class VenueState:
         return self._book(account, market, side, Decimal(0), Decimal(0), client_order_id,
                           limit_price=limit_price, ordered=amount, status="canceled")
 
+    def fill_part(
+        self, account: Account, order_id: str, symbol: str, side: str, amount: Decimal,
+        price: Decimal | None = None, client_order_id: str | None = None,
+    ) -> Order:
+        """Record one fill (trade) of order `order_id`, at `price` (default: the current one):
+        e.g. a resting limit order placed on the venue's site that fills in parts. Each call is
+        one more fill of that order id with its own trade id and time, rendered as one trade by
+        every venue's fills endpoint (an order view shows each part as its own entry).
+
+        Raises ValueError(kind) as `fill` does."""
+        market = self._market(symbol)
+        price = self.prices[symbol] if price is None else price
+        self._check(account, market, side, amount, price)
+        part = self._book(account, market, side, amount, price, client_order_id)
+        part.order_id = order_id
+        return part
+
     def _market(self, symbol: str) -> Market:
         market = self.markets.get(symbol)
         if market is None:
