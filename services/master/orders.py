@@ -81,15 +81,16 @@ class OrderClaims:
 
     async def fill_id(self, fill: Fill) -> str:
         """The fill's id: its trade id, else the cumulative amount of its order at this fill,
-        written on the order's claim (the watcher's) before it is used."""
-        if fill.trade_id:
-            return trade_fill_id(fill.trade_id)
+        written on the order's claim (the watcher's) before it is used. A fill given a
+        cumulative id keeps it once its adapter learns trade ids (no second signal)."""
         key, fingerprint = self._key(fill.order_id), _fingerprint(fill)
         for _ in range(10):
             found = await self._get(key)
             claim, revision = found if found is not None else (OrderClaim(by="fills"), None)
             if fingerprint in claim.parts:
                 return claim.parts[fingerprint]
+            if fill.trade_id:
+                return trade_fill_id(fill.trade_id)
             filled = claim.filled + fill.amount
             fill_id = f"cum:{format(filled.normalize(), 'f')}"
             parts = {**claim.parts, fingerprint: fill_id}
