@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -19,7 +21,16 @@ from nats.js.client import JetStreamContext
 from shared import bus
 from shared.bus.topology import bucket_configs, stream_configs
 from shared.control import control_bucket
-from shared.messages import CopyResult, TradeReply, TradeRequest, client_order_id_for
+from shared.messages import (
+    CopyResult,
+    SignalRejected,
+    TradeReply,
+    TradeRequest,
+    TradeSignal,
+    client_order_id_for,
+    signal_id_for,
+)
+from shared.signing import SignalSigner
 from support.natsserver import (
     NatsCluster,
     consumer_leader,
@@ -28,7 +39,7 @@ from support.natsserver import (
     step_down,
     stream_leader,
 )
-from tests.harness import System, eventually, make_config, paper_followers
+from tests.harness import TEST_SIGNING_SEED, System, eventually, make_config, paper_followers
 
 STREAMS = [c.name or "" for c in stream_configs(1)] + [f"KV_{c.bucket}" for c in bucket_configs(1)]
 
@@ -199,3 +210,42 @@ async def _recorded(system: System) -> Counter[tuple[str, str]]:
     """How many outcomes the results stream holds per (signal, follower)."""
     return Counter((r.signal_id, r.follower_id) for r in await system.audit()
                    if isinstance(r, CopyResult))
+
+
+# ---- a redelivery by a new consumer leader -----------------------------------------------------
+
+
+async def test_signal_delivered_afresh_by_a_new_consumer_leader_is_copied_not_rejected(
+    cluster: NatsCluster, tmp_path: Path,
+) -> None:
+    """A new consumer leader that never learnt of a delivery delivers the message again with its
+    delivery count back at 1: the replay guard, holding that message's stream sequence, lets it
+    through as a redelivery (its copies may exist); only another message is a replay."""
+    async with System(cluster, tmp_path) as system:
+        await system.fund_all({"solo": 1_000})
+        copier = await system.start_copier(make_config(paper_followers({"solo": 1_000})))
+        signal = SignalSigner(TEST_SIGNING_SEED).sign(_signal("afresh-1"))
+        next_seq = (await system.js.stream_info(bus.SIGNALS_STREAM)).state.last_seq + 1
+        await system.claims.put(f"seen.paper.{signal.signal_id}", str(next_seq).encode())
+
+        await system.js.publish(bus.signal_subject("master"), _ENCODER.encode(signal))
+        results = await system.wait_results(signal.signal_id, 1)
+        rejected = [r for r in await system.audit() if isinstance(r, SignalRejected)]
+        orders = await system.orders("solo")
+        await copier.stop()
+
+    assert results["solo"].outcome == "filled"
+    assert rejected == []
+    assert [o.client_order_id for o in orders] == [client_order_id_for(signal.signal_id, "solo")]
+
+
+_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+def _signal(order_id: str) -> TradeSignal:
+    return TradeSignal(
+        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
+        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(500),
+        size_type="quote", filled_base=Decimal(500) / 45000, order_id=order_id,
+        master_equity=Decimal(10_000), master_position_before=Decimal(0),
+        executed_at=time.time())

@@ -50,16 +50,19 @@ async def retry_forever(
 
 async def retry(
     what: str, action: Callable[[], Awaitable[T]], *, within_s: float | None = OUTAGE_S,
-    attempts: int | None = None, base_s: float = 0.05, cap_s: float = 0.5,
+    attempts: int | None = None, attempt_s: float | None = WRITE_TIMEOUT_S,
+    base_s: float = 0.05, cap_s: float = 0.5,
 ) -> T:
     """Run action, retrying transient NATS errors with a short backoff for `within_s` seconds
     (and at most `attempts` times, if given; None for both: never give up), then re-raise.
-    Anything not transient (a conflict, a bad request) raises at once."""
+    An attempt unanswered after `attempt_s` counts as lost (a request to a node that just died,
+    or to an asset without a leader yet, is never answered). Anything not transient (a
+    conflict, a bad request) raises at once."""
     deadline = None if within_s is None else time.monotonic() + within_s
     delay, attempt = base_s, 0
     while True:
         try:
-            return await action()
+            return await asyncio.wait_for(action(), attempt_s)
         except TRANSIENT as exc:
             if not transient(exc):
                 raise  # an answer, not an outage: a claim that exists, a key not found
