@@ -57,7 +57,7 @@ class Copier:
         policy: Policy, ledger: Ledger, reconciler: Reconciler | None = None,
         work_metrics: WorkMetrics | None = None,
     ) -> None:
-        self._js, self._book, self._control = js, book, control
+        self._nc, self._js, self._book, self._control = nc, js, book, control
         self._metrics, self._settings = metrics, settings
         self._group = book.group
         self._stopping = asyncio.Event()
@@ -109,6 +109,8 @@ class Copier:
             except (NatsTimeout, TimeoutError):
                 msgs = []
             except nats.errors.Error as exc:  # e.g. 503 while a consumer leader is elected
+                if self._nc.is_closed:
+                    return  # shut down under us: nothing more to take
                 failures += 1
                 log.warning("event=signal_fetch_failed failures=%d error=%s", failures,
                             type(exc).__name__)
