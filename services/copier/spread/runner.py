@@ -121,6 +121,8 @@ class WorkRunner:
                 except (NatsTimeout, TimeoutError):
                     continue
                 except nats.errors.Error as exc:  # a consumer leader elected, a reconnect
+                    if self._nc.is_closed:
+                        return
                     failures += 1
                     self._metrics.count("pull_failed")
                     log.warning("event=work_fetch_failed shard=%d failures=%d error=%s", shard,
