@@ -23,6 +23,7 @@ from msgspec import Meta, Struct
 from yaml import events
 
 from shared.errors import ConfigError
+from shared.exchange.registry import venue
 from shared.messages import AccountId, FollowerState, RiskSpec, SizingSpec, Symbol, check_money
 from shared.signing import SignalSigner
 
@@ -46,6 +47,17 @@ class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return self.credentials or self.id.upper()
 
 
+class SubscriptionConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A follower copies this master, sized like this."""
+
+    master: AccountId
+    sizing: SizingSpec | None = None  # None: the follower's own sizing
+    # copy_open: on subscribing, buy the master's copied position × the follower's ratio once
+    on_subscribe: Literal["none", "copy_open"] = "none"
+    # close: when the subscription is removed, sell the copied holding (own coins untouched)
+    on_unsubscribe: Literal["keep", "close"] = "keep"
+
+
 class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     group: AccountId | None = None  # copier group; defaults to the exchange name
     enabled: bool = True  # false is the same as state: paused
@@ -53,6 +65,10 @@ class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fi
     sizing: SizingSpec = SizingSpec()
     risk: RiskSpec = RiskSpec()
     symbols: dict[Symbol, Symbol] = {}  # master symbol -> this follower's venue symbol
+    # which masters it copies; None: the only master, with the follower's own sizing
+    subscriptions: list[SubscriptionConfig] | None = None
+    # a master silent past master_silence_s: hold (nothing), close_only, or flatten its holdings
+    on_master_silence: Literal["hold", "close_only", "flatten"] = "hold"
 
 
 class MasterConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,12 +104,23 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     version: Literal[1] = 1
     min_notional: Decimal = Decimal("1.00")
-    master: MasterConfig
+    master: MasterConfig | None = None  # one master (today's names), or
+    masters: list[MasterConfig] = []  # several, each with <EXCHANGE>_MASTER_<ID>_API_KEY
     signals: SignalsConfig  # required: say which master keys to trust (or opt out explicitly)
     followers: list[FollowerConfig] = []
+    master_silence_s: Annotated[float, Meta(gt=0)] = 300.0  # a master unseen this long is silent
 
     def __post_init__(self) -> None:
         check_money("min_notional", self.min_notional)
+        if (self.master is None) == (not self.masters):
+            raise ValueError("give either `master` (one) or `masters` (a list), not both or neither")
+        if self.master is not None:
+            msgspec.structs.force_setattr(self, "masters", [self.master])
+        elif len(self.masters) == 1:
+            msgspec.structs.force_setattr(self, "master", self.masters[0])
+        repeated = sorted(i for i, n in Counter(m.id for m in self.masters).items() if n > 1)
+        if repeated:
+            raise ValueError(f"master ids must be unique, repeated: {', '.join(repeated)}")
         duplicates = sorted(i for i, n in Counter(f.id for f in self.followers).items() if n > 1)
         if duplicates:
             raise ValueError(f"follower ids must be unique, repeated: {', '.join(duplicates)}")
@@ -101,12 +128,51 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             self._check_follower(i, follower)
 
     def _check_follower(self, i: int, follower: FollowerConfig) -> None:
-        if follower.id == self.master.id:
-            raise ValueError(f"followers[{i}].id `{follower.id}` is the master's id")
-        cap = follower.sizing.max_order_notional
-        if cap is not None and cap < self.min_notional:
-            raise ValueError(f"followers[{i}].sizing.max_order_notional {cap} is below min_notional "
-                             f"{self.min_notional}: every order of {follower.id} would be skipped")
+        masters = {m.id for m in self.masters}
+        if follower.id in masters:
+            raise ValueError(f"followers[{i}].id `{follower.id}` is a master's id")
+        if follower.subscriptions is None and len(masters) > 1:
+            raise ValueError(f"followers[{i}].subscriptions: required with several masters "
+                             f"(say which of {', '.join(sorted(masters))} {follower.id} copies)")
+        subscribed = [s.master for s in follower.subscriptions or ()]
+        for j, master in enumerate(subscribed):
+            if master not in masters:
+                raise ValueError(f"followers[{i}].subscriptions[{j}].master `{master}` is not a "
+                                 f"configured master ({', '.join(sorted(masters))})")
+        if len(set(subscribed)) != len(subscribed):
+            raise ValueError(f"followers[{i}].subscriptions: a master is listed twice")
+        for where, sizing in [("sizing", follower.sizing), *(
+                (f"subscriptions[{j}].sizing", s.sizing)
+                for j, s in enumerate(follower.subscriptions or ()) if s.sizing is not None)]:
+            cap = sizing.max_order_notional
+            if cap is not None and cap < self.min_notional:
+                raise ValueError(f"followers[{i}].{where}.max_order_notional {cap} is below "
+                                 f"min_notional {self.min_notional}: every order of "
+                                 f"{follower.id} would be skipped")
+
+    @property
+    def single_master(self) -> bool:
+        """One master: its credentials keep the original guide's names."""
+        return len(self.masters) == 1
+
+    def master_named(self, master_id: str | None) -> MasterConfig:
+        """The master called `master_id`; None: the only master (an error with several)."""
+        if master_id is None:
+            if self.master is None:
+                raise ConfigError("several masters are configured: name one (COPYTRADE_MASTER, "
+                                  f"--master): {', '.join(m.id for m in self.masters)}")
+            return self.master
+        for master in self.masters:
+            if master.id == master_id:
+                return master
+        raise ConfigError(f"no master `{master_id}`: configured are "
+                          f"{', '.join(m.id for m in self.masters)}")
+
+    def subscriptions_of(self, follower: FollowerConfig) -> list[SubscriptionConfig]:
+        """Whom the follower copies: its subscriptions, else the only master."""
+        if follower.subscriptions is not None:
+            return follower.subscriptions
+        return [SubscriptionConfig(master=self.masters[0].id)]
 
     def followers_of(self, group: str) -> list[FollowerConfig]:
         return [f for f in self.followers if (f.group or f.exchange) == group]
@@ -296,6 +362,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     config: str = "/etc/copytrade/config/copytrade.yaml"
     secrets_dir: str = "/etc/copytrade/secrets"
     group: str = "paper"  # copier: the follower exchange group served
+    master: str = ""  # master service: which of the configured masters it serves ("": the only one)
     instance: str = ""  # replica name in claims and logs; defaults to the host name
     paper_venue: Literal["nats", "embedded"] = "nats"
     paper_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # paper exchange: simulated latency
@@ -363,13 +430,17 @@ class Credentials:
         return tuple(v for v in (self.api_key, self.secret, self.passphrase) if v)
 
 
-def _env_names(account: AccountConfig, role: Literal["USER", "MASTER"]) -> dict[str, list[str]]:
-    """Where each credential may be found, first match wins (the original guide's names)."""
+def _env_names(
+    account: AccountConfig, role: Literal["USER", "MASTER"], plain_names: bool = True
+) -> dict[str, list[str]]:
+    """Where each credential may be found, first match wins (the original guide's names). A
+    follower's and one of several masters' names carry the account's name
+    (`KRAKEN_USER_TANIA_API_KEY`, `KRAKEN_MASTER_ALPHA_API_KEY`); the only master's do not."""
     stem = f"{account.exchange.upper()}_{role}"
-    stem = f"{stem}_{account.credentials_name}" if role == "USER" else stem
+    stem = f"{stem}_{account.credentials_name}" if role == "USER" or not plain_names else stem
     names = {part: [f"{stem}_{suffix}"] for part, suffix in
              (("api_key", "API_KEY"), ("secret", "API_SECRET"), ("passphrase", "PASSPHRASE"))}
-    if role == "MASTER":  # the guide's plain master names, e.g. COINBASE_API_KEY
+    if role == "MASTER" and plain_names:  # the guide's plain master names, e.g. COINBASE_API_KEY
         for part, suffix in (("api_key", "API_KEY"), ("secret", "API_SECRET")):
             names[part].append(f"{account.exchange.upper()}_{suffix}")
     return names
@@ -407,12 +478,13 @@ class SecretSource:
         return found
 
     def credentials(
-        self, account: AccountConfig, role: Literal["USER", "MASTER"]
+        self, account: AccountConfig, role: Literal["USER", "MASTER"], *, plain_names: bool = True
     ) -> Credentials | None:
-        """The account's credentials; None for paper; ConfigError when incomplete."""
-        if account.exchange == "paper":
+        """The account's credentials; None for a venue without keys (paper); ConfigError when
+        incomplete. plain_names: the only master's names (see `_env_names`)."""
+        if not venue(account.exchange).needs_credentials:
             return None
-        names = _env_names(account, role)
+        names = _env_names(account, role, plain_names)
         found = {part: next((v for n in candidates if (v := self.get(n))), None)
                  for part, candidates in names.items()}
         missing = [names[p][0] for p in ("api_key", "secret") if not found[p]]
@@ -431,9 +503,10 @@ def check_credentials(config: CopytradeConfig, secrets: SecretSource) -> list[st
     signing key the copiers would not trust, and keys without accounts (orphan_credentials)."""
     secrets = secrets.listed()
     problems: list[str] = []
-    for account, role in [(config.master, "MASTER"), *((f, "USER") for f in config.followers)]:
+    accounts = [*((m, "MASTER") for m in config.masters), *((f, "USER") for f in config.followers)]
+    for account, role in accounts:
         try:
-            secrets.credentials(account, role)  # type: ignore[arg-type]
+            secrets.credentials(account, role, plain_names=config.single_master)  # type: ignore[arg-type]
         except ConfigError as exc:
             problems.append(str(exc))
     signing = signing_key_problem(config, secrets)

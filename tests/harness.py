@@ -258,23 +258,26 @@ class System:
         return handles
 
     async def start_master(
-        self, config: CopytradeConfig, secrets: dict[str, str] | None = None
+        self, config: CopytradeConfig, secrets: dict[str, str] | None = None,
+        master_id: str | None = None,
     ) -> MasterService:
+        """The master service of `master_id` (None: the only master), as COPYTRADE_MASTER picks."""
+        me = config.master_named(master_id)
         nc = await self.connect()
-        credentials = SecretSource(None, secrets or {}).credentials(config.master, "MASTER")
+        credentials = SecretSource(None, secrets or {}).credentials(
+            me, "MASTER", plain_names=config.single_master)
         ctx = AdapterContext(paper_transport(nc))
-        account = build_account(config.master, credentials, ctx)
+        account = build_account(me, credentials, ctx)
         await account.connect()
         self._closers += [ctx.close, account.close]  # closed in reverse: the account, then its session
         self.master_registry = CollectorRegistry()
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
         published = await fills_bucket(nc.jetstream())
-        master = MasterService(js=nc.jetstream(), account=account, config=config.master,
-                               metrics=MasterMetrics(self.master_registry, config.master.id),
-                               signer=signer, published=published)
+        master = MasterService(js=nc.jetstream(), account=account, config=me,
+                               metrics=MasterMetrics(self.master_registry, me.id),
+                               signer=signer, published=published, named=not config.single_master)
         self._services.append(await master.start(nc))
-        self.watcher = FillWatcher(account=account, config=config.master, kv=published,
-                                   master=master)
+        self.watcher = FillWatcher(account=account, config=me, kv=published, master=master)
         return master
 
     def spawn_copier(self, config_path: Path, exchange: str = "paper", instance: str = "proc",

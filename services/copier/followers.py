@@ -9,13 +9,27 @@ from decimal import Decimal
 
 import msgspec
 
-from shared.config import CopytradeConfig, Credentials, FollowerConfig, SecretSource, SignalsConfig
+from shared.config import (
+    CopytradeConfig,
+    Credentials,
+    FollowerConfig,
+    SecretSource,
+    SignalsConfig,
+    SubscriptionConfig,
+)
 from shared.control import Control
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
 from shared.exchange.registry import venue
-from shared.messages import FollowerSnapshot, FollowerState, MarketRules, TradeSignal, shard_of
+from shared.messages import (
+    FollowerSnapshot,
+    FollowerState,
+    MarketRules,
+    SizingSpec,
+    TradeSignal,
+    shard_of,
+)
 from shared.signing import SignalVerifier
 
 Lineage = tuple[str, int]  # (consumer, delivery sequence) of the message a copy ran under
@@ -33,9 +47,12 @@ class Follower:
     """One follower: its config, its own exchange client, its last known account figures."""
 
     def __init__(
-        self, config: FollowerConfig, account: ExchangeAccount, credentials: Credentials | None
+        self, config: FollowerConfig, account: ExchangeAccount, credentials: Credentials | None,
+        subscriptions: list[SubscriptionConfig] | None = None,
     ) -> None:
         self.config = config
+        # master id -> subscription; set by the book from the config (default: the only master)
+        self.subscriptions = {s.master: s for s in subscriptions or ()}
         self.account = account
         self.credentials = credentials
         self._figures: _Figures | None = None
@@ -50,6 +67,16 @@ class Follower:
 
     def venue_symbol(self, symbol: str) -> str:
         return self.config.symbols.get(symbol, symbol)
+
+    def copies(self, master_id: str) -> bool:
+        return master_id in self.subscriptions
+
+    def sizing_for(self, master_id: str) -> SizingSpec:
+        """The subscription's sizing, else the follower's own."""
+        subscription = self.subscriptions.get(master_id)
+        if subscription is None or subscription.sizing is None:
+            return self.config.sizing
+        return subscription.sizing
 
     def configured_state(self) -> FollowerState:
         return self.config.state if self.config.enabled else "paused"
@@ -77,7 +104,8 @@ class Follower:
         return FollowerSnapshot(
             follower_id=self.id, equity=figures.equity, cash=figures.cash,
             position=figures.positions.get(symbol, Decimal(0)), rules=rules,
-            sizing=self.config.sizing, risk=self.config.risk, state=state, price=price,
+            sizing=self.sizing_for(signal.master_id), risk=self.config.risk, state=state,
+            price=price,
             max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
 
     def figures_age(self) -> float | None:
@@ -139,6 +167,7 @@ class FollowerBook:
         self._rules: dict[str, MarketRules | None] = {}
         self._shards: tuple[int, list[list[Follower]]] | None = None  # (count, members per shard)
         self.min_notional = Decimal("1.00")
+        self.masters: set[str] = set()  # the configured masters: signals of others are refused
         self.signals = SignalsConfig(require_signature=False)
         self.verifier = SignalVerifier([])
 
@@ -158,16 +187,20 @@ class FollowerBook:
             if venue(fconfig.exchange).paper_switch:  # <EXCHANGE>_USER_<NAME>_PAPER overrides
                 fconfig = msgspec.structs.replace(fconfig, paper=self._secrets.alpaca_paper(fconfig))
             current = self._followers.get(fconfig.id)
+            subscriptions = config.subscriptions_of(fconfig)
             if current is not None and _same_account(current, fconfig, creds):
                 current.config = fconfig  # sizing, state, symbols: the client stays
+                current.subscriptions = {s.master: s for s in subscriptions}
                 built[fconfig.id] = current
             else:
-                built[fconfig.id] = Follower(fconfig, build_account(fconfig, creds, self._ctx), creds)
+                built[fconfig.id] = Follower(fconfig, build_account(fconfig, creds, self._ctx),
+                                             creds, subscriptions)
         self._retired += [f for fid, f in self._followers.items() if built.get(fid) is not f]
         removed = [fid for fid in self._followers if fid not in built]
         self._followers = built
         self._shards = None
         self.min_notional = config.min_notional
+        self.masters = {m.id for m in config.masters}
         self.verifier = verifier
         self.signals = config.signals
         return removed
@@ -220,6 +253,10 @@ class FollowerBook:
 
     def all(self) -> list[Follower]:
         return list(self._followers.values())
+
+    def subscribers(self, master_id: str) -> list[Follower]:
+        """The followers that copy this master."""
+        return [f for f in self._followers.values() if f.copies(master_id)]
 
     def in_shard(self, shard: int, shards: int) -> list[Follower]:
         """The followers of one shard (`shard_of`), computed once per config and shard count."""

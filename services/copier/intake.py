@@ -44,7 +44,7 @@ class Intake:
         except MALFORMED as exc:
             await self._refuse(msg, "malformed", str(exc))
             return None
-        problem = self._book.signature_problem(signal)
+        problem = self._book.signature_problem(signal) or self._unknown_master(signal)
         if problem is not None:
             await self._refuse(msg, *problem)
             return None
@@ -54,6 +54,11 @@ class Intake:
                                f"signal {signal.signal_id} was already taken by this group")
             return None
         return Admitted(signal, redelivered=taken or msg.metadata.num_delivered > 1)
+
+    def _unknown_master(self, signal: TradeSignal) -> tuple[str, str] | None:
+        if signal.master_id in self._book.masters:
+            return None
+        return "unknown_master", f"signal {signal.signal_id}: {signal.master_id} is no configured master"
 
     async def _taken_before(self, signal: TradeSignal, msg: Msg) -> bool | None:
         """False: first taken now; True: this same message was taken before; None: a replay."""

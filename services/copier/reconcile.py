@@ -93,7 +93,7 @@ class Reconciler:
         drifts = []
         for master in list(self._master.values()):
             amount = await self._master_amount(master)
-            for follower in self._book.all():
+            for follower in self._book.subscribers(master.master_id):
                 drift = await self._check(follower, master, amount)
                 if drift is not None and (drift.ratio > self._threshold or drift.clipped > 0):
                     drifts.append(drift)
@@ -130,7 +130,7 @@ class Reconciler:
         self, follower: Follower, master: MasterPosition, master_amount: Decimal
     ) -> Decimal | None:
         """The holding copying should have produced: the master's, scaled like a copy."""
-        spec = follower.config.sizing
+        spec = follower.sizing_for(master.master_id)
         equity = (await follower.account.snapshot()).equity if spec.mode == "equity_ratio" else Decimal(0)
         scale = position_scale(spec, equity=equity, master_equity=master.equity)
         if scale is None:

@@ -172,7 +172,7 @@ class Copier:
         self, signal: TradeSignal, received_at: float, *, redelivered: bool,
         lineage: Lineage = ("", 0),
     ) -> None:
-        followers = self._book.all()
+        followers = self._book.subscribers(signal.master_id)
         log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
                  "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
                  redelivered)

@@ -34,15 +34,16 @@ def master_signer(secrets: SecretSource, required: bool) -> SignalSigner | None:
 async def run(settings: Settings) -> None:
     async with service_runtime("master", settings) as rt:
         config = load_config(settings.config)
+        me = config.master_named(settings.master or None)  # COPYTRADE_MASTER
         secrets = SecretSource(settings.secrets_dir)
-        credentials = secrets.credentials(config.master, "MASTER")
+        credentials = secrets.credentials(me, "MASTER", plain_names=config.single_master)
         rt.redactor.add(credentials.values() if credentials else ())
         signer = master_signer(secrets, config.signals.require_signature)
         if signer is not None:
             rt.redactor.add([secrets.get(SIGNING_KEY_NAME) or ""])
         ctx = AdapterContext(paper_transport=nats_transport(rt.nc),
                              http_timeout_s=settings.order_timeout_s * 0.8)
-        account = build_account(config.master, credentials, ctx)
+        account = build_account(me, credentials, ctx)
         try:
             await account.connect()  # markets and session before the first trade
         except CopytradeError as exc:
@@ -50,13 +51,13 @@ async def run(settings: Settings) -> None:
         buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
         published = buckets.fills
         control = Control(buckets.control)
-        master = MasterService(js=rt.js, account=account, config=config.master,
-                               metrics=MasterMetrics(rt.registry, config.master.id), signer=signer,
+        master = MasterService(js=rt.js, account=account, config=me,
+                               metrics=MasterMetrics(rt.registry, me.id), signer=signer,
                                published=published, control=control,
                                order_timeout_s=settings.order_timeout_s,
-                               ledger=Ledger(buckets.ledger))
+                               ledger=Ledger(buckets.ledger), named=not config.single_master)
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request
-        watcher = FillWatcher(account=account, config=config.master, kv=published, master=master)
+        watcher = FillWatcher(account=account, config=me, kv=published, master=master)
         watching = asyncio.create_task(watcher.run(settings.fill_watch_interval_s))
         rt.mark_started()
         await rt.wait_stopped()

@@ -59,8 +59,10 @@ class MasterService:
         self, *, js: JetStreamContext, account: ExchangeAccount, config: MasterConfig,
         metrics: MasterMetrics, signer: SignalSigner | None, published: KeyValue | None = None,
         order_timeout_s: float = 10.0, fill_wait_s: float = 30.0, control: Control | None = None,
-        ledger: Ledger | None = None,
+        ledger: Ledger | None = None, named: bool = False,
     ) -> None:
+        # named: one of several masters, answering on its own subject (bus.master_trade_subject)
+        self._group = bus.master_group(config.id if named else None)
         self._js, self._account, self._config, self._metrics = js, account, config, metrics
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
         # published: the fills bucket, shared with the fill watcher; it holds the trade records
@@ -90,7 +92,7 @@ class MasterService:
         self._watching = asyncio.create_task(self._watch_control(self._control))
         service = await add_service(nc, name=bus.MASTER_SERVICE, version="1.0.0",
                                     description="Places master trades and publishes signals")
-        await service.add_group(name=bus.MASTER_GROUP).add_endpoint(
+        await service.add_group(name=self._group).add_endpoint(
             name=bus.MASTER_TRADE_ENDPOINT, handler=self._handle)
         await nc.flush()  # subscribed at the server: answering from the moment start returns
         self._service = service

@@ -25,6 +25,7 @@ import nats
 from services.ops import control, status
 from services.ops.errors import FAILED, OK, UNKNOWN, USAGE, CliError, describe, one_line
 from services.ops.trade import master_trade
+from shared import bus
 from shared.config import (
     ENV_PREFIX,
     CopytradeConfig,
@@ -165,12 +166,15 @@ def _trade_request(args: argparse.Namespace) -> TradeRequest:
 def _trade(args: argparse.Namespace) -> int:
     request = _trade_request(args)
     settings = load_settings()
-    if args.master is not None:  # one master for now: the flag must name the configured one
+    subject = bus.MASTER_TRADE_SUBJECT  # the only master
+    if args.master is not None:  # the flag must name a configured master
         _, config = _settings_and_config(args)
-        if args.master != config.master.id:
-            raise CliError(f"unknown master {args.master!r}: the config's master is "
-                           f"{config.master.id}")
-    return asyncio.run(master_trade(settings, request, float(args.timeout)))
+        try:
+            master = config.master_named(args.master)
+        except ConfigError as exc:
+            raise CliError(one_line(str(exc))) from None
+        subject = bus.master_trade_subject(None if config.single_master else master.id)
+    return asyncio.run(master_trade(settings, request, float(args.timeout), subject))
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -183,8 +187,8 @@ def _config_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"invalid: {problem}", file=sys.stderr)
     if not problems:
-        print(f"ok: master {config.master.id} on {config.master.exchange}, "
-              f"{len(config.followers)} followers")
+        masters = ", ".join(f"{m.id} on {m.exchange}" for m in config.masters)
+        print(f"ok: master {masters}, {len(config.followers)} followers")
     return FAILED if problems else OK
 
 

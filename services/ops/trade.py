@@ -22,12 +22,15 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(TradeReply)
 
 
-async def master_trade(settings: Settings, request: TradeRequest, timeout_s: float) -> int:
+async def master_trade(
+    settings: Settings, request: TradeRequest, timeout_s: float,
+    subject: str = bus.MASTER_TRADE_SUBJECT,
+) -> int:
     async with connected(settings) as nc:
         print(f"request {request.request_id}: {request.side} {request.size} {request.size_type} "
               f"{request.symbol} (to send it again: --request-id {request.request_id})", flush=True)
         try:
-            msg = await nc.request(bus.MASTER_TRADE_SUBJECT, _encoder.encode(request),
+            msg = await nc.request(subject, _encoder.encode(request),
                                    timeout=timeout_s)
         except nats.errors.NoRespondersError:
             raise CliError("no master service answers on NATS: nothing was placed",

@@ -28,6 +28,15 @@ DUPLICATE_WINDOW_S = 300.0
 DAY = 86_400.0
 
 
+def master_group(master_id: str | None) -> str:
+    """A master service's endpoints: `copytrade.master` for the only master, else per master."""
+    return MASTER_GROUP if master_id is None else f"{MASTER_GROUP}.{master_id}"
+
+
+def master_trade_subject(master_id: str | None) -> str:
+    return f"{master_group(master_id)}.{MASTER_TRADE_ENDPOINT}"
+
+
 def signal_subject(master_id: str) -> str:
     return f"copytrade.signals.{master_id}"
 

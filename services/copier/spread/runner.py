@@ -155,7 +155,8 @@ class WorkRunner:
         if problem is not None or item.group != self._group:
             await self._refuse(msg, *(problem or ("wrong_group", f"work item for {item.group}")))
             return
-        followers = self._book.in_shard(item.shard, item.shards)
+        followers = [f for f in self._book.in_shard(item.shard, item.shards)
+                     if f.copies(item.signal.master_id)]
         done = await self._delivery.settle(msg, item.signal.signal_id, self._executor.execute(
             item.signal, followers, item.received_at, redelivered=msg.metadata.num_delivered > 1,
             lineage=(msg.metadata.consumer or "", msg.metadata.sequence.consumer),
