@@ -9,16 +9,19 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import ROUND_DOWN, Decimal
 
+import msgspec
 import nats
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.master.signals import published_key
 from shared import bus
 from shared.exchange.context import AdapterContext
 from shared.exchange.paper import Ok, Place, Position
 from shared.exchange.port import OrderCommand
 from shared.ledger import Ledger, holding_key, master_key
+from shared.messages import TradeSignal
 from support.natsserver import NatsServer
 from tests.emulators.kraken import KrakenEmulator
 from tests.harness import System, make_config, paper_followers, trade
@@ -101,6 +104,32 @@ async def test_follower_sale_by_hand_is_clipped_and_master_exit_sells_the_rest(
     assert exit_result.filled_base == copied - by_hand
     assert await _held(system, "alice") == 0
     assert (holding.amount, holding.clipped) == (Decimal(0), by_hand)
+
+
+async def test_fill_published_again_after_a_crash_counts_once(system: System) -> None:
+    await system.fund("master", 100_000)
+    await system.fund("alice", 10_000)
+    config = make_config(paper_followers({"alice": 0}))
+    await system.start_copier(config)
+    await system.start_master(config)
+    await system.watcher.poll()
+    await system.paper(Place("master", OrderCommand(
+        client_order_id="master-by-hand", symbol=BTC, side="buy", size=Decimal("0.1"),
+        size_type="base", reference_price=Decimal(0))))
+    first = await system.watcher.poll()
+    last = await system.js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject("master"))
+    signal = msgspec.json.decode(last.data or b"", type=TradeSignal)
+    fills = await system.js.key_value(bus.FILLS_BUCKET)
+    await fills.delete(published_key(signal.signal_id))  # crashed after the ledger, before this
+
+    again = await system.watcher.poll()
+    results = await system.wait_results(signal.signal_id, 1)
+    signals = (await system.js.stream_info(bus.SIGNALS_STREAM)).state.messages
+    position = await (await _ledger(system)).read(master_key("master", BTC))
+
+    assert (first, again, signals) == (1, 1, 1)
+    assert (position.amount, signal.copied_position_before) == (Decimal("0.1"), 0)
+    assert len(results) == 1 and len(await system.orders("alice")) == 1
 
 
 # ---- a follower on Kraken, through the real ccxt client --------------------------------------

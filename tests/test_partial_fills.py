@@ -4,6 +4,7 @@ part, and a master restart between parts neither misses nor repeats one (issue 1
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -11,11 +12,19 @@ import msgspec
 import pytest
 
 from shared import bus
+from shared.config import AccountConfig, Credentials
+from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
 from shared.exchange.paper import FillPart, Ok, PlaceResting
 from shared.exchange.port import OrderCommand
 from shared.ledger import Ledger, master_key
 from shared.messages import CopyResult, TradeSignal
+from tests.emulators.alpaca import AlpacaEmulator
+from tests.emulators.binance import BinanceEmulator
+from tests.emulators.coinbase import CoinbaseEmulator
 from tests.emulators.kraken import KrakenEmulator
+from tests.emulators.okx import OkxEmulator
+from tests.emulators.server import EmulatorServer
 from tests.harness import System, make_config, paper_followers
 from tests.secrets_scan import register
 
@@ -120,3 +129,37 @@ async def test_kraken_master_limit_order_filled_in_three_parts_is_copied_part_by
         (order_id, PARTS[0], 0), (order_id, PARTS[1], PARTS[0]),
         (order_id, PARTS[2], PARTS[0] + PARTS[1])]
     assert _totals(results) == {"alice": Decimal("0.1"), "bob": Decimal("0.025")}
+
+
+# ---- every venue's fills endpoint, through its real client ------------------------------------
+
+EMULATORS: dict[str, type[EmulatorServer]] = {
+    "kraken": KrakenEmulator, "coinbase": CoinbaseEmulator, "binance": BinanceEmulator,
+    "okx": OkxEmulator, "alpaca": AlpacaEmulator}
+
+
+@pytest.mark.parametrize("venue", list(EMULATORS))
+async def test_order_filled_in_three_parts_reads_as_three_fills_on_every_venue(venue: str) -> None:
+    secret = MASTER_SECRET if venue == "kraken" else "fake-secret-master-Hy6m"
+    passphrase = "fake-pass-master-2Kd9" if venue == "okx" else None
+    register(secret, *filter(None, [passphrase]))
+    ctx = AdapterContext(http_timeout_s=5.0, rate_limit=False)
+    async with EMULATORS[venue]() as emulator:
+        holder = emulator.state.add_account(MASTER_KEY, secret, {"USD": Decimal(100_000)},
+                                            passphrase=passphrase)
+        account = build_account(AccountConfig(id="master", exchange=venue,  # type: ignore[arg-type]
+                                              base_url=emulator.url),
+                                Credentials(MASTER_KEY, secret, passphrase), ctx)
+        before = time.time() - 1
+        for part in PARTS:
+            emulator.state.fill_part(holder, "7001", BTC, "buy", part, PRICE)
+        try:
+            fills = await account.fills_since(before)
+        finally:
+            await account.close()
+            await ctx.close()
+
+    # parts booked within one millisecond may come back in any order
+    assert sorted((f.amount, f.price, f.side, f.symbol) for f in fills) == sorted(
+        (part, PRICE, "buy", BTC) for part in PARTS)
+    assert len({f.order_id for f in fills}) == 1

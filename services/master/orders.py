@@ -53,7 +53,8 @@ def trade_fill_id(trade_id: str) -> str:
     return trade_id if _FILL_ID.match(trade_id) else uuid.uuid5(_NAMESPACE, trade_id).hex
 
 
-def _fingerprint(fill: Fill) -> str:
+def fingerprint(fill: Fill) -> str:
+    """What tells a fill without a trade id from its order's others (`nth` apart twins)."""
     return f"{fill.at!r}|{fill.amount}|{fill.price}"
 
 
@@ -79,21 +80,22 @@ class OrderClaims:
                 return claim
         raise ClaimConflict(f"the claim of order {order_id} kept changing")
 
-    async def fill_id(self, fill: Fill) -> str:
+    async def fill_id(self, fill: Fill, nth: int = 0) -> str:
         """The fill's id: its trade id, else the cumulative amount of its order at this fill,
-        written on the order's claim (the watcher's) before it is used. A fill given a
-        cumulative id keeps it once its adapter learns trade ids (no second signal)."""
-        key, fingerprint = self._key(fill.order_id), _fingerprint(fill)
+        written on the order's claim (the watcher's) before it is used. `nth` counts the earlier
+        fills of the order with the same fingerprint (same time, amount and price) in the list
+        read. A fill given a cumulative id keeps it once its adapter learns trade ids."""
+        key, print_ = self._key(fill.order_id), f"{fingerprint(fill)}|{nth}"
         for _ in range(10):
             found = await self._get(key)
             claim, revision = found if found is not None else (OrderClaim(by="fills"), None)
-            if fingerprint in claim.parts:
-                return claim.parts[fingerprint]
+            if print_ in claim.parts:
+                return claim.parts[print_]
             if fill.trade_id:
                 return trade_fill_id(fill.trade_id)
             filled = claim.filled + fill.amount
             fill_id = f"cum:{format(filled.normalize(), 'f')}"
-            parts = {**claim.parts, fingerprint: fill_id}
+            parts = {**claim.parts, print_: fill_id}
             if await self._write(key, msgspec.structs.replace(claim, filled=filled, parts=parts),
                                  revision):
                 return fill_id

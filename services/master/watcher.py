@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from decimal import Decimal
 
 import nats
@@ -21,7 +22,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from services.master.orders import OrderClaims
+from services.master.orders import OrderClaims, fingerprint
 from services.master.signals import SignalPublisher, published_key
 from shared import bus
 from shared.config import MasterConfig
@@ -60,20 +61,23 @@ class FillWatcher:
         # the per-signal records keep it from being published twice
         fills = sorted(await self._account.fills_since(cursor - OVERLAP_S), key=lambda f: f.at)
         account = _AccountNow(self._account, fills)
+        twins: Counter[tuple[str, str]] = Counter()  # fills alike in all but their place
         published = 0
         for index, fill in enumerate(fills):
-            published += await self._copy(fill, index, account)
+            twin = (fill.order_id, fingerprint(fill))
+            published += await self._copy(fill, index, twins[twin], account)
+            twins[twin] += 1
         if fills and fills[-1].at > cursor:  # every fill up to here is published
             await self._kv.put(self._cursor_key, repr(fills[-1].at).encode())
         return published
 
-    async def _copy(self, fill: Fill, index: int, account: _AccountNow) -> bool:
+    async def _copy(self, fill: Fill, index: int, nth: int, account: _AccountNow) -> bool:
         """Publish the fill's signal unless copytrade's own order or already published."""
         if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id))):
             return False  # copytrade's own order (or one published whole before fill by fill)
         if (await self._orders.claim(fill.order_id, "fills")).by != "fills":
             return False  # the master service's own order: it publishes it whole
-        fill_id = await self._orders.fill_id(fill)
+        fill_id = await self._orders.fill_id(fill, nth)
         if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id,
                                                           fill_id))):
             return False
