@@ -43,6 +43,22 @@ def holding_key(follower_id: str, master_id: str, symbol: str) -> str:
     return f"hold.{follower_id}.{master_id}.{_symbol(symbol)}"
 
 
+def report_key(follower_id: str, master_id: str, symbol: str) -> str:
+    return f"report.{follower_id}.{master_id}.{_symbol(symbol)}"
+
+
+class PositionReport(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What reconciliation last saw for a copied holding: for `copytrade positions`."""
+
+    follower_id: str
+    master_id: str
+    symbol: str
+    holding: Decimal  # the copied holding (ledger), after any clip
+    real: Decimal  # the follower's real balance of the symbol at its venue
+    target: Decimal  # the master's copied position × the follower's scale
+    at: float
+
+
 def _symbol(symbol: str) -> str:
     return symbol.replace("/", "_")  # BTC/USD -> BTC_USD: one key token
 
@@ -94,6 +110,11 @@ class Ledger:
                             excess, real_balance)
                 return excess
         raise LedgerConflict(f"ledger entry {key} kept changing")
+
+    async def report(self, report: PositionReport) -> None:
+        """Record what reconciliation saw (last value wins; for operators, not for money)."""
+        key = report_key(report.follower_id, report.master_id, report.symbol)
+        await bus.retry(f"ledger report {key}", lambda: self._kv.put(key, self._encoder.encode(report)))
 
     async def entries(self, prefix: str) -> dict[str, Entry]:
         """Every entry whose key starts with `prefix` (for the CLI and reconciliation)."""

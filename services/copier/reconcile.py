@@ -28,7 +28,7 @@ from services.copier.metrics import CopierMetrics
 from shared.errors import CopytradeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderCommand
-from shared.ledger import Ledger, master_key
+from shared.ledger import Ledger, PositionReport, master_key
 from shared.messages import SizedOrder, Skip, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale
 
@@ -122,6 +122,9 @@ class Reconciler:
             return None
         ratio = abs(actual - expected) / expected if expected > 0 else Decimal(actual > 0)
         self._metrics.drift.labels(self._group, follower.id, master.symbol).set(float(ratio))
+        await self._ledger.report(PositionReport(
+            follower_id=follower.id, master_id=master.master_id, symbol=master.symbol,
+            holding=actual, real=real, target=expected, at=time.time()))
         return Drift(follower_id=follower.id, symbol=master.symbol, expected=expected,
                      actual=actual, ratio=ratio, at=time.time(), master_id=master.master_id,
                      clipped=held - actual)
