@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Literal
 
 import msgspec
 from msgspec import Struct
@@ -21,6 +22,7 @@ log = logging.getLogger("copytrade.control")
 CONTROL_BUCKET = bus.CONTROL_BUCKET  # the name lives in shared.bus; kept here for the CLI
 KILL_KEY = "kill"
 STATE_PREFIX = "state."
+UNSUB_PREFIX = "unsub."
 
 
 class Override(Struct, frozen=True, kw_only=True):
@@ -29,8 +31,27 @@ class Override(Struct, frozen=True, kw_only=True):
     at: float
 
 
+class Unsubscribed(Struct, frozen=True, kw_only=True):
+    """An operator ended a follower's subscription to a master (`copytrade unsubscribe`)."""
+
+    action: Literal["keep", "close"] | None = None  # None: the subscription's on_unsubscribe
+    reason: str = ""
+    at: float = 0.0
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Override)
+_unsub_decoder = msgspec.json.Decoder(Unsubscribed)
+
+
+def unsubscribed_key(follower_id: str, master_id: str) -> str:
+    return f"{UNSUB_PREFIX}{follower_id}.{master_id}"
+
+
+async def set_unsubscribed(kv: KeyValue, follower_id: str, master_id: str,
+                           action: Literal["keep", "close"] | None, reason: str) -> None:
+    await kv.put(unsubscribed_key(follower_id, master_id),
+                 _encoder.encode(Unsubscribed(action=action, reason=reason, at=time.time())))
 
 
 async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
@@ -62,6 +83,7 @@ class Control:
         self.kv = kv
         self.killed = False
         self.overrides: dict[str, Override] = {}
+        self.unsubscribed: dict[tuple[str, str], Unsubscribed] = {}  # (follower, master)
 
     async def restrict(self, follower_id: str, state: FollowerState, reason: str) -> bool:
         """Move a follower to a stricter state (a risk trip); False if it already is there."""
@@ -78,6 +100,12 @@ class Control:
         return configured if override is None else override.state
 
     def apply(self, key: str, value: bytes | None) -> None:
+        try:
+            self._apply(key, value)
+        except msgspec.DecodeError as exc:  # a bad value written by hand: the watch goes on
+            log.error("event=control_value_invalid key=%s error=%s", key, exc)
+
+    def _apply(self, key: str, value: bytes | None) -> None:
         if key == KILL_KEY:
             self.killed = value == b"on"
             log.warning("event=kill_switch state=%s", "on" if self.killed else "off")
@@ -87,6 +115,12 @@ class Control:
                 self.overrides[follower_id] = _decoder.decode(value)
             else:
                 self.overrides.pop(follower_id, None)
+        elif key.startswith(UNSUB_PREFIX):
+            follower_id, _, master_id = key[len(UNSUB_PREFIX):].partition(".")
+            if value:
+                self.unsubscribed[(follower_id, master_id)] = _unsub_decoder.decode(value)
+            else:
+                self.unsubscribed.pop((follower_id, master_id), None)
 
     async def watch(self) -> None:
         assert self.kv is not None
