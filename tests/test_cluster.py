@@ -16,6 +16,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from shared import bus
@@ -249,3 +250,33 @@ def _signal(order_id: str) -> TradeSignal:
         size_type="quote", filled_base=Decimal(500) / 45000, order_id=order_id,
         master_equity=Decimal(10_000), master_position_before=Decimal(0),
         executed_at=time.time())
+
+
+# ---- a request in flight when its node dies ----------------------------------------------------
+
+
+async def test_request_in_flight_when_its_node_dies_ends_timed_out_before_its_timeout(
+    cluster: NatsCluster,
+) -> None:
+    """nats_fixes: the reply cannot be relied on any more, so the caller hears at once (a copier
+    waited out a 10 s venue read this way) instead of after the request's own timeout."""
+    asked = asyncio.Event()
+
+    async def never_answer(_msg: Msg) -> None:
+        asked.set()
+
+    responder = await nats.connect(cluster.nodes[1].url)
+    await responder.subscribe("copytrade.test.silent", cb=never_answer)
+    await responder.flush()
+    requester = await nats.connect(cluster.nodes[0].url, max_reconnect_attempts=-1,
+                                   reconnect_time_wait=0.2)
+    request = asyncio.create_task(requester.request("copytrade.test.silent", b"?", timeout=600))
+    await asyncio.wait_for(asked.wait(), 10)
+
+    cluster.nodes[0].kill()
+    await eventually(request.done, timeout=30)
+    error = request.exception()
+    await requester.close()
+    await responder.close()
+
+    assert isinstance(error, nats.errors.TimeoutError)
