@@ -73,6 +73,10 @@ class Ledger:
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(Entry)
 
+    @property
+    def kv(self) -> KeyValue:
+        return self._kv
+
     async def read(self, key: str) -> Entry:
         return (await self._read(key))[0]
 

@@ -168,6 +168,7 @@ class FollowerBook:
         self._shards: tuple[int, list[list[Follower]]] | None = None  # (count, members per shard)
         self.min_notional = Decimal("1.00")
         self.masters: set[str] = set()  # the configured masters: signals of others are refused
+        self.generation = 0  # counts configs applied
         self.signals = SignalsConfig(require_signature=False)
         self.verifier = SignalVerifier([])
 
@@ -201,6 +202,7 @@ class FollowerBook:
         self._shards = None
         self.min_notional = config.min_notional
         self.masters = {m.id for m in config.masters}
+        self.generation += 1
         self.verifier = verifier
         self.signals = config.signals
         return removed

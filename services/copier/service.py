@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from services.copier.copy.execute import CopyExecutor
 from services.copier.copy.policy import Policy
+from services.copier.copy.subscriptions import Subscriptions
 from services.copier.delivery import Delivery, watched
 from services.copier.followers import FollowerBook, Lineage
 from services.copier.intake import Intake
@@ -47,6 +48,7 @@ from shared.messages import TradeSignal
 
 log = logging.getLogger("copytrade.copier")
 FETCH_WAIT_S = 1.0
+SUBSCRIPTION_SYNC_S = 2.0  # subscriptions added or removed take effect within this
 FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a group resumes fast
 
 
@@ -65,6 +67,9 @@ class Copier:
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
                                      settings=settings, instance=instance, policy=policy, ledger=ledger,
                                      reconciler=reconciler)
+        self.subscriptions = Subscriptions(
+            js=js, kv=ledger.kv, book=book, policy=policy, executor=self.executor,
+            lease_s=settings.order_timeout_s * 4)
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
         self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)
         self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
@@ -84,7 +89,8 @@ class Copier:
         sub = await self._js.pull_subscribe_bind(
             durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
         background = [watched(self._watch_lag(), "lag_watch"),
-                      watched(self.replicas.run(), "replica_heartbeat")]
+                      watched(self.replicas.run(), "replica_heartbeat"),
+                      watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions")]
         work = watched(self._work.run(), "work_runner")
         try:
             await self._take_signals(sub)
@@ -172,7 +178,8 @@ class Copier:
         self, signal: TradeSignal, received_at: float, *, redelivered: bool,
         lineage: Lineage = ("", 0),
     ) -> None:
-        followers = self._book.subscribers(signal.master_id)
+        followers = [f for f in self._book.subscribers(signal.master_id)
+                     if self.executor.policy.copies(f, signal.master_id)]
         log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
                  "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
                  redelivered)

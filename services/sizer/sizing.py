@@ -150,13 +150,13 @@ def _buy_cap(signal: TradeSignal, follower: FollowerSnapshot) -> Decimal | None:
 def _size_exit(
     signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules, min_notional: Decimal
 ) -> Decision:
+    if signal.sell_base <= ZERO:
+        return _skip(follower, "master_own_holdings",
+                     "The master sold coins it held before it was followed: not copied")
     held = follower.position if follower.holding is None else min(follower.holding, follower.position)
     if held <= ZERO:
         what = "copied holding" if follower.holding is not None else "position"
         return _skip(follower, "no_position", f"No {signal.symbol} {what} to sell")
-    if signal.sell_base <= ZERO:
-        return _skip(follower, "master_own_holdings",
-                     "The master sold coins it held before it was followed: not copied")
     fraction = min(Fraction(1), Fraction(signal.filled_base) / Fraction(signal.sell_base))
     # fraction 1 (a full master exit) closes the copied holding, never the follower's own coins
     base = _truncate(Fraction(held) * fraction, rules.amount_step)

@@ -10,7 +10,7 @@ from typing import Literal
 from services.copier.copy.limits import EquityGuard
 from services.copier.followers import Follower
 from services.copier.metrics import CopierMetrics
-from shared.control import Control
+from shared.control import Control, Unsubscribed
 from shared.messages import FollowerState, SizedOrder, Skip
 
 log = logging.getLogger("copytrade.policy")
@@ -25,6 +25,14 @@ class Policy:
     def state(self, follower: Follower) -> FollowerState:
         """The follower's state now: an operator's or a risk trip's override, else its config."""
         return self._control.state_of(follower.id, follower.configured_state())
+
+    def copies(self, follower: Follower, master_id: str) -> bool:
+        """Whether the follower copies this master now: subscribed in the config and not
+        unsubscribed by an operator."""
+        return follower.copies(master_id) and (follower.id, master_id) not in self._control.unsubscribed
+
+    def unsubscribed(self, follower: Follower, master_id: str) -> Unsubscribed | None:
+        return self._control.unsubscribed.get((follower.id, master_id))
 
     def before_reading(self, follower: Follower) -> Skip | None:
         """A paused follower is neither read nor sized."""

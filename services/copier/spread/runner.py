@@ -156,7 +156,7 @@ class WorkRunner:
             await self._refuse(msg, *(problem or ("wrong_group", f"work item for {item.group}")))
             return
         followers = [f for f in self._book.in_shard(item.shard, item.shards)
-                     if f.copies(item.signal.master_id)]
+                     if self._executor.policy.copies(f, item.signal.master_id)]
         done = await self._delivery.settle(msg, item.signal.signal_id, self._executor.execute(
             item.signal, followers, item.received_at, redelivered=msg.metadata.num_delivered > 1,
             lineage=(msg.metadata.consumer or "", msg.metadata.sequence.consumer),
