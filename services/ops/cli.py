@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import msgspec
 import nats
 
-from services.ops import control, status
+from services.ops import control, positions, status, subscriptions
 from services.ops.errors import FAILED, OK, UNKNOWN, USAGE, CliError, describe, one_line
 from services.ops.trade import master_trade
 from shared import bus
@@ -32,11 +32,12 @@ from shared.config import (
     SecretSource,
     Settings,
     check_credentials,
+    config_warnings,
     load_config,
     load_settings,
 )
 from shared.errors import ConfigError
-from shared.messages import TradeRequest, check_money
+from shared.messages import Symbol, TradeRequest, check_money
 from shared.signing import new_signing_key
 
 SERVICES = ("master", "copier", "sizer", "paper-exchange")
@@ -70,6 +71,24 @@ def _amount(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(
             f"must be a positive number (in range), got {text!r}") from None
     return value
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # as TradeRequest.request_id
+
+
+def _symbol(text: str) -> str:
+    try:
+        return msgspec.convert(text, Symbol)
+    except msgspec.ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"must be the master's symbol, BASE/QUOTE in capitals like BTC/USD, got {text!r}"
+        ) from None
+
+
+def _request_id(text: str) -> str:
+    if not REQUEST_ID.match(text):
+        raise argparse.ArgumentTypeError(f"must be 8 to 64 of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
 
 
 def _limit(text: str) -> int:
@@ -133,6 +152,32 @@ async def _history(args: argparse.Namespace) -> str:
     return status.format_history(await status.history(settings, args.follower, args.limit))
 
 
+async def _positions(args: argparse.Namespace) -> str:
+    settings, config = _settings_and_config(args)
+    shown: frozenset[str] | None = None  # the masters whose copied positions are listed
+    if args.follower is not None:
+        control.check_follower(config, args.follower)
+        follower = next(f for f in config.followers if f.id == args.follower)
+        shown = frozenset(s.master for s in config.subscriptions_of(follower))
+    if args.master is not None:
+        control.check_master(config, args.master)
+        shown = frozenset([args.master])
+    found = await positions.positions(settings, positions.Scope(args.follower, args.master, shown))
+    return positions.as_json(found) if args.json else positions.as_table(found)
+
+
+async def _unsubscribe(args: argparse.Namespace) -> str:
+    settings, config = _settings_and_config(args)
+    return await subscriptions.unsubscribe(settings, config, args.follower, args.master,
+                                           args.action, _who())
+
+
+async def _adopt(args: argparse.Namespace) -> str:
+    settings, config = _settings_and_config(args)
+    return await subscriptions.adopt(settings, config, args.follower, args.master, args.symbol,
+                                     args.amount, args.request_id or uuid.uuid4().hex)
+
+
 def _printing(command: Callable[[argparse.Namespace], Coroutine[Any, Any, str]]
               ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
@@ -184,8 +229,14 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"invalid: {one_line(str(exc))}", file=sys.stderr)
         return FAILED
     problems = check_credentials(config, SecretSource(args.secrets_dir))
+    try:  # the services' settings: what the config's limits are measured against
+        warnings = config_warnings(config, load_settings())
+    except ConfigError as exc:
+        problems, warnings = [*problems, one_line(str(exc))], []
     for problem in problems:
         print(f"invalid: {problem}", file=sys.stderr)
+    for warning in warnings:  # loads and runs, but not as meant: the exit status stays
+        print(f"warning: {warning}", file=sys.stderr)
     if not problems:
         masters = ", ".join(f"{m.id} on {m.exchange}" for m in config.masters)
         print(f"ok: master {masters}, {len(config.followers)} followers")
@@ -295,6 +346,51 @@ def _add_operations(sub: Any) -> None:
     hist.set_defaults(run=_printing(_history))
 
 
+ADOPT_STATUS = textwrap.fill(
+    f"exit status: {OK} adopted (or adopted before by this request id); {FAILED} not adopted, "
+    f"run it again; {USAGE} bad arguments, config, environment, or NATS unreachable; {UNKNOWN} "
+    "outcome unknown: run the same command with the printed --request-id, which never adopts "
+    "twice", 88)
+
+
+def _add_ledger(sub: Any) -> None:
+    with_config = environment(*NATS_ENV, "config")
+    where = _command(sub, "positions", "what copying holds: each follower's copied holding per "
+                     "master and symbol, next to the real balance reconciliation last saw (and "
+                     "when) and the target; then each master's copied position", with_config)
+    where.add_argument("--follower", metavar="ID", help="only this follower (and its masters)")
+    where.add_argument("--master", metavar="ID", help="only this master")
+    where.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    _with_config(where)
+    where.set_defaults(run=_printing(_positions))
+    unsub = _command(sub, "unsubscribe", "end a follower's subscription to a master: copiers "
+                     "stop copying it, and sell (--close) or keep (--keep) what was copied from "
+                     "it; default: the subscription's on_unsubscribe. Safe to run again.",
+                     with_config)
+    unsub.add_argument("follower", help="a follower id from the config")
+    unsub.add_argument("master", help="a master the follower subscribes to")
+    action = unsub.add_mutually_exclusive_group()
+    action.add_argument("--close", dest="action", action="store_const", const="close",
+                        help="sell the copied holding (never the follower's own coins)")
+    action.add_argument("--keep", dest="action", action="store_const", const="keep",
+                        help="keep the copied holding; the master's exits no longer sell it")
+    _with_config(unsub)
+    unsub.set_defaults(run=_printing(_unsubscribe))
+    adopt = _command(sub, "adopt", "make coins a follower already holds (bought before the "
+                     "ledger, or by hand) part of its copied holding from a master, so that the "
+                     "master's exits sell them too. Safe to send again with the same "
+                     "--request-id.", with_config + "\n\n" + ADOPT_STATUS)
+    adopt.add_argument("follower", help="a follower id from the config")
+    adopt.add_argument("master", help="a master the follower subscribes to")
+    adopt.add_argument("symbol", type=_symbol, help="the master's symbol, e.g. BTC/USD")
+    adopt.add_argument("amount", type=_amount, help="how much of the base asset, e.g. 0.5 (BTC)")
+    adopt.add_argument("--request-id", type=_request_id, metavar="ID",
+                       help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
+                            "printed first. Sent again with the same id: adopted once")
+    _with_config(adopt)
+    adopt.set_defaults(run=_printing(_adopt))
+
+
 def _add_tools(sub: Any) -> None:
     keys = _command(sub, "keys", "signal signing keys")
     keys.set_defaults(run=_help_of(keys))
@@ -320,6 +416,7 @@ def parser() -> argparse.ArgumentParser:
     _add_services(sub)
     _add_master(sub)
     _add_operations(sub)
+    _add_ledger(sub)
     _add_tools(sub)
     return root
 

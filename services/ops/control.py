@@ -21,17 +21,25 @@ STATE_COMMANDS: dict[str, tuple[FollowerState | None, str]] = {
 
 def check_follower(config: CopytradeConfig, follower_id: str) -> None:
     """A follower id that is not in the config is an error naming the closest ids."""
-    ids = [f.id for f in config.followers]
-    if follower_id in ids:
+    check_id("follower", follower_id, [f.id for f in config.followers])
+
+
+def check_master(config: CopytradeConfig, master_id: str) -> None:
+    """A master id that is not in the config is an error naming the closest ids."""
+    check_id("master", master_id, [m.id for m in config.masters])
+
+
+def check_id(kind: str, given: str, ids: list[str]) -> None:
+    if given in ids:
         return
-    close = difflib.get_close_matches(follower_id, ids, n=3)
+    close = difflib.get_close_matches(given, ids, n=3)
     if close:
         hint = f"did you mean {' or '.join(close)}?"
     elif ids:
-        hint = f"followers: {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}"
+        hint = f"{kind}s: {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}"
     else:
-        hint = "the config has no followers"
-    raise CliError(f"unknown follower {follower_id!r}: {hint} (nothing changed)")
+        hint = f"the config has no {kind}s"
+    raise CliError(f"unknown {kind} {given!r}: {hint} (nothing changed)")
 
 
 async def change_state(settings: Settings, command: str, follower_id: str, who: str) -> str:
