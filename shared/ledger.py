@@ -43,6 +43,11 @@ def holding_key(follower_id: str, master_id: str, symbol: str) -> str:
     return f"hold.{follower_id}.{master_id}.{_symbol(symbol)}"
 
 
+def alive_key(master_id: str) -> str:
+    """In the fills bucket: when the master's venue was last read (its fill watcher's poll)."""
+    return f"alive.{master_id}"
+
+
 def report_key(follower_id: str, master_id: str, symbol: str) -> str:
     return f"report.{follower_id}.{master_id}.{_symbol(symbol)}"
 

@@ -236,6 +236,7 @@ class System:
                                 heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
                         instance=instance, control=control, policy=policy, ledger=ledger,
+                        fills=await js.key_value(bus.FILLS_BUCKET),
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(registry, exchange))
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,

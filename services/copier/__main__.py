@@ -73,7 +73,7 @@ async def run(settings: Settings) -> None:
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
                         settings=settings, instance=rt.instance, control=control,
-                        policy=policy, ledger=ledger,
+                        policy=policy, ledger=ledger, fills=buckets.fills,
                         reconciler=reconciler,
                         work_metrics=WorkMetrics(rt.registry, settings.group))
         worker = asyncio.create_task(copier.run())

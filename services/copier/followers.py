@@ -169,6 +169,7 @@ class FollowerBook:
         self.min_notional = Decimal("1.00")
         self.masters: set[str] = set()  # the configured masters: signals of others are refused
         self.generation = 0  # counts configs applied
+        self.master_silence_s = 300.0
         self.signals = SignalsConfig(require_signature=False)
         self.verifier = SignalVerifier([])
 
@@ -203,6 +204,7 @@ class FollowerBook:
         self.min_notional = config.min_notional
         self.masters = {m.id for m in config.masters}
         self.generation += 1
+        self.master_silence_s = config.master_silence_s
         self.verifier = verifier
         self.signals = config.signals
         return removed

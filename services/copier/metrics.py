@@ -57,6 +57,9 @@ class CopierMetrics:
             "copytrade_figure_refresh_failures_total",
             "Background reads of followers' figures that failed", ["exchange"],
             registry=registry).labels(exchange)
+        self.master_silent = Gauge(
+            "copytrade_master_silent", "1 while a master's venue has not been read for "
+            "master_silence_s (its service or venue is down)", ["master"], registry=registry)
         self.reconcile_errors = Counter(
             "copytrade_reconcile_errors_total", "Reconciliation reads or rounds that failed",
             ["exchange"], registry=registry).labels(exchange)

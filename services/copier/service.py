@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from services.copier.copy.execute import CopyExecutor
 from services.copier.copy.policy import Policy
+from services.copier.copy.silence import MasterSilence
 from services.copier.copy.subscriptions import Subscriptions
 from services.copier.delivery import Delivery, watched
 from services.copier.followers import FollowerBook, Lineage
@@ -48,6 +49,7 @@ from shared.messages import TradeSignal
 
 log = logging.getLogger("copytrade.copier")
 FETCH_WAIT_S = 1.0
+SILENCE_CHECK_S = 5.0
 SUBSCRIPTION_SYNC_S = 2.0  # subscriptions added or removed take effect within this
 FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a group resumes fast
 
@@ -56,7 +58,7 @@ class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
-        policy: Policy, ledger: Ledger, reconciler: Reconciler | None = None,
+        policy: Policy, ledger: Ledger, fills: KeyValue, reconciler: Reconciler | None = None,
         work_metrics: WorkMetrics | None = None,
     ) -> None:
         self._nc, self._js, self._book, self._control = nc, js, book, control
@@ -70,6 +72,8 @@ class Copier:
         self.subscriptions = Subscriptions(
             js=js, kv=ledger.kv, book=book, policy=policy, executor=self.executor,
             lease_s=settings.order_timeout_s * 4)
+        self.silence = MasterSilence(fills=fills, book=book, control=control, policy=policy,
+                                     subscriptions=self.subscriptions, metrics=metrics)
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
         self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)
         self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
@@ -90,7 +94,8 @@ class Copier:
             durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
         background = [watched(self._watch_lag(), "lag_watch"),
                       watched(self.replicas.run(), "replica_heartbeat"),
-                      watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions")]
+                      watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),
+                      watched(self.silence.run(SILENCE_CHECK_S), "master_silence")]
         work = watched(self._work.run(), "work_runner")
         try:
             await self._take_signals(sub)

@@ -28,6 +28,7 @@ from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError
 from shared.exchange.port import AccountSnapshot, ExchangeAccount, Fill, OrderAck
+from shared.ledger import alive_key
 from shared.messages import signal_id_for
 
 log = logging.getLogger("copytrade.watcher")
@@ -50,6 +51,7 @@ class FillWatcher:
         while True:
             try:
                 await self.poll()
+                await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
             await asyncio.sleep(interval_s)

@@ -98,6 +98,7 @@ EXPORTED_METRICS = {  # the services' metrics contract (names fixed)
     "copytrade_sizer_handle_seconds",
     "copytrade_position_drift_ratio",
     "copytrade_risk_trips_total",
+    "copytrade_master_silent",
 }
 
 

@@ -16,12 +16,13 @@ from nats.js.kv import KeyValue
 
 from shared import bus
 from shared.bus import nats_fixes
+from shared.errors import CopytradeError
 from shared.messages import Claim
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject already has a message (the claim exists)
 
 
-class ClaimBusy(Exception):
+class ClaimBusy(CopytradeError):
     """Another live attempt may be placing this follower's order: retry the message later."""
 
 

@@ -163,24 +163,32 @@ class Subscriptions:
         prefix = f"master.{master}."
         for key, entry in (await self._ledger.entries(prefix)).items():
             if entry.amount > 0 and last is not None:
-                await self._copy(follower, last, key[len(prefix):], "buy", entry.amount, record,
-                                 redelivered=redelivered)
+                await self._copy(follower, last, key[len(prefix):], "buy", entry.amount,
+                                 f"open:{record.since!r}", redelivered=redelivered)
 
     async def _close(self, follower: Follower, master: str, record: Record, *,
                      redelivered: bool) -> None:
         if record.close == "close":
-            last = await self._last_signal(master)
-            prefix = f"hold.{follower.id}.{master}."
-            for key, entry in (await self._ledger.entries(prefix)).items():
-                if entry.amount > 0 and last is not None:
-                    await self._copy(follower, last, key[len(prefix):], "sell", entry.amount,
-                                     record, redelivered=redelivered)
+            await self.sell_holdings(follower, master, f"close:{record.since!r}",
+                                     redelivered=redelivered)
         await self._kv.delete(record_key(follower.id, master))
         self._settled.discard((follower.id, master))
 
+    async def sell_holdings(
+        self, follower: Follower, master: str, episode: str, *, redelivered: bool
+    ) -> None:
+        """Sell the follower's copied holdings for this master (own coins untouched), once per
+        `episode` (an unsubscribe, a master's silence)."""
+        last = await self._last_signal(master)
+        prefix = f"hold.{follower.id}.{master}."
+        for key, entry in (await self._ledger.entries(prefix)).items():
+            if entry.amount > 0 and last is not None:
+                await self._copy(follower, last, key[len(prefix):], "sell", entry.amount, episode,
+                                 redelivered=redelivered)
+
     async def _copy(
         self, follower: Follower, last: TradeSignal, symbol_key: str, side: Side, amount: Decimal,
-        record: Record, *, redelivered: bool,
+        episode: str, *, redelivered: bool,
     ) -> None:
         """Copy an internal signal of `amount` for this follower alone, through the whole path."""
         symbol = symbol_key.replace("_", "/")
@@ -189,9 +197,8 @@ class Subscriptions:
         if price is None:
             log.warning("event=subscription_no_price follower=%s symbol=%s", follower.id, symbol)
             return
-        kind = "open" if side == "buy" else "close"
-        order_id = f"{kind}-" + uuid.uuid5(_NAMESPACE, f"{follower.id}:{last.master_id}:{symbol}:"
-                                                       f"{record.since!r}").hex
+        order_id = "internal-" + uuid.uuid5(
+            _NAMESPACE, f"{follower.id}:{last.master_id}:{symbol}:{episode}").hex
         signal = TradeSignal(
             signal_id=signal_id_for(INTERNAL, order_id), master_id=last.master_id,
             exchange=INTERNAL, symbol=symbol, side=side, price=price, size=amount,
