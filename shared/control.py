@@ -54,7 +54,7 @@ async def set_unsubscribed(kv: KeyValue, follower_id: str, master_id: str,
                  _encoder.encode(Unsubscribed(action=action, reason=reason, at=time.time())))
 
 
-async def control_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+async def control_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
     """The control bucket, created or brought to `replicas` like every bucket (shared.bus)."""
     return await bus.bucket(js, bus.CONTROL_BUCKET, replicas)
 

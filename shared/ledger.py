@@ -33,6 +33,9 @@ class Entry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     amount: Decimal = ZERO  # base units
     applied: dict[str, Decimal] = {}  # fill id -> amount before it (insertion ordered)
     clipped: Decimal = ZERO  # total removed because the real balance was lower (manual sales)
+    # coins an operator adopted into the holding (`copytrade adopt`): part of its target, so a
+    # heal never sells them; never more than the holding (an exit that sells them clears it)
+    adopted: Decimal = ZERO
 
 
 def master_key(master_id: str, symbol: str) -> str:
@@ -85,10 +88,12 @@ class Ledger:
     async def read(self, key: str) -> Entry:
         return (await self._read(key))[0]
 
-    async def apply(self, key: str, fill_id: str, delta: Decimal) -> tuple[Decimal, Decimal]:
+    async def apply(
+        self, key: str, fill_id: str, delta: Decimal, *, adopt: bool = False
+    ) -> tuple[Decimal, Decimal]:
         """Add `delta` (a buy's fill; negative for a sell's) once for `fill_id`, never below zero;
         return (amount before, amount after). A fill already applied changes nothing and returns
-        the figures it had."""
+        the figures it had. adopt: the operator adopts coins the account already holds."""
         for _ in range(WRITE_ATTEMPTS):
             entry, revision = await self._read(key)
             if fill_id in entry.applied:
@@ -99,7 +104,8 @@ class Ledger:
             applied[fill_id] = entry.amount
             while len(applied) > REMEMBERED:
                 del applied[next(iter(applied))]
-            new = msgspec.structs.replace(entry, amount=after, applied=applied)
+            adopted = min(after, entry.adopted + (delta if adopt else ZERO))
+            new = msgspec.structs.replace(entry, amount=after, applied=applied, adopted=adopted)
             if await self._write(key, new, revision):
                 return entry.amount, after
         raise LedgerConflict(f"ledger entry {key} kept changing")
@@ -113,7 +119,8 @@ class Ledger:
             if excess <= 0:
                 return ZERO
             new = msgspec.structs.replace(entry, amount=entry.amount - excess,
-                                          clipped=entry.clipped + excess)
+                                          clipped=entry.clipped + excess,
+                                          adopted=min(entry.adopted, entry.amount - excess))
             if await self._write(key, new, revision):
                 log.warning("event=holding_clipped key=%s removed=%s real_balance=%s", key,
                             excess, real_balance)

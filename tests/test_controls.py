@@ -143,3 +143,24 @@ async def test_heal_never_buys_back_what_the_follower_sold_by_hand(system: Syste
 
     assert len(await system.orders("seller")) == orders_before
     assert copier.metric("copytrade_heals_total", outcome="sold_by_hand") == 1
+
+
+async def test_heal_never_sells_coins_an_operator_adopted(system: System) -> None:
+    await system.fund("master", 10_000)
+    await system.fund("veteran", 1_000, {"BTC": Decimal("0.01")})  # held before the upgrade
+    config = make_config(paper_followers({"veteran": 1_000}))
+    copier = await system.start_copier(config, reconcile_heal=True)
+    master = await system.start_master(config)
+    reply = await master.trade(trade(base="0.02"))
+    await system.wait_results(reply.signal_id, 1)
+    ledger = Ledger(await system.js.key_value(bus.LEDGER_BUCKET))
+    key = holding_key("veteran", "master", "BTC/USD")
+    await ledger.apply(key, "adopt:req-1", Decimal("0.01"), adopt=True)
+    await ledger.apply(key, "adopt:req-1", Decimal("0.01"), adopt=True)  # a retry: once
+    orders_before = len(await system.orders("veteran"))
+
+    drifts = await copier.reconciler.reconcile()
+
+    assert drifts == []
+    assert len(await system.orders("veteran")) == orders_before
+    assert (await ledger.read(key)).adopted == Decimal("0.01")

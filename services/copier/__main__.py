@@ -84,6 +84,11 @@ async def run(settings: Settings) -> None:
             refresher = FigureRefresher(book, metrics, interval_s=settings.figures_refresh_s)
             warm = len(book.all()) <= settings.spread_threshold  # spread: each replica its shards
             background.append(watched(refresher.run(warm=warm), "figures-refresh"))
+        ready = asyncio.create_task(copier.ready.wait())
+        await asyncio.wait({worker, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if worker.done():  # it failed before taking a signal: readiness never passes
+            ready.cancel()
+            await worker
         rt.mark_started()
         await rt.wait_stopped()
         for task in background:

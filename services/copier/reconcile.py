@@ -115,6 +115,8 @@ class Reconciler:
             real = await follower.account.position(follower.venue_symbol(master.symbol))
             held = await self._holdings.of(follower, master.master_id, master.symbol, fresh=True)
             actual = await self._holdings.clip(follower, master.master_id, master.symbol, real)
+            # coins an operator adopted are part of the target: never healed away
+            expected += (await self._holdings.entry(follower, master.master_id, master.symbol)).adopted
         except CopytradeError as exc:  # this follower's venue: the others still reconcile
             self._metrics.reconcile_errors.inc()
             log.warning("event=reconcile_read_failed follower=%s error=%s", follower.id,

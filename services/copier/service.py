@@ -65,6 +65,7 @@ class Copier:
         self._metrics, self._settings = metrics, settings
         self._group = book.group
         self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # consumers and durables exist: this replica takes signals
         self._current: asyncio.Task[None] | None = None
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
                                      settings=settings, instance=instance, policy=policy, ledger=ledger,
@@ -92,6 +93,7 @@ class Copier:
         await self.replicas.join()
         sub = await self._js.pull_subscribe_bind(
             durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
+        self.ready.set()
         background = [watched(self._watch_lag(), "lag_watch"),
                       watched(self.replicas.run(), "replica_heartbeat"),
                       watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),

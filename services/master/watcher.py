@@ -35,7 +35,7 @@ log = logging.getLogger("copytrade.watcher")
 OVERLAP_S = 5.0
 
 
-async def fills_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
     """The master's bucket: published signal ids, the watcher's cursor, trade request records."""
     return await bus.bucket(js, bus.FILLS_BUCKET, replicas)
 

@@ -172,6 +172,11 @@ async def _unsubscribe(args: argparse.Namespace) -> str:
                                            args.action, _who())
 
 
+async def _subscribe(args: argparse.Namespace) -> str:
+    settings, config = _settings_and_config(args)
+    return await subscriptions.resubscribe(settings, config, args.follower, args.master)
+
+
 async def _adopt(args: argparse.Namespace) -> str:
     settings, config = _settings_and_config(args)
     return await subscriptions.adopt(settings, config, args.follower, args.master, args.symbol,
@@ -376,6 +381,13 @@ def _add_ledger(sub: Any) -> None:
                         help="keep the copied holding; the master's exits no longer sell it")
     _with_config(unsub)
     unsub.set_defaults(run=_printing(_unsubscribe))
+    resub = _command(sub, "subscribe", "undo `unsubscribe`: the config's subscription of the "
+                     "follower to the master applies again, its on_subscribe included. Safe to "
+                     "run again.", with_config)
+    resub.add_argument("follower", help="a follower id from the config")
+    resub.add_argument("master", help="a master the follower subscribes to in the config")
+    _with_config(resub)
+    resub.set_defaults(run=_printing(_subscribe))
     adopt = _command(sub, "adopt", "make coins a follower already holds (bought before the "
                      "ledger, or by hand) part of its copied holding from a master, so that the "
                      "master's exits sell them too. Safe to send again with the same "

@@ -72,6 +72,20 @@ async def unsubscribe(settings: Settings, config: CopytradeConfig, follower_id: 
     return f"{follower_id} unsubscribed from {master_id}{how}: {what}"
 
 
+async def resubscribe(settings: Settings, config: CopytradeConfig, follower_id: str,
+                      master_id: str) -> str:
+    """Undo an operator's unsubscribe: the config's subscription applies again (its
+    on_subscribe included). Safe to run again."""
+    subscription = check_subscription(config, follower_id, master_id)
+    async with connected(settings) as nc:
+        kv = await control_bucket(nc.jetstream(), settings.stream_replicas)
+        if await _unsubscribed_now(kv, follower_id, master_id) is None:
+            return f"{follower_id} already copies {master_id}: nothing changed"
+        await kv.delete(unsubscribed_key(follower_id, master_id))
+    return (f"{follower_id} copies {master_id} again (on_subscribe: "
+            f"{subscription.on_subscribe}), within seconds on every copier")
+
+
 _UNSUBSCRIBE_EFFECT = {
     "close": "every copier stops copying {m} for {f} and sells what {f} copied from {m} "
              "({held}) once; coins {f} holds of its own are not sold",
@@ -131,7 +145,7 @@ async def adopt(settings: Settings, config: CopytradeConfig, follower_id: str, m
             entry = await ledger.read(key)
             again = fill_id in entry.applied
             before, after = (entry.amount, entry.amount) if again else await ledger.apply(
-                key, fill_id, amount)
+                key, fill_id, amount, adopt=True)
             report = await _report(js, follower_id, master_id, symbol)
         except LedgerConflict as exc:
             raise CliError(f"{exc}: nothing was adopted; run the same command again", FAILED

@@ -62,6 +62,8 @@ class FigureReader:
             return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
         holding = None
         if snapshot.rules is not None:  # the position was read: the holding is never above it
+            if signal.side == "sell":  # an operator may have adopted coins: the ledger decides
+                await self._holdings.of(follower, signal.master_id, signal.symbol, fresh=True)
             holding = await self._holdings.clip(follower, signal.master_id, signal.symbol,
                                                 snapshot.position)
         return msgspec.structs.replace(snapshot, state=state, holding=holding)

@@ -6,6 +6,7 @@ import time
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
@@ -14,7 +15,8 @@ from shared.errors import CopytradeError
 from shared.messages import Decision, FollowerSnapshot, SizeReply, SizeRequest, TradeSignal
 
 SIZER_CHUNK = 1000
-SIZER_TIMEOUT_S = 10.0
+SIZER_ATTEMPT_S = 2.0  # per attempt: a sizer on a lost node is given up on, another answers
+SIZER_WITHIN_S = 6.0  # then the signal is handed back (retried later, dead-lettered at the end)
 
 
 class SizerClient:
@@ -32,9 +34,16 @@ class SizerClient:
             request = SizeRequest(signal=signal, min_notional=self._book.min_notional,
                                   now=time.time(), followers=snapshots[start : start + SIZER_CHUNK])
             with self._metrics.sizer_latency.time():
-                reply = await self._nc.request(bus.SIZER_SUBJECT, self._encoder.encode(request),
-                                               timeout=SIZER_TIMEOUT_S)
+                reply = await self._ask(self._encoder.encode(request))
             if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
                 raise CopytradeError(f"sizer error: {reply.headers.get('Nats-Service-Error')}")
             decisions.update({d.follower_id: d for d in self._decoder.decode(reply.data).decisions})
         return decisions
+
+    async def _ask(self, data: bytes) -> Msg:
+        """One request, retried: sizing is pure, so asking again is always safe."""
+
+        async def once() -> Msg:
+            return await self._nc.request(bus.SIZER_SUBJECT, data, timeout=SIZER_ATTEMPT_S)
+
+        return await bus.retry("size", once, within_s=SIZER_WITHIN_S)
