@@ -348,10 +348,11 @@ def load_config(path: str | Path) -> CopytradeConfig:
 # ---- service settings from the environment ---------------------------------------------------
 
 
-class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Process settings, from COPYTRADE_* environment variables (a typo is an error)."""
+class CommonSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What every process reads from COPYTRADE_* environment variables (a typo is an error):
+    NATS, health port, the mounted config and secrets. Each service adds its own below."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # one URL or a comma-separated list (a cluster)
     nats_user: str | None = None
     nats_password: str | None = None
     nats_password_dir: str | None = None  # a file named like the user holds its password
@@ -361,12 +362,31 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     http_port: Annotated[int, Meta(ge=0, le=65535)] = 9100
     config: str = "/etc/copytrade/config/copytrade.yaml"
     secrets_dir: str = "/etc/copytrade/secrets"
-    group: str = "paper"  # copier: the follower exchange group served
-    master: str = ""  # master service: which of the configured masters it serves ("": the only one)
     instance: str = ""  # replica name in claims and logs; defaults to the host name
-    paper_venue: Literal["nats", "embedded"] = "nats"
+    log_level: str = "INFO"
+    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream replicas (3 in a NATS cluster)
+
+
+class PaperSettings(CommonSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The paper exchange service (and a copier that embeds it)."""
+
     paper_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # paper exchange: simulated latency
     paper_seed_cash: Decimal | None = None  # paper exchange: open unknown accounts with this cash
+
+
+class SizerSettings(CommonSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The sizer needs nothing beyond the common settings."""
+
+
+class MasterSettings(CommonSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    master: str = ""  # which of the configured masters this process serves ("": the only one)
+    order_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0  # polling for outside fills
+
+
+class CopierSettings(PaperSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    group: str = "paper"  # the follower group served
+    paper_venue: Literal["nats", "embedded"] = "nats"
     concurrency: Annotated[int, Meta(ge=1, le=100_000)] = 256
     ack_wait_s: Annotated[float, Meta(gt=0)] = 30.0
     max_deliver: Annotated[int, Meta(ge=1)] = 10
@@ -376,11 +396,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # read again before sizing, on the copy path (never sized on stale data silently)
     snapshot_ttl_s: Annotated[float, Meta(ge=0)] = 120.0
     figures_refresh_s: Annotated[float, Meta(ge=0)] = 30.0
-    log_level: str = "INFO"
-    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream replicas (3 in a NATS cluster)
     reload_interval_s: Annotated[float, Meta(gt=0)] = 1.0  # how often mounted config/secrets are checked
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 20.0  # SIGTERM: time to finish the signal in hand
-    fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0  # master: polling for outside fills
     exchange_rate_limit: bool = True  # ccxt's per-account leaky bucket; off only for emulators
     reconcile_interval_s: Annotated[float, Meta(ge=0)] = 60.0  # 0: no reconciliation
     reconcile_threshold: Decimal = Decimal("0.10")  # drift ratio that is reported (and alerted)
@@ -391,19 +408,35 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replica_heartbeat_s: Annotated[float, Meta(gt=0)] = 1.0  # a replica silent 3x this is gone
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+class OperatorSettings(CopierSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The CLI: it runs in an operator's shell or inside any service's pod, so it knows every
+    service's variables (and `config check` measures the config against the copier's)."""
+
+    master: str = ""
+    fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load_settings(
+    kind: type[S], env: Mapping[str, str] | None = None, **overrides: object
+) -> S:
+    """A process's settings from its COPYTRADE_* variables: strict about names (a variable this
+    process does not know is an error), lenient only in reading text as numbers and booleans,
+    which is what an environment holds."""
     source = os.environ if env is None else env
     values: dict[str, object] = {
         k[len(ENV_PREFIX):].lower(): v for k, v in source.items() if k.startswith(ENV_PREFIX)
     }
     values.update(overrides)
     try:
-        return msgspec.convert(values, Settings, strict=False)
+        return msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"environment ({ENV_PREFIX}*): {exc}") from None
 
 
-def config_warnings(config: CopytradeConfig, settings: Settings) -> list[str]:
+def config_warnings(config: CopytradeConfig, settings: CopierSettings) -> list[str]:
     """What loads but will not behave as meant: a signal-age limit shorter than the copier's ack
     wait, so that a signal redelivered after a failed attempt is always too old to copy."""
     wait = settings.ack_wait_s

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from shared import bus
 from shared.bus import nats_fixes
-from shared.config import Settings
+from shared.config import CommonSettings
 from shared.observability import HealthServer, RedactSecrets, setup_logging
 
 log = logging.getLogger("copytrade.runtime")
@@ -33,7 +33,7 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
 @dataclass
 class Runtime:
     name: str
-    settings: Settings
+    settings: CommonSettings
     registry: CollectorRegistry
     health: HealthServer
     nc: Client
@@ -55,7 +55,7 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def service_runtime(name: str, settings: Settings) -> AsyncIterator[Runtime]:
+async def service_runtime(name: str, settings: CommonSettings) -> AsyncIterator[Runtime]:
     """Set up a service process; SIGTERM/SIGINT set `runtime.stopping`."""
     nats_fixes.install()
     redactor = setup_logging(settings.log_level)

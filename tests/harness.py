@@ -35,7 +35,7 @@ from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue
 from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
-from shared.config import CopytradeConfig, SecretSource, Settings, load_settings, parse_config
+from shared.config import CopierSettings, CopytradeConfig, SecretSource, load_settings, parse_config
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
@@ -132,11 +132,11 @@ class System:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.copiers: list[CopierHandle] = []
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, **overrides: Any) -> CopierSettings:
         base: dict[str, Any] = {"nats_url": self.server.url, "http_port": 0, "ack_wait_s": 5.0,
                                 "order_timeout_s": 2.0, "snapshot_ttl_s": 0.0}
         base.update(overrides)
-        return load_settings({}, **base)
+        return load_settings(CopierSettings, {}, **base)
 
     async def connect(self) -> Client:
         nc = await nats.connect(bus.servers(self.server.url), max_reconnect_attempts=-1,

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from services.ops.cli import ENV_HELP, main
 from shared import bus
-from shared.config import Settings
+from shared.config import OperatorSettings
 from support.natsserver import free_port
 from tests.harness import ROOT, System, config_data, paper_followers
 
@@ -141,7 +141,7 @@ def test_command_help_lists_its_environment(command: list[str],
 
 
 def test_help_names_only_real_settings() -> None:
-    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    fields = {f.name for f in msgspec.structs.fields(OperatorSettings)}
 
     assert set(ENV_HELP) <= fields
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from shared.config import (
+    CopierSettings,
     SecretSource,
     check_credentials,
     config_warnings,
@@ -87,7 +88,7 @@ REFUSED = {
         "public_keys[1] is not an Ed25519 public key: expected 32 bytes in base64"),
     "follower with the master's id": (
         "- {id: a, exchange: paper}\n- {id: master, exchange: paper}",
-        "followers[1].id `master` is the master's id"),
+        "followers[1].id `master` is a master's id"),
     "cap below min_notional": (
         "- {id: a, exchange: paper, sizing: {max_order_notional: '0.50'}}",
         "followers[0].sizing.max_order_notional 0.50 is below min_notional 1.00"),
@@ -279,8 +280,9 @@ def test_config_warnings_name_signal_ages_shorter_than_the_ack_wait() -> None:
     """, head=f"master: {{id: master, exchange: paper}}\n"
               f"signals: {{public_keys: ['{PUBLIC_KEY}'], max_age_s: 20}}\n"))
 
-    warnings = config_warnings(config, load_settings(env={"COPYTRADE_ACK_WAIT_S": "30"}))
-    quiet = config_warnings(config, load_settings(env={"COPYTRADE_ACK_WAIT_S": "4"}))
+    slow = load_settings(CopierSettings, env={"COPYTRADE_ACK_WAIT_S": "30"})
+    warnings = config_warnings(config, slow)
+    quiet = config_warnings(config, load_settings(CopierSettings, env={"COPYTRADE_ACK_WAIT_S": "4"}))
 
     because = ("is shorter than the copier's ack wait (COPYTRADE_ACK_WAIT_S=30s): "
                "a redelivered signal would always be too old")

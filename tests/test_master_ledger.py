@@ -77,7 +77,7 @@ async def test_master_sale_of_coins_held_before_is_not_copied(system: System) ->
     results = await system.wait_results(sell.signal_id, 1)
 
     assert sell.signal is not None and sell.signal.copied_position_before == 0
-    assert (results["alice"].outcome, results["alice"].reason_code) == ("skipped", "no_position")
+    assert (results["alice"].outcome, results["alice"].reason_code) == ("skipped", "master_own_holdings")
     assert await _held(system, "alice") == Decimal("0.5")
 
 

@@ -16,7 +16,7 @@ from services.copier.reload import ConfigReloader
 from services.copier.service import Copier
 from services.copier.spread.metrics import WorkMetrics
 from shared import bus
-from shared.config import SecretSource, Settings, load_settings
+from shared.config import CopierSettings, SecretSource, load_settings
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
 from shared.exchange.paper import PaperVenue, Transport, nats_transport
@@ -26,7 +26,7 @@ from shared.runtime import run_main, service_runtime
 log = logging.getLogger("copytrade.copier")
 
 
-def adapter_context(settings: Settings, nc: object) -> AdapterContext:
+def adapter_context(settings: CopierSettings, nc: object) -> AdapterContext:
     if settings.paper_venue == "embedded":
         venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
                            seed_cash=settings.paper_seed_cash)
@@ -38,12 +38,12 @@ def adapter_context(settings: Settings, nc: object) -> AdapterContext:
                           alpaca_threads=settings.concurrency)  # as many Alpaca calls as orders
 
 
-def _http_timeout(settings: Settings) -> float:
+def _http_timeout(settings: CopierSettings) -> float:
     """Below the order timeout, so the client gives up before the copier's own deadline."""
     return settings.order_timeout_s * 0.8
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: CopierSettings) -> None:
     async with service_runtime(f"copier-{settings.group}", settings) as rt:
         secrets = SecretSource(settings.secrets_dir)
         metrics = CopierMetrics(rt.registry, settings.group)
@@ -99,7 +99,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    run_main(run(load_settings()))
+    run_main(run(load_settings(CopierSettings)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from nats.js.client import JetStreamContext
 
 from services.copier.metrics import CopierMetrics
 from shared import bus
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.messages import DeadLetter, SignalRejected
 
 log = logging.getLogger("copytrade.copier")
@@ -31,7 +31,7 @@ HAND_BACK_S = 0.5  # a message whose handling failed outright comes back this so
 
 class Delivery:
     def __init__(
-        self, *, js: JetStreamContext, metrics: CopierMetrics, settings: Settings, group: str
+        self, *, js: JetStreamContext, metrics: CopierMetrics, settings: CopierSettings, group: str
     ) -> None:
         self._js, self._metrics, self._settings, self._group = js, metrics, settings, group
         self._encoder = msgspec.json.Encoder(decimal_format="string")

@@ -42,7 +42,7 @@ from services.copier.spread.planner import WorkPlanner
 from services.copier.spread.replicas import Replicas
 from services.copier.spread.runner import WorkRunner
 from shared import bus
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.control import Control
 from shared.ledger import Ledger
 from shared.messages import TradeSignal
@@ -57,7 +57,7 @@ FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a gr
 class Copier:
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
-        metrics: CopierMetrics, settings: Settings, instance: str, control: Control,
+        metrics: CopierMetrics, settings: CopierSettings, instance: str, control: Control,
         policy: Policy, ledger: Ledger, fills: KeyValue, reconciler: Reconciler | None = None,
         work_metrics: WorkMetrics | None = None,
     ) -> None:

@@ -9,7 +9,7 @@ from services.master.metrics import MasterMetrics
 from services.master.service import MasterService
 from services.master.watcher import FillWatcher
 from shared import bus
-from shared.config import SecretSource, Settings, load_config, load_settings
+from shared.config import MasterSettings, SecretSource, load_config, load_settings
 from shared.control import Control
 from shared.errors import ConfigError, CopytradeError
 from shared.exchange.context import AdapterContext
@@ -31,7 +31,7 @@ def master_signer(secrets: SecretSource, required: bool) -> SignalSigner | None:
     return None if seed is None else SignalSigner(seed)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: MasterSettings) -> None:
     async with service_runtime("master", settings) as rt:
         config = load_config(settings.config)
         me = config.master_named(settings.master or None)  # COPYTRADE_MASTER
@@ -68,7 +68,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    run_main(run(load_settings()))
+    run_main(run(load_settings(MasterSettings)))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from shared import bus
 from shared.config import (
     ENV_PREFIX,
     CopytradeConfig,
+    OperatorSettings,
     SecretSource,
-    Settings,
     check_credentials,
     config_warnings,
     load_config,
@@ -43,7 +43,7 @@ from shared.signing import new_signing_key
 SERVICES = ("master", "copier", "sizer", "paper-exchange")
 NATS_ENV = ("nats_url", "nats_user", "nats_password", "nats_password_dir", "nats_tls_ca",
             "nats_tls_cert", "nats_tls_key")
-ENV_HELP = {  # Settings field -> what it is (its variable is COPYTRADE_<FIELD>)
+ENV_HELP = {  # OperatorSettings field -> what it is (its variable is COPYTRADE_<FIELD>)
     "nats_url": "NATS server URL, or a comma-separated list",
     "nats_user": "NATS user",
     "nats_password": "its password",
@@ -106,7 +106,7 @@ class Parser(argparse.ArgumentParser):
 
 def environment(*fields: str, more: str = "") -> str:
     """An epilog naming the COPYTRADE_* variables a command reads, with their defaults."""
-    defaults = Settings()
+    defaults = OperatorSettings()
     width = max(len(ENV_PREFIX + name) for name in fields) + 2
     lines = ["environment:"]
     for name in fields:
@@ -119,8 +119,8 @@ def environment(*fields: str, more: str = "") -> str:
 # ---- commands --------------------------------------------------------------------------------
 
 
-def _settings_and_config(args: argparse.Namespace) -> tuple[Settings, CopytradeConfig]:
-    settings = load_settings()
+def _settings_and_config(args: argparse.Namespace) -> tuple[OperatorSettings, CopytradeConfig]:
+    settings = load_settings(OperatorSettings)
     path = args.config or settings.config
     try:
         return settings, load_config(path)
@@ -139,7 +139,7 @@ async def _state(args: argparse.Namespace) -> str:
 
 
 async def _kill(args: argparse.Namespace) -> str:
-    return await control.kill(load_settings(), args.switch == "on")
+    return await control.kill(load_settings(OperatorSettings), args.switch == "on")
 
 
 async def _status(args: argparse.Namespace) -> str:
@@ -215,7 +215,7 @@ def _trade_request(args: argparse.Namespace) -> TradeRequest:
 
 def _trade(args: argparse.Namespace) -> int:
     request = _trade_request(args)
-    settings = load_settings()
+    settings = load_settings(OperatorSettings)
     subject = bus.MASTER_TRADE_SUBJECT  # the only master
     if args.master is not None:  # the flag must name a configured master
         _, config = _settings_and_config(args)
@@ -235,7 +235,7 @@ def _config_check(args: argparse.Namespace) -> int:
         return FAILED
     problems = check_credentials(config, SecretSource(args.secrets_dir))
     try:  # the services' settings: what the config's limits are measured against
-        warnings = config_warnings(config, load_settings())
+        warnings = config_warnings(config, load_settings(OperatorSettings))
     except ConfigError as exc:
         problems, warnings = [*problems, one_line(str(exc))], []
     for problem in problems:

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from services.ops.errors import CliError, describe
 from shared import bus
-from shared.config import Settings
+from shared.config import CommonSettings
 
 CONNECT_TIMEOUT_S = 2.0  # one attempt at one server
 CONNECT_DEADLINE_S = 4.5  # the whole connect, whatever the server list
@@ -26,7 +26,7 @@ def shown_url(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def connected(settings: Settings) -> AsyncIterator[Client]:
+async def connected(settings: CommonSettings) -> AsyncIterator[Client]:
     servers = bus.servers(settings.nats_url)
     password = bus.nats_password(settings)
     try:

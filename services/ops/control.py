@@ -7,7 +7,7 @@ import difflib
 
 from services.ops.connection import connected
 from services.ops.errors import CliError
-from shared.config import CopytradeConfig, Settings
+from shared.config import CommonSettings, CopytradeConfig
 from shared.control import control_bucket, set_kill, set_state
 from shared.messages import FollowerState
 
@@ -42,7 +42,7 @@ def check_id(kind: str, given: str, ids: list[str]) -> None:
     raise CliError(f"unknown {kind} {given!r}: {hint} (nothing changed)")
 
 
-async def change_state(settings: Settings, command: str, follower_id: str, who: str) -> str:
+async def change_state(settings: CommonSettings, command: str, follower_id: str, who: str) -> str:
     state = STATE_COMMANDS[command][0]
     async with connected(settings) as nc:
         kv = await control_bucket(nc.jetstream(), settings.stream_replicas)
@@ -50,7 +50,7 @@ async def change_state(settings: Settings, command: str, follower_id: str, who: 
     return f"{follower_id}: {state or 'its configured state'} (every copier applies it within a second)"
 
 
-async def kill(settings: Settings, on: bool) -> str:
+async def kill(settings: CommonSettings, on: bool) -> str:
     async with connected(settings) as nc:
         await set_kill(await control_bucket(nc.jetstream(), settings.stream_replicas), on)
     return ("kill switch ON: no new orders, master trades refused" if on

@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 
 from services.ops.connection import connected
 from shared import bus
-from shared.config import Settings
+from shared.config import CommonSettings
 from shared.ledger import Entry, PositionReport
 
 READ_TIMEOUT_S = 5.0  # per entry of a listing: a server that stops answering is an error
@@ -64,7 +64,7 @@ class Positions(msgspec.Struct, frozen=True, kw_only=True):
     masters: list[MasterPosition]
 
 
-async def positions(settings: Settings, scope: Scope) -> Positions:
+async def positions(settings: CommonSettings, scope: Scope) -> Positions:
     async with connected(settings) as nc:
         kv = await _ledger_bucket(nc.jetstream())
         if kv is None:  # nothing was ever copied

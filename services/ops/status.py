@@ -15,7 +15,7 @@ from nats.js.kv import KeyValue
 
 from services.ops.connection import connected
 from shared import bus
-from shared.config import CopytradeConfig, Settings
+from shared.config import CommonSettings, CopytradeConfig
 from shared.control import Control
 from shared.messages import CopyResult
 
@@ -23,7 +23,7 @@ log = logging.getLogger("copytrade.cli")
 _results = msgspec.json.Decoder(CopyResult)
 
 
-async def status(settings: Settings, config: CopytradeConfig) -> str:
+async def status(settings: CommonSettings, config: CopytradeConfig) -> str:
     """One line per follower: configured and effective state, its last outcome, its drift."""
     async with connected(settings) as nc:
         js = nc.jetstream()
@@ -42,7 +42,7 @@ async def status(settings: Settings, config: CopytradeConfig) -> str:
     return "\n".join(lines)
 
 
-async def history(settings: Settings, follower_id: str, limit: int) -> list[CopyResult]:
+async def history(settings: CommonSettings, follower_id: str, limit: int) -> list[CopyResult]:
     """The follower's most recent outcomes from the RESULTS stream, oldest first."""
     found: list[CopyResult] = []
     async with connected(settings) as nc:

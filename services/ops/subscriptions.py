@@ -20,7 +20,7 @@ from services.ops.control import check_follower, check_master
 from services.ops.errors import FAILED, UNKNOWN, CliError, describe
 from services.ops.positions import age, latest
 from shared import bus
-from shared.config import CopytradeConfig, Settings, SubscriptionConfig
+from shared.config import CommonSettings, CopytradeConfig, SubscriptionConfig
 from shared.control import Unsubscribed, control_bucket, set_unsubscribed, unsubscribed_key
 from shared.ledger import Entry, Ledger, LedgerConflict, PositionReport, holding_key, report_key
 
@@ -50,7 +50,7 @@ def check_subscription(config: CopytradeConfig, follower_id: str, master_id: str
 # ---- unsubscribe -----------------------------------------------------------------------------
 
 
-async def unsubscribe(settings: Settings, config: CopytradeConfig, follower_id: str,
+async def unsubscribe(settings: CommonSettings, config: CopytradeConfig, follower_id: str,
                       master_id: str, action: Action | None, who: str) -> str:
     """Write the operator's unsubscribe once; the same command again changes nothing."""
     subscription = check_subscription(config, follower_id, master_id)
@@ -72,7 +72,7 @@ async def unsubscribe(settings: Settings, config: CopytradeConfig, follower_id: 
     return f"{follower_id} unsubscribed from {master_id}{how}: {what}"
 
 
-async def resubscribe(settings: Settings, config: CopytradeConfig, follower_id: str,
+async def resubscribe(settings: CommonSettings, config: CopytradeConfig, follower_id: str,
                       master_id: str) -> str:
     """Undo an operator's unsubscribe: the config's subscription applies again (its
     on_subscribe included). Safe to run again."""
@@ -130,7 +130,7 @@ def _decoded(decoder: msgspec.json.Decoder[T], value: bytes | None) -> T | None:
 # ---- adopt -----------------------------------------------------------------------------------
 
 
-async def adopt(settings: Settings, config: CopytradeConfig, follower_id: str, master_id: str,
+async def adopt(settings: CommonSettings, config: CopytradeConfig, follower_id: str, master_id: str,
                 symbol: str, amount: Decimal, request_id: str) -> str:
     """Add `amount` to the follower's copied holding once per request id."""
     check_subscription(config, follower_id, master_id)

@@ -15,7 +15,7 @@ from nats.micro.request import ERROR_HEADER
 from services.ops.connection import connected
 from services.ops.errors import FAILED, OK, UNKNOWN, CliError, describe, one_line
 from shared import bus
-from shared.config import Settings
+from shared.config import CommonSettings
 from shared.messages import TradeReply, TradeRequest
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -23,7 +23,7 @@ _decoder = msgspec.json.Decoder(TradeReply)
 
 
 async def master_trade(
-    settings: Settings, request: TradeRequest, timeout_s: float,
+    settings: CommonSettings, request: TradeRequest, timeout_s: float,
     subject: str = bus.MASTER_TRADE_SUBJECT,
 ) -> int:
     async with connected(settings) as nc:

@@ -13,7 +13,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from shared import bus
-from shared.config import Settings, load_settings
+from shared.config import PaperSettings, load_settings
 from shared.exchange.paper import Call, PaperVenue
 from shared.runtime import run_main, service_runtime
 
@@ -59,7 +59,7 @@ def _observed(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
     return done
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: PaperSettings) -> None:
     async with service_runtime("paper-exchange", settings) as rt:
         service = await serve_venue(rt.nc, PaperVenue(
             latency_s=settings.paper_latency_ms / 1000, seed_cash=settings.paper_seed_cash))
@@ -69,7 +69,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    run_main(run(load_settings()))
+    run_main(run(load_settings(PaperSettings)))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from services.sizer.service import Sizer, SizerMetrics
-from shared.config import Settings, load_settings
+from shared.config import SizerSettings, load_settings
 from shared.runtime import run_main, service_runtime
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: SizerSettings) -> None:
     async with service_runtime("sizer", settings) as rt:
         service = await Sizer(SizerMetrics(rt.registry)).start(rt.nc)
         rt.mark_started()
@@ -16,7 +16,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    run_main(run(load_settings()))
+    run_main(run(load_settings(SizerSettings)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from shared.config import Settings
+from shared.config import CommonSettings
 from shared.errors import ConfigError
 
 log = logging.getLogger("copytrade.bus")
@@ -23,7 +23,7 @@ def servers(url: str) -> list[str]:
     return found
 
 
-def nats_password(settings: Settings) -> str | None:
+def nats_password(settings: CommonSettings) -> str | None:
     """The password from the settings, or from the file named like the user (a Secret mount)."""
     if settings.nats_password or not (settings.nats_password_dir and settings.nats_user):
         return settings.nats_password
@@ -34,7 +34,7 @@ def nats_password(settings: Settings) -> str | None:
         raise ConfigError(f"NATS password file for user {settings.nats_user} is missing") from None
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: CommonSettings) -> ssl.SSLContext | None:
     if settings.nats_tls_ca is None:
         return None
     context = ssl.create_default_context(cafile=settings.nats_tls_ca)
@@ -43,7 +43,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def connect(settings: Settings, name: str) -> Client:
+async def connect(settings: CommonSettings, name: str) -> Client:
     """Connect with credentials when set; reconnect forever (services outlive NATS restarts)."""
 
     async def on_disconnect() -> None:

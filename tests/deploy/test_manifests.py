@@ -29,9 +29,14 @@ import pytest
 import yaml
 
 from shared.config import (
+    CommonSettings,
+    CopierSettings,
     CopytradeConfig,
+    MasterSettings,
+    OperatorSettings,
+    PaperSettings,
     SecretSource,
-    Settings,
+    SizerSettings,
     check_credentials,
     load_settings,
     parse_config,
@@ -470,10 +475,17 @@ def test_render_overlay_mounts_config_and_secrets_as_whole_directories(
         assert pod(deployment)["securityContext"]["runAsUser"] == APP_UID, name
 
 
-def test_render_overlay_sets_only_settings_the_services_know(objects: list[Obj]) -> None:
-    known = {f"COPYTRADE_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
+def _known(kind: type[CommonSettings]) -> set[str]:
+    return {f"COPYTRADE_{f.name.upper()}" for f in msgspec.structs.fields(kind)}
 
+
+SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
+    "master": MasterSettings, "sizer": SizerSettings, "paper-exchange": PaperSettings}
+
+
+def test_render_overlay_sets_only_settings_each_service_knows(objects: list[Obj]) -> None:
     for name, deployment in copytrade_deployments(objects).items():
+        known = _known(SERVICE_SETTINGS.get(name, CopierSettings))  # copier-<group>
         names = {n for n in env(only_container(deployment)) if n.startswith("COPYTRADE_")}
         assert names <= known, f"{name}: unknown settings {names - known}"
         assert pod(deployment)["enableServiceLinks"] is False, name
@@ -586,9 +598,9 @@ def test_render_dev_funds_every_paper_account(rendered: dict[str, list[Obj]]) ->
     objects = rendered["dev"]
     exchange = of_kind(objects, "Deployment")["paper-exchange"]
     values = {n: e["value"] for n, e in env(only_container(exchange)).items() if "value" in e}
-    settings = load_settings(values)
+    settings = load_settings(PaperSettings, values)
     config = copytrade_config(objects)
-    accounts = [a.id for a in (config.master, *config.followers) if a.exchange == "paper"]
+    accounts = [a.id for a in (*config.masters, *config.followers) if a.exchange == "paper"]
     venue = PaperVenue(seed_cash=settings.paper_seed_cash)
 
     replies = [asyncio.run(venue.handle(Snapshot(account))) for account in accounts]
@@ -659,7 +671,7 @@ def test_render_with_every_installed_kubectl_gives_the_same_objects(
 def test_readme_cli_commands_parse_and_settings_exist(capsys: pytest.CaptureFixture[str]) -> None:
     from services.cli import main  # here: only this test needs the services
 
-    known = {f"COPYTRADE_{f.name.upper()}" for f in msgspec.structs.fields(Settings)}
+    known = _known(OperatorSettings)
     named = set(re.findall(r"\bCOPYTRADE_[A-Z_]+\b", README.read_text()))
     commands = readme_cli_commands()
     exits = {}

@@ -29,7 +29,7 @@ from services.copier.copy.sizing import SizerClient
 from services.copier.followers import Follower, FollowerBook, Lineage
 from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.errors import ExchangeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderCommand
@@ -54,7 +54,7 @@ class CopyExecutor:
 
     def __init__(
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
-        metrics: CopierMetrics, settings: Settings, instance: str, policy: Policy,
+        metrics: CopierMetrics, settings: CopierSettings, instance: str, policy: Policy,
         ledger: Ledger, reconciler: Reconciler | None = None,
     ) -> None:
         self._book, self._metrics, self._settings, self._instance = book, metrics, settings, instance

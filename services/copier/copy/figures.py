@@ -15,7 +15,7 @@ from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.followers import Follower, FollowerBook
 from services.copier.metrics import CopierMetrics
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.errors import ExchangeError, TemporaryError
 from shared.messages import FollowerSnapshot, Skip, TradeSignal
 
@@ -37,7 +37,7 @@ Figures = FollowerSnapshot | Skip | ReadFailed
 
 class FigureReader:
     def __init__(
-        self, *, book: FollowerBook, policy: Policy, holdings: Holdings, settings: Settings,
+        self, *, book: FollowerBook, policy: Policy, holdings: Holdings, settings: CopierSettings,
         limit: asyncio.Semaphore,
     ) -> None:
         self._book, self._policy, self._settings, self._limit = book, policy, settings, limit

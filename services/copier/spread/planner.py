@@ -10,7 +10,7 @@ from nats.js.client import JetStreamContext
 from services.copier.followers import FollowerBook
 from services.copier.spread.metrics import WorkMetrics
 from shared import bus
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.messages import TradeSignal, WorkItem
 
 log = logging.getLogger("copytrade.copier")
@@ -20,7 +20,7 @@ class WorkPlanner:
     """Turns a signal into one stored work item per non-empty shard of the group."""
 
     def __init__(
-        self, *, js: JetStreamContext, book: FollowerBook, settings: Settings, instance: str,
+        self, *, js: JetStreamContext, book: FollowerBook, settings: CopierSettings, instance: str,
         metrics: WorkMetrics,
     ) -> None:
         self._js, self._book, self._settings = js, book, settings

@@ -20,7 +20,7 @@ from services.copier.followers import Follower, FollowerBook
 from services.copier.spread.metrics import WorkMetrics
 from services.copier.spread.replicas import Replicas
 from shared import bus
-from shared.config import Settings
+from shared.config import CopierSettings
 from shared.messages import MALFORMED, WorkItem
 
 log = logging.getLogger("copytrade.copier")
@@ -33,7 +33,7 @@ class WorkRunner:
 
     def __init__(
         self, *, nc: Client, js: JetStreamContext, book: FollowerBook, executor: CopyExecutor,
-        delivery: Delivery, replicas: Replicas, settings: Settings, metrics: WorkMetrics,
+        delivery: Delivery, replicas: Replicas, settings: CopierSettings, metrics: WorkMetrics,
     ) -> None:
         self._nc, self._js, self._book, self._executor = nc, js, book, executor
         self._delivery, self._replicas, self._settings = delivery, replicas, settings
