@@ -74,6 +74,10 @@ class CcxtVenue:
     # what the venue documents an account may send at once (shared.exchange.throttle)
     burst: float
     nonce: Callable[[], int] | None = None  # replaces ccxt's nonce for signed calls
+    # how long an idle HTTP connection is kept for the next call: below the venue's own idle
+    # limit, so a signal minutes after the last one reuses connections instead of opening (and
+    # TLS-handshaking) one per follower; aiohttp's default is 15 s
+    keepalive_s: float = 60.0
     per_ip: IpBudget | None = None  # a limit the venue counts per IP, across accounts
     quote_currency: str = "USD"
     cost_step: Decimal = Decimal("0.01")  # quote amounts are sent in cents
@@ -107,6 +111,7 @@ KRAKEN = CcxtVenue(
     # private call as 3 units at one a second. AddOrder (cost 0) is on the trading limiter.
     burst=45,
     nonce=microsecond_nonce,
+    keepalive_s=300.0,  # api.kraken.com is behind Cloudflare: idle HTTP/1.1 closed after 400 s
     notes=("create_order's reply has the txid only: the fill is read with fetch_order",
            "a quote-sized (viqc) order's amount is in USD but its filled is in the base"),
 )
