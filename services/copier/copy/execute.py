@@ -68,7 +68,8 @@ class CopyExecutor:
         self._sizer = SizerClient(nc, book, metrics)
         self._results = ResultLog(js, metrics, self._group)
         self._reconciler = reconciler
-        self._observed: dict[str, float] = {}  # symbol -> newest signal shown to the reconciler
+        # (master, symbol) -> newest signal shown to the reconciler: one per master position
+        self._observed: dict[tuple[str, str], float] = {}
 
     async def execute(
         self, signal: TradeSignal, followers: list[Follower], received_at: float, *,
@@ -97,9 +98,10 @@ class CopyExecutor:
 
     def _observe(self, signal: TradeSignal) -> None:
         """Show the reconciler the master's newest position (shards may finish out of order)."""
-        if self._reconciler is None or signal.executed_at < self._observed.get(signal.symbol, 0):
+        position = (signal.master_id, signal.symbol)
+        if self._reconciler is None or signal.executed_at < self._observed.get(position, 0):
             return
-        self._observed[signal.symbol] = signal.executed_at
+        self._observed[position] = signal.executed_at
         self._reconciler.observe(signal)
 
     async def _decide(
