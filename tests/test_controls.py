@@ -56,7 +56,7 @@ async def test_reconciliation_clips_a_holding_sold_by_hand_and_reports_it(system
         ("meddled", "BTC/USD", Decimal("0.0005"))]
     assert drifts[0].actual == Decimal("0.0015") == holding.amount
     assert [d.clipped for d in again] == [Decimal(0)]  # still drifting, clipped once
-    assert 'copytrade_position_drift_ratio{exchange="paper",follower="meddled"' in copier.metrics_text()
+    assert 'copytrade_position_drift_ratio{follower="meddled",group="paper"' in copier.metrics_text()
 
 
 def _cli(system: System, *args: str, config: Path | None = None) -> str:

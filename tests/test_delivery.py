@@ -127,7 +127,7 @@ async def test_malformed_signal_is_rejected_and_copier_keeps_running(system: Sys
     rejected = [r for r in await system.audit() if isinstance(r, SignalRejected)]
     assert [r.reason_code for r in rejected] == ["malformed", "malformed"]
     assert len(await system.orders("solo")) == 1
-    assert 'copytrade_signals_rejected_total{exchange="paper",reason="malformed"} 2.0' in (
+    assert 'copytrade_signals_rejected_total{group="paper",reason="malformed"} 2.0' in (
         copier.metrics_text())
 
 

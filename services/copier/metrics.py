@@ -1,4 +1,5 @@
-"""The copier's Prometheus metrics. `follower` appears only on the outcome counter."""
+"""The copier's Prometheus metrics, labelled by copier `group` (not the venue: a group may be any
+set of followers). `follower` appears only where a per-follower series is the point."""
 
 from __future__ import annotations
 
@@ -12,60 +13,59 @@ STATES = ("active", "paused", "close_only", "dry_run")
 class CopierMetrics:
     def __init__(self, registry: CollectorRegistry, group: str) -> None:
         self.group = group
-        exchange = group  # the label is still named `exchange` on the dashboards
         self.signals_received = Counter(
-            "copytrade_signals_received_total", "Signals taken from the stream", ["exchange"],
-            registry=registry).labels(exchange)
+            "copytrade_signals_received_total", "Signals taken from the stream", ["group"],
+            registry=registry).labels(group)
         self.signals_rejected = Counter(
             "copytrade_signals_rejected_total", "Signals refused and never executed",
-            ["exchange", "reason"], registry=registry)
+            ["group", "reason"], registry=registry)
         self.dead_lettered = Counter(
             "copytrade_signals_dead_lettered_total", "Signals given up after max deliveries",
-            ["exchange"], registry=registry).labels(exchange)
+            ["group"], registry=registry).labels(group)
         self.outcomes = Counter(
             "copytrade_copy_outcomes_total", "Copy outcomes per follower",
-            ["exchange", "follower", "outcome", "reason"], registry=registry)
+            ["group", "follower", "outcome", "reason"], registry=registry)
         self.copy_latency = Histogram(
             "copytrade_copy_latency_seconds", "Master fill to follower order acknowledged",
-            ["exchange"], buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+            ["group"], buckets=LATENCY_BUCKETS, registry=registry).labels(group)
         self.internal_latency = Histogram(
             "copytrade_internal_latency_seconds", "Signal received to follower order sent",
-            ["exchange"], buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+            ["group"], buckets=LATENCY_BUCKETS, registry=registry).labels(group)
         self.sizer_latency = Histogram(
-            "copytrade_sizer_request_seconds", "Sizer request round trip", ["exchange"],
-            buckets=LATENCY_BUCKETS, registry=registry).labels(exchange)
+            "copytrade_sizer_request_seconds", "Sizer request round trip", ["group"],
+            buckets=LATENCY_BUCKETS, registry=registry).labels(group)
         self.in_flight = Gauge(
             "copytrade_orders_in_flight", "Follower orders sent and not yet answered",
-            ["exchange"], registry=registry).labels(exchange)
+            ["group"], registry=registry).labels(group)
         self.followers = Gauge(
-            "copytrade_followers", "Configured followers by state", ["exchange", "state"],
+            "copytrade_followers", "Configured followers by state", ["group", "state"],
             registry=registry)
         self.pending = Gauge(
             "copytrade_consumer_pending_signals", "Signals not yet processed by this group",
-            ["exchange"], registry=registry).labels(exchange)
+            ["group"], registry=registry).labels(group)
         self.risk_trips = Counter(
             "copytrade_risk_trips_total", "Followers moved to close-only/paused by an equity limit",
-            ["exchange", "follower", "rule"], registry=registry)
+            ["group", "follower", "rule"], registry=registry)
         self.drift = Gauge(
             "copytrade_position_drift_ratio",
             "Follower position vs what copying should have produced: |actual-expected|/expected",
-            ["exchange", "follower", "symbol"], registry=registry)
+            ["group", "follower", "symbol"], registry=registry)
         self.signal_retries = Counter(
             "copytrade_signal_retries_total", "Signals or work items handed back after an error",
-            ["exchange"], registry=registry).labels(exchange)
+            ["group"], registry=registry).labels(group)
         self.figure_refresh_failures = Counter(
             "copytrade_figure_refresh_failures_total",
-            "Background reads of followers' figures that failed", ["exchange"],
-            registry=registry).labels(exchange)
+            "Background reads of followers' figures that failed", ["group"],
+            registry=registry).labels(group)
         self.master_silent = Gauge(
             "copytrade_master_silent", "1 while a master's venue has not been read for "
             "master_silence_s (its service or venue is down)", ["master"], registry=registry)
         self.reconcile_errors = Counter(
             "copytrade_reconcile_errors_total", "Reconciliation reads or rounds that failed",
-            ["exchange"], registry=registry).labels(exchange)
+            ["group"], registry=registry).labels(group)
         self.heals = Counter(
             "copytrade_heals_total", "Heal orders by outcome (placed, failed, or the refusal)",
-            ["exchange", "outcome"], registry=registry)
+            ["group", "outcome"], registry=registry)
         self.reloads = Counter(
             "copytrade_config_reloads_total", "Config reloads by outcome", ["outcome"],
             registry=registry)
@@ -75,7 +75,7 @@ class CopierMetrics:
         self.reload_ok.set(1)
         for outcome in ("applied", "rejected"):
             self.reloads.labels(outcome)
-        self.signals_rejected.labels(exchange, "malformed")
+        self.signals_rejected.labels(group, "malformed")
 
     def outcome(self, follower: str, outcome: str, reason: str) -> None:
         self.outcomes.labels(self.group, follower, outcome, reason).inc()

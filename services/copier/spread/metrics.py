@@ -10,17 +10,17 @@ WORK_OUTCOMES = ("published", "done", "retried", "rejected", "pull_failed")
 class WorkMetrics:
     """Per replica: the work items it published and ran, the shards it owns, the live replicas."""
 
-    def __init__(self, registry: CollectorRegistry, exchange: str) -> None:
+    def __init__(self, registry: CollectorRegistry, group: str) -> None:
         self.items = Counter(
             "copytrade_work_items_total", "Work items (one shard of a signal) by outcome",
-            ["exchange", "outcome"], registry=registry)
+            ["group", "outcome"], registry=registry)
         self.shards_owned = Gauge(
-            "copytrade_work_shards_owned", "Work shards this replica pulls", ["exchange"],
-            registry=registry).labels(exchange)
+            "copytrade_work_shards_owned", "Work shards this replica pulls", ["group"],
+            registry=registry).labels(group)
         self.replicas = Gauge(
             "copytrade_copier_replicas", "Live replicas of the group, as this replica sees them",
-            ["exchange"], registry=registry).labels(exchange)
-        self._outcomes = {o: self.items.labels(exchange, o) for o in WORK_OUTCOMES}
+            ["group"], registry=registry).labels(group)
+        self._outcomes = {o: self.items.labels(group, o) for o in WORK_OUTCOMES}
 
     def count(self, outcome: str, n: int = 1) -> None:
         self._outcomes[outcome].inc(n)
