@@ -44,7 +44,19 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, order_status
+from shared.exchange.port import (
+    AccountSnapshot,
+    Fill,
+    NotNative,
+    OpenOrder,
+    OrderAck,
+    OrderCapabilities,
+    OrderCommand,
+    RestingKind,
+    amended_client_id,
+    order_status,
+    resting_kind,
+)
 from shared.exchange.throttle import BurstThrottle
 from shared.messages import MarketRules
 
@@ -121,6 +133,24 @@ def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
                        price_step=STOCK_PRICE_STEP)
 
 
+# Alpaca's order type for each resting kind it has: no standalone take-profit order (only a
+# bracket's leg), and crypto takes no stop-market order
+_ORDER_TYPES: dict[RestingKind, str] = {"limit": "limit", "stop_loss": "stop",
+                                        "stop_loss_limit": "stop_limit"}
+_KINDS = {v: k for k, v in _ORDER_TYPES.items()}
+_REPLACE = ("PATCH /v2/orders/{id} replaces: a new order (new id) for what is left, under a "
+            "derived client order id",)
+CRYPTO_CAPABILITIES = OrderCapabilities(
+    native=frozenset({"limit", "stop_loss_limit"}), amend="replace", amend_keeps_client_id=False,
+    notes=("crypto orders: market, limit, stop_limit; no take-profit order", *_REPLACE))
+STOCK_CAPABILITIES = OrderCapabilities(
+    native=frozenset({"limit", "stop_loss", "stop_loss_limit"}), amend="replace",
+    amend_keeps_client_id=False, notes=("no standalone take-profit order", *_REPLACE))
+# Alpaca's statuses of an order still working
+_OPEN = frozenset({"new", "partially_filled", "accepted", "pending_new", "accepted_for_bidding",
+                   "held", "pending_replace", "pending_cancel"})
+
+
 @dataclass(frozen=True)
 class _AssetClass:
     """How Alpaca trades one asset class."""
@@ -128,11 +158,12 @@ class _AssetClass:
     time_in_force: str
     position_symbol: Callable[[str], str]  # order symbol -> the symbol positions use
     rules: Callable[[str, dict[str, Any]], MarketRules]  # from the raw asset record
+    capabilities: OrderCapabilities  # its resting orders (always good-till-canceled)
 
 
 _CLASSES: dict[str, _AssetClass] = {
-    "crypto": _AssetClass("gtc", lambda s: s.replace("/", ""), _crypto_rules),
-    "us_equity": _AssetClass("day", lambda s: s, _stock_rules),
+    "crypto": _AssetClass("gtc", lambda s: s.replace("/", ""), _crypto_rules, CRYPTO_CAPABILITIES),
+    "us_equity": _AssetClass("day", lambda s: s, _stock_rules, STOCK_CAPABILITIES),
 }
 
 
@@ -223,12 +254,27 @@ _ENDED = ("canceled", "expired", "rejected")  # Alpaca's statuses of an order th
 def _ack(order: dict[str, Any]) -> OrderAck:
     filled = _dec(order.get("filled_qty"))
     price = order.get("filled_avg_price")
+    ended = order.get("status") in _ENDED or order.get("status") == "replaced"
     return OrderAck(exchange_order_id=str(order["id"]),
                     client_order_id=str(order["client_order_id"]),
                     status=order_status(done=order.get("status") == "filled",
-                                        ended=order.get("status") in _ENDED, filled=filled),
+                                        ended=ended, filled=filled),
                     filled_base=filled if filled > 0 else None,
-                    avg_price=_dec(price) if price is not None and filled > 0 else None)
+                    avg_price=_dec(price) if price is not None and filled > 0 else None,
+                    ordered_base=None if order.get("qty") is None else _dec(order["qty"]))
+
+
+def _open_order(order: dict[str, Any]) -> OpenOrder | None:
+    kind = _KINDS.get(str(order.get("type")))
+    if kind is None or order.get("status") not in _OPEN or order.get("time_in_force") == "ioc":
+        return None
+    limit, stop = order.get("limit_price"), order.get("stop_price")
+    return OpenOrder(client_order_id=order.get("client_order_id") or None,
+                     exchange_order_id=str(order["id"]), symbol=_canonical(str(order["symbol"])),
+                     kind=kind, side=order["side"], size=_dec(order.get("qty")),
+                     filled=_dec(order.get("filled_qty")),
+                     price=None if limit is None else _dec(limit),
+                     trigger_price=None if stop is None else _dec(stop))
 
 
 def _canonical(symbol: str) -> str:
@@ -349,6 +395,8 @@ class AlpacaAccount:
         asset = await self._asset(order.symbol)
         if asset is None:
             raise UnsupportedSymbol(f"alpaca: {order.symbol} is not a tradable asset")
+        if resting_kind(order) is not None:
+            return await self._place_resting(order, asset)
         body = {"symbol": asset.order_symbol, "side": order.side, "type": "market",
                 "time_in_force": asset.kind.time_in_force,
                 "client_order_id": order.client_order_id} | _size(order, asset.rules)
@@ -387,6 +435,86 @@ class AlpacaAccount:
         found = await self._call("get", "/orders:by_client_order_id",
                                  {"client_order_id": client_order_id}, missing_ok=True)
         return None if found is None else _ack(found)
+
+    # --- resting orders ---------------------------------------------------------------------
+
+    async def order_capabilities(self, symbol: str) -> OrderCapabilities:
+        asset = await self._asset(symbol)
+        if asset is None:
+            raise UnsupportedSymbol(f"alpaca: {symbol} is not a tradable asset")
+        return asset.kind.capabilities
+
+    async def _place_resting(self, order: OrderCommand, asset: _Asset) -> OrderAck:
+        """A good-till-canceled limit, stop or stop-limit order; one read back (it rests)."""
+        kind = resting_kind(order)
+        if kind is None or kind not in asset.kind.capabilities.native:
+            raise NotNative(f"alpaca: no native {kind} order for {order.symbol}")
+        body = {"symbol": asset.order_symbol, "side": order.side, "type": _ORDER_TYPES[kind],
+                "time_in_force": "gtc", "client_order_id": order.client_order_id,
+                } | _size(order, asset.rules)
+        if order.limit_price is not None:
+            body["limit_price"] = format(order.limit_price.normalize(), "f")
+        if order.trigger_price is not None:
+            body["stop_price"] = format(order.trigger_price.normalize(), "f")
+        try:
+            placed = await self._call("post", "/orders", body)
+        except _AlreadyPlaced:
+            placed = None
+        accepted_at = time.time()
+        found = await self._raw_order(order.client_order_id) or placed
+        if found is None:
+            raise InvalidOrder("alpaca: client order id reused") from None
+        return msgspec.structs.replace(_ack(found), accepted_at=accepted_at)
+
+    async def _raw_order(self, client_order_id: str) -> dict[str, Any] | None:
+        found = await self._call("get", "/orders:by_client_order_id",
+                                 {"client_order_id": client_order_id}, missing_ok=True)
+        return None if found is None else dict(found)
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        found = await self._raw_order(client_order_id)
+        if found is None:
+            return None
+        if found.get("status") in _OPEN:
+            try:
+                await self._call("delete", f"/orders/{found['id']}", missing_ok=True)
+            except InvalidOrder:  # 422: not cancelable, it ended meanwhile: read below
+                pass
+            found = await self._raw_order(client_order_id) or found
+        if found.get("status") in _OPEN - {"pending_cancel"}:
+            raise ExchangeError(f"alpaca: order {found['id']} is still {found.get('status')}")
+        return _ack(found)
+
+    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
+                          size: Decimal | None = None) -> OrderAck:
+        """Alpaca replaces: a new order for what is left (size less what filled) under
+        `amended_client_id`, found again by it if an earlier call replaced already."""
+        found = await self._raw_order(client_order_id)
+        if found is None or found.get("status") not in _OPEN:
+            raise InvalidOrder(f"alpaca: no open order {client_order_id} to amend")
+        if found.get("type") != "limit":
+            raise NotNative("alpaca: only resting limit orders are amended: cancel and place")
+        new_id = amended_client_id(client_order_id, price, size)
+        replacement = await self._raw_order(new_id)
+        if replacement is None:
+            left = (_dec(found["qty"]) if size is None else size) - _dec(found.get("filled_qty"))
+            if left <= 0:
+                raise InvalidOrder(f"alpaca: size {size} is not above what filled")
+            body = {"qty": format(left.normalize(), "f"), "client_order_id": new_id}
+            if price is not None:
+                body["limit_price"] = format(price.normalize(), "f")
+            replacement = await self._call("patch", f"/orders/{found['id']}", body)
+        return _ack(replacement)
+
+    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
+        params: dict[str, Any] = {"status": "open", "limit": 500, "direction": "asc"}
+        if symbol is not None:
+            asset = await self._asset(symbol)
+            if asset is None:
+                return []
+            params["symbols"] = asset.order_symbol
+        orders = await self._call("get", "/orders", params)
+        return [o for o in map(_open_order, orders) if o is not None]
 
     async def fills_since(self, cursor: float) -> list[Fill]:
         """FILL activities after `cursor` (unix seconds), oldest first, all pages."""

@@ -61,7 +61,17 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand, order_status
+from shared.exchange import ccxt_orders
+from shared.exchange.port import (
+    AccountSnapshot,
+    Fill,
+    OpenOrder,
+    OrderAck,
+    OrderCapabilities,
+    OrderCommand,
+    order_status,
+    resting_kind,
+)
 from shared.exchange.throttle import BurstThrottle
 from shared.exchange.venues import VENUES, CcxtVenue, Lookup
 from shared.messages import MarketRules
@@ -460,6 +470,8 @@ class CcxtAccount:
         return step
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
+        if resting_kind(order) is not None:  # good-till-canceled or a trigger: ccxt_orders
+            return await self._place_resting(order)
         ex = await self._client()
         amount, params = self._order_args(ex, order)
         self._orders += 1  # the order changes the balance
@@ -534,6 +546,40 @@ class CcxtAccount:
                 trades += await ex.fetch_my_trades(symbol, int(cursor * 1000))
         fills = [_fill(t) for t in trades if int(t["timestamp"]) / 1000 > cursor]
         return sorted(fills, key=lambda f: f.at)
+
+    # --- resting orders: shared.exchange.ccxt_orders ------------------------------------------
+
+    async def order_capabilities(self, symbol: str) -> OrderCapabilities:
+        return ccxt_orders.resting(self._venue).capabilities
+
+    async def _place_resting(self, order: OrderCommand) -> OrderAck:
+        ccxt_orders.refuse_unless_native(self._venue, order)  # before anything is sent
+        ex = await self._client()
+        amount, params = self._order_args(ex, order)
+        self._orders += 1  # the order changes the balance
+        with vendor_calls(self._venue):
+            ack = await ccxt_orders.place(ex, self._venue, order, amount, params, self._lookup)
+        return msgspec.structs.replace(ack, accepted_at=time.time())
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        ex = await self._client()
+        with vendor_calls(self._venue):
+            return await ccxt_orders.cancel(ex, self._venue, client_order_id, symbol, self._lookup)
+
+    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
+                          size: Decimal | None = None) -> OrderAck:
+        ex = await self._client()
+        with vendor_calls(self._venue):
+            return await ccxt_orders.amend(ex, self._venue, client_order_id, symbol, price, size,
+                                           self._lookup)
+
+    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
+        ex = await self._client()
+        with vendor_calls(self._venue):
+            return await ccxt_orders.open_orders(ex, self._venue, symbol)
+
+    async def _lookup(self, ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+        return await _LOOKUPS[self._venue.lookup](ex, client_order_id, symbol)
 
 
 def _refuse_zero(venue: CcxtVenue, size: Decimal, order: OrderCommand) -> None:

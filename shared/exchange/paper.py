@@ -29,7 +29,18 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
-from shared.exchange.port import AccountSnapshot, Fill, OrderAck, OrderCommand
+from shared.exchange.port import (
+    RESTING_KINDS,
+    AccountSnapshot,
+    Fill,
+    OpenOrder,
+    OrderAck,
+    OrderCapabilities,
+    OrderCommand,
+    Trigger,
+    kind_of,
+    resting_kind,
+)
 from shared.messages import MarketRules, Side
 
 PaperFaultKind = Literal[
@@ -113,8 +124,37 @@ class FillPart(Struct, frozen=True, tag="fill_part"):
     price: Decimal
 
 
+class Submit(Struct, frozen=True, tag="submit"):
+    """Place a resting order through the port (`PaperAccount.place_order`): a good-till-canceled
+    limit order or a stop-loss / take-profit trigger order. Funds are checked net of what open
+    orders hold. A limit order crossing the price fills whole at once, a trigger the price has
+    reached triggers at once; later `SetPrice` triggers, `FillPart` fills parts."""
+
+    account: str
+    order: OrderCommand
+
+
+class Cancel(Struct, frozen=True, tag="cancel"):
+    account: str
+    client_order_id: str
+
+
+class Amend(Struct, frozen=True, tag="amend"):
+    """A resting limit order's new price and/or size (base, its new total), in place."""
+
+    account: str
+    client_order_id: str
+    price: Decimal | None = None
+    size: Decimal | None = None
+
+
+class OpenOrders(Struct, frozen=True, tag="open_orders"):
+    account: str
+    symbol: str | None = None
+
+
 Call = (Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault
-        | Orders | PlaceResting | FillPart)
+        | Orders | PlaceResting | FillPart | Submit | Cancel | Amend | OpenOrders)
 
 
 class PaperOrder(Struct, frozen=True, kw_only=True):
@@ -126,10 +166,19 @@ class PaperOrder(Struct, frozen=True, kw_only=True):
     cost: Decimal
     price: Decimal
     at: float
-    # expired: a limit order out of the money; open: a resting order not yet wholly filled
-    status: Literal["filled", "expired", "open"] = "filled"
+    # expired: a limit order out of the money; open: a resting order not yet wholly filled;
+    # canceled: a resting order canceled, with what filled before
+    status: Literal["filled", "expired", "open", "canceled"] = "filled"
     limit_price: Decimal | None = None
     ordered: Decimal | None = None  # a resting order's base size (`amount` is what filled)
+    trigger: Trigger | None = None  # a stop-loss or take-profit order
+    trigger_price: Decimal | None = None
+    triggered: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        """Open, with a trigger the price has not reached."""
+        return self.status == "open" and self.trigger is not None and not self.triggered
 
 
 class Failure(Struct, frozen=True, tag="failure"):
@@ -204,7 +253,8 @@ class PaperVenue:
             Snapshot: self._snapshot, Position: self._position, Rules: self._rules, Price: self._price,
             Place: self._place, Find: self._find, Fills: self._fills, Fund: self._fund,
             SetPrice: self._set_price, InjectFault: self._fault, Orders: self._orders,
-            PlaceResting: self._rest, FillPart: self._fill_part,
+            PlaceResting: self._rest, FillPart: self._fill_part, Submit: self._submit,
+            Cancel: self._cancel, Amend: self._amend, OpenOrders: self._open_orders,
         }
 
     async def handle(self, call: Call) -> Reply:
@@ -241,7 +291,7 @@ class PaperVenue:
     async def _price(self, call: Price) -> Ok:
         return Ok(amount=self.prices.get(call.symbol))
 
-    async def _place(self, call: Place) -> Ok:
+    async def _place(self, call: Place | Submit) -> Ok:
         acc = self._account(call.account)
         fault = acc.faults.pop(0) if acc.faults else None
         if fault not in (None, "timeout_after_accept"):
@@ -251,10 +301,64 @@ class PaperVenue:
         existing = acc.orders.get(call.order.client_order_id)
         if existing is not None:  # venue-side dedupe by client order id
             raise PaperRefusal("exchange_error", "duplicate client order id")
-        order = self._fill(acc, call.order)
+        order = self._fill(acc, call.order) if isinstance(call, Place) else self._open(acc, call.order)
         if fault == "timeout_after_accept":
             await asyncio.sleep(self.timeout_hold_s)
         return Ok(order=order)
+
+    async def _submit(self, call: Submit) -> Ok:
+        return await self._place(call)
+
+    def _open(self, acc: _Account, cmd: OrderCommand) -> PaperOrder:
+        """A resting order, checked as a venue does at entry, then worked at the feed price."""
+        rules = self.rules.get(cmd.symbol)
+        if rules is None:
+            raise PaperRefusal("unsupported_symbol", f"unknown symbol {cmd.symbol}")
+        try:
+            resting = resting_kind(cmd)
+        except InvalidOrder as exc:
+            raise PaperRefusal("invalid_order", str(exc)) from None
+        if resting is None:
+            raise PaperRefusal("invalid_order", "not a resting order")
+        _check_limit(cmd, rules)
+        _check_tick(cmd.trigger_price, rules)
+        amount = cmd.size.quantize(rules.amount_step, rounding=ROUND_DOWN)
+        at = cmd.limit_price or cmd.trigger_price or Decimal(0)
+        if amount < rules.min_amount or amount * at < rules.min_cost:
+            raise PaperRefusal("below_minimum", f"order minimum not met: {amount} {cmd.symbol}")
+        self._afford(acc, cmd.symbol, cmd.side, amount, at)
+        order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
+                           symbol=cmd.symbol, side=cmd.side, amount=Decimal(0), cost=Decimal(0),
+                           price=Decimal(0), at=time.time(), status="open",
+                           limit_price=cmd.limit_price, ordered=amount, trigger=cmd.trigger,
+                           trigger_price=cmd.trigger_price)
+        return self._work(acc, order)
+
+    def _afford(self, acc: _Account, symbol: str, side: Side, amount: Decimal, price: Decimal,
+                excluding: str | None = None) -> None:
+        """Refuse what the account's cash (a buy) or holding (a sell) cannot cover, net of what
+        its open orders (but `excluding`, a client order id) hold."""
+        held = _held(acc, symbol, side, excluding)
+        base = symbol.split("/")[0]
+        have = acc.cash if side == "buy" else acc.holdings.get(base, Decimal(0))
+        if (amount * price if side == "buy" else amount) > have - held:
+            raise PaperRefusal("insufficient_funds", "insufficient funds")
+
+    def _work(self, acc: _Account, order: PaperOrder) -> PaperOrder:
+        """Execute what the feed price allows: trigger a reached trigger, fill the rest whole
+        where the price is within the limit (a market order that cannot be paid is canceled)."""
+        price = self.prices[order.symbol]
+        if order.waiting and _reached(order, price):
+            order = msgspec.structs.replace(order, triggered=True)
+        if not order.waiting and _within_limit(order.side, order.limit_price, price):
+            left = (order.ordered or Decimal(0)) - order.amount
+            try:
+                order = _book_part(acc, order, left, price)
+            except PaperRefusal:
+                if order.limit_price is None:
+                    order = msgspec.structs.replace(order, status="canceled")
+        acc.orders[order.client_order_id] = order
+        return order
 
     def _fill(self, acc: _Account, cmd: OrderCommand) -> PaperOrder:
         """A market order fills at the feed price; a limit order (immediate-or-cancel) fills
@@ -270,9 +374,10 @@ class PaperVenue:
             raise PaperRefusal("below_minimum", f"order minimum not met: {amount} {cmd.symbol}")
         _check_limit(cmd, rules)
         base = cmd.symbol.split("/")[0]
-        held = acc.holdings.get(base, Decimal(0))
+        held = acc.holdings.get(base, Decimal(0)) - _held(acc, cmd.symbol, "sell", None)
+        cash = acc.cash - _held(acc, cmd.symbol, "buy", None)  # open orders hold theirs
         reserved = cost if cmd.limit_price is None or cmd.side == "sell" else amount * cmd.limit_price
-        if (cmd.side == "buy" and reserved > acc.cash) or (cmd.side == "sell" and amount > held):
+        if (cmd.side == "buy" and reserved > cash) or (cmd.side == "sell" and amount > held):
             raise PaperRefusal("insufficient_funds", "insufficient funds")
         order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
                            symbol=cmd.symbol, side=cmd.side, amount=amount, cost=cost,
@@ -308,23 +413,47 @@ class PaperVenue:
         """One fill of a resting order: at most what is left, at a price within its limit."""
         acc = self._account(call.account)
         order = next((o for o in acc.orders.values() if o.order_id == call.order_id), None)
-        if order is None or order.status != "open" or order.ordered is None:
+        if order is None or order.status != "open" or order.ordered is None or order.waiting:
             raise PaperRefusal("invalid_order", f"no open resting order {call.order_id}")
         if not 0 < call.amount <= order.ordered - order.amount:
             raise PaperRefusal("invalid_order", f"{call.amount} is not within what is left")
         if not _within_limit(order.side, order.limit_price, call.price):
             raise PaperRefusal("invalid_order", f"{call.price} is beyond the order's limit")
-        cost = (call.amount * call.price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
-        held = acc.holdings.get(order.symbol.split("/")[0], Decimal(0))
-        if (order.side == "buy" and cost > acc.cash) or (order.side == "sell" and call.amount > held):
-            raise PaperRefusal("insufficient_funds", "insufficient funds")
-        _book(acc, order, call.amount, cost, call.price)
-        filled, total = order.amount + call.amount, order.cost + cost
-        order = msgspec.structs.replace(
-            order, amount=filled, cost=total, status="filled" if filled == order.ordered else "open",
-            price=(total / filled).quantize(Decimal("0.00000001")))
+        order = _book_part(acc, order, call.amount, call.price)
         acc.orders[order.client_order_id] = order
         return Ok(order=order)
+
+    async def _cancel(self, call: Cancel) -> Ok:
+        acc = self._account(call.account)
+        order = acc.orders.get(call.client_order_id)
+        if order is not None and order.status == "open":
+            order = acc.orders[order.client_order_id] = msgspec.structs.replace(
+                order, status="canceled")
+        return Ok(order=order)
+
+    async def _amend(self, call: Amend) -> Ok:
+        """In place: ids and fills kept; a new price that crosses fills the rest at once."""
+        acc = self._account(call.account)
+        order = acc.orders.get(call.client_order_id)
+        if order is None or order.status != "open" or order.trigger is not None:
+            raise PaperRefusal("invalid_order", f"no open resting limit order {call.client_order_id}")
+        rules = self.rules[order.symbol]
+        price = order.limit_price if call.price is None else call.price
+        size = order.ordered if call.size is None else call.size.quantize(rules.amount_step,
+                                                                          rounding=ROUND_DOWN)
+        assert price is not None and size is not None
+        _check_tick(price, rules)
+        if size <= order.amount:
+            raise PaperRefusal("invalid_order", f"size {size} is not above what filled")
+        self._afford(acc, order.symbol, order.side, size - order.amount, price,
+                     excluding=order.client_order_id)
+        order = msgspec.structs.replace(order, limit_price=price, ordered=size)
+        return Ok(order=self._work(acc, order))
+
+    async def _open_orders(self, call: OpenOrders) -> Ok:
+        acc = self._account(call.account)
+        return Ok(orders=[o for o in acc.orders.values() if o.status == "open"
+                          and call.symbol in (None, o.symbol)])
 
     async def _find(self, call: Find) -> Ok:
         return Ok(order=self._account(call.account).orders.get(call.client_order_id))
@@ -343,7 +472,12 @@ class PaperVenue:
         return Ok()
 
     async def _set_price(self, call: SetPrice) -> Ok:
+        """The feed price moves; the trigger orders it reaches trigger (and execute)."""
         self.prices[call.symbol] = call.price
+        for acc in self._accounts.values():
+            for order in list(acc.orders.values()):
+                if order.symbol == call.symbol and order.waiting and _reached(order, call.price):
+                    self._work(acc, order)
         return Ok()
 
     async def _fault(self, call: InjectFault) -> Ok:
@@ -356,9 +490,50 @@ def _check_limit(cmd: OrderCommand, rules: MarketRules) -> None:
         return
     if cmd.size_type != "base":
         raise PaperRefusal("invalid_order", "a limit order is sized in base")
+    _check_tick(cmd.limit_price, rules)
+
+
+def _check_tick(price: Decimal | None, rules: MarketRules) -> None:
     step = rules.price_step
-    if step is not None and cmd.limit_price % step:
-        raise PaperRefusal("invalid_order", f"limit price {cmd.limit_price} is off the {step} tick")
+    if price is not None and (price <= 0 or (step is not None and price % step)):
+        raise PaperRefusal("invalid_order", f"price {price} is off the {step} tick")
+
+
+def _reached(order: PaperOrder, price: Decimal) -> bool:
+    """A stop-loss sell (take-profit buy) triggers when the price falls to its trigger, a
+    stop-loss buy (take-profit sell) when it rises to it."""
+    trigger = order.trigger_price or Decimal(0)
+    falling = (order.trigger == "stop_loss") == (order.side == "sell")
+    return price <= trigger if falling else price >= trigger
+
+
+def _held(acc: _Account, symbol: str, side: Side, excluding: str | None) -> Decimal:
+    """What open orders on `side` hold: a buy's rest at its limit (or trigger) price in cash, a
+    sell's rest in `symbol`'s base."""
+    base = symbol.split("/")[0]
+    held = Decimal(0)
+    for o in acc.orders.values():
+        if o.status != "open" or o.side != side or o.client_order_id == excluding:
+            continue
+        left = (o.ordered or Decimal(0)) - o.amount
+        if side == "buy":
+            held += left * (o.limit_price or o.trigger_price or Decimal(0))
+        elif o.symbol.split("/")[0] == base:
+            held += left
+    return held
+
+
+def _book_part(acc: _Account, order: PaperOrder, amount: Decimal, price: Decimal) -> PaperOrder:
+    """One fill of a resting order: the balances moved, the order's totals updated."""
+    cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+    held = acc.holdings.get(order.symbol.split("/")[0], Decimal(0))
+    if (order.side == "buy" and cost > acc.cash) or (order.side == "sell" and amount > held):
+        raise PaperRefusal("insufficient_funds", "insufficient funds")
+    _book(acc, order, amount, cost, price)
+    filled, total = order.amount + amount, order.cost + cost
+    return msgspec.structs.replace(
+        order, amount=filled, cost=total, status="filled" if filled == order.ordered else "open",
+        price=(total / filled).quantize(Decimal("0.00000001")))
 
 
 def _within_limit(side: Side, limit: Decimal | None, price: Decimal) -> bool:
@@ -440,9 +615,27 @@ class PaperAccount:
         return (await self._ok(Price(symbol))).amount
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
-        placed = (await self._ok(Place(self.account_id, order))).order
+        call = Submit if kind_of(order) in RESTING_KINDS else Place
+        placed = (await self._ok(call(self.account_id, order))).order
         assert placed is not None
         return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
+
+    async def order_capabilities(self, symbol: str) -> OrderCapabilities:
+        return CAPABILITIES
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        order = (await self._ok(Cancel(self.account_id, client_order_id))).order
+        return None if order is None else _ack(order)
+
+    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
+                          size: Decimal | None = None) -> OrderAck:
+        order = (await self._ok(Amend(self.account_id, client_order_id, price, size))).order
+        assert order is not None
+        return _ack(order)
+
+    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
+        reply = await self._ok(OpenOrders(self.account_id, symbol))
+        return [_open_order(o) for o in reply.orders]
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         found = (await self._ok(Find(self.account_id, client_order_id))).order
@@ -456,13 +649,26 @@ class PaperAccount:
                  price=o.price, at=o.at, client_order_id=o.client_order_id) for o in reply.orders]
 
 
+# The paper venue places every resting kind itself and amends in place.
+CAPABILITIES = OrderCapabilities(native=RESTING_KINDS, amend="in_place", amend_keeps_client_id=True)
+
+
 def _ack(order: PaperOrder) -> OrderAck:
-    if order.status == "expired":
-        return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
-                        status="expired")
+    ack = OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
+                   status="expired", ordered_base=order.ordered)
+    if order.status == "expired" or (order.status == "canceled" and not order.amount):
+        return ack
     if order.status == "open":  # a resting order, filled in part or not at all
-        return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
-                        status="submitted", filled_base=order.amount or None,
-                        avg_price=order.price or None)
-    return OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
-                    status="filled", filled_base=order.amount, avg_price=order.price)
+        return msgspec.structs.replace(ack, status="submitted", filled_base=order.amount or None,
+                                       avg_price=order.price or None)
+    return msgspec.structs.replace(ack, status="filled", filled_base=order.amount,
+                                   avg_price=order.price)
+
+
+def _open_order(order: PaperOrder) -> OpenOrder:
+    kind = "limit" if order.trigger is None else order.trigger + (
+        "" if order.limit_price is None else "_limit")
+    return OpenOrder(client_order_id=order.client_order_id, exchange_order_id=order.order_id,
+                     symbol=order.symbol, kind=kind,  # type: ignore[arg-type]
+                     side=order.side, size=order.ordered or order.amount, filled=order.amount,
+                     price=order.limit_price, trigger_price=order.trigger_price)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Literal, Protocol
 
 from msgspec import Struct
 
+from shared.errors import InvalidOrder
 from shared.messages import MarketRules, Side, SizeType
 
 # expired: an immediate-or-cancel limit order that found no price within its limit, filled nothing
@@ -22,9 +24,37 @@ def order_status(*, done: bool, ended: bool, filled: Decimal) -> OrderStatus:
     return "expired" if ended else "submitted"
 
 
+# What an order is, from its command's fields (`kind_of`):
+#   market             no limit_price, no trigger
+#   limit_ioc          limit_price, time_in_force "ioc" (the default): fills at once or never
+#   limit              limit_price, time_in_force "gtc": rests on the book until filled or canceled
+#   stop_loss          trigger "stop_loss" at trigger_price, then a market order: a sell when the
+#                      price falls to it, a buy when the price rises to it
+#   stop_loss_limit    the same, then a limit order at limit_price
+#   take_profit        trigger "take_profit": a sell when the price rises to it, a buy when it falls
+#   take_profit_limit  the same, then a limit order at limit_price
+OrderKind = Literal["market", "limit_ioc", "limit", "stop_loss", "stop_loss_limit", "take_profit",
+                    "take_profit_limit"]
+# the kinds that rest at the venue: what open_orders lists and cancel_order / amend_order act on
+RestingKind = Literal["limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"]
+RESTING_KINDS: frozenset[RestingKind] = frozenset(
+    {"limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"})
+Trigger = Literal["stop_loss", "take_profit"]
+TimeInForce = Literal["ioc", "gtc"]
+
+
+class NotNative(InvalidOrder):
+    """The venue has no order of this kind (or cannot amend it): copytrade never emulates one
+    (a stop watched by copytrade is no stop when copytrade is down). Record a skip, with this
+    error's message as the reason."""
+
+    reason_code = "order_kind_not_native"
+
+
 class OrderCommand(Struct, frozen=True, kw_only=True):
     """An order to place, identified by our deterministic client order id: a market order, or
-    with `limit_price` an immediate-or-cancel limit order (base-sized) that never rests."""
+    with `limit_price` an immediate-or-cancel limit order (base-sized) that never rests, unless
+    `time_in_force` is "gtc" or a `trigger` is set: then a resting order (`OrderKind`)."""
 
     client_order_id: str
     symbol: str  # the venue's unified symbol
@@ -33,6 +63,68 @@ class OrderCommand(Struct, frozen=True, kw_only=True):
     size_type: SizeType
     reference_price: Decimal  # the master's fill price: for venues that need a price
     limit_price: Decimal | None = None  # on the venue's price tick (the sizer rounds it)
+    time_in_force: TimeInForce = "ioc"  # of a limit order without trigger
+    trigger: Trigger | None = None
+    trigger_price: Decimal | None = None  # on the venue's price tick; with `trigger` only
+
+
+_TRIGGERED: dict[tuple[Trigger, bool], OrderKind] = {
+    ("stop_loss", False): "stop_loss", ("stop_loss", True): "stop_loss_limit",
+    ("take_profit", False): "take_profit", ("take_profit", True): "take_profit_limit",
+}
+
+
+def kind_of(order: OrderCommand) -> OrderKind:
+    """The order's kind; `InvalidOrder` for a command whose fields contradict each other."""
+    limit = order.limit_price is not None
+    if order.trigger is not None:
+        if order.trigger_price is None or order.trigger_price <= 0:
+            raise InvalidOrder(f"{order.trigger} order needs a trigger price")
+        kind = _TRIGGERED[(order.trigger, limit)]
+    elif order.trigger_price is not None:
+        raise InvalidOrder("a trigger price without a trigger")
+    elif order.time_in_force == "gtc":
+        if not limit:
+            raise InvalidOrder("a good-till-canceled order needs a limit price")
+        kind = "limit"
+    else:
+        kind = "limit_ioc" if limit else "market"
+    if kind in RESTING_KINDS and order.size_type != "base":
+        raise InvalidOrder(f"a {kind} order is sized in base")
+    return kind
+
+
+def resting_kind(order: OrderCommand) -> RestingKind | None:
+    """The kind of a resting order; None for market and immediate-or-cancel orders."""
+    kind = kind_of(order)
+    return kind if kind in RESTING_KINDS else None
+
+
+def amended_client_id(client_order_id: str, price: Decimal | None, size: Decimal | None) -> str:
+    """The client order id of the order that replaces `client_order_id` on a venue whose amend
+    places a new order: derived, so a retried amend finds the replacement it already made
+    (32 hex, accepted by every venue)."""
+    return uuid.uuid5(_AMEND_NS, f"{client_order_id}:{price}:{size}").hex
+
+
+_AMEND_NS = uuid.UUID("4f6b7a1e-3c1d-4f57-8a43-9d3c2b1e0a77")
+
+# How a venue changes a resting limit order's price or size:
+#   in_place  the same order, ids kept (and queue priority where the venue keeps it)
+#   replace   the venue cancels it and places a new order (a new venue id) in one request
+#   none      it cannot: the caller cancels, then places anew (`amend_order` raises NotNative)
+AmendMode = Literal["in_place", "replace", "none"]
+
+
+class OrderCapabilities(Struct, frozen=True, kw_only=True):
+    """What one venue (for one symbol's asset class) does natively with resting orders."""
+
+    native: frozenset[RestingKind]  # placed as the venue's own orders; others raise NotNative
+    amend: AmendMode  # for resting limit orders; trigger orders are always cancelled and placed
+    # the client order id survives an amend; if not, the amended order answers to the id in
+    # `amend_order`'s ack (derived from ours: `amended_client_id`)
+    amend_keeps_client_id: bool
+    notes: tuple[str, ...] = ()
 
 
 class OrderAck(Struct, frozen=True, kw_only=True):
@@ -45,6 +137,24 @@ class OrderAck(Struct, frozen=True, kw_only=True):
     avg_price: Decimal | None = None
     # unix time of the venue's reply accepting the order; None for an order found, not placed now
     accepted_at: float | None = None
+    # base size the order asked for, where the venue says (a resting order: filled_base of it is
+    # filled so far); None for quote-sized and unread orders
+    ordered_base: Decimal | None = None
+
+
+class OpenOrder(Struct, frozen=True, kw_only=True):
+    """A resting order the venue holds open (not yet wholly filled, not canceled), parsed from
+    the vendor reply. A triggered stop whose limit order now rests is listed with its trigger."""
+
+    client_order_id: str | None  # None: placed without one (on the venue's site)
+    exchange_order_id: str
+    symbol: str
+    kind: RestingKind
+    side: Side
+    size: Decimal  # base
+    filled: Decimal  # base filled so far
+    price: Decimal | None = None  # limit price; None for a stop that becomes a market order
+    trigger_price: Decimal | None = None
 
 
 class AccountSnapshot(Struct, frozen=True, kw_only=True):
@@ -91,3 +201,25 @@ class ExchangeAccount(Protocol):
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None: ...
 
     async def fills_since(self, cursor: float) -> list[Fill]: ...
+
+    async def order_capabilities(self, symbol: str) -> OrderCapabilities:
+        """Which resting kinds this venue places natively for `symbol`, and how it amends."""
+        ...
+
+    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
+        """Cancel a resting order: the order as it ended (what filled before the cancel is in
+        its ack: status "filled" when anything filled, else "expired"); an order that had filled
+        already is reported filled; None when the venue knows no such order."""
+        ...
+
+    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
+                          size: Decimal | None = None) -> OrderAck:
+        """Change a resting limit order's price and/or size (base, the order's new total,
+        filled part included), where `order_capabilities(symbol).amend` is not "none"; the ack
+        names the order as it now is (`amend_keeps_client_id` False: under a new client id).
+        `NotNative` where the venue cannot: the caller cancels, then places."""
+        ...
+
+    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
+        """The account's resting orders (of `symbol`, or all)."""
+        ...

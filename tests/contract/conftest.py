@@ -21,7 +21,18 @@ from aiohttp import web
 from shared.config import AccountConfig, Credentials
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
-from shared.exchange.paper import Call, Fund, InjectFault, Orders, PaperVenue, Reply
+from shared.exchange.paper import (
+    Call,
+    Failure,
+    FillPart,
+    Find,
+    Fund,
+    InjectFault,
+    Orders,
+    PaperVenue,
+    Reply,
+    SetPrice,
+)
 from shared.exchange.port import ExchangeAccount
 from shared.messages import MarketRules
 from tests.emulators.alpaca import AlpacaEmulator
@@ -70,6 +81,11 @@ class VenueUnderTest:
     add_follower: Callable[[str], Awaitable[ExchangeAccount]]  # another funded account
     impostor: Callable[[str], ExchangeAccount]  # "unknown_key" | "wrong_secret"
     session_of: Callable[[ExchangeAccount], object]  # the HTTP session an account uses
+    # test controls of resting orders, venue-side: fill `amount` (base) of the account's resting
+    # order with this client order id, at its limit price; move a market's price (triggering the
+    # stops and take-profits it reaches)
+    fill_resting: Callable[[str, Decimal], Awaitable[None]]
+    move_price: Callable[[str, Decimal], Awaitable[None]]
     zero_size_requests: int = 0  # the paper adapter forwards every order: its venue refuses
     listed: dict[str, Decimal] = field(default_factory=lambda: {"ETH/USD": Decimal(3000)})
     built: list[ExchangeAccount] = field(default_factory=list)
@@ -168,6 +184,15 @@ async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
         def set_timeout_hold(seconds: float) -> None:
             state.timeout_hold_s = seconds
 
+        async def fill_resting(client_order_id: str, amount: Decimal) -> None:
+            account = state.accounts[KEY]
+            order = account.order_by_client_id(client_order_id)
+            assert order is not None, f"no order {client_order_id} at {name}"
+            state.fill_resting(account, order, amount)
+
+        async def move_price(symbol: str, price: Decimal) -> None:
+            state.set_price(symbol, price)
+
         handle = VenueUnderTest(
             name=name, ctx=AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=False),
             credentials=credentials, rules=_rules(spec.min_cost), inject=inject, orders=orders,
@@ -175,7 +200,7 @@ async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
             market_loads=lambda: sum(map(spec.market_loading, paths)), requests=lambda: len(paths),
             add_follower=add_follower, impostor=impostor,
             session_of=lambda account: getattr(account, "http_session", None),
-            listed=dict(spec.listed))
+            fill_resting=fill_resting, move_price=move_price, listed=dict(spec.listed))
         handle.account = handle.build(ACCOUNT_ID, credentials, emulator.url)
         try:
             yield handle
@@ -213,6 +238,16 @@ async def paper() -> AsyncIterator[VenueUnderTest]:
     def set_timeout_hold(seconds: float) -> None:
         engine.timeout_hold_s = seconds
 
+    async def fill_resting(client_order_id: str, amount: Decimal) -> None:
+        found = await engine.handle(Find(ACCOUNT_ID, client_order_id))
+        order = getattr(found, "order", None)
+        assert order is not None and order.limit_price is not None
+        reply = await engine.handle(FillPart(ACCOUNT_ID, order.order_id, amount, order.limit_price))
+        assert not isinstance(reply, Failure), reply
+
+    async def move_price(symbol: str, price: Decimal) -> None:
+        await engine.handle(SetPrice(symbol, price))
+
     ctx = AdapterContext(paper_transport=transport, http_timeout_s=HTTP_TIMEOUT_S)
     handle = VenueUnderTest(
         name="paper", ctx=ctx, credentials=Credentials(KEY, SECRET, PASSPHRASE),
@@ -221,7 +256,8 @@ async def paper() -> AsyncIterator[VenueUnderTest]:
         market_loads=lambda: 0,  # the paper venue's rules live in the process: nothing loads
         requests=lambda: len(calls), zero_size_requests=1,
         add_follower=add_follower, impostor=impostor,
-        session_of=lambda _account: ctx.paper_transport)  # paper's "session" is its transport
+        session_of=lambda _account: ctx.paper_transport,  # paper's "session" is its transport
+        fill_resting=fill_resting, move_price=move_price)
     await fund(ACCOUNT_ID)
     handle.account = handle.build(ACCOUNT_ID, handle.credentials, None)
     try:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from shared.errors import (
@@ -18,11 +19,20 @@ from shared.errors import (
     BelowMinimum,
     ExchangeError,
     InsufficientFunds,
+    InvalidOrder,
     RateLimited,
     TemporaryError,
 )
 from shared.exchange.placing import place_idempotently
-from shared.exchange.port import OrderCommand
+from shared.exchange.port import (
+    ExchangeAccount,
+    NotNative,
+    OrderAck,
+    OrderCommand,
+    Trigger,
+    amended_client_id,
+    kind_of,
+)
 from shared.messages import Side, SizeType
 from tests.contract.conftest import HTTP_TIMEOUT_S, VenueUnderTest
 
@@ -366,3 +376,220 @@ async def test_limit_buy_needs_funds_at_its_limit_price(venue: VenueUnderTest) -
     error = await raised(venue.account.place_order(limit("buy", "0.222", "45450")))
 
     assert isinstance(error, InsufficientFunds)
+
+
+# --- resting orders: good-till-canceled limits, stop-losses, take-profits -----------------------
+# The venue's price is 45,000: a buy limit at 44,000 rests. `venue.fill_resting` fills part of a
+# resting order, `venue.move_price` moves the price (what it reaches triggers).
+
+REST_PRICE = Decimal("44000")
+
+
+def resting(side: Side, size: str, price: str | None, label: str, trigger: Trigger | None = None,
+            trigger_price: str | None = None) -> OrderCommand:
+    return OrderCommand(client_order_id=client_id(label), symbol="BTC/USD", side=side,
+                        size=Decimal(size), size_type="base", reference_price=PRICE,
+                        limit_price=None if price is None else Decimal(price),
+                        time_in_force="gtc", trigger=trigger,
+                        trigger_price=None if trigger_price is None else Decimal(trigger_price))
+
+
+async def amend_or_replace(account: ExchangeAccount, order: OrderCommand, *, price: Decimal,
+                           size: Decimal | None = None) -> OrderAck:
+    """What a caller does: amend where the venue can, else cancel, then place what is left."""
+    if (await account.order_capabilities(order.symbol)).amend != "none":
+        return await account.amend_order(order.client_order_id, order.symbol, price=price,
+                                         size=size)
+    ended = await account.cancel_order(order.client_order_id, order.symbol)
+    filled = (ended.filled_base if ended else None) or Decimal(0)
+    new_id = amended_client_id(order.client_order_id, price, size)
+    return await account.place_order(msgspec.structs.replace(
+        order, client_order_id=new_id, limit_price=price, size=(size or order.size) - filled))
+
+
+async def test_resting_limit_rests_and_is_listed_in_open_orders(venue: VenueUnderTest) -> None:
+    order = resting("buy", "0.01", "44000", "rest-listed")
+
+    ack = await venue.account.place_order(order)
+    listed = await venue.account.open_orders("BTC/USD")
+    everything = await venue.account.open_orders()
+
+    assert (ack.status, ack.filled_base, ack.ordered_base) == ("submitted", None, Decimal("0.01"))
+    assert [(o.client_order_id, o.exchange_order_id, o.kind, o.side, o.size, o.filled, o.price,
+             o.trigger_price) for o in listed] == [
+        (order.client_order_id, ack.exchange_order_id, "limit", "buy", Decimal("0.01"),
+         Decimal(0), REST_PRICE, None)]
+    assert everything == listed
+
+
+async def test_resting_limit_that_crosses_the_price_fills_at_once(venue: VenueUnderTest) -> None:
+    ack = await venue.account.place_order(resting("buy", "0.001", "45450", "rest-crossing"))
+
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
+    assert await venue.account.open_orders("BTC/USD") == []
+
+
+async def test_resting_limit_filled_in_part_reports_the_part(venue: VenueUnderTest) -> None:
+    order = resting("buy", "0.01", "44000", "rest-part")
+    await venue.account.place_order(order)
+
+    await venue.fill_resting(order.client_order_id, Decimal("0.004"))
+    found = await venue.account.find_order(order.client_order_id, "BTC/USD")
+    listed = await venue.account.open_orders("BTC/USD")
+    position = await venue.account.position("BTC/USD")
+
+    assert found is not None
+    assert (found.status, found.filled_base, found.avg_price) == (
+        "submitted", Decimal("0.004"), REST_PRICE)
+    assert [(o.filled, o.size) for o in listed] == [(Decimal("0.004"), Decimal("0.01"))]
+    assert position == Decimal("1.004")
+
+
+async def test_amend_moves_the_price_leaving_one_live_order(venue: VenueUnderTest) -> None:
+    order = resting("buy", "0.01", "44000", "rest-amend")
+    placed = await venue.account.place_order(order)
+    capabilities = await venue.account.order_capabilities("BTC/USD")
+
+    ack = await amend_or_replace(venue.account, order, price=Decimal("44100"))
+    listed = await venue.account.open_orders("BTC/USD")
+
+    assert [(o.client_order_id, o.exchange_order_id, o.price, o.size - o.filled)
+            for o in listed] == [
+        (ack.client_order_id, ack.exchange_order_id, Decimal("44100"), Decimal("0.01"))]
+    assert (ack.client_order_id == order.client_order_id) is capabilities.amend_keeps_client_id
+    assert (ack.exchange_order_id == placed.exchange_order_id) is (capabilities.amend == "in_place")
+
+
+async def test_amend_of_a_part_filled_order_keeps_what_filled(venue: VenueUnderTest) -> None:
+    order = resting("buy", "0.01", "44000", "rest-amend-part")
+    await venue.account.place_order(order)
+    await venue.fill_resting(order.client_order_id, Decimal("0.004"))
+
+    # the new total 0.012, of which 0.004 filled: 0.008 left to buy, at 44,100
+    ack = await amend_or_replace(venue.account, order, price=Decimal("44100"),
+                                 size=Decimal("0.012"))
+    listed = await venue.account.open_orders("BTC/USD")
+    position = await venue.account.position("BTC/USD")
+
+    assert [(o.client_order_id, o.price, o.size - o.filled) for o in listed] == [
+        (ack.client_order_id, Decimal("44100"), Decimal("0.008"))]
+    assert position == Decimal("1.004")
+
+
+async def test_amend_of_an_unknown_order_is_refused(venue: VenueUnderTest) -> None:
+    error = await raised(venue.account.amend_order(client_id("never-placed"), "BTC/USD",
+                                                   price=Decimal("44100")))
+
+    assert isinstance(error, InvalidOrder)
+
+
+async def test_cancel_ends_a_resting_order_with_what_filled(venue: VenueUnderTest) -> None:
+    order = resting("buy", "0.01", "44000", "rest-cancel-part")
+    await venue.account.place_order(order)
+    await venue.fill_resting(order.client_order_id, Decimal("0.004"))
+
+    ack = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
+    found = await venue.account.find_order(order.client_order_id, "BTC/USD")
+
+    assert ack is not None and found is not None
+    assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.004"), REST_PRICE)
+    assert (found.status, found.filled_base) == ("filled", Decimal("0.004"))
+    assert await venue.account.open_orders("BTC/USD") == []
+
+
+async def test_cancel_of_an_unfilled_resting_order_reports_it_expired(
+    venue: VenueUnderTest,
+) -> None:
+    order = resting("buy", "0.01", "44000", "rest-cancel")
+    await venue.account.place_order(order)
+
+    first = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
+    again = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
+    snapshot = await venue.account.snapshot()
+
+    assert first is not None and again is not None
+    assert [(a.status, a.filled_base) for a in (first, again)] == [("expired", None)] * 2
+    assert await venue.account.open_orders() == []
+    assert snapshot.cash == Decimal("10000")
+
+
+async def test_cancel_of_an_unknown_client_id_is_none(venue: VenueUnderTest) -> None:
+    await venue.account.place_order(market("buy", "0.001", label="someone-else-cancel"))
+
+    assert await venue.account.cancel_order(client_id("never-placed"), "BTC/USD") is None
+
+
+async def test_cancel_of_a_filled_order_reports_it_filled(venue: VenueUnderTest) -> None:
+    placed = await venue.account.place_order(market("buy", "0.001", label="filled-cancel"))
+
+    ack = await venue.account.cancel_order(placed.client_order_id, "BTC/USD")
+
+    assert ack is not None
+    assert (ack.exchange_order_id, ack.status, ack.filled_base, ack.avg_price) == (
+        placed.exchange_order_id, "filled", Decimal("0.001"), PRICE)
+
+
+# (trigger, trigger price, limit price, a price short of the trigger, a price past it)
+TRIGGERED = [
+    ("stop_loss", "44000", None, "44500", "43900"),
+    ("stop_loss", "44000", "43800", "44500", "43900"),
+    ("take_profit", "46000", None, "45500", "46100"),
+    ("take_profit", "46000", "45900", "45500", "46100"),
+]
+
+
+@pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
+async def test_trigger_order_executes_when_the_price_reaches_it(
+    venue: VenueUnderTest, trigger: Trigger, at: str, limit: str | None, short: str, past: str,
+) -> None:
+    order = resting("sell", "0.01", limit, f"{trigger}-{limit}", trigger, at)
+    if kind_of(order) not in (await venue.account.order_capabilities("BTC/USD")).native:
+        pytest.skip(f"{venue.name} has no native {kind_of(order)} order")
+    ack = await venue.account.place_order(order)
+    waiting = await venue.account.open_orders("BTC/USD")
+
+    await venue.move_price("BTC/USD", Decimal(short))
+    still = await venue.account.open_orders("BTC/USD")
+    await venue.move_price("BTC/USD", Decimal(past))
+    found = await venue.account.find_order(order.client_order_id, "BTC/USD")
+    position = await venue.account.position("BTC/USD")
+
+    assert (ack.status, ack.filled_base) == ("submitted", None)
+    assert [(o.client_order_id, o.kind, o.side, o.size, o.trigger_price, o.price)
+            for o in waiting] == [(order.client_order_id, kind_of(order), "sell", Decimal("0.01"),
+                                   Decimal(at), order.limit_price)]
+    assert still == waiting
+    assert found is not None
+    assert (found.status, found.filled_base, found.avg_price) == (
+        "filled", Decimal("0.01"), Decimal(past))
+    assert await venue.account.open_orders("BTC/USD") == []
+    assert position == Decimal("0.99")
+
+
+@pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
+async def test_trigger_order_the_venue_lacks_is_refused_unsent(
+    venue: VenueUnderTest, trigger: Trigger, at: str, limit: str | None, short: str, past: str,
+) -> None:
+    order = resting("sell", "0.01", limit, f"lacking-{trigger}-{limit}", trigger, at)
+    if kind_of(order) in (await venue.account.order_capabilities("BTC/USD")).native:
+        pytest.skip(f"{venue.name} places {kind_of(order)} orders natively")
+    before = venue.requests()
+
+    error = await raised(venue.account.place_order(order))
+
+    assert type(error) is NotNative and str(error)
+    assert venue.requests() == before
+    assert await venue.orders() == []
+
+
+async def test_cancel_of_a_stop_before_its_trigger_reports_it_expired(
+    venue: VenueUnderTest,
+) -> None:
+    order = resting("sell", "0.01", "43800", "stop-cancel", "stop_loss", "44000")
+    await venue.account.place_order(order)
+
+    ack = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
+    await venue.move_price("BTC/USD", Decimal("43900"))
+
+    assert ack is not None and (ack.status, ack.filled_base) == ("expired", None)
+    assert await venue.account.position("BTC/USD") == Decimal(1)

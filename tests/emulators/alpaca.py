@@ -3,7 +3,9 @@
 Every call is checked against APCA-API-KEY-ID / APCA-API-SECRET-KEY. Numbers go out as JSON
 strings, as Alpaca sends them. Crypto is "BTC/USD" in orders, assets and activities but
 "BTCUSD" in positions; stocks are their base ("AAPL"). Market and ioc limit orders end at once
-(an ioc limit that does not cross ends "canceled"); with `fill_on_submit_reply = False` the
+(an ioc limit that does not cross ends "canceled"); gtc limit, stop (stocks only) and stop_limit
+orders rest (`VenueState`'s controls fill and trigger them), DELETE /v2/orders/{id} cancels one,
+PATCH /v2/orders/{id} replaces one with a new order; with `fill_on_submit_reply = False` the
 submit reply says "pending_new" with filled_qty "0" and only a later GET shows the outcome, as
 real Alpaca usually answers; `working_reads` more GETs of each order show it still "new" first
 (a stock order waiting for the open never ends). `state.latency_s` delays every reply;
@@ -21,7 +23,16 @@ from typing import Any
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import DEFAULT_MARKETS, Account, Fault, Market, Order, VenueState, parse_decimal
+from tests.emulators.state import (
+    DEFAULT_MARKETS,
+    USER_CANCELED,
+    Account,
+    Fault,
+    Market,
+    Order,
+    VenueState,
+    parse_decimal,
+)
 
 Json = dict[str, Any]
 Private = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
@@ -29,6 +40,10 @@ NS = uuid.UUID("6f1c1f0e-2b1a-4c59-9d0e-0c0ba5e00002")
 AAPL = Market("AAPL", "USD", Decimal("0.000000001"), Decimal("0.01"), Decimal("0.000000001"),
               Decimal("1"))
 CRYPTO_TIME_IN_FORCE = {"gtc", "ioc"}
+ORDER_TYPES = {"market", "limit", "stop", "stop_limit"}
+CRYPTO_ORDER_TYPES = {"market", "limit", "stop_limit"}  # no stop-market for crypto
+ORDER_TYPE_OF = {"market": "market", "limit_ioc": "limit", "limit": "limit", "stop_loss": "stop",
+                 "stop_loss_limit": "stop_limit"}
 
 # kind -> (HTTP status, Alpaca code, message template over the order's context).
 # Keyed by Fault.value and by VenueState.fill's ValueError kinds.
@@ -40,8 +55,11 @@ ERRORS: dict[str, tuple[int, int, str]] = {
                            "(requested: {requested}, available: {available})"),
     "min_not_met": (403, 40310000, "cost basis must be >= minimal amount of order {min_cost}"),
     "unknown_symbol": (422, 40010001, "invalid symbol: {symbol}"),
-    "unsupported_type": (422, 40010001, "only market and ioc limit orders are emulated"),
+    "unsupported_type": (422, 40010001, "invalid order type for this asset class"),
     "limit_fields": (422, 40010001, "limit orders need qty and limit_price"),
+    "stop_fields": (422, 40010001, "stop orders need qty and stop_price"),
+    "not_cancelable": (422, 42210000, "order is not cancelable"),
+    "not_replaceable": (422, 42210000, "order is not replaceable"),
     "invalid_price": (422, 42210000, "invalid limit_price {limit_price}. sub-penny increment "
                       "does not fulfill minimum pricing criteria"),
     "invalid_side": (422, 40010001, "invalid side"),
@@ -67,6 +85,15 @@ def error(kind: str, context: dict[str, str] | None = None) -> web.Response:
 
 def not_found(message: str) -> web.Response:
     return web.json_response({"code": 40410000, "message": message}, status=404)
+
+
+def _status(order: Order) -> str:
+    """Alpaca's status: new / partially_filled while resting, replaced, canceled, filled."""
+    if order.is_open:
+        return "partially_filled" if order.amount else "new"
+    if order.replaced_by:
+        return "replaced"
+    return "canceled" if order.status == USER_CANCELED else order.status
 
 
 def default_state() -> VenueState:
@@ -106,6 +133,8 @@ class AlpacaEmulator(EmulatorServer):
         for path, handler in gets.items():
             router.add_get(path, self._private(handler))
         router.add_post("/v2/orders", self._private(self._submit))
+        router.add_delete("/v2/orders/{order_id}", self._private(self._cancel))
+        router.add_patch("/v2/orders/{order_id}", self._private(self._replace))
 
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -273,15 +302,18 @@ class AlpacaEmulator(EmulatorServer):
     def _refusal(self, account: Account, body: Json, client_order_id: str) -> str | None:
         market = self._market(str(body.get("symbol", "")))
         sizes = [parse_decimal(body[k]) for k in ("qty", "notional") if body.get(k) is not None]
-        limit = body.get("type") == "limit"
+        kind = body.get("type")
+        limit, stop = kind in ("limit", "stop_limit"), kind in ("stop", "stop_limit")
+        types = CRYPTO_ORDER_TYPES if market and not self._is_stock(market) else ORDER_TYPES
         checks = (
             (market is None, "unknown_symbol"),
-            (body.get("type") not in ("market", "limit"), "unsupported_type"),
-            (limit and body.get("time_in_force") != "ioc", "unsupported_type"),  # nothing rests
+            (kind not in types, "unsupported_type"),
             (body.get("side") not in ("buy", "sell"), "invalid_side"),
             (len(sizes) != 1 or None in sizes, "qty_xor_notional"),
             (limit and (body.get("qty") is None or parse_decimal(body.get("limit_price")) is None),
              "limit_fields"),
+            (stop and (body.get("qty") is None or parse_decimal(body.get("stop_price")) is None),
+             "stop_fields"),
             (market is not None and not self._is_stock(market)
              and body.get("time_in_force") not in CRYPTO_TIME_IN_FORCE, "invalid_time_in_force"),
             (account.order_by_client_id(client_order_id) is not None,
@@ -313,6 +345,14 @@ class AlpacaEmulator(EmulatorServer):
 
     def _fill(self, account: Account, market: Market, body: Json, client_order_id: str) -> Order:
         qty, side = parse_decimal(body.get("qty")), str(body["side"])
+        limit, stop = parse_decimal(body.get("limit_price")), parse_decimal(body.get("stop_price"))
+        if body["type"] in ("stop", "stop_limit") or (
+                body["type"] == "limit" and body.get("time_in_force") != "ioc"):  # these rest
+            assert qty is not None  # _refusal checked their fields
+            return self.state.place_resting(
+                account, market.symbol, side, qty, limit_price=limit,
+                trigger="stop_loss" if stop is not None else None, trigger_price=stop,
+                client_order_id=client_order_id)
         if body["type"] == "limit":
             assert qty is not None  # _refusal checked limit orders' fields
             return self.state.fill_limit_ioc(account, market.symbol, side, qty,
@@ -324,27 +364,33 @@ class AlpacaEmulator(EmulatorServer):
     def _order_json(self, order: Order, final: bool = True) -> Json:
         """The order as Alpaca shows it; not `final`: as just accepted (pending_new)."""
         market = self.state.markets[order.symbol]
-        sent = self._submitted.get(order.order_id, {"qty": num(order.amount), "notional": None,
+        sent = self._submitted.get(order.order_id, {"qty": num(order.size), "notional": None,
                                                     "time_in_force": "gtc"})
         at, filled = iso(order.created), final and bool(order.amount)
-        canceled = final and order.status == "canceled"  # an ioc limit that did not cross
+        # an ioc limit that did not cross; a resting order canceled or replaced
+        canceled = final and order.status in ("canceled", USER_CANCELED)
         limit = None if order.limit_price is None else num(order.limit_price)
+        replaces = next((o.order_id for a in self.state.accounts.values() for o in a.orders
+                         if o.replaced_by == order.order_id), None)
         return {
             "id": order.order_id, "client_order_id": order.client_order_id,
-            "created_at": at, "updated_at": at, "submitted_at": at,
-            "filled_at": at if filled else None, "expired_at": None, "expires_at": None,
-            "canceled_at": at if canceled else None, "failed_at": None, "replaced_at": None,
-            "replaced_by": None, "replaces": None,
+            "created_at": at, "updated_at": iso(order.updated or order.created),
+            "submitted_at": at, "filled_at": at if final and order.status == "filled" else None,
+            "expired_at": None, "expires_at": None,
+            "canceled_at": at if canceled and not order.replaced_by else None, "failed_at": None,
+            "replaced_at": at if order.replaced_by else None,
+            "replaced_by": order.replaced_by, "replaces": replaces,
             "asset_id": self._uuid("asset", market.symbol),
             "symbol": self._symbol(market), "asset_class": self._asset_class(market),
             "notional": sent["notional"], "qty": sent["qty"],
             "filled_qty": num(order.amount) if filled else "0",
             "filled_avg_price": num(order.price) if filled else None,
             "order_class": "simple" if self._is_stock(market) else "",
-            "order_type": order.order_type, "type": order.order_type, "side": order.side,
-            "position_intent": None, "time_in_force": sent["time_in_force"],
-            "limit_price": limit, "stop_price": None,
-            "status": order.status if final else "pending_new", "extended_hours": False,
+            "order_type": ORDER_TYPE_OF[order.kind], "type": ORDER_TYPE_OF[order.kind],
+            "side": order.side, "position_intent": None, "time_in_force": sent["time_in_force"],
+            "limit_price": limit,
+            "stop_price": None if order.trigger_price is None else num(order.trigger_price),
+            "status": _status(order) if final else "pending_new", "extended_hours": False,
             "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
             "subtag": None, "source": "access_key",
         }
@@ -369,12 +415,44 @@ class AlpacaEmulator(EmulatorServer):
             return self._order_json(order, final=False) | {"status": "new"}
         return self._order_json(order)
 
+    async def _cancel(self, request: web.Request, account: Account) -> web.Response:
+        order = account.order_by_id(request.match_info["order_id"])
+        if order is None:
+            return not_found("order not found")
+        if not self.state.cancel(order):
+            return error("not_cancelable")
+        return web.Response(status=204)
+
+    async def _replace(self, request: web.Request, account: Account) -> web.Response:
+        """A new order for the body's qty / limit_price (the old one's where not given), under
+        the body's client_order_id (a new one where not given); the old order ends replaced."""
+        order = account.order_by_id(request.match_info["order_id"])
+        if order is None:
+            return not_found("order not found")
+        body: Json = await request.json()
+        qty, limit = parse_decimal(body.get("qty")), parse_decimal(body.get("limit_price"))
+        client_order_id = str(body.get("client_order_id") or uuid.uuid4())
+        if not order.is_open:
+            return error("not_replaceable")
+        if account.order_by_client_id(client_order_id) is not None:
+            return error("duplicate_client_order_id")
+        try:
+            new = self.state.replace(account, order, price=limit, size=qty or order.remaining,
+                                     client_order_id=client_order_id)
+        except ValueError as exc:
+            kind = {"not_open": "not_replaceable"}.get(str(exc), str(exc))
+            return error(kind, self._context(account, body | {
+                "symbol": self._symbol(self.state.markets[order.symbol]), "side": order.side}))
+        self._submitted[new.order_id] = {"qty": num(new.size), "notional": None,
+                                         "time_in_force": "gtc"}
+        return web.json_response(self._order_json(new))
+
     async def _list_orders(self, request: web.Request, account: Account) -> web.Response:
         query = request.query
         symbols = set(filter(None, query.get("symbols", "").split(",")))
         status = query.get("status", "open")
         orders = [o for o in account.orders
-                  if status in ("closed", "all")
+                  if (status == "all" or (status == "open") == o.is_open)
                   and (not symbols or self._symbol(self.state.markets[o.symbol]) in symbols)]
         newest_first = query.get("direction", "desc") == "desc"
         orders = (orders[::-1] if newest_first else orders)[: int(query.get("limit", 50))]
@@ -402,8 +480,8 @@ class AlpacaEmulator(EmulatorServer):
             return web.json_response([])
         after, until = (datetime.fromisoformat(query[k]).timestamp() if k in query else None
                         for k in ("after", "until"))
-        orders = [o for o in account.orders if o.amount
-                  and (after is None or o.created > after) and (until is None or o.created < until)]
+        orders = [o for o in account.trades()
+                  if (after is None or o.created > after) and (until is None or o.created < until)]
         items = [self._activity_json(account, o) for o in orders]
         items = items if query.get("direction") == "asc" else items[::-1]
         ids = [item["id"] for item in items]

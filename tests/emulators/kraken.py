@@ -24,7 +24,16 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
+from tests.emulators.state import (
+    OPEN,
+    USER_CANCELED,
+    Account,
+    Fault,
+    Market,
+    Order,
+    VenueState,
+    parse_decimal,
+)
 
 ASSET_IDS = {"BTC": "XXBT", "ETH": "XETH", "USD": "ZUSD", "EUR": "ZEUR"}  # Kraken's asset ids
 ALTNAMES = {"BTC": "XBT"}
@@ -34,7 +43,15 @@ FAULT_ERRORS = {
     Fault.INVALID_KEY: "EAPI:Invalid key",
     Fault.MIN_NOT_MET: "EOrder:Order minimum not met",
 }
-STATUSES = {"filled": "closed", "canceled": "canceled"}  # an unfilled IOC ends canceled
+# an unfilled IOC ends canceled; untriggered stops are open too
+STATUSES = {"filled": "closed", "canceled": "canceled", OPEN: "open", USER_CANCELED: "canceled"}
+# AddOrder ordertype -> (trigger, has a limit price after the trigger); "price" is the trigger
+# price of a trigger order and "price2" its limit price
+TRIGGERS = {"stop-loss": ("stop_loss", False), "stop-loss-limit": ("stop_loss", True),
+            "take-profit": ("take_profit", False), "take-profit-limit": ("take_profit", True)}
+ORDERTYPES = {"stop_loss": "stop-loss", "stop_loss_limit": "stop-loss-limit",
+              "take_profit": "take-profit", "take_profit_limit": "take-profit-limit"}
+UNKNOWN_ORDER = "EOrder:Unknown order"
 REFUSALS = {"insufficient_funds": "EOrder:Insufficient funds",
             "unknown_symbol": "EQuery:Unknown asset pair"}
 # cl_ord_id: long UUID, short (32 hex) UUID, or free text of up to 18 characters
@@ -68,14 +85,18 @@ def _viqc(p: Params) -> bool:
 
 def _invalid_argument(p: Params) -> str | None:
     """The AddOrder argument Kraken would call invalid, if any."""
-    limit = p.get("ordertype") == "limit"
+    ordertype = p.get("ordertype", "")
+    priced = ordertype != "market"
     checks = (
         ("type", p.get("type") in ("buy", "sell")),
-        ("ordertype", p.get("ordertype") in ("market", "limit")),  # stop, trailing: not emulated
-        ("timeinforce", not limit or p.get("timeinforce") == "IOC"),  # nothing rests here
+        ("ordertype", ordertype in ("market", "limit", *TRIGGERS)),  # trailing: not emulated
+        ("timeinforce", p.get("timeinforce") in (None, "GTC", "IOC")),
+        ("timeinforce", ordertype == "limit" or p.get("timeinforce") != "IOC"),
         ("cl_ord_id", "cl_ord_id" not in p or CL_ORD_ID.fullmatch(p["cl_ord_id"])),
         ("volume", parse_decimal(p.get("volume")) is not None),
-        ("price", not limit or parse_decimal(p.get("price")) is not None),
+        ("price", not priced or parse_decimal(p.get("price")) is not None),
+        ("price2", not TRIGGERS.get(ordertype, ("", False))[1]
+         or parse_decimal(p.get("price2")) is not None),
     )
     return next((name for name, valid in checks if not valid), None)
 
@@ -104,6 +125,7 @@ class KrakenEmulator(EmulatorServer):
             "Balance": self._balance, "BalanceEx": self._balance_ex, "AddOrder": self._add_order,
             "QueryOrders": self._query_orders, "OpenOrders": self._open_orders,
             "ClosedOrders": self._closed_orders, "TradesHistory": self._trades_history,
+            "CancelOrder": self._cancel_order, "AmendOrder": self._amend_order,
         }
         router.add_route("*", "/0/public/{method}", self._handle_public)
         router.add_post("/0/private/{method}", self._handle_private)
@@ -236,7 +258,8 @@ class KrakenEmulator(EmulatorServer):
             order = self._fill(account, market, p)
         except ValueError as refusal:
             return _err(self._refusal(str(refusal), market, p))
-        order.order_id, order.trade_id = _kraken_id("O"), _kraken_id("T")
+        order.rename(_kraken_id("O"))
+        order.trade_id = _kraken_id("T")
         if _viqc(p):
             self._viqc[order.order_id] = _fmt(Decimal(p["volume"]))
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
@@ -244,8 +267,25 @@ class KrakenEmulator(EmulatorServer):
         vol = _fmt(Decimal(p["volume"]), 8 if _viqc(p) else _decimals(market.amount_step))
         return _ok({"descr": {"order": self._describe(order, vol)}, "txid": [order.order_id]})
 
+    def fill_by_hand(self, api_key: str, symbol: str, side: str, amount: Decimal) -> Order:
+        """A market order the account's owner placed on Kraken's site, not through this API:
+        filled now, and seen by TradesHistory and ClosedOrders like any other."""
+        order = self.state.fill(self.state.accounts[api_key], symbol, side, amount=amount)
+        order.order_id, order.trade_id = _kraken_id("O"), _kraken_id("T")
+        return order
+
     def _fill(self, account: Account, market: Market, p: Params) -> Order:
         side, volume, client_id = p["type"], Decimal(p["volume"]), p.get("cl_ord_id")
+        if p["ordertype"] in TRIGGERS:
+            trigger, limited = TRIGGERS[p["ordertype"]]
+            return self.state.place_resting(
+                account, market.symbol, side, volume,
+                limit_price=Decimal(p["price2"]) if limited else None, trigger=trigger,
+                trigger_price=Decimal(p["price"]), client_order_id=client_id)
+        if p["ordertype"] == "limit" and p.get("timeinforce") != "IOC":  # GTC: it rests
+            return self.state.place_resting(account, market.symbol, side, volume,
+                                            limit_price=Decimal(p["price"]),
+                                            client_order_id=client_id)
         if p["ordertype"] == "limit":
             return self.state.fill_limit_ioc(account, market.symbol, side, volume,
                                              Decimal(p["price"]), client_id)
@@ -254,6 +294,8 @@ class KrakenEmulator(EmulatorServer):
                                cost=volume if viqc else None, client_order_id=client_id)
 
     def _refusal(self, kind: str, market: Market, p: Params) -> str:
+        if kind == "invalid_price" and p.get("ordertype") in TRIGGERS:
+            return "EOrder:Invalid price"
         if kind == "invalid_price":
             return (f"EOrder:Invalid price:{self._pair_id(market)} price can only be specified up "
                     f"to {_decimals(market.price_step)} decimals.")
@@ -265,21 +307,31 @@ class KrakenEmulator(EmulatorServer):
                 else "EOrder:Cost minimum not met")
 
     def _describe(self, o: Order, vol: str) -> str:
-        """Kraken's one-line order description, e.g. "buy 0.00100000 XBTUSD @ limit 45000.0"."""
+        """Kraken's one-line order description, e.g. "buy 0.00100000 XBTUSD @ limit 45000.0" or
+        "sell 0.01000000 XBTUSD @ stop loss 44000.0 -> limit 43900.0"."""
         m = self.state.markets[o.symbol]
+        places = _decimals(m.price_step)
         limit = o.limit_price
-        at = "market" if limit is None else f"limit {_fmt(limit, _decimals(m.price_step))}"
+        at = "market" if limit is None else f"limit {_fmt(limit, places)}"
+        if o.trigger is not None and o.trigger_price is not None:
+            trigger = f"{o.trigger.replace('_', ' ')} {_fmt(o.trigger_price, places)}"
+            at = trigger if limit is None else f"{trigger} -> {at}"
         return f"{o.side} {vol} {self._altname(m)} @ {at}"
 
     def _order_info(self, o: Order, with_trades: bool = False) -> dict[str, Any]:
         m = self.state.markets[o.symbol]
+        places = _decimals(m.price_step)
         vol = self._viqc.get(o.order_id) or _fmt(o.size)
-        limit = "0" if o.limit_price is None else _fmt(o.limit_price, _decimals(m.price_step))
+        limit = "0" if o.limit_price is None else _fmt(o.limit_price, places)
+        price, price2, ordertype = limit, "0", o.order_type
+        if o.trigger is not None and o.trigger_price is not None:  # price: trigger, price2: limit
+            price, price2, ordertype = _fmt(o.trigger_price, places), limit, ORDERTYPES[o.kind]
         info: dict[str, Any] = {
             "refid": None, "userref": None, "status": STATUSES[o.status], "reason": None,
-            "opentm": o.created, "closetm": o.created, "starttm": 0, "expiretm": 0,
-            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": o.order_type,
-                      "price": limit, "price2": "0", "leverage": "none",
+            "opentm": o.created, "closetm": 0 if o.is_open else o.updated, "starttm": 0,
+            "expiretm": 0,
+            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": ordertype,
+                      "price": price, "price2": price2, "leverage": "none",
                       "order": self._describe(o, vol), "close": ""},
             "vol": vol, "vol_exec": _fmt(o.amount), "cost": _fmt(o.cost, 5), "fee": "0.00000",
             "price": _fmt(o.price, 5), "stopprice": "0.00000", "limitprice": "0.00000",
@@ -288,7 +340,7 @@ class KrakenEmulator(EmulatorServer):
         if o.client_order_id is not None:
             info["cl_ord_id"] = o.client_order_id
         if with_trades and o.amount:
-            info["trades"] = [o.trade_id]
+            info["trades"] = [t.trade_id for t in o.parts] if o.parts else [o.trade_id]
         return info
 
     async def _query_orders(self, account: Account, p: Params) -> Reply:
@@ -300,18 +352,52 @@ class KrakenEmulator(EmulatorServer):
         return _ok({t: self._order_info(by_id[t], trades) for t in txids})
 
     async def _open_orders(self, account: Account, p: Params) -> Reply:
-        return _ok({"open": {}})  # market and IOC orders end at once: nothing ever rests
+        trades = p.get("trades", "").lower() == "true"
+        return _ok({"open": {o.order_id: self._order_info(o, trades) for o in account.orders
+                             if o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)}})
 
     async def _closed_orders(self, account: Account, p: Params) -> Reply:
         orders = [o for o in reversed(account.orders) if self._in_window(o, p)
-                  and p.get("cl_ord_id") in (None, o.client_order_id)]
+                  and not o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)]
         trades = p.get("trades", "").lower() == "true"
         return _ok({"closed": {o.order_id: self._order_info(o, trades) for o in orders},
                     "count": len(orders)})
 
+    def _open_order(self, account: Account, p: Params) -> Order | None:
+        """The open order named by txid (or cl_ord_id), as CancelOrder and AmendOrder take it."""
+        return next((o for o in account.orders if o.is_open and (
+            o.order_id == p.get("txid") or (p.get("cl_ord_id") is not None
+                                            and o.client_order_id == p.get("cl_ord_id")))), None)
+
+    async def _cancel_order(self, account: Account, p: Params) -> Reply:
+        order = self._open_order(account, p)
+        if order is None:  # unknown, or closed already
+            return _err(UNKNOWN_ORDER)
+        self.state.cancel(order)
+        return _ok({"count": 1})
+
+    async def _amend_order(self, account: Account, p: Params) -> Reply:
+        """Atomic amend in place: order_qty (the new total) and/or limit_price; ids kept."""
+        order = self._open_order(account, p)
+        if order is None:
+            return _err(UNKNOWN_ORDER)
+        qty, price = parse_decimal(p.get("order_qty")), parse_decimal(p.get("limit_price"))
+        if ("order_qty" in p and qty is None) or ("limit_price" in p and price is None):
+            return _err("EGeneral:Invalid arguments")
+        if order.trigger is not None and price is not None and order.limit_price is None:
+            return _err("EGeneral:Invalid arguments:limit_price")
+        try:
+            self.state.amend(account, order, price=price, size=qty)
+        except ValueError as refusal:
+            market = self.state.markets[order.symbol]
+            return _err({"invalid_size": "EGeneral:Invalid arguments:order_qty",
+                         "not_open": UNKNOWN_ORDER}.get(str(refusal))
+                        or self._refusal(str(refusal), market, {"volume": str(qty)}))
+        return _ok({"amend_id": _kraken_id("T")})
+
     async def _trades_history(self, account: Account, p: Params) -> Reply:
         trades = {}
-        for o in reversed(account.orders):
+        for o in reversed(account.trades()):
             if o.amount and self._in_window(o, p):
                 m = self.state.markets[o.symbol]
                 trades[o.trade_id] = {

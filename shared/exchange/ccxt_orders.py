@@ -1,0 +1,273 @@
+"""Resting orders on the ccxt venues (Kraken, Coinbase, Binance, OKX): good-till-canceled limit
+orders, stop-loss and take-profit triggers, cancel, amend and the list of open orders.
+
+Functions of the account's ccxt client and venue record; `CcxtAccount` delegates to them and
+translates what ccxt raises (`vendor_calls`). Orders are found again by our client order id with
+the venue's own lookup (`CcxtAccount`'s `Lookup`, passed in as `find`), so a cancel or an amend
+works on what the venue says now, never on what copytrade last knew.
+
+What each venue does natively is data, in `RESTING`: a kind the venue has no order for is
+refused before anything is sent (`NotNative`), never emulated. Sent through ccxt's unified API:
+a good-till-canceled limit is `create_order(symbol, "limit", side, amount, price)`; a stop-loss
+or take-profit passes `stopLossPrice` / `takeProfitPrice`, with type "market" or "limit" for what
+the trigger places (Kraken `ordertype` stop-loss[-limit] / take-profit[-limit]; Binance
+STOP_LOSS[_LIMIT] / TAKE_PROFIT[_LIMIT]; Coinbase `stop_limit_stop_limit_gtc`, STOP_DOWN or
+STOP_UP by side); `edit_order` amends (Kraken AmendOrder, Coinbase orders/edit and OKX
+amend-order in place; Binance order/cancelReplace, a new order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import ccxt.async_support as ccxt
+
+from shared.errors import InvalidOrder
+from shared.exchange.port import (
+    RESTING_KINDS,
+    NotNative,
+    OpenOrder,
+    OrderAck,
+    OrderCapabilities,
+    OrderCommand,
+    RestingKind,
+    amended_client_id,
+    order_status,
+    resting_kind,
+)
+from shared.exchange.venues import CcxtVenue
+
+# the venue's own lookup of an order by client order id (ccxt order dict, or None)
+Find = Callable[[Any, str, str], Awaitable[dict[str, Any] | None]]
+KindOf = Callable[[dict[str, Any]], RestingKind | None]
+
+_ENDED = ("canceled", "expired", "rejected")  # ccxt's unified statuses of an order that ended
+# ccxt create_order param carrying each trigger's price (unified across venues)
+_TRIGGER_PARAM = {"stop_loss": "stopLossPrice", "take_profit": "takeProfitPrice"}
+
+
+def _info(order: dict[str, Any]) -> dict[str, Any]:
+    info = order.get("info")
+    return info if isinstance(info, dict) else {}
+
+
+def _kraken_kind(order: dict[str, Any]) -> RestingKind | None:
+    """From descr.ordertype: limit, stop-loss, stop-loss-limit, take-profit, take-profit-limit."""
+    descr = _info(order).get("descr") or {}
+    kind = str(descr.get("ordertype", "")).replace("-", "_")
+    return kind if kind in RESTING_KINDS else None
+
+
+def _binance_kind(order: dict[str, Any]) -> RestingKind | None:
+    """From type: LIMIT (not IOC), STOP_LOSS[_LIMIT], TAKE_PROFIT[_LIMIT]."""
+    info = _info(order)
+    kind = str(info.get("type", "")).lower()
+    if kind == "limit" and info.get("timeInForce") != "GTC":
+        return None
+    return kind if kind in RESTING_KINDS else None
+
+
+def _coinbase_kind(order: dict[str, Any]) -> RestingKind | None:
+    """From order_configuration: limit_limit_gtc, or stop_limit_stop_limit_gtc whose
+    stop_direction tells a stop-loss (a sell stopping down, a buy stopping up) from a
+    take-profit."""
+    config = _info(order).get("order_configuration") or {}
+    if "limit_limit_gtc" in config:
+        return "limit"
+    stop = config.get("stop_limit_stop_limit_gtc")
+    if not isinstance(stop, dict):
+        return None
+    down = stop.get("stop_direction") == "STOP_DIRECTION_STOP_DOWN"
+    return "stop_loss_limit" if down == (order.get("side") == "sell") else "take_profit_limit"
+
+
+def _okx_kind(order: dict[str, Any]) -> RestingKind | None:
+    """From ordType: limit or post_only rest; ioc and market do not."""
+    return "limit" if _info(order).get("ordType") in ("limit", "post_only") else None
+
+
+@dataclass(frozen=True)
+class Resting:
+    """How one venue takes resting orders through ccxt 4.5."""
+
+    capabilities: OrderCapabilities
+    kind_of: KindOf  # a resting order's kind, from ccxt's order and the venue's raw reply
+    open_orders_need_symbol: bool = False  # fetch_open_orders without a symbol is refused
+    # edit_order needs both price and size (the order's current one where unchanged)
+    edit_needs_both: bool = False
+
+
+_ALL = frozenset(RESTING_KINDS)
+
+RESTING: Mapping[str, Resting] = {
+    "kraken": Resting(
+        OrderCapabilities(native=_ALL, amend="in_place", amend_keeps_client_id=True, notes=(
+            "AmendOrder keeps txid, cl_ord_id, fills and (where possible) queue priority",)),
+        _kraken_kind),
+    "coinbase": Resting(
+        OrderCapabilities(
+            native=frozenset({"limit", "stop_loss_limit", "take_profit_limit"}),
+            amend="in_place", amend_keeps_client_id=True, notes=(
+                "Advanced Trade has no stop-market order: stop_limit_stop_limit_gtc only",
+                "orders/edit changes a limit_limit_gtc order's price and size in place")),
+        _coinbase_kind, edit_needs_both=True),
+    "binance": Resting(
+        OrderCapabilities(native=_ALL, amend="replace", amend_keeps_client_id=False, notes=(
+            "edit_order is order/cancelReplace (STOP_ON_FAILURE): a new order for what is "
+            "left, under a derived client order id",)),
+        _binance_kind, open_orders_need_symbol=True),
+    "okx": Resting(
+        OrderCapabilities(native=frozenset({"limit"}), amend="in_place",
+                          amend_keeps_client_id=True, notes=(
+                              "amend-order keeps ordId and clOrdId",
+                              "stop-loss and take-profit are OKX algo orders (order-algo, "
+                              "algoClOrdId): not wired, refused")),
+        _okx_kind),
+}
+
+
+def resting(venue: CcxtVenue) -> Resting:
+    found = RESTING.get(venue.name)
+    if found is None:
+        raise NotNative(f"{venue.name}: resting orders are not wired for this venue")
+    return found
+
+
+def refuse_unless_native(venue: CcxtVenue, order: OrderCommand) -> RestingKind:
+    """The order's resting kind if the venue places it natively; NotNative otherwise."""
+    kind = resting_kind(order)
+    if kind is None:
+        raise InvalidOrder(f"{venue.name}: not a resting order")
+    if kind not in resting(venue).capabilities.native:
+        raise NotNative(f"{venue.name}: no native {kind} order")
+    return kind
+
+
+def ack_of(order: dict[str, Any], client_order_id: str) -> OrderAck:
+    """Our ack of a ccxt order, with the base size asked for and what filled of it so far."""
+    filled = _dec(order.get("filled"))
+    average = order.get("average")
+    if average is None and filled > 0 and order.get("cost") is not None:
+        average = _dec(order["cost"]) / filled
+    status = order.get("status")
+    return OrderAck(
+        exchange_order_id=str(order["id"]), client_order_id=client_order_id,
+        status=order_status(done=status == "closed", ended=status in _ENDED, filled=filled),
+        filled_base=filled if filled > 0 else None,
+        avg_price=_dec(average) if average is not None and filled > 0 else None,
+        ordered_base=None if order.get("amount") is None else _dec(order["amount"]))
+
+
+def open_order_of(order: dict[str, Any], kind_of: KindOf) -> OpenOrder | None:
+    kind = kind_of(order)
+    if kind is None or order.get("status") != "open":
+        return None
+    trigger = next((order[k] for k in ("triggerPrice", "stopLossPrice", "takeProfitPrice")
+                    if order.get(k)), None)
+    limit = kind == "limit" or kind.endswith("_limit")
+    return OpenOrder(
+        client_order_id=order.get("clientOrderId") or None, exchange_order_id=str(order["id"]),
+        symbol=str(order["symbol"]), kind=kind, side=order["side"], size=_dec(order["amount"]),
+        filled=_dec(order.get("filled")),
+        price=_dec(order["price"]) if limit and order.get("price") else None,
+        trigger_price=None if trigger is None else _dec(trigger))
+
+
+async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
+                params: dict[str, Any], find: Find) -> OrderAck:
+    """Place a resting order (`refuse_unless_native` first); the ack as the venue then shows
+    it (a limit crossing the price may have filled). `params` carry the client order id."""
+    kind = refuse_unless_native(venue, order)
+    price = None if order.limit_price is None else float(order.limit_price)
+    if order.trigger is not None:
+        params = params | {_TRIGGER_PARAM[order.trigger]: float(order.trigger_price or 0)}
+    kind_type = "limit" if price is not None else "market"
+    try:
+        placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price,
+                                            params))
+    except ccxt.DuplicateOrderId:
+        placed = {}
+    found = await find(ex, order.client_order_id, order.symbol)
+    if found is None and not placed:
+        raise InvalidOrder(f"{venue.name}: {kind} order {order.client_order_id} not found")
+    return ack_of(found or placed, order.client_order_id)
+
+
+async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
+                 find: Find) -> OrderAck | None:
+    """Cancel the order if it is open; the order as it ended, or None if the venue knows none."""
+    found = await find(ex, client_order_id, symbol)
+    if found is None:
+        return None
+    refused: Exception | None = None
+    if found.get("status") == "open":
+        try:
+            await ex.cancel_order(found["id"], symbol)
+        except (ccxt.OrderNotFound, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
+            refused = exc  # perhaps it ended meanwhile: the venue's answer below decides
+        found = await find(ex, client_order_id, symbol) or found
+    if refused is not None and found.get("status") == "open":
+        raise refused
+    return ack_of(found, client_order_id)
+
+
+async def amend(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
+                price: Decimal | None, size: Decimal | None, find: Find) -> OrderAck:
+    """Amend an open resting limit order's price and/or size (its new total): in place, or
+    where the venue replaces, as a new order for what is left under a derived client id."""
+    quirks = resting(venue)
+    mode = quirks.capabilities.amend
+    if mode == "none":
+        raise NotNative(f"{venue.name}: orders cannot be amended: cancel and place")
+    found = await find(ex, client_order_id, symbol)
+    if found is None or found.get("status") != "open":
+        raise InvalidOrder(f"{venue.name}: no open order {client_order_id} to amend")
+    if quirks.kind_of(found) != "limit":
+        raise NotNative(f"{venue.name}: only resting limit orders are amended: cancel and place")
+    new_price = _dec(found["price"]) if price is None else price
+    new_size = _dec(found["amount"]) if size is None else size
+    if mode == "in_place":
+        amount = float(new_size) if size is not None or quirks.edit_needs_both else None
+        edit_price = float(new_price) if price is not None or quirks.edit_needs_both else None
+        await ex.edit_order(found["id"], symbol, "limit", found["side"], amount, edit_price)
+        after = await find(ex, client_order_id, symbol)
+        return ack_of(after or found, client_order_id)
+    return await _replace(ex, venue, found, client_order_id, symbol, new_price, new_size, find)
+
+
+async def _replace(ex: Any, venue: CcxtVenue, found: dict[str, Any], client_order_id: str,
+                   symbol: str, price: Decimal, size: Decimal, find: Find) -> OrderAck:
+    new_id = amended_client_id(client_order_id, price, size)
+    replacement = await find(ex, new_id, symbol)  # a retried amend: replaced already
+    if replacement is None:
+        left = size - _dec(found.get("filled"))
+        if left <= 0:
+            raise InvalidOrder(f"{venue.name}: size {size} is not above what filled")
+        await ex.edit_order(found["id"], symbol, "limit", found["side"], float(left),
+                            float(price), {venue.client_id_param: new_id})
+        replacement = await find(ex, new_id, symbol)
+    if replacement is None:
+        raise InvalidOrder(f"{venue.name}: replacement {new_id} not found")
+    return ack_of(replacement, new_id)
+
+
+async def open_orders(ex: Any, venue: CcxtVenue, symbol: str | None) -> list[OpenOrder]:
+    quirks = resting(venue)
+    symbols: list[str | None] = [symbol]
+    if symbol is None and quirks.open_orders_need_symbol:
+        symbols = [s for s, m in ex.markets.items()
+                   if m.get("spot") and m.get("quote") == venue.quote_currency]
+    found: list[OpenOrder] = []
+    for one in symbols:
+        for order in await ex.fetch_open_orders(one):
+            parsed = open_order_of(dict(order), quirks.kind_of)
+            if parsed is not None:
+                found.append(parsed)
+    return found
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))
