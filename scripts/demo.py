@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -143,12 +145,11 @@ def main() -> None:
         print("services ready: paper-exchange, sizer, copier (group paper), master")
         asyncio.run(scenario(stack))
         if args.keep:
-            print("\nRunning; Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            print("\nRunning; Ctrl-C (or SIGTERM) stops it and its services.")
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # the stack's exit stops the children
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
         print(f"\nShutting down cleanly (logs in {workdir}).")
 
 
