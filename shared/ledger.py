@@ -88,6 +88,11 @@ class Ledger:
     async def read(self, key: str) -> Entry:
         return (await self._read(key))[0]
 
+    async def read_revision(self, key: str) -> tuple[Entry, int | None]:
+        """The entry and its revision (None: never written): a change of revision means some
+        fill, clip or adoption was applied in between."""
+        return await self._read(key)
+
     async def apply(
         self, key: str, fill_id: str, delta: Decimal, *, adopt: bool = False
     ) -> tuple[Decimal, Decimal]:

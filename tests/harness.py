@@ -232,7 +232,7 @@ class System:
         ledger = Ledger(await js.key_value(bus.LEDGER_BUCKET))
         reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
                                 ledger=ledger, holdings=Holdings(ledger), control=control.kv,
-                                claims=claims, threshold=s.reconcile_threshold,
+                                claims=claims, signals=js, threshold=s.reconcile_threshold,
                                 heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
         copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
                         instance=instance, control=control, policy=policy, ledger=ledger,

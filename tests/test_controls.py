@@ -47,11 +47,13 @@ async def test_reconciliation_clips_a_holding_sold_by_hand_and_reports_it(system
                         size=Decimal("0.0005"), size_type="base", reference_price=Decimal(45000))
     await system.paper(Place("meddled", hand))
 
-    drifts = await copier.reconciler.reconcile()
+    first = await copier.reconciler.reconcile()  # seen once: reported, not yet acted on
+    drifts = await copier.reconciler.reconcile()  # seen twice: clipped
     again = await copier.reconciler.reconcile()
     holding = await Ledger(await system.js.key_value(bus.LEDGER_BUCKET)).read(
         holding_key("meddled", "master", "BTC/USD"))
 
+    assert [(d.follower_id, d.clipped) for d in first] == [("meddled", Decimal(0))]
     assert [(d.follower_id, d.symbol, d.clipped) for d in drifts] == [
         ("meddled", "BTC/USD", Decimal("0.0005"))]
     assert drifts[0].actual == Decimal("0.0015") == holding.amount
@@ -139,7 +141,8 @@ async def test_heal_never_buys_back_what_the_follower_sold_by_hand(system: Syste
     await system.paper(Place("seller", hand))
     orders_before = len(await system.orders("seller"))
 
-    await copier.reconciler.reconcile()
+    for _ in range(4):  # seen, clipped, then seen twice after the clip: a heal would go now
+        await copier.reconciler.reconcile()
 
     assert len(await system.orders("seller")) == orders_before
     assert copier.metric("copytrade_heals_total", outcome="sold_by_hand") == 1
@@ -159,7 +162,7 @@ async def test_heal_never_sells_coins_an_operator_adopted(system: System) -> Non
     await ledger.apply(key, "adopt:req-1", Decimal("0.01"), adopt=True)  # a retry: once
     orders_before = len(await system.orders("veteran"))
 
-    drifts = await copier.reconciler.reconcile()
+    drifts = [d for _ in range(3) for d in await copier.reconciler.reconcile()]
 
     assert drifts == []
     assert len(await system.orders("veteran")) == orders_before

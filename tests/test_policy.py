@@ -33,6 +33,7 @@ async def test_heal_is_refused_by_the_followers_state(
     await eventually(lambda: copier.copier.executor.policy.state(copier.book.all()[0]) == state)
     orders_before = len(await system.orders("meddled"))
 
+    await copier.reconciler.reconcile()  # a drift is acted on once seen twice
     drifts = await copier.reconciler.reconcile()
 
     assert [d.follower_id for d in drifts] == ["meddled"]
@@ -47,6 +48,7 @@ async def test_heal_is_refused_under_the_kill_switch(system: System) -> None:
     orders_before = len(await system.orders("meddled"))
 
     await copier.reconciler.reconcile()
+    await copier.reconciler.reconcile()
 
     assert len(await system.orders("meddled")) == orders_before
     assert copier.metric("copytrade_heals_total", outcome="kill_switch") == 1
@@ -57,7 +59,9 @@ async def test_heal_of_an_active_follower_places_one_order(system: System) -> No
     orders_before = len(await system.orders("meddled"))
 
     await copier.reconciler.reconcile()
-    await copier.reconciler.reconcile()  # the same drift again: healed once only
+    await copier.reconciler.reconcile()  # seen twice: healed
+    await copier.reconciler.reconcile()  # healed: no drift left
+    await copier.reconciler.reconcile()
 
     assert len(await system.orders("meddled")) == orders_before + 1
     assert copier.metric("copytrade_heals_total", outcome="placed") == 1

@@ -13,23 +13,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from decimal import Decimal
+from collections.abc import Awaitable
+from decimal import ROUND_DOWN, Decimal
 
 import msgspec
 import nats
 from msgspec import Struct
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.followers import Follower, FollowerBook
 from services.copier.metrics import CopierMetrics
+from shared import bus
 from shared.errors import CopytradeError
 from shared.exchange.placing import place_idempotently
-from shared.exchange.port import OrderCommand
-from shared.ledger import Ledger, PositionReport, master_key
-from shared.messages import SizedOrder, Skip, TradeSignal, client_order_id_for
+from shared.exchange.port import OrderAck, OrderCommand
+from shared.ledger import Ledger, PositionReport, holding_key, master_key
+from shared.messages import Side, SizedOrder, Skip, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale
 
 log = logging.getLogger("copytrade.reconcile")
@@ -54,20 +57,30 @@ class Drift(Struct, frozen=True, kw_only=True):
     at: float
     master_id: str = ""
     clipped: Decimal = Decimal(0)  # removed from the holding: the follower sold this by hand
+    stable: bool = False  # seen the same in two rounds in a row: safe to act on
+    revision: int = 0  # the holding's ledger revision it was judged on
 
 
 class Reconciler:
+    """Judges drift only on what it saw twice: a discrepancy is acted on (clipped, healed) when
+    two rounds in a row saw the same ledger entries, the same real balance and the same target.
+    A copy in flight (its order filled at the venue, its ledger write not yet made) changes the
+    ledger before the next round, so it is never mistaken for a sale by hand or healed twice."""
+
     def __init__(
         self, *, book: FollowerBook, metrics: CopierMetrics, group: str, policy: Policy,
         ledger: Ledger, holdings: Holdings, control: KeyValue | None, claims: KeyValue,
         threshold: Decimal, heal: bool, order_timeout_s: float,
+        signals: JetStreamContext | None = None,
     ) -> None:
         self._book, self._metrics, self._group, self._policy = book, metrics, group, policy
         self._ledger, self._holdings = ledger, holdings
-        self._control, self._claims = control, claims
+        self._control, self._claims, self._js = control, claims, signals
         self._threshold, self._heal, self._order_timeout_s = threshold, heal, order_timeout_s
         self._master: dict[tuple[str, str], MasterPosition] = {}
+        self._seen: dict[str, tuple[object, ...]] = {}  # holding key -> last round's observation
         self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._decoder = msgspec.json.Decoder(TradeSignal)
 
     def observe(self, signal: TradeSignal) -> None:
         """Track which (master, symbol) positions exist, from each copied signal."""
@@ -79,49 +92,70 @@ class Reconciler:
             master_id=signal.master_id, symbol=signal.symbol, signal_id=signal.signal_id,
             equity=signal.master_equity, price=signal.price, legacy_amount=legacy)
 
+    async def prime(self) -> None:
+        """After a restart: each master's newest signal says which position to reconcile."""
+        if self._js is None:
+            return
+        for master in sorted(self._book.masters):
+            try:
+                msg = await self._js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject(master))
+            except NotFoundError:
+                continue
+            if msg.data is not None:
+                signal = self._decoder.decode(msg.data)
+                if (master, signal.symbol) not in self._master:  # a copied signal is newer
+                    self.observe(signal)
+
     async def run(self, interval_s: float) -> None:
+        await _quietly(self.prime(), self._metrics)
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await self.reconcile()
-            except (CopytradeError, nats.errors.Error, TimeoutError) as exc:  # next round retries
-                self._metrics.reconcile_errors.inc()
-                log.warning("event=reconcile_round_failed error=%s", type(exc).__name__)
+            await _quietly(self.reconcile(), self._metrics)
 
     async def reconcile(self) -> list[Drift]:
         """One round over every follower and (master, symbol); the drifts over the threshold."""
         drifts = []
         for master in list(self._master.values()):
-            amount = await self._master_amount(master)
+            amount, master_revision = await self._master_amount(master)
             for follower in self._book.subscribers(master.master_id):
-                drift = await self._check(follower, master, amount)
+                drift = await self._check(follower, master, amount, master_revision)
                 if drift is not None and (drift.ratio > self._threshold or drift.clipped > 0):
                     drifts.append(drift)
                     await self._report(drift, master, follower)
         return drifts
 
-    async def _master_amount(self, master: MasterPosition) -> Decimal:
+    async def _master_amount(self, master: MasterPosition) -> tuple[Decimal, int | None]:
         if master.legacy_amount is not None:
-            return master.legacy_amount
-        return (await self._ledger.read(master_key(master.master_id, master.symbol))).amount
+            return master.legacy_amount, None
+        entry, revision = await self._ledger.read_revision(master_key(master.master_id, master.symbol))
+        return entry.amount, revision
 
     async def _check(
-        self, follower: Follower, master: MasterPosition, master_amount: Decimal
+        self, follower: Follower, master: MasterPosition, master_amount: Decimal,
+        master_revision: int | None,
     ) -> Drift | None:
+        key = holding_key(follower.id, master.master_id, master.symbol)
         try:
             expected = await self._target(follower, master, master_amount)
             if expected is None:
                 return None
+            entry, revision = await self._ledger.read_revision(key)
             real = await follower.account.position(follower.venue_symbol(master.symbol))
-            held = await self._holdings.of(follower, master.master_id, master.symbol, fresh=True)
-            actual = await self._holdings.clip(follower, master.master_id, master.symbol, real)
-            # coins an operator adopted are part of the target: never healed away
-            expected += (await self._holdings.entry(follower, master.master_id, master.symbol)).adopted
         except CopytradeError as exc:  # this follower's venue: the others still reconcile
             self._metrics.reconcile_errors.inc()
             log.warning("event=reconcile_read_failed follower=%s error=%s", follower.id,
                         type(exc).__name__)
             return None
+        observation = (revision, master_revision, real, expected)
+        stable = self._seen.get(key) == observation
+        self._seen[key] = observation
+        clipped = Decimal(0)
+        if stable and entry.amount > real:  # seen twice: the follower sold by hand
+            clipped = await self._ledger.clip(key, real)
+            follower.holdings.pop(key, None)
+            self._seen.pop(key, None)  # the clip changed the entry: judge it again afresh
+        actual = min(entry.amount, real)
+        expected += entry.adopted  # coins an operator adopted are part of the target
         ratio = abs(actual - expected) / expected if expected > 0 else Decimal(actual > 0)
         self._metrics.drift.labels(self._group, follower.id, master.symbol).set(float(ratio))
         await self._ledger.report(PositionReport(
@@ -129,7 +163,7 @@ class Reconciler:
             holding=actual, real=real, target=expected, at=time.time()))
         return Drift(follower_id=follower.id, symbol=master.symbol, expected=expected,
                      actual=actual, ratio=ratio, at=time.time(), master_id=master.master_id,
-                     clipped=held - actual)
+                     clipped=clipped, stable=stable and not clipped, revision=revision or 0)
 
     async def _target(
         self, follower: Follower, master: MasterPosition, master_amount: Decimal
@@ -144,43 +178,81 @@ class Reconciler:
 
     async def _report(self, drift: Drift, master: MasterPosition, follower: Follower) -> None:
         log.warning("event=position_drift follower=%s master=%s symbol=%s expected=%s actual=%s "
-                    "ratio=%.3f sold_by_hand=%s", drift.follower_id, drift.master_id, drift.symbol,
-                    drift.expected, drift.actual, drift.ratio, drift.clipped)
+                    "ratio=%.3f sold_by_hand=%s stable=%s", drift.follower_id, drift.master_id,
+                    drift.symbol, drift.expected, drift.actual, drift.ratio, drift.clipped,
+                    drift.stable)
         if self._control is not None:
             await self._control.put(f"{DRIFT_PREFIX}{drift.follower_id}", self._encoder.encode(drift))
-        if self._heal and drift.ratio > self._threshold:
+        if self._heal and drift.stable and drift.ratio > self._threshold:
             await self._heal_drift(drift, master, follower)
 
     async def _heal_drift(self, drift: Drift, master: MasterPosition, follower: Follower) -> None:
-        """One correcting order per (master position, follower): through the policy, like any
-        copy, and claimed, so it is placed at most once."""
+        """One correcting order per state of the holding: through the policy, like any copy,
+        claimed, recovered after a crash (found by its client order id and applied to the
+        ledger once), and never for less than the venue can trade."""
         gap = drift.expected - drift.actual
-        if gap > 0 and (await self._holdings.entry(follower, master.master_id, master.symbol)).clipped:
-            self._metrics.heals.labels(self._group, "sold_by_hand").inc()
-            log.info("event=heal_refused follower=%s reason=sold_by_hand", follower.id)
+        entry = await self._holdings.entry(follower, master.master_id, master.symbol)
+        if gap > 0 and entry.clipped:
+            self._count_heal(follower, "sold_by_hand")
             return  # the follower sold by hand: its decision, not bought back
-        order = SizedOrder(follower_id=follower.id, side="buy" if gap > 0 else "sell",
-                           size=abs(gap), size_type="base", notional=abs(gap) * master.price,
-                           scale=Decimal(1))
+        side: Side = "buy" if gap > 0 else "sell"
+        rules = await self._book.rules(follower, master.symbol)
+        size = abs(gap) if rules is None else _down(abs(gap), rules.amount_step)
+        if rules is None or size < rules.min_amount or size <= 0 or size * master.price < rules.min_cost:
+            self._count_heal(follower, "below_exchange_minimum")
+            return
+        order = SizedOrder(follower_id=follower.id, side=side, size=size, size_type="base",
+                           notional=size * master.price, scale=Decimal(1))
         verdict = self._policy.admit(follower, order, held_notional=drift.actual * master.price)
         if verdict != "place":
-            reason = verdict.reason_code if isinstance(verdict, Skip) else "dry_run"
-            self._metrics.heals.labels(self._group, reason).inc()
-            log.info("event=heal_refused follower=%s reason=%s", follower.id, reason)
+            self._count_heal(follower, verdict.reason_code if isinstance(verdict, Skip) else "dry_run")
             return
-        try:
-            await self._claims.create(f"heal.{master.signal_id}.{follower.id}.{master.master_id}", b"1")
-        except KeyWrongLastSequenceError:
-            return  # already healed for this master position (or being healed)
+        tag = f"{follower.id}.{master.master_id}.{master.symbol.replace('/', '_')}.{drift.revision}"
         command = OrderCommand(
-            client_order_id=client_order_id_for(f"heal-{master.signal_id}", follower.id),
-            symbol=follower.venue_symbol(drift.symbol), side=order.side, size=order.size,
+            client_order_id=client_order_id_for(f"heal:{tag}", follower.id),
+            symbol=follower.venue_symbol(drift.symbol), side=side, size=size,
             size_type="base", reference_price=master.price)
         try:
-            ack = await place_idempotently(follower.account, command, timeout_s=self._order_timeout_s)
-            await self._holdings.record(follower, master.master_id, master.symbol, order.side, ack)
+            ack = await self._heal_once(f"heal.{tag}", follower, command)
+            if ack is not None:
+                await self._holdings.record(follower, master.master_id, master.symbol, side, ack)
         except CopytradeError as exc:
-            self._metrics.heals.labels(self._group, "failed").inc()
+            self._count_heal(follower, "failed")
             log.warning("event=heal_failed follower=%s error=%s", follower.id, type(exc).__name__)
             return
-        self._metrics.heals.labels(self._group, "placed").inc()
+        if ack is not None:
+            self._count_heal(follower, "placed")
+
+    async def _heal_once(self, key: str, follower: Follower, command: OrderCommand) -> OrderAck | None:
+        """Place the heal under a claim; a claim that exists is recovered: its order found at
+        the venue (then applied to the ledger), or, past the lease, taken over and placed."""
+        now = repr(time.time()).encode()
+        try:
+            await self._claims.create(key, now)
+        except KeyWrongLastSequenceError:
+            found = await follower.account.find_order(command.client_order_id, command.symbol)
+            if found is not None:
+                return found
+            entry = await self._claims.get(key)
+            if entry.value is None or time.time() - float(entry.value) < 2 * self._order_timeout_s:
+                return None  # another attempt may be placing it now
+            await self._claims.update(key, now, last=entry.revision)
+        return await place_idempotently(follower.account, command, timeout_s=self._order_timeout_s)
+
+    def _count_heal(self, follower: Follower, outcome: str) -> None:
+        self._metrics.heals.labels(self._group, outcome).inc()
+        if outcome != "placed":
+            log.info("event=heal_refused follower=%s reason=%s", follower.id, outcome)
+
+
+async def _quietly(work: Awaitable[object], metrics: CopierMetrics) -> None:
+    """A failed round is logged and counted; the next interval tries again."""
+    try:
+        await work
+    except (CopytradeError, nats.errors.Error, TimeoutError) as exc:
+        metrics.reconcile_errors.inc()
+        log.warning("event=reconcile_round_failed error=%s", type(exc).__name__)
+
+
+def _down(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
