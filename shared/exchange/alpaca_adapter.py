@@ -16,6 +16,7 @@ asking for a symbol while its lookup is in flight wait for that one lookup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -476,10 +477,8 @@ class AlpacaAccount:
         if found is None:
             return None
         if found.get("status") in _OPEN:
-            try:
+            with contextlib.suppress(InvalidOrder):  # 422, not cancelable: ended meanwhile
                 await self._call("delete", f"/orders/{found['id']}", missing_ok=True)
-            except InvalidOrder:  # 422: not cancelable, it ended meanwhile: read below
-                pass
             found = await self._raw_order(client_order_id) or found
         if found.get("status") in _OPEN - {"pending_cancel"}:
             raise ExchangeError(f"alpaca: order {found['id']} is still {found.get('status')}")

@@ -233,9 +233,18 @@ async def amend(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
         amount = float(new_size) if size is not None or quirks.edit_needs_both else None
         edit_price = float(new_price) if price is not None or quirks.edit_needs_both else None
         await ex.edit_order(found["id"], symbol, "limit", found["side"], amount, edit_price)
-        after = await find(ex, client_order_id, symbol)
-        return ack_of(after or found, client_order_id)
+        after = await find(ex, client_order_id, symbol) or found
+        _check_amended(venue, after, new_price, new_size)
+        return ack_of(after, client_order_id)
     return await _replace(ex, venue, found, client_order_id, symbol, new_price, new_size, find)
+
+
+def _check_amended(venue: CcxtVenue, order: dict[str, Any], price: Decimal, size: Decimal) -> None:
+    """An edit the venue answered without applying (Coinbase answers a refused edit with HTTP 200
+    and success false, which ccxt passes on as an order) is an error, unless the order ended."""
+    applied = _dec(order.get("price")) == price and _dec(order.get("amount")) == size
+    if order.get("status") == "open" and not applied:
+        raise InvalidOrder(f"{venue.name}: amend of {order.get('id')} not applied")
 
 
 async def _replace(ex: Any, venue: CcxtVenue, found: dict[str, Any], client_order_id: str,

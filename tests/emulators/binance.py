@@ -1,5 +1,10 @@
 """Binance spot REST emulator, answering in Binance's own format (developers.binance.com, spot).
 
+Orders: MARKET, LIMIT (IOC, or GTC: it rests), STOP_LOSS[_LIMIT] and TAKE_PROFIT[_LIMIT] with a
+stopPrice (they rest until `VenueState.set_price` reaches it); DELETE /api/v3/order cancels,
+POST /api/v3/order/cancelReplace cancels and places anew (STOP_ON_FAILURE), GET openOrders
+lists what rests.
+
 Public `GET /api/v3/...`; SIGNED endpoints need the `X-MBX-APIKEY` header, a `timestamp` inside
 `recvWindow` (default 5000 ms) and `signature` = hex HMAC-SHA256(secret, totalParams), totalParams
 being the query string concatenated with the form body, `signature` itself left out. Errors are
@@ -23,7 +28,15 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
+from tests.emulators.state import (
+    USER_CANCELED,
+    Account,
+    Fault,
+    Market,
+    Order,
+    VenueState,
+    parse_decimal,
+)
 
 Params = dict[str, str]
 Reply = web.StreamResponse
@@ -50,7 +63,15 @@ E_CLIENT_ID = (400, -1100, "Illegal characters found in parameter 'newClientOrde
                r"legal range is '^[\.A-Z\:/a-z0-9_-]{1,36}$'.")
 REFUSALS = {"insufficient_funds": E_FUNDS, "unknown_symbol": E_SYMBOL,
             "invalid_price": E_PRICE_FILTER}
-STATUSES = {"filled": "FILLED", "canceled": "EXPIRED"}  # an IOC that found no liquidity expires
+# an IOC that found no liquidity expires; a resting order is NEW or PARTIALLY_FILLED
+STATUSES = {"filled": "FILLED", "canceled": "EXPIRED", USER_CANCELED: "CANCELED"}
+E_UNKNOWN_ORDER = (400, -2011, "Unknown order sent.")
+# order type -> (trigger, has a limit price)
+TRIGGERS = {"STOP_LOSS": ("stop_loss", False), "STOP_LOSS_LIMIT": ("stop_loss", True),
+            "TAKE_PROFIT": ("take_profit", False), "TAKE_PROFIT_LIMIT": ("take_profit", True)}
+TYPES = {"market": "MARKET", "limit_ioc": "LIMIT", "limit": "LIMIT", "stop_loss": "STOP_LOSS",
+         "stop_loss_limit": "STOP_LOSS_LIMIT", "take_profit": "TAKE_PROFIT",
+         "take_profit_limit": "TAKE_PROFIT_LIMIT"}
 CLIENT_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 
 
@@ -79,15 +100,19 @@ def _missing(name: str) -> Error:
 
 
 def _invalid(p: Params) -> Error | None:
-    """Binance's error for a malformed new order, if any: market, or limit IOC only."""
-    limit = p.get("type") == "LIMIT"
+    """Binance's error for a malformed new order, if any."""
+    kind = p.get("type", "")
+    limit = kind == "LIMIT" or TRIGGERS.get(kind, ("", False))[1]
     sizes = [p[k] for k in ("quantity", "quoteOrderQty") if k in p]
     checks = (
         (p.get("side", "").lower() not in ("buy", "sell"), _missing("side")),
-        (p.get("type") not in ("MARKET", "LIMIT"), E_ORDER_TYPE),
+        (kind not in ("MARKET", "LIMIT", *TRIGGERS), E_ORDER_TYPE),
         (limit and "timeInForce" not in p, _missing("timeInForce")),
-        (limit and p.get("timeInForce") not in (None, "IOC"), E_TIF),  # nothing rests here
+        (limit and p.get("timeInForce") not in ("GTC", "IOC"), E_TIF),
+        (kind in TRIGGERS and p.get("timeInForce") == "IOC", E_TIF),
         (limit and parse_decimal(p.get("price")) is None, _missing("price")),
+        (kind in TRIGGERS and parse_decimal(p.get("stopPrice")) is None, _missing("stopPrice")),
+        (kind in TRIGGERS and "quantity" not in p, _missing("quantity")),
         (not CLIENT_ID.fullmatch(p.get("newClientOrderId", "-")), E_CLIENT_ID),
         (len(sizes) != 1 or (limit and "quantity" not in p), _missing("quantity")),
         (any(parse_decimal(v) is None for v in sizes), _missing("quantity")),
@@ -118,6 +143,8 @@ class BinanceEmulator(EmulatorServer):
             ("GET", "account"): self._account, ("POST", "order"): self._new_order,
             ("GET", "order"): self._query_order, ("GET", "openOrders"): self._open_orders,
             ("GET", "allOrders"): self._all_orders, ("GET", "myTrades"): self._my_trades,
+            ("DELETE", "order"): self._cancel_order,
+            ("POST", "order/cancelReplace"): self._cancel_replace,
         }
         for (method, path), fn in public.items():
             router.add_route(method, f"/api/v3/{path}", partial(self._handle, fn, False))
@@ -184,8 +211,8 @@ class BinanceEmulator(EmulatorServer):
             "baseAssetPrecision": 8, "quoteAsset": m.quote, "quotePrecision": 8,
             "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
             "quoteCommissionPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT",
-                           "TAKE_PROFIT_LIMIT"],
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT",
+                           "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"],
             "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
             "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True,
             "cancelReplaceAllowed": True, "isSpotTradingAllowed": True,
@@ -270,7 +297,8 @@ class BinanceEmulator(EmulatorServer):
             order = self._fill(account, market, p)
         except ValueError as refusal:
             return self._refusal(str(refusal), market, p)
-        order.order_id, order.trade_id = str(self.state.next_id()), str(self.state.next_id())
+        order.rename(str(self.state.next_id()))
+        order.trade_id = str(self.state.next_id())
         if "quoteOrderQty" in p:
             self._quote_qty[order.order_id] = Decimal(p["quoteOrderQty"])
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
@@ -280,6 +308,16 @@ class BinanceEmulator(EmulatorServer):
     def _fill(self, account: Account, market: Market, p: Params) -> Order:
         side = p["side"].lower()
         client_id = p.get("newClientOrderId") or uuid.uuid4().hex[:22]
+        if p["type"] in TRIGGERS:
+            trigger, limited = TRIGGERS[p["type"]]
+            return self.state.place_resting(
+                account, market.symbol, side, Decimal(p["quantity"]),
+                limit_price=Decimal(p["price"]) if limited else None, trigger=trigger,
+                trigger_price=Decimal(p["stopPrice"]), client_order_id=client_id)
+        if p["type"] == "LIMIT" and p["timeInForce"] == "GTC":
+            return self.state.place_resting(account, market.symbol, side, Decimal(p["quantity"]),
+                                            limit_price=Decimal(p["price"]),
+                                            client_order_id=client_id)
         if p["type"] == "LIMIT":
             return self.state.fill_limit_ioc(account, market.symbol, side,
                                              Decimal(p["quantity"]), Decimal(p["price"]), client_id)
@@ -300,23 +338,28 @@ class BinanceEmulator(EmulatorServer):
                "clientOrderId": o.client_order_id, "transactTime": _ms(o.created)}
         if kind == "ACK":
             return ack
+        status = ("PARTIALLY_FILLED" if o.amount else "NEW") if o.is_open else STATUSES[o.status]
         result = ack | {
             "price": _fmt(o.limit_price or Decimal(0)), "origQty": _fmt(o.size),
             "executedQty": _fmt(o.amount),
             "origQuoteOrderQty": _fmt(self._quote_qty.get(o.order_id, Decimal(0))),
-            "cummulativeQuoteQty": _fmt(o.cost), "status": STATUSES[o.status],
-            "timeInForce": "GTC" if o.limit_price is None else "IOC",
-            "type": o.order_type.upper(), "side": o.side.upper(), "workingTime": _ms(o.created),
+            "cummulativeQuoteQty": _fmt(o.cost), "status": status,
+            "timeInForce": "IOC" if o.kind == "limit_ioc" else "GTC",
+            "type": TYPES[o.kind], "side": o.side.upper(), "workingTime": _ms(o.created),
             "selfTradePreventionMode": "EXPIRE_MAKER",
         }
+        if o.trigger_price is not None:
+            result["stopPrice"] = _fmt(o.trigger_price)
         if kind == "FULL":
-            result["fills"] = [{"price": _fmt(o.price), "qty": _fmt(o.amount),
+            trades = o.parts if o.parts is not None else [o] if o.amount else []
+            result["fills"] = [{"price": _fmt(t.price), "qty": _fmt(t.amount),
                                 "commission": "0.00000000", "commissionAsset": m.quote,
-                                "tradeId": _num(o.trade_id)}] if o.amount else []
+                                "tradeId": _num(t.trade_id)} for t in trades]
         elif kind == "QUERY":
             del result["transactTime"]
-            result |= {"stopPrice": "0.00000000", "icebergQty": "0.00000000",
-                       "time": _ms(o.created), "updateTime": _ms(o.created), "isWorking": True}
+            result = {"stopPrice": "0.00000000"} | result | {
+                "icebergQty": "0.00000000", "time": _ms(o.created),
+                "updateTime": _ms(o.updated or o.created), "isWorking": not o.waiting}
         return result
 
     def _orders_of(self, account: Account, p: Params) -> list[Order]:
@@ -335,8 +378,54 @@ class BinanceEmulator(EmulatorServer):
                      None)
         return E_NO_ORDER if order is None else self._order_json(order)
 
-    async def _open_orders(self, _account: Account, _p: Params) -> list[Any]:
-        return []  # market and IOC orders end at once: nothing ever rests
+    async def _open_orders(self, account: Account, p: Params) -> Any:
+        if "symbol" in p and self._market(p["symbol"]) is None:
+            return E_SYMBOL
+        orders = self._orders_of(account, p) if "symbol" in p else account.orders
+        return [self._order_json(o) for o in orders if o.is_open]
+
+    def _named(self, account: Account, p: Params, id_key: str, client_key: str) -> Order | None:
+        """The order named by its id or its client id (the open one, where ids repeat)."""
+        orders = [o for o in self._orders_of(account, p)
+                  if str(_num(o.order_id)) == p.get(id_key, str(_num(o.order_id)))
+                  and o.client_order_id == p.get(client_key, o.client_order_id)]
+        return next((o for o in orders if o.is_open), orders[-1] if orders else None)
+
+    async def _cancel_order(self, account: Account, p: Params) -> Any:
+        if self._market(p.get("symbol")) is None:
+            return E_SYMBOL
+        order = self._named(account, p, "orderId", "origClientOrderId")
+        if order is None or not self.state.cancel(order):  # unknown, or ended already
+            return E_UNKNOWN_ORDER
+        return self._order_json(order, "RESULT") | {"origClientOrderId": order.client_order_id}
+
+    async def _cancel_replace(self, account: Account, p: Params) -> Any:
+        """STOP_ON_FAILURE: cancel, then (only if that worked) place the new order; a failed
+        placement leaves the old order canceled (-2021), as Binance does."""
+        market = self._market(p.get("symbol"))
+        if market is None:
+            return E_SYMBOL
+        if p.get("cancelReplaceMode") != "STOP_ON_FAILURE" or (invalid := _invalid(p)):
+            return invalid or _missing("cancelReplaceMode")
+        old = self._named(account, p, "cancelOrderId", "cancelOrigClientOrderId")
+        if old is None or not self.state.cancel(old):
+            return web.json_response({"code": -2022, "msg": "Order cancel-replace failed.", "data": {
+                "cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED",
+                "cancelResponse": {"code": E_UNKNOWN_ORDER[1], "msg": E_UNKNOWN_ORDER[2]},
+                "newOrderResponse": None}}, status=400)
+        cancel = self._order_json(old, "RESULT") | {"origClientOrderId": old.client_order_id}
+        try:
+            new = self._fill(account, market, p)
+        except ValueError as refusal:
+            _, code, msg = self._refusal(str(refusal), market, p)
+            return web.json_response({"code": -2021, "msg": "Order cancel-replace partially "
+                                      "failed.", "data": {
+                "cancelResult": "SUCCESS", "newOrderResult": "FAILURE", "cancelResponse": cancel,
+                "newOrderResponse": {"code": code, "msg": msg}}}, status=400)
+        new.rename(str(self.state.next_id()))
+        old.replaced_by = new.order_id
+        return {"cancelResult": "SUCCESS", "newOrderResult": "SUCCESS", "cancelResponse": cancel,
+                "newOrderResponse": self._order_json(new, p.get("newOrderRespType", "FULL"))}
 
     async def _all_orders(self, account: Account, p: Params) -> Any:
         if self._market(p.get("symbol")) is None:
@@ -347,7 +436,8 @@ class BinanceEmulator(EmulatorServer):
         market = self._market(p.get("symbol"))
         if market is None:
             return E_SYMBOL
-        orders = [o for o in self._in_window(self._orders_of(account, p), p)
+        trades = [t for t in account.trades() if t.symbol == market.symbol]
+        orders = [o for o in self._in_window(trades, p)
                   if o.amount and p.get("orderId", str(_num(o.order_id))) == str(_num(o.order_id))
                   and _num(o.trade_id) >= int(p.get("fromId") or 0)]
         return [{"symbol": market.base + market.quote, "id": _num(o.trade_id),

@@ -5,6 +5,11 @@ Replies use Coinbase's own JSON, so `ccxt.async_support.coinbase` works unchange
 CB-ACCESS-KEY, CB-ACCESS-TIMESTAMP (seconds, ±30 s) and CB-ACCESS-SIGN = hex HMAC-SHA256 of
 timestamp + method + path + body with the secret (v2 GETs sign `?query` in place of a body).
 CDP JWT keys (`Authorization: Bearer`) are refused with 401.
+
+Orders: market_market_ioc and sor_limit_ioc end at once; limit_limit_gtc and
+stop_limit_stop_limit_gtc rest (`VenueState`'s controls fill and trigger them; a stop's
+stop_direction with its side tells stop-loss from take-profit). orders/batch_cancel cancels,
+orders/edit changes a limit_limit_gtc order's price and size in place.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
+from tests.emulators.state import (
+    OPEN,
+    USER_CANCELED,
+    Account,
+    Fault,
+    Market,
+    Order,
+    VenueState,
+    parse_decimal,
+)
 
 Json = dict[str, Any]
 Private = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
@@ -81,17 +95,31 @@ ORDER_ERRORS: dict[str, Callable[[Json], web.Response]] = {
     "invalid_side": failure("INVALID_SIDE", "invalid side"),
     "unsupported": failure(
         "UNSUPPORTED_ORDER_CONFIGURATION",
-        "only market_market_ioc and sor_limit_ioc orders are emulated"),
+        "only market_market_ioc, sor_limit_ioc, limit_limit_gtc and stop_limit_stop_limit_gtc "
+        "orders are emulated"),
     "invalid_price": failure(
         "INVALID_PRICE_PRECISION", "invalid price precision", "PREVIEW_INVALID_PRICE_PRECISION"),
 }
-STATUSES = {"filled": "FILLED", "canceled": "CANCELLED"}  # an IOC that found no liquidity
-# order_configuration kinds the emulator fills -> the sets of fields each may be sized by
+# an IOC that found no liquidity is CANCELLED, as is a resting order canceled
+STATUSES = {"filled": "FILLED", "canceled": "CANCELLED", OPEN: "OPEN",
+            USER_CANCELED: "CANCELLED"}
+# order_configuration kinds the emulator takes -> the sets of fields each may be sized by
 CONFIGS: dict[str, tuple[frozenset[str], ...]] = {
     "market_market_ioc": (frozenset({"base_size"}), frozenset({"quote_size"})),
     "sor_limit_ioc": (frozenset({"base_size", "limit_price"}),),
+    "limit_limit_gtc": (frozenset({"base_size", "limit_price"}),),
+    "stop_limit_stop_limit_gtc": (frozenset({"base_size", "limit_price", "stop_price"}),),
 }
-NUMBERS = ("base_size", "quote_size", "limit_price")
+NUMBERS = ("base_size", "quote_size", "limit_price", "stop_price")
+STOP_DIRECTIONS = ("STOP_DIRECTION_STOP_UP", "STOP_DIRECTION_STOP_DOWN")
+ORDER_TYPES = {"market": "MARKET", "limit_ioc": "LIMIT", "limit": "LIMIT",
+               "stop_loss_limit": "STOP_LIMIT", "take_profit_limit": "STOP_LIMIT"}
+
+
+def edit_failure(reason: str) -> web.Response:
+    """Coinbase's refused edit: HTTP 200, success false, the reason in `errors`."""
+    return web.json_response({"success": False, "errors": [
+        {"edit_failure_reason": reason, "preview_failure_reason": "UNKNOWN_PREVIEW_FAILURE_REASON"}]})
 NOT_FOUND = {"error": "NOT_FOUND", "error_details": "order with this orderID was not found",
              "message": "order with this orderID was not found"}
 
@@ -108,6 +136,7 @@ def trade_id(order: Order) -> str:
 ORDER_FILTERS: dict[str, Callable[[Order], str]] = {
     "order_ids": lambda o: o.order_id, "product_ids": product_of, "product_id": product_of,
     "order_status": lambda o: STATUSES[o.status], "order_side": lambda o: o.side.upper(),
+    "order_types": lambda o: ORDER_TYPES[o.kind],
 }
 FILL_FILTERS: dict[str, Callable[[Order], str]] = {
     "order_ids": lambda o: o.order_id, "order_id": lambda o: o.order_id,
@@ -188,6 +217,8 @@ class CoinbaseEmulator(EmulatorServer):
         for path, private_handler in private.items():
             router.add_get(path, self._private(private_handler))
         router.add_post(f"{V3}/orders", self._private(self._create_order))
+        router.add_post(f"{V3}/orders/batch_cancel", self._private(self._batch_cancel))
+        router.add_post(f"{V3}/orders/edit", self._private(self._edit_order))
 
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -390,8 +421,7 @@ class CoinbaseEmulator(EmulatorServer):
         return web.json_response(self._accepted(order_or_error))
 
     def _fill(self, account: Account, body: Json, client_order_id: str | None) -> Order | str:
-        """Fill a market_market_ioc or sor_limit_ioc order, or name the ORDER_ERRORS entry that
-        refuses it."""
+        """Fill (or rest) the order, or name the ORDER_ERRORS entry that refuses it."""
         side = {"BUY": "buy", "SELL": "sell"}.get(str(body.get("side")))
         if side is None:
             return "invalid_side"
@@ -401,8 +431,20 @@ class CoinbaseEmulator(EmulatorServer):
         kind, sizes = parsed
         market = self._market(str(body.get("product_id")))
         symbol = market.symbol if market else ""  # VenueState refuses "" as "unknown_symbol"
+        trigger = None
+        if kind == "stop_limit_stop_limit_gtc":
+            direction = body["order_configuration"][kind].get("stop_direction")
+            if direction not in STOP_DIRECTIONS:
+                return "unsupported"
+            down = direction == "STOP_DIRECTION_STOP_DOWN"
+            trigger = "stop_loss" if down == (side == "sell") else "take_profit"
         try:
-            if kind == "sor_limit_ioc":
+            if kind in ("limit_limit_gtc", "stop_limit_stop_limit_gtc"):
+                order = self.state.place_resting(
+                    account, symbol, side, sizes["base_size"], limit_price=sizes["limit_price"],
+                    trigger=trigger, trigger_price=sizes.get("stop_price"),
+                    client_order_id=client_order_id)
+            elif kind == "sor_limit_ioc":
                 order = self.state.fill_limit_ioc(account, symbol, side, sizes["base_size"],
                                                   sizes["limit_price"], client_order_id)
             else:
@@ -424,28 +466,40 @@ class CoinbaseEmulator(EmulatorServer):
             "order_configuration": self._config(order),
         }
 
-    def _config(self, order: Order) -> Json:
-        default = {"market_market_ioc": {"base_size": num(order.amount)}}
-        return self._configs.get(order.order_id, default)
-
     def _in_quote(self, order: Order) -> bool:
         return "quote_size" in self._config(order).get("market_market_ioc", {})
 
+    def _config(self, order: Order) -> Json:
+        """The order_configuration as sent, with a resting order's price and size as amended."""
+        default = {"market_market_ioc": {"base_size": num(order.amount)}}
+        config = self._configs.get(order.order_id, default)
+        resting = config.get("limit_limit_gtc") or config.get("stop_limit_stop_limit_gtc")
+        if resting is not None and order.limit_price is not None:
+            resting |= {"base_size": num(order.size), "limit_price": num(order.limit_price)}
+        return config
+
     def _order_json(self, account: Account, order: Order) -> Json:
         created, filled = iso(order.created), bool(order.amount)
+        fills = len(order.parts) if order.parts is not None else int(filled)
+        done = (order.amount / order.size * 100) if order.size else Decimal(0)
+        trigger = ("INVALID_ORDER_TYPE" if order.trigger is None
+                   else "STOP_PENDING" if order.waiting else "STOP_TRIGGERED")
         return {
             "order_id": order.order_id, "product_id": product_of(order),
             "user_id": self._uuid(account.api_key), "order_configuration": self._config(order),
             "side": order.side.upper(), "client_order_id": order.client_order_id or "",
-            "status": STATUSES[order.status], "time_in_force": "IMMEDIATE_OR_CANCEL",
-            "created_time": created, "completion_percentage": "100" if filled else "0",
+            "status": STATUSES[order.status],
+            "time_in_force": "IMMEDIATE_OR_CANCEL" if order.parts is None
+            else "GOOD_UNTIL_CANCELLED",
+            "created_time": created, "completion_percentage": num(done),
             "filled_size": num(order.amount), "average_filled_price": num(order.price),
-            "fee": "", "number_of_fills": str(int(filled)), "filled_value": num(order.cost),
+            "fee": "", "number_of_fills": str(fills), "filled_value": num(order.cost),
             "pending_cancel": False, "size_in_quote": self._in_quote(order), "total_fees": "0",
             "size_inclusive_of_fees": self._in_quote(order),
-            "total_value_after_fees": num(order.cost), "trigger_status": "INVALID_ORDER_TYPE",
-            "order_type": order.order_type.upper(), "reject_reason": "REJECT_REASON_UNSPECIFIED",
-            "settled": True, "product_type": "SPOT", "reject_message": "", "cancel_message": "",
+            "total_value_after_fees": num(order.cost), "trigger_status": trigger,
+            "order_type": ORDER_TYPES[order.kind], "reject_reason": "REJECT_REASON_UNSPECIFIED",
+            "settled": not order.is_open, "product_type": "SPOT", "reject_message": "",
+            "cancel_message": "User requested cancel" if order.status == USER_CANCELED else "",
             "order_placement_source": "RETAIL_ADVANCED", "outstanding_hold_amount": "0",
             "is_liquidation": False, "last_fill_time": created if filled else None,
         }
@@ -477,9 +531,39 @@ class CoinbaseEmulator(EmulatorServer):
         return web.json_response(
             {"orders": items, "sequence": "0", "has_next": bool(cursor), "cursor": cursor})
 
+    async def _batch_cancel(self, request: web.Request, account: Account) -> web.Response:
+        body: Json = await request.json()
+        results = []
+        for order_id in body.get("order_ids") or []:
+            order = next((o for o in account.orders if o.order_id == order_id), None)
+            reason = ("UNKNOWN_CANCEL_ORDER" if order is None
+                      else "UNKNOWN_CANCEL_FAILURE_REASON" if self.state.cancel(order)
+                      else "INVALID_CANCEL_REQUEST")
+            results.append({"success": reason == "UNKNOWN_CANCEL_FAILURE_REASON",
+                            "failure_reason": reason, "order_id": order_id})
+        return web.json_response({"results": results})
+
+    async def _edit_order(self, request: web.Request, account: Account) -> web.Response:
+        """A limit_limit_gtc order's new price and size (its total), in place."""
+        body: Json = await request.json()
+        order = next((o for o in account.orders if o.order_id == body.get("order_id")), None)
+        price, size = parse_decimal(body.get("price")), parse_decimal(body.get("size"))
+        if order is None or not order.is_open:
+            return edit_failure("ORDER_NOT_FOUND" if order is None else "ORDER_ALREADY_DONE")
+        if order.kind != "limit" or price is None or size is None:
+            return edit_failure("UNSUPPORTED_ORDER_CONFIGURATION")
+        try:
+            self.state.amend(account, order, price=price, size=size)
+        except ValueError as exc:
+            return edit_failure({"invalid_size": "CANNOT_EDIT_TO_BELOW_FILLED_SIZE",
+                                 "insufficient_funds": "INSUFFICIENT_FUNDS",
+                                 "invalid_price": "INVALID_PRICE_PRECISION"}.get(str(exc),
+                                                                                "UNKNOWN"))
+        return web.json_response({"success": True, "errors": []})
+
     async def _fills(self, request: web.Request, account: Account) -> web.Response:
         window = ("start_sequence_timestamp", "end_sequence_timestamp")
-        fills = [o for o in account.orders if o.amount]
+        fills = account.trades()
         orders = select(fills, request.query, FILL_FILTERS, window)
         items, cursor = page([self._fill_json(account, o) for o in orders], request.query, 100)
         return web.json_response({"fills": items, "cursor": cursor})

@@ -5,6 +5,11 @@ OK-ACCESS-TIMESTAMP (ISO 8601, within 30 s) and OK-ACCESS-SIGN = base64 HMAC-SHA
 timestamp + METHOD + requestPath[?query] + body). Replies are `{"code": "0", "msg": "", "data":
 [...]}`; order endpoints report per-order `sCode`/`sMsg` under `code` "1" (all failed) or "2"
 (partly). Spot instruments are `BTC-USD`, `ETH-USD`, trade mode `cash`.
+
+Orders: market and ioc end at once; limit (and post_only) rest until `VenueState`'s controls fill
+them; trade/cancel-order cancels and trade/amend-order changes price and size (newSz: the new
+total, filled part included) in place; trade/orders-pending lists what rests. Algo orders
+(order-algo: stop-loss, take-profit) are not emulated.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from typing import Any
 from aiohttp import web
 
 from tests.emulators.server import EmulatorServer
-from tests.emulators.state import Account, Fault, Market, Order, VenueState, parse_decimal
+from tests.emulators.state import (
+    USER_CANCELED,
+    Account,
+    Fault,
+    Market,
+    Order,
+    VenueState,
+    parse_decimal,
+)
 
 Params = dict[str, Any]
 Reply = web.StreamResponse
@@ -61,12 +74,28 @@ def _target(r: Params) -> str:
     return str(r.get("tgtCcy") or ("quote_ccy" if r.get("side") == "buy" else "base_ccy"))
 
 
+RESTING = ("limit", "post_only")  # ordTypes that rest on the book
+E_CANCEL = ("51400", "Order cancellation failed as the order has been filled, canceled or does "
+            "not exist.")
+E_AMEND = ("51503", "Order modification failed as the order has been filled, canceled or does "
+           "not exist.")
+E_NEW_SZ = ("51512", "Failed to amend: the new size must be greater than the filled size.")
+
+
+def _state(o: Order) -> str:
+    """live / partially_filled while it rests; filled; canceled (an IOC that found no
+    liquidity, or canceled at the account's request)."""
+    if o.is_open:
+        return "partially_filled" if o.amount else "live"
+    return "canceled" if o.status == USER_CANCELED else o.status
+
+
 def _invalid(r: Params, client_id: str) -> tuple[str, str] | None:
-    """OKX's per-order (sCode, sMsg) for a malformed order, if any: market, or limit IOC only."""
-    ioc = r.get("ordType") == "ioc"
+    """OKX's per-order (sCode, sMsg) for a malformed order, if any."""
+    ioc = r.get("ordType") in ("ioc", *RESTING)  # priced
     checks = (
         (r.get("side") not in ("buy", "sell"), ("51000", "Parameter side error")),
-        (r.get("ordType") not in ("market", "ioc"), ("51000", "Parameter ordType error")),
+        (r.get("ordType") not in ("market", "ioc", *RESTING), ("51000", "Parameter ordType error")),
         (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
         (bool(client_id) and not CL_ORD_ID.fullmatch(client_id),
          ("51000", "Parameter clOrdId error")),
@@ -115,6 +144,7 @@ class OkxEmulator(EmulatorServer):
             ("GET", "trade/order"): self._order, ("GET", "trade/orders-pending"): self._pending,
             ("GET", "trade/orders-history"): self._history, ("GET", "trade/fills"): self._fills,
             ("GET", "trade/fills-history"): self._fills,
+            ("POST", "trade/cancel-order"): self._cancel, ("POST", "trade/amend-order"): self._amend,
         }
         for (method, path), fn in public.items():
             router.add_route(method, f"/api/v5/{path}", partial(self._handle, fn, False))
@@ -257,13 +287,17 @@ class OkxEmulator(EmulatorServer):
         except ValueError as exc:
             code, msg = _refusal(str(exc), market, str(r.get("side")))
             return reply | {"sCode": code, "sMsg": msg}
-        order.order_id = str(600_000_000_000_000_000 + self.state.next_id())
+        order.rename(str(600_000_000_000_000_000 + self.state.next_id()))
         order.trade_id = str(self.state.next_id())
         self._asked[order.order_id] = (_target(r), str(r.get("sz")), tag)
         return reply | {"ordId": order.order_id, "sCode": "0", "sMsg": "Order placed"}
 
     def _fill(self, account: Account, market: Market, r: Params, client_id: str | None) -> Order:
         side, size = str(r["side"]), Decimal(str(r["sz"]))
+        if r["ordType"] in RESTING:
+            return self.state.place_resting(account, market.symbol, side, size,
+                                            limit_price=Decimal(str(r["px"])),
+                                            client_order_id=client_id)
         if r["ordType"] == "ioc":
             return self.state.fill_limit_ioc(account, market.symbol, side, size,
                                              Decimal(str(r["px"])), client_id)
@@ -275,6 +309,9 @@ class OkxEmulator(EmulatorServer):
     def _order_json(self, o: Order) -> dict[str, Any]:
         m = self.state.markets[o.symbol]
         tgt, size, tag = self._asked.get(o.order_id, ("base_ccy", _s(o.amount), ""))
+        if o.parts is not None:  # a resting order: its size as amended; its last fill
+            size = _s(o.size)
+        last = o.parts[-1] if o.parts else o
         ms = _ms(o.created)
 
         def filled(value: str) -> str:  # fill fields stay empty while nothing filled
@@ -285,11 +322,11 @@ class OkxEmulator(EmulatorServer):
             "ordId": o.order_id, "clOrdId": o.client_order_id or "", "tag": tag,
             "px": "" if o.limit_price is None else _s(o.limit_price),
             "pxUsd": "", "pxVol": "", "pxType": "", "sz": size, "pnl": "0",
-            "ordType": "market" if o.limit_price is None else "ioc", "side": o.side,
-            "posSide": "net", "tdMode": "cash", "accFillSz": _s(o.amount),
-            "fillPx": filled(_s(o.price)), "tradeId": filled(o.trade_id),
-            "fillSz": _s(o.amount), "fillTime": filled(ms), "avgPx": filled(_s(o.price)),
-            "state": o.status,  # an IOC that found no liquidity ends "canceled"
+            "ordType": {"market": "market", "limit_ioc": "ioc"}.get(o.kind, "limit"),
+            "side": o.side, "posSide": "net", "tdMode": "cash", "accFillSz": _s(o.amount),
+            "fillPx": filled(_s(last.price)), "tradeId": filled(last.trade_id),
+            "fillSz": _s(last.amount), "fillTime": filled(_ms(last.created)),
+            "avgPx": filled(_s(o.price)), "state": _state(o),
             "lever": "", "attachAlgoClOrdId": "", "tpTriggerPx": "", "tpTriggerPxType": "",
             "tpOrdPx": "", "slTriggerPx": "", "slTriggerPxType": "", "slOrdPx": "",
             "attachAlgoOrds": [], "stpId": "", "stpMode": "cancel_maker",
@@ -297,7 +334,7 @@ class OkxEmulator(EmulatorServer):
             "rebate": "0", "source": "", "category": "normal", "reduceOnly": "false",
             "isTpLimit": "false", "cancelSource": "", "cancelSourceReason": "",
             "quickMgnType": "", "algoClOrdId": "", "algoId": "", "tradeQuoteCcy": m.quote,
-            "uTime": ms, "cTime": ms,
+            "uTime": _ms(o.updated or o.created), "cTime": ms,
         }
 
     async def _order(self, account: Account, p: Params) -> Any:
@@ -308,15 +345,58 @@ class OkxEmulator(EmulatorServer):
                       and o.client_order_id == p.get("clOrdId", o.client_order_id)), None)
         return E_NO_ORDER if order is None else [self._order_json(order)]
 
-    async def _pending(self, _account: Account, _p: Params) -> list[Any]:
-        return []  # market and IOC orders end at once: nothing ever rests
+    async def _pending(self, account: Account, p: Params) -> list[Any]:
+        return [self._order_json(o) for o in self._window(account, p) if o.is_open]
 
     async def _history(self, account: Account, p: Params) -> list[Any]:
-        return [self._order_json(o) for o in self._window(account, p)]
+        return [self._order_json(o) for o in self._window(account, p) if not o.is_open]
+
+    def _named(self, account: Account, r: Params) -> Order | None:
+        """The order of instId named by ordId or clOrdId."""
+        return next((o for o in account.orders if self._matches(o, r) and (
+            o.order_id == r.get("ordId") or (r.get("clOrdId") and
+                                             o.client_order_id == r.get("clOrdId")))), None)
+
+    def _result(self, r: Params, order: Order | None, failure: tuple[str, str] | None) -> Any:
+        reply = {"clOrdId": r.get("clOrdId", ""), "ordId": r.get("ordId", ""),
+                 "reqId": r.get("reqId", ""), "ts": _ms(time.time())}
+        if order is not None:
+            reply |= {"clOrdId": order.client_order_id or "", "ordId": order.order_id}
+        if failure is not None:
+            return _data([reply | {"sCode": failure[0], "sMsg": failure[1]}], "1",
+                         "Operation failed.")
+        return [reply | {"sCode": "0", "sMsg": ""}]
+
+    async def _cancel(self, account: Account, r: Params) -> Any:
+        if self._market(r.get("instId")) is None:
+            return E_INSTRUMENT
+        order = self._named(account, r)
+        cancelled = order is not None and self.state.cancel(order)
+        return self._result(r, order, None if cancelled else E_CANCEL)
+
+    async def _amend(self, account: Account, r: Params) -> Any:
+        """newSz (the new total, filled part included) and/or newPx, in place."""
+        if self._market(r.get("instId")) is None:
+            return E_INSTRUMENT
+        order = self._named(account, r)
+        size, price = parse_decimal(r.get("newSz")), parse_decimal(r.get("newPx"))
+        if order is None or not order.is_open:
+            return self._result(r, order, E_AMEND)
+        if (size is None and price is None) or ("newSz" in r and size is None) or (
+                "newPx" in r and price is None):
+            return self._result(r, order, ("51000", "Parameter newSz or newPx error"))
+        try:
+            self.state.amend(account, order, price=price, size=size)
+        except ValueError as exc:
+            market = self.state.markets[order.symbol]
+            failure = {"invalid_size": E_NEW_SZ, "not_open": E_AMEND}.get(str(exc)) or _refusal(
+                str(exc), market, order.side)
+            return self._result(r, order, failure)
+        return self._result(r, order, None)
 
     async def _fills(self, account: Account, p: Params) -> list[Any]:
         fills = []
-        for o in filter(lambda o: o.amount, self._window(account, p)):
+        for o in self._window(account, p, account.trades()):
             m = self.state.markets[o.symbol]
             fills.append({
                 "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tradeId": o.trade_id,
@@ -336,10 +416,12 @@ class OkxEmulator(EmulatorServer):
         return p.get("instId") in (None, f"{m.base}-{m.quote}") and p.get("instType") in (
             None, "SPOT")
 
-    def _window(self, account: Account, p: Params) -> list[Order]:
+    def _window(self, account: Account, p: Params, orders: list[Order] | None = None,
+                ) -> list[Order]:
         """instType/instId/ordId filters, begin/end in ms, newest first, limit (default 100)."""
         begin, end = int(p.get("begin") or 0), int(p.get("end") or 2**62)
-        orders = [o for o in reversed(account.orders) if self._matches(o, p)
+        orders = [o for o in reversed(account.orders if orders is None else orders)
+                  if self._matches(o, p)
                   and p.get("ordId", o.order_id) == o.order_id
                   and begin <= int(_ms(o.created)) <= end]
         return orders[:int(p.get("limit") or 100)]

@@ -389,11 +389,16 @@ async def test_limit_buy_needs_funds_at_its_limit_price(ex: Any, account: Accoun
     assert account.orders == [] and account.balances == BALANCES
 
 
-async def test_limit_order_resting_on_the_book_is_refused(ex: Any, account: Account) -> None:
-    with pytest.raises(ccxt.BaseError):  # GTC: the emulators keep no resting orders
-        await ex.create_order("BTC/USD", "limit", "buy", 0.001, 44000,
-                              {"clientOrderId": client_id("gtc")})
-    assert account.orders == []
+async def test_limit_order_resting_on_the_book_is_listed_open(ex: Any, account: Account) -> None:
+    cid = client_id("gtc")
+    await ex.create_order("BTC/USD", "limit", "buy", 0.001, 44000, {"clientOrderId": cid})
+
+    listed = await ex.fetch_open_orders("BTC/USD")
+
+    assert [(o["clientOrderId"], o["status"], o["filled"], o["amount"], o["price"])
+            for o in listed] == [(cid, "open", 0.0, 0.001, 44000.0)]
+    assert [(o.status, o.amount) for o in account.orders] == [("open", Decimal(0))]
+    assert account.balances == BALANCES
 
 
 # --- faults ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, OrderType, TimeInForce
 from alpaca.trading.models import Order as AlpacaOrder
 from alpaca.trading.models import TradeActivity
-from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
+from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, StopOrderRequest
 
 from tests.emulators.alpaca import AlpacaEmulator
 from tests.emulators.coinbase import CoinbaseEmulator
@@ -598,18 +598,33 @@ async def test_limit_price_off_the_tick_is_refused_with_422(
 @pytest.mark.parametrize(("order", "status", "message"), [
     (limit_ioc("BTC/USD", OrderSide.BUY, 0.222, 45450), 403,
      "insufficient balance for USD (requested: 10089.9, available: 10000)"),  # at the limit
-    (LimitOrderRequest(symbol="BTC/USD", side=OrderSide.BUY, qty=0.001, limit_price=44000,
-                       time_in_force=TimeInForce.GTC), 422,
-     "only market and ioc limit orders are emulated"),  # nothing rests on the emulator's book
+    (StopOrderRequest(symbol="BTC/USD", side=OrderSide.SELL, qty=0.001, stop_price=44000,
+                      time_in_force=TimeInForce.GTC), 422,
+     "invalid order type for this asset class"),  # crypto takes no stop-market order
 ])
 async def test_limit_order_refused_by_the_venue_places_nothing(
-    alpaca: AlpacaEmulator, client: TradingClient, order: LimitOrderRequest, status: int,
-    message: str,
+    alpaca: AlpacaEmulator, client: TradingClient, order: LimitOrderRequest | StopOrderRequest,
+    status: int, message: str,
 ) -> None:
     refused = await api_error(client.submit_order, order)
 
     assert (refused.status_code, refused.message) == (status, message)
     assert alpaca.state.accounts[AP_KEY].orders == []
+
+
+async def test_gtc_limit_order_rests_open_with_nothing_filled(
+    alpaca: AlpacaEmulator, client: TradingClient,
+) -> None:
+    placed = await asyncio.to_thread(client.submit_order, LimitOrderRequest(
+        symbol="BTC/USD", side=OrderSide.BUY, qty=0.001, limit_price=44000,
+        time_in_force=TimeInForce.GTC))
+    listed = await asyncio.to_thread(client.get_orders)
+
+    assert isinstance(placed, AlpacaOrder)
+    assert (placed.status, placed.filled_qty, placed.type) == (OrderStatus.NEW, "0",
+                                                               OrderType.LIMIT)
+    assert [o.id for o in listed] == [placed.id]  # type: ignore[union-attr]
+    assert alpaca.state.accounts[AP_KEY].balances == {"USD": Decimal(10000), "BTC": Decimal("0.5")}
 
 
 @AP_FAULTS
