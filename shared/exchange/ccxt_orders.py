@@ -98,6 +98,10 @@ class Resting:
     open_orders_need_symbol: bool = False  # fetch_open_orders without a symbol is refused
     # edit_order needs both price and size (the order's current one where unchanged)
     edit_needs_both: bool = False
+    refused_because: str = "the venue has no such order"  # NotNative's reason, for the skip
+    # the venue's lookup scans only its latest orders (Coinbase: no filter by client order id):
+    # a resting order, perhaps older than that page, is looked for among the open orders first
+    open_first: bool = False
 
 
 _ALL = frozenset(RESTING_KINDS)
@@ -113,7 +117,8 @@ RESTING: Mapping[str, Resting] = {
             amend="in_place", amend_keeps_client_id=True, notes=(
                 "Advanced Trade has no stop-market order: stop_limit_stop_limit_gtc only",
                 "orders/edit changes a limit_limit_gtc order's price and size in place")),
-        _coinbase_kind, edit_needs_both=True),
+        _coinbase_kind, edit_needs_both=True, open_first=True,
+        refused_because="Advanced Trade's stops are stop-limit orders only"),
     "binance": Resting(
         OrderCapabilities(native=_ALL, amend="replace", amend_keeps_client_id=False, notes=(
             "edit_order is order/cancelReplace (STOP_ON_FAILURE): a new order for what is "
@@ -125,7 +130,8 @@ RESTING: Mapping[str, Resting] = {
                               "amend-order keeps ordId and clOrdId",
                               "stop-loss and take-profit are OKX algo orders (order-algo, "
                               "algoClOrdId): not wired, refused")),
-        _okx_kind),
+        _okx_kind, refused_because="OKX's are algo orders (order-algo), not wired: "
+        "find_order cannot find them again by client order id yet"),
 }
 
 
@@ -136,13 +142,28 @@ def resting(venue: CcxtVenue) -> Resting:
     return found
 
 
+def _finder(venue: CcxtVenue, find: Find) -> Find:
+    """The venue's lookup, after the open orders where its lookup sees only the latest page."""
+    if not resting(venue).open_first:
+        return find
+
+    async def open_first(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+        for order in await ex.fetch_open_orders(symbol):
+            if order.get("clientOrderId") == client_order_id:
+                return dict(order)
+        return await find(ex, client_order_id, symbol)
+
+    return open_first
+
+
 def refuse_unless_native(venue: CcxtVenue, order: OrderCommand) -> RestingKind:
     """The order's resting kind if the venue places it natively; NotNative otherwise."""
     kind = resting_kind(order)
     if kind is None:
         raise InvalidOrder(f"{venue.name}: not a resting order")
-    if kind not in resting(venue).capabilities.native:
-        raise NotNative(f"{venue.name}: no native {kind} order")
+    quirks = resting(venue)
+    if kind not in quirks.capabilities.native:
+        raise NotNative(f"{venue.name}: no native {kind} order ({quirks.refused_because})")
     return kind
 
 
@@ -188,9 +209,14 @@ async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
     try:
         placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price,
                                             params))
-    except ccxt.DuplicateOrderId:
+    except ccxt.DuplicateOrderId:  # placed before: report that order
         placed = {}
-    found = await find(ex, order.client_order_id, order.symbol)
+    try:
+        found = await _finder(venue, find)(ex, order.client_order_id, order.symbol)
+    except ccxt.BaseError:
+        if not placed:
+            raise
+        found = None  # placed all the same: reported as the venue's reply has it (submitted)
     if found is None and not placed:
         raise InvalidOrder(f"{venue.name}: {kind} order {order.client_order_id} not found")
     return ack_of(found or placed, order.client_order_id)
@@ -199,6 +225,7 @@ async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
 async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
                  find: Find) -> OrderAck | None:
     """Cancel the order if it is open; the order as it ended, or None if the venue knows none."""
+    find = _finder(venue, find)
     found = await find(ex, client_order_id, symbol)
     if found is None:
         return None
@@ -222,6 +249,7 @@ async def amend(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
     mode = quirks.capabilities.amend
     if mode == "none":
         raise NotNative(f"{venue.name}: orders cannot be amended: cancel and place")
+    find = _finder(venue, find)
     found = await find(ex, client_order_id, symbol)
     if found is None or found.get("status") != "open":
         raise InvalidOrder(f"{venue.name}: no open order {client_order_id} to amend")

@@ -33,6 +33,7 @@ from shared.exchange.port import (
     RESTING_KINDS,
     AccountSnapshot,
     Fill,
+    NotNative,
     OpenOrder,
     OrderAck,
     OrderCapabilities,
@@ -206,6 +207,7 @@ _ERRORS: dict[str, type[ExchangeError]] = {
     "below_minimum": BelowMinimum,
     "unsupported_symbol": UnsupportedSymbol,
     "invalid_order": InvalidOrder,
+    "not_native": NotNative,
 }
 
 
@@ -435,8 +437,10 @@ class PaperVenue:
         """In place: ids and fills kept; a new price that crosses fills the rest at once."""
         acc = self._account(call.account)
         order = acc.orders.get(call.client_order_id)
-        if order is None or order.status != "open" or order.trigger is not None:
-            raise PaperRefusal("invalid_order", f"no open resting limit order {call.client_order_id}")
+        if order is None or order.status != "open":
+            raise PaperRefusal("invalid_order", f"no open resting order {call.client_order_id}")
+        if order.trigger is not None:
+            raise PaperRefusal("not_native", "only resting limit orders are amended")
         rules = self.rules[order.symbol]
         price = order.limit_price if call.price is None else call.price
         size = order.ordered if call.size is None else call.size.quantize(rules.amount_step,

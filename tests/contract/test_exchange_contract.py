@@ -25,6 +25,7 @@ from shared.errors import (
 )
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import (
+    RESTING_KINDS,
     ExchangeAccount,
     NotNative,
     OrderAck,
@@ -595,3 +596,44 @@ async def test_cancel_of_a_stop_before_its_trigger_reports_it_expired(
 
     assert ack is not None and (ack.status, ack.filled_base) == ("expired", None)
     assert await venue.account.position("BTC/USD") == Decimal(1)
+
+
+async def test_place_idempotently_after_timeout_places_one_resting_order(
+    venue: VenueUnderTest,
+) -> None:
+    venue.set_timeout_hold(10 * HTTP_TIMEOUT_S)  # released when the venue stops
+    await venue.inject("timeout_after_accept")
+    order = resting("buy", "0.01", "44000", "rest-timeout")
+
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
+                                   backoff_s=0.01)
+    listed = await venue.account.open_orders("BTC/USD")
+
+    assert (ack.client_order_id, ack.status) == (order.client_order_id, "submitted")
+    assert [o.client_order_id for o in listed] == [order.client_order_id]
+    assert len(await venue.orders()) == 1
+
+
+async def test_amend_of_a_trigger_order_is_refused_as_not_native(venue: VenueUnderTest) -> None:
+    order = resting("sell", "0.01", "43800", "stop-amend", "stop_loss", "44000")
+    if "stop_loss_limit" not in (await venue.account.order_capabilities("BTC/USD")).native:
+        pytest.skip(f"{venue.name} has no native stop_loss_limit order")
+    await venue.account.place_order(order)
+
+    error = await raised(venue.account.amend_order(order.client_order_id, "BTC/USD",
+                                                   price=Decimal("43700")))
+    listed = await venue.account.open_orders("BTC/USD")
+
+    assert type(error) is NotNative
+    assert [(o.client_order_id, o.price) for o in listed] == [
+        (order.client_order_id, Decimal("43800"))]
+
+
+async def test_order_capabilities_name_resting_kinds_and_an_amend_mode(
+    venue: VenueUnderTest,
+) -> None:
+    capabilities = await venue.account.order_capabilities("BTC/USD")
+
+    assert "limit" in capabilities.native and capabilities.native <= RESTING_KINDS
+    assert capabilities.amend in ("in_place", "replace", "none")
+    assert capabilities.amend_keeps_client_id is (capabilities.amend == "in_place")

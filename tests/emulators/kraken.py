@@ -5,6 +5,12 @@ nonce; `API-Key` header; `API-Sign` = base64 HMAC-SHA512, keyed with the base64-
 over `path + SHA256(nonce + body)`). Every reply is `{"error": [...], "result": ...}` with HTTP
 200, as Kraken does, except an injected HTTP_500. Kraken names BTC "XBT" (asset XXBT, pair
 XXBTZUSD, altname XBTUSD); ccxt maps it back to BTC/USD.
+
+Orders: market and IOC limit end at once; a GTC limit and the trigger ordertypes stop-loss,
+stop-loss-limit, take-profit and take-profit-limit (price: the trigger, price2: the limit) rest
+(`VenueState`'s controls fill and trigger them). CancelOrder cancels an open order (any other:
+EOrder:Unknown order); AmendOrder changes order_qty (the new total) and limit_price in place,
+txid and cl_ord_id kept.
 """
 
 from __future__ import annotations
