@@ -11,7 +11,9 @@ from msgspec import Struct
 from shared.errors import InvalidOrder
 from shared.messages import MarketRules, Side, SizeType
 
-# expired: an immediate-or-cancel limit order that found no price within its limit, filled nothing
+# expired: an immediate-or-cancel limit order that found no price within its limit, or a resting
+# order canceled, having filled nothing; filled: wholly, or in part before it was canceled (its
+# filled_base says how much); submitted: still working (a resting order: filled_base so far)
 OrderStatus = Literal["filled", "submitted", "expired"]
 
 
