@@ -69,6 +69,7 @@ async def run(settings: CopierSettings) -> None:
         reconciler = Reconciler(
             book=book, metrics=metrics, group=settings.group, policy=policy, ledger=ledger,
             holdings=Holdings(ledger), control=control.kv, claims=claims, signals=rt.js,
+            settle_s=2 * settings.ack_wait_s,
             threshold=settings.reconcile_threshold, heal=settings.reconcile_heal,
             order_timeout_s=settings.order_timeout_s)
         copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,

@@ -71,14 +71,19 @@ class Reconciler:
         self, *, book: FollowerBook, metrics: CopierMetrics, group: str, policy: Policy,
         ledger: Ledger, holdings: Holdings, control: KeyValue | None, claims: KeyValue,
         threshold: Decimal, heal: bool, order_timeout_s: float,
-        signals: JetStreamContext | None = None,
+        signals: JetStreamContext | None = None, settle_s: float = 0.0,
     ) -> None:
+        # settle_s: how long a discrepancy must stay the same before it is acted on; a copy
+        # whose replica died between its order and its ledger write is redelivered and
+        # recovered within about twice the ack wait
+        self._settle_s = settle_s
         self._book, self._metrics, self._group, self._policy = book, metrics, group, policy
         self._ledger, self._holdings = ledger, holdings
         self._control, self._claims, self._js = control, claims, signals
         self._threshold, self._heal, self._order_timeout_s = threshold, heal, order_timeout_s
         self._master: dict[tuple[str, str], MasterPosition] = {}
-        self._seen: dict[str, tuple[object, ...]] = {}  # holding key -> last round's observation
+        # holding key -> (last round's observation, when it was first seen the same)
+        self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(TradeSignal)
 
@@ -147,8 +152,10 @@ class Reconciler:
                         type(exc).__name__)
             return None
         observation = (revision, master_revision, real, expected)
-        stable = self._seen.get(key) == observation
-        self._seen[key] = observation
+        previous, since = self._seen.get(key, ((), time.time()))
+        since = since if previous == observation else time.time()
+        self._seen[key] = (observation, since)
+        stable = previous == observation and time.time() - since >= self._settle_s
         clipped = Decimal(0)
         if stable and entry.amount > real:  # seen twice: the follower sold by hand
             clipped = await self._ledger.clip(key, real)

@@ -61,11 +61,12 @@ class FigureReader:
         if state == "paused":
             return Skip(follower_id=follower.id, reason_code="paused", reason="Follower is paused")
         holding = None
-        if snapshot.rules is not None:  # the position was read: the holding is never above it
-            if signal.side == "sell":  # an operator may have adopted coins: the ledger decides
-                await self._holdings.of(follower, signal.master_id, signal.symbol, fresh=True)
-            holding = await self._holdings.clip(follower, signal.master_id, signal.symbol,
-                                                snapshot.position)
+        if snapshot.rules is not None:
+            # sells read the ledger itself (an operator may have adopted coins); the sizer never
+            # sells more than the real balance, and only reconciliation clips the ledger, once
+            # a discrepancy has settled (a cached balance may lag a copy made elsewhere)
+            holding = await self._holdings.of(follower, signal.master_id, signal.symbol,
+                                              fresh=signal.side == "sell")
         return msgspec.structs.replace(snapshot, state=state, holding=holding)
 
     async def _read_with_retries(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot:
