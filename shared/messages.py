@@ -95,6 +95,61 @@ class TradeSignal(Struct, frozen=True, kw_only=True, tag="signal", forbid_unknow
         return self.master_position_before
 
 
+OrderEventKind = Literal["new", "amend", "cancel"]
+MirroredKind = Literal["limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"]
+
+
+def order_event_id_for(exchange: str, order_id: str, event: str, version: int) -> str:
+    """Deterministic id of a master order event: the same event always yields the same id."""
+    return uuid.uuid5(_ID_NAMESPACE, f"order:{exchange}:{order_id}:{event}:{version}").hex
+
+
+def linked_client_order_id(master_order_id: str, follower_id: str, version: int = 0) -> str:
+    """The follower order linked to a master resting order (version > 0: after a replace)."""
+    return uuid.uuid5(_ID_NAMESPACE, f"link:{master_order_id}:{follower_id}:{version}").hex
+
+
+class OrderSignal(Struct, frozen=True, kw_only=True, tag="order_event", forbid_unknown_fields=True):
+    """A master's resting order changed: placed (new), amended (price or size), or cancelled.
+    Its fills are TradeSignals as always; this carries the order's life between them. Signed
+    like a TradeSignal, on the same subject, with a deterministic id."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    signal_id: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+    master_id: Id
+    exchange: Id  # the master's broker
+    event: OrderEventKind
+    version: Annotated[int, Meta(ge=0)]  # 0 when placed, +1 per amendment; a cancel keeps it
+    order_id: Id  # the master's order at its venue
+    kind: MirroredKind
+    symbol: Symbol
+    side: Side
+    size: Decimal  # base, the order's total size now (filled part included)
+    filled: Decimal  # base filled so far
+    price: Decimal | None = None  # limit price (limit kinds)
+    trigger_price: Decimal | None = None  # stop / take-profit trigger
+    master_equity: Decimal
+    copied_position: Decimal  # the master's copied position now (ledger): stops scale by it
+    executed_at: Timestamp  # when the master's venue showed the change
+    signature: Annotated[str, Meta(max_length=200)] = ""
+
+    def __post_init__(self) -> None:
+        for name in ("size", "master_equity"):
+            check_money(name, getattr(self, name))
+        check_money("filled", self.filled, positive=False)
+        check_money("copied_position", self.copied_position, positive=False)
+        for name in ("price", "trigger_price"):
+            value = getattr(self, name)
+            if value is not None:
+                check_money(name, value)
+        if self.signal_id != order_event_id_for(self.exchange, self.order_id, self.event,
+                                                self.version):
+            raise ValueError("signal_id does not match exchange, order_id, event and version")
+
+
+AnySignal = TradeSignal | OrderSignal  # what the signals subject carries
+
+
 class CopyResult(Struct, frozen=True, kw_only=True, tag="result", forbid_unknown_fields=True):
     """One follower's outcome for one signal: the audit record."""
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TypeVar
 
 import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from shared.errors import ConfigError
-from shared.messages import TradeSignal
+from shared.messages import AnySignal
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
+S = TypeVar("S", bound=AnySignal)
 
 
-def _payload(signal: TradeSignal) -> bytes:
+def _payload(signal: AnySignal) -> bytes:
     return _encoder.encode(msgspec.structs.replace(signal, signature=""))
 
 
@@ -45,7 +47,7 @@ class SignalSigner:
     def public_key_b64(self) -> str:
         return base64.b64encode(bytes(self._key.verify_key)).decode()
 
-    def sign(self, signal: TradeSignal) -> TradeSignal:
+    def sign(self, signal: S) -> S:
         signature = self._key.sign(_payload(signal)).signature
         return msgspec.structs.replace(signal, signature=base64.b64encode(signature).decode())
 
@@ -56,7 +58,7 @@ class SignalVerifier:
     def __init__(self, public_keys_b64: list[str]) -> None:
         self._keys = [VerifyKey(_b64(k, "master public key")) for k in public_keys_b64]
 
-    def problem(self, signal: TradeSignal) -> str | None:
+    def problem(self, signal: AnySignal) -> str | None:
         """None when a configured key signed exactly this signal, else the reason code."""
         if not signal.signature:
             return "unsigned"
