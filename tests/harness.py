@@ -33,13 +33,14 @@ from services.copier.spread.metrics import WorkMetrics
 from services.master.service import MasterMetrics, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue
+from services.paper.venue import PaperVenue
 from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
 from shared.config import CopierSettings, CopytradeConfig, SecretSource, load_settings, parse_config
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
-from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, PaperVenue, SetPrice
+from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, SetPrice
 from shared.exchange.paper import nats_transport as paper_transport
 from shared.ledger import Ledger
 from shared.messages import AuditRecord, CopyResult, TradeRequest

@@ -10,10 +10,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from services.master.service import MasterMetrics, MasterService
+from services.paper.venue import PaperVenue
 from shared import bus
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
-from shared.exchange.paper import Fund, PaperVenue
+from shared.exchange.paper import Fund
 from shared.messages import CopyResult, SignalRejected
 from shared.signing import SignalSigner
 from tests.harness import (

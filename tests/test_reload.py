@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
 from services.copier.reload import ChangeWatch, ConfigReloader
+from services.paper.venue import PaperVenue
 from shared.config import SecretSource
 from shared.exchange.context import AdapterContext
-from shared.exchange.paper import PaperVenue
 from shared.observability import RedactSecrets
 from support.natsserver import free_port
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade

@@ -12,8 +12,9 @@ import yaml
 
 from services.copier.followers import Follower
 from services.copier.spread.replicas import owner_of
+from services.paper.venue import PaperVenue
 from shared.config import FollowerConfig
-from shared.exchange.paper import PaperAccount, PaperVenue, Snapshot
+from shared.exchange.paper import PaperAccount, Snapshot
 from shared.messages import CopyResult, TradeSignal, shard_of, signal_id_for
 from tests.harness import System, config_data, eventually, make_config, paper_followers, trade
 

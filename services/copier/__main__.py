@@ -19,7 +19,7 @@ from shared import bus
 from shared.config import CopierSettings, SecretSource, load_settings
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
-from shared.exchange.paper import PaperVenue, Transport, nats_transport
+from shared.exchange.paper import Transport, nats_transport
 from shared.ledger import Ledger
 from shared.runtime import run_main, service_runtime
 
@@ -28,6 +28,10 @@ log = logging.getLogger("copytrade.copier")
 
 def adapter_context(settings: CopierSettings, nc: object) -> AdapterContext:
     if settings.paper_venue == "embedded":
+        # the paper service's engine, run in this process (benchmarks, dry runs): imported only
+        # here, so a copier of real venues never loads it
+        from services.paper.venue import PaperVenue
+
         venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
                            seed_cash=settings.paper_seed_cash)
         transport: Transport = venue.handle

@@ -12,9 +12,10 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from services.paper.venue import PaperVenue
 from shared import bus
 from shared.config import PaperSettings, load_settings
-from shared.exchange.paper import Call, PaperVenue
+from shared.exchange.paper import Call
 from shared.runtime import run_main, service_runtime
 
 log = logging.getLogger("copytrade.paper")

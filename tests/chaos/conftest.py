@@ -27,9 +27,10 @@ import pytest
 import yaml
 from nats.js.client import JetStreamContext
 
+from services.paper.venue import PaperVenue
 from shared import bus
 from shared.config import CopytradeConfig, parse_config
-from shared.exchange.paper import Orders, PaperVenue
+from shared.exchange.paper import Orders
 from shared.messages import CopyResult, TradeSignal, client_order_id_for, signal_id_for
 from shared.signing import SignalSigner
 from support.natsserver import NatsServer, nats_server_binary

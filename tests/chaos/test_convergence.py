@@ -43,8 +43,9 @@ import pytest
 import yaml
 from nats.aio.client import Client
 
+from services.paper.venue import PaperVenue
 from shared import bus
-from shared.exchange.paper import InjectFault, Ok, Orders, PaperVenue, Place, Position
+from shared.exchange.paper import InjectFault, Ok, Orders, Place, Position
 from shared.ledger import Ledger, holding_key, master_key
 from shared.messages import SizingSpec, TradeReply, TradeRequest, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale

@@ -18,21 +18,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from services.paper.venue import PaperVenue
 from shared.config import AccountConfig, Credentials
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
-from shared.exchange.paper import (
-    Call,
-    Failure,
-    FillPart,
-    Find,
-    Fund,
-    InjectFault,
-    Orders,
-    PaperVenue,
-    Reply,
-    SetPrice,
-)
+from shared.exchange.paper import Call, Failure, FillPart, Find, Fund, InjectFault, Orders, Reply, SetPrice
 from shared.exchange.port import ExchangeAccount
 from shared.messages import MarketRules
 from tests.emulators.alpaca import AlpacaEmulator

@@ -28,6 +28,7 @@ import msgspec
 import pytest
 import yaml
 
+from services.paper.venue import PaperVenue
 from shared.config import (
     CommonSettings,
     CopierSettings,
@@ -42,7 +43,7 @@ from shared.config import (
     parse_config,
 )
 from shared.errors import ConfigError
-from shared.exchange.paper import Ok, PaperVenue, Snapshot
+from shared.exchange.paper import Ok, Snapshot
 from shared.signing import SignalSigner, SignalVerifier, new_signing_key
 from support.natsserver import NatsServer, free_port
 from tests.deploy.conftest import INSTALL_HINT, OVERLAYS, find_tool, kustomize_major, missing_tools

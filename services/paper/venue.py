@@ -1,9 +1,7 @@
-"""The paper exchange: a simulated venue (balances, positions, market rules, fills at a price
-feed) behind the same port as real exchanges.
-
-One `PaperVenue` engine answers typed calls. It runs embedded (the adapter calls it directly) or
-as the `copytrade paper-exchange` service, reached over NATS request/reply with the same calls.
-"""
+"""The paper venue: an in-memory simulated exchange (balances, positions, market rules, fills
+at a price feed, resting and trigger orders) and its test controls. It answers the protocol of
+`shared/exchange/paper/protocol.py`, as the `copytrade paper-exchange` service or embedded in a
+copier (`COPYTRADE_PAPER_VENUE=embedded`: benchmarks and dry runs)."""
 
 from __future__ import annotations
 
@@ -13,202 +11,43 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Literal
 
 import msgspec
-from msgspec import Struct
 
-from shared import bus
 from shared.errors import (
-    AuthError,
-    BelowMinimum,
-    ExchangeError,
-    InsufficientFunds,
     InvalidOrder,
-    RateLimited,
-    TemporaryError,
-    UnsupportedSymbol,
+)
+from shared.exchange.paper.protocol import (
+    Amend,
+    Call,
+    Cancel,
+    Failure,
+    FillPart,
+    Fills,
+    Find,
+    Fund,
+    InjectFault,
+    Ok,
+    OpenOrders,
+    Orders,
+    PaperOrder,
+    Place,
+    PlaceResting,
+    Position,
+    Price,
+    Reply,
+    Rules,
+    SetPrice,
+    Snapshot,
+    Submit,
 )
 from shared.exchange.port import (
-    RESTING_KINDS,
     AccountSnapshot,
     Fill,
-    NotNative,
-    OpenOrder,
-    OrderAck,
-    OrderCapabilities,
     OrderCommand,
-    Trigger,
-    kind_of,
     resting_kind,
 )
 from shared.messages import MarketRules, Side
-
-PaperFaultKind = Literal[
-    "exchange_error", "auth_error", "rate_limited", "timeout_after_accept", "insufficient_funds",
-    "temporary", "below_minimum",
-]
-
-
-# ---- calls and replies ---------------------------------------------------------------------
-
-
-class Snapshot(Struct, frozen=True, tag="snapshot"):
-    account: str
-
-
-class Position(Struct, frozen=True, tag="position"):
-    account: str
-    symbol: str
-
-
-class Rules(Struct, frozen=True, tag="rules"):
-    symbol: str
-
-
-class Price(Struct, frozen=True, tag="price"):
-    symbol: str
-
-
-class Place(Struct, frozen=True, tag="place"):
-    account: str
-    order: OrderCommand
-
-
-class Find(Struct, frozen=True, tag="find"):
-    account: str
-    client_order_id: str
-
-
-class Fills(Struct, frozen=True, tag="fills"):
-    account: str
-    since: float
-
-
-class Fund(Struct, frozen=True, tag="fund"):
-    """Create or reset an account with this much quote cash (tests, demo, bench)."""
-
-    account: str
-    cash: Decimal
-    holdings: dict[str, Decimal] = {}
-
-
-class SetPrice(Struct, frozen=True, tag="set_price"):
-    symbol: str
-    price: Decimal
-
-
-class InjectFault(Struct, frozen=True, tag="fault"):
-    account: str
-    kind: PaperFaultKind
-
-
-class Orders(Struct, frozen=True, tag="orders"):
-    account: str
-
-
-class PlaceResting(Struct, frozen=True, tag="rest"):
-    """Place a limit order that rests on the book, as a trader does on the venue's site (tests,
-    demo): it fills only when told to, in parts, by `FillPart`. `order` is base-sized with a
-    `limit_price`."""
-
-    account: str
-    order: OrderCommand
-
-
-class FillPart(Struct, frozen=True, tag="fill_part"):
-    """Fill `amount` (base) of a resting order at `price`, within its limit (tests, demo)."""
-
-    account: str
-    order_id: str
-    amount: Decimal
-    price: Decimal
-
-
-class Submit(Struct, frozen=True, tag="submit"):
-    """Place a resting order through the port (`PaperAccount.place_order`): a good-till-canceled
-    limit order or a stop-loss / take-profit trigger order. Funds are checked net of what open
-    orders hold. A limit order crossing the price fills whole at once, a trigger the price has
-    reached triggers at once; later `SetPrice` triggers, `FillPart` fills parts."""
-
-    account: str
-    order: OrderCommand
-
-
-class Cancel(Struct, frozen=True, tag="cancel"):
-    account: str
-    client_order_id: str
-
-
-class Amend(Struct, frozen=True, tag="amend"):
-    """A resting limit order's new price and/or size (base, its new total), in place."""
-
-    account: str
-    client_order_id: str
-    price: Decimal | None = None
-    size: Decimal | None = None
-
-
-class OpenOrders(Struct, frozen=True, tag="open_orders"):
-    account: str
-    symbol: str | None = None
-
-
-Call = (Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault
-        | Orders | PlaceResting | FillPart | Submit | Cancel | Amend | OpenOrders)
-
-
-class PaperOrder(Struct, frozen=True, kw_only=True):
-    order_id: str
-    client_order_id: str
-    symbol: str
-    side: Side
-    amount: Decimal
-    cost: Decimal
-    price: Decimal
-    at: float
-    # expired: a limit order out of the money; open: a resting order not yet wholly filled;
-    # canceled: a resting order canceled, with what filled before
-    status: Literal["filled", "expired", "open", "canceled"] = "filled"
-    limit_price: Decimal | None = None
-    ordered: Decimal | None = None  # a resting order's base size (`amount` is what filled)
-    trigger: Trigger | None = None  # a stop-loss or take-profit order
-    trigger_price: Decimal | None = None
-    triggered: bool = False
-
-    @property
-    def waiting(self) -> bool:
-        """Open, with a trigger the price has not reached."""
-        return self.status == "open" and self.trigger is not None and not self.triggered
-
-
-class Failure(Struct, frozen=True, tag="failure"):
-    kind: str
-    message: str
-
-
-class Ok(Struct, frozen=True, tag="ok"):
-    snapshot: AccountSnapshot | None = None
-    amount: Decimal | None = None
-    rules: MarketRules | None = None
-    order: PaperOrder | None = None
-    orders: list[PaperOrder] = []
-    fills: list[Fill] = []  # one per fill (trade): a resting order fills in parts
-
-
-Reply = Ok | Failure
-
-_ERRORS: dict[str, type[ExchangeError]] = {
-    "exchange_error": ExchangeError,
-    "auth_error": AuthError,
-    "rate_limited": RateLimited,
-    "temporary": TemporaryError,
-    "insufficient_funds": InsufficientFunds,
-    "below_minimum": BelowMinimum,
-    "unsupported_symbol": UnsupportedSymbol,
-    "invalid_order": InvalidOrder,
-    "not_native": NotNative,
-}
 
 
 class PaperRefusal(Exception):
@@ -557,122 +396,3 @@ def _book(acc: _Account, order: PaperOrder, amount: Decimal, cost: Decimal, pric
 
 # ---- transports ------------------------------------------------------------------------------
 
-Transport = Callable[[Call], Awaitable[Reply]]
-
-_call_encoder = msgspec.json.Encoder(decimal_format="string")
-_reply_decoder = msgspec.json.Decoder(Reply)
-
-
-def nats_transport(nc: object, timeout_s: float = 10.0) -> Transport:
-    """Reach a `copytrade paper-exchange` service over NATS request/reply."""
-    from nats.aio.client import Client
-    from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
-
-    assert isinstance(nc, Client)
-
-    async def call(request: Call) -> Reply:
-        try:
-            msg = await nc.request(bus.PAPER_SUBJECT, _call_encoder.encode(request), timeout=timeout_s)
-        except (NatsTimeout, NoRespondersError) as exc:
-            raise TemporaryError(f"paper exchange unreachable: {type(exc).__name__}") from None
-        reply: Reply = _reply_decoder.decode(msg.data)
-        return reply
-
-    return call
-
-
-# ---- the adapter -------------------------------------------------------------------------------
-
-
-class PaperAccount:
-    """An `ExchangeAccount` on the paper venue."""
-
-    def __init__(self, account_id: str, transport: Transport) -> None:
-        self.account_id = account_id
-        self._call = transport
-
-    async def _ok(self, request: Call) -> Ok:
-        reply = await self._call(request)
-        if isinstance(reply, Failure):
-            raise _ERRORS.get(reply.kind, ExchangeError)(f"paper: {reply.message}")
-        return reply
-
-    async def connect(self) -> None:
-        await self.snapshot()
-
-    async def close(self) -> None:
-        return None
-
-    async def snapshot(self) -> AccountSnapshot:
-        snap = (await self._ok(Snapshot(self.account_id))).snapshot
-        assert snap is not None
-        return snap
-
-    async def position(self, symbol: str) -> Decimal:
-        return (await self._ok(Position(self.account_id, symbol))).amount or Decimal(0)
-
-    async def market_rules(self, symbol: str) -> MarketRules | None:
-        return (await self._ok(Rules(symbol))).rules
-
-    async def price(self, symbol: str) -> Decimal | None:
-        return (await self._ok(Price(symbol))).amount
-
-    async def place_order(self, order: OrderCommand) -> OrderAck:
-        call = Submit if kind_of(order) in RESTING_KINDS else Place
-        placed = (await self._ok(call(self.account_id, order))).order
-        assert placed is not None
-        return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
-
-    async def order_capabilities(self, symbol: str) -> OrderCapabilities:
-        return CAPABILITIES
-
-    async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
-        order = (await self._ok(Cancel(self.account_id, client_order_id))).order
-        return None if order is None else _ack(order)
-
-    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
-                          size: Decimal | None = None) -> OrderAck:
-        order = (await self._ok(Amend(self.account_id, client_order_id, price, size))).order
-        assert order is not None
-        return _ack(order)
-
-    async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
-        reply = await self._ok(OpenOrders(self.account_id, symbol))
-        return [_open_order(o) for o in reply.orders]
-
-    async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
-        found = (await self._ok(Find(self.account_id, client_order_id))).order
-        return None if found is None else _ack(found)
-
-    async def fills_since(self, cursor: float) -> list[Fill]:
-        reply = await self._ok(Fills(self.account_id, cursor))
-        # a venue from before fill-by-fill sends no fills: one per filled order, as it was
-        return reply.fills or [
-            Fill(order_id=o.order_id, symbol=o.symbol, side=o.side, amount=o.amount,
-                 price=o.price, at=o.at, client_order_id=o.client_order_id) for o in reply.orders]
-
-
-# The paper venue places every resting kind itself and amends in place.
-CAPABILITIES = OrderCapabilities(native=RESTING_KINDS, amend="in_place", amend_keeps_client_id=True)
-
-
-def _ack(order: PaperOrder) -> OrderAck:
-    ack = OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
-                   status="expired", ordered_base=order.ordered)
-    if order.status == "expired" or (order.status == "canceled" and not order.amount):
-        return ack
-    if order.status == "open":  # a resting order, filled in part or not at all
-        return msgspec.structs.replace(ack, status="submitted", filled_base=order.amount or None,
-                                       avg_price=order.price or None)
-    return msgspec.structs.replace(ack, status="filled", filled_base=order.amount,
-                                   avg_price=order.price)
-
-
-def _open_order(order: PaperOrder) -> OpenOrder:
-    kind = "limit" if order.trigger is None else order.trigger + (
-        "" if order.limit_price is None else "_limit")
-    return OpenOrder(client_order_id=order.client_order_id, exchange_order_id=order.order_id,
-                     symbol=order.symbol, kind=kind,  # type: ignore[arg-type]
-                     side=order.side, size=order.ordered or order.amount, filled=order.amount,
-                     price=order.limit_price, trigger_price=order.trigger_price)
