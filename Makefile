@@ -37,7 +37,7 @@ test-fast: $(STAMP) ## the test suite only
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 chaos: $(STAMP) ## long fault-injection runs: kills, NATS restarts, exchange faults; prints figures
-	$(BIN)/python -m pytest tests/chaos -s --chaos
+	$(BIN)/python -m pytest tests/chaos -s -m chaos
 
 demo: $(STAMP) ## run the whole system on this machine and print each copy
 	$(BIN)/python -m scripts.demo

@@ -35,17 +35,3 @@ async def system(nats_server: NatsServer, tmp_path: object) -> AsyncIterator[Sys
 
 def pytest_configure(config: pytest.Config) -> None:
     nats_fixes.install()  # as every service does at start-up
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--chaos", action="store_true", help="run the long chaos suite (make chaos)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """tests/chaos runs only under `make chaos` (--chaos); `make test` keeps to the fast suite."""
-    if config.getoption("--chaos"):
-        return
-    skip = pytest.mark.skip(reason="chaos suite: run with make chaos")
-    for item in items:
-        if "tests/chaos/" in str(item.fspath):
-            item.add_marker(skip)

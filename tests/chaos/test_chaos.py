@@ -39,6 +39,8 @@ from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.state import Fault
 from tests.harness import CopierHandle, System, eventually
 
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+
 SEED = 20_240_601
 
 

@@ -55,6 +55,8 @@ from tests.chaos.conftest import (
 )
 from tests.harness import config_data, eventually
 
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+
 GROUPS = {"paper": {}, "paper-spread": {"COPYTRADE_SPREAD_THRESHOLD": "0", "COPYTRADE_SHARDS": "4"}}
 FOLLOWERS = {group: [f"{group[6:] or 'direct'}-{i:02d}" for i in range(12)] for group in GROUPS}
 WARM_SIGNALS = 4  # every group has copied this many signals before the first fault

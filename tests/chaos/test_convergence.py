@@ -53,6 +53,8 @@ from support.natsserver import NatsServer
 from tests.chaos.conftest import CHAOS_PUBLIC_KEY, CHAOS_SEED, Figures
 from tests.harness import ROOT, System, eventually
 
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+
 SEED = 20_250_113
 SYMBOL = "BTC/USD"
 LOT = Decimal("0.00000001")  # the paper venue's amount step for BTC/USD

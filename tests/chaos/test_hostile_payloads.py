@@ -58,6 +58,8 @@ from tests.chaos.conftest import (
 )
 from tests.harness import CopierHandle, System, eventually
 
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+
 DECODER = msgspec.json.Decoder(TradeSignal)
 VERIFIER = SignalVerifier([CHAOS_PUBLIC_KEY])
 ACCEPTED, RESPELLED = "accepted", "respelled"
