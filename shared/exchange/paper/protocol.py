@@ -183,7 +183,7 @@ _call_encoder = msgspec.json.Encoder(decimal_format="string")
 _reply_decoder = msgspec.json.Decoder(Reply)
 
 
-def nats_transport(nc: object, timeout_s: float = 10.0) -> Transport:
+def nats_transport(nc: object, timeout_s: float = 3.0) -> Transport:
     """Reach a `copytrade paper-exchange` service over NATS request/reply."""
     from nats.aio.client import Client
     from nats.errors import NoRespondersError
