@@ -61,6 +61,7 @@ async def results_for(nc: Client, signal_id: str, timeout_s: float = 15) -> list
                 msg = await js.get_last_msg(bus.RESULTS_STREAM, bus.result_subject("paper", follower))
             except Exception:
                 continue
+            assert msg.data is not None
             result = decoder.decode(msg.data)
             if result.signal_id == signal_id:
                 found[follower] = result

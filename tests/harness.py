@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -86,7 +86,7 @@ def make_config(
     return parse_config(yaml.safe_dump(config_data(followers, master, **extra)))
 
 
-def paper_followers(equities: dict[str, int | str], **settings: Any) -> list[dict[str, Any]]:
+def paper_followers(equities: Mapping[str, int | str], **settings: Any) -> list[dict[str, Any]]:
     return [{"id": fid, "exchange": "paper", **settings} for fid in equities]
 
 
@@ -193,7 +193,7 @@ class System:
                    holdings: dict[str, Decimal] | None = None) -> None:
         await self.paper(Fund(account, Decimal(cash), holdings or {}))
 
-    async def fund_all(self, equities: dict[str, int | str]) -> None:
+    async def fund_all(self, equities: Mapping[str, int | str]) -> None:
         for account, cash in equities.items():
             await self.fund(account, cash)
 
@@ -306,6 +306,7 @@ class System:
             return records
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await self.js.get_msg(bus.RESULTS_STREAM, seq)
+            assert msg.data is not None
             records.append(decoder.decode(msg.data))
         return records
 

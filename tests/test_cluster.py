@@ -122,10 +122,10 @@ class Unretrieved:
 async def _gather_leaders(nc: Client, js: JetStreamContext, node: str) -> None:
     """Move the leaders of what the copy path writes to `node`, so losing it costs them all."""
     for stream in (bus.SIGNALS_STREAM, bus.RESULTS_STREAM, f"KV_{bus.CLAIMS_BUCKET}"):
-        await eventually(lambda s=stream: current(js, s), timeout=20)  # type: ignore[misc]
+        await eventually(lambda s=stream: current(js, s), timeout=20)
         if await stream_leader(js, stream) != node:
             await step_down(nc, stream, node)
-        await eventually(lambda s=stream: _leads(js, s, node), timeout=20)  # type: ignore[misc]
+        await eventually(lambda s=stream: _leads(js, s, node), timeout=20)
     durable = bus.durable_name("paper")
     if await consumer_leader(js, bus.SIGNALS_STREAM, durable) != node:
         await step_down(nc, bus.SIGNALS_STREAM, node, consumer=durable)

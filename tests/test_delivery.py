@@ -171,8 +171,9 @@ async def test_master_publish_survives_a_nats_outage_without_doubling(system: Sy
     await venue.handle(Fund("master", Decimal(10_000), {}))
     nc = await system.connect()
     config = make_config([])
-    account = build_account(config.master, None, AdapterContext(paper_transport=venue.handle))
-    master = MasterService(js=nc.jetstream(timeout=1), account=account, config=config.master,
+    me = config.master_named(None)
+    account = build_account(me, None, AdapterContext(paper_transport=venue.handle))
+    master = MasterService(js=nc.jetstream(timeout=1), account=account, config=me,
                            metrics=MasterMetrics(CollectorRegistry(), "master"),
                            signer=SignalSigner(TEST_SIGNING_SEED))
 

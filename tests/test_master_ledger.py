@@ -130,7 +130,7 @@ async def test_fill_published_again_after_a_crash_counts_once(system: System) ->
     position = await (await _ledger(system)).read(master_key("master", BTC))
 
     assert (first, again, signals) == (1, 1, 1)
-    assert (position.amount, signal.copied_position_before) == (Decimal("0.1"), 0)
+    assert (position.amount, signal.copied_position_before) == (Decimal("0.1"), Decimal(0))
     assert len(results) == 1 and len(await system.orders("alice")) == 1
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+from services.copier.followers import Follower
 from shared import bus
 from shared.ledger import Ledger, alive_key, holding_key
-from tests.harness import System, eventually, make_config, trade
+from tests.harness import CopierHandle, System, eventually, make_config, trade
 
 
 async def test_silent_master_triggers_each_followers_choice_and_clears_when_back(
@@ -46,8 +47,8 @@ async def test_silent_master_triggers_each_followers_choice_and_clears_when_back
     assert copier.metric("copytrade_master_silent", master="master") == 0
 
 
-def _follower(copier: object, follower_id: str) -> object:
-    return next(f for f in copier.book.all() if f.id == follower_id)  # type: ignore[attr-defined]
+def _follower(copier: CopierHandle, follower_id: str) -> Follower:
+    return next(f for f in copier.book.all() if f.id == follower_id)
 
 
 async def _orders(system: System, account: str, count: int) -> bool:

@@ -12,6 +12,7 @@ import msgspec
 import nats
 import pytest
 import yaml
+from nats.aio.client import Client
 
 from shared import bus
 from shared.exchange.paper import Fund, Orders, nats_transport
@@ -51,7 +52,7 @@ def secured(tmp_path: Path) -> Iterator[LocalStack]:
         yield stack
 
 
-async def _as(stack: LocalStack, user: str) -> nats.aio.client.Client:
+async def _as(stack: LocalStack, user: str) -> Client:
     assert stack.nats is not None
     return await nats.connect(stack.nats.url, user=user, password=PASSWORDS[user],
                               allow_reconnect=False)

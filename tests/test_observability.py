@@ -4,6 +4,7 @@ services, and each service's health endpoints tell the truth."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -115,7 +117,7 @@ def _prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Popen[by
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _query(base: str, promql: str) -> dict[str, object]:
+def _query(base: str, promql: str) -> dict[str, Any]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -125,7 +127,7 @@ def _query(base: str, promql: str) -> dict[str, object]:
 
 
 def _has_data(base: str, promql: str) -> bool:
-    return bool(_query(base, promql).get("data", {}).get("result"))  # type: ignore[union-attr]
+    return bool(_query(base, promql).get("data", {}).get("result"))
 
 
 def _poll(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -145,13 +147,13 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
         asyncio.run(_one_copy(stack))
         for promql in ("copytrade_copy_latency_seconds_count > 0",
                        "copytrade_signals_published_total > 0"):
-            _poll(lambda q=promql: _has_data(base, q), 60, f"the first copy scraped: {promql}")
+            _poll(functools.partial(_has_data, base, promql), 60, f"the first copy scraped: {promql}")
         # counters move between scrapes, so rates have data; dave is skipped, alice fails
         asyncio.run(_one_copy(stack, quote=20, alice_fault="exchange_error"))
         for promql in ("count_over_time(copytrade_copy_outcomes_total{outcome='failed'}[5m]) >= 2",
                        "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
                        "rate(copytrade_signals_published_total[5m]) > 0"):
-            _poll(lambda q=promql: _has_data(base, q), 60, promql)
+            _poll(functools.partial(_has_data, base, promql), 60, promql)
         queries = {**dashboard_queries(), **variable_queries()}
         answers = {name: _query(base, grafana_to_promql(expr)) for name, expr in queries.items()}
     finally:
@@ -160,7 +162,7 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
 
     failed = {name: a.get("error") for name, a in answers.items() if a.get("status") != "success"}
     with_data = {name for name, a in answers.items()
-                 if a.get("data", {}).get("result")}  # type: ignore[union-attr]
+                 if a.get("data", {}).get("result")}
     # the NATS row reads prometheus-nats-exporter's series: no exporter runs here, so those
     # queries must parse and run, but cannot have data
     exporter = {name for name, expr in queries.items() if "nats_" in expr or "job=\"nats\"" in expr}

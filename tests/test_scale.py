@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal as signals
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 import yaml
 
@@ -93,7 +94,7 @@ async def test_replica_killed_mid_item_its_work_is_taken_over_once(system: Syste
     config_path = system.tmp_path / "copytrade.yaml"
     config_path.write_text(yaml.safe_dump(config_data(paper_followers(followers))))
     config = make_config(paper_followers(followers))
-    fast = {"ack_wait_s": 2.0, "order_timeout_s": 1.0, "replica_heartbeat_s": 0.2}
+    fast: dict[str, Any] = {"ack_wait_s": 2.0, "order_timeout_s": 1.0, "replica_heartbeat_s": 0.2}
     doomed = system.spawn_copier(config_path, instance="doomed", COPYTRADE_CONCURRENCY="4",
                                  COPYTRADE_REPLICA_HEARTBEAT_S="0.2")
     survivors = await system.start_replicas(config, 2, others=1, **fast)

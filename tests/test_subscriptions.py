@@ -30,7 +30,7 @@ async def test_copy_open_buys_the_masters_copied_position_once(system: System) -
         "subscriptions": [{"master": "master", "on_subscribe": "copy_open"}]}])
 
     copier.book.apply(after)  # what a reload does
-    await eventually(lambda: copier.book.generation and len(copier.book.all()) == 2)
+    await eventually(lambda: bool(copier.book.generation) and len(copier.book.all()) == 2)
     await copier.copier.subscriptions.sync()
     await eventually(lambda: _orders(system, "late", 1), timeout=10)
     await copier.copier.subscriptions.sync()  # again: nothing more to open

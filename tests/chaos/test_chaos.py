@@ -22,6 +22,7 @@ import yaml
 from shared import bus
 from shared.exchange.context import AdapterContext
 from shared.messages import CopyResult, DeadLetter, TradeSignal, client_order_id_for
+from support.natsserver import NatsServer
 from tests.chaos.conftest import (
     Figures,
     Publisher,
@@ -107,7 +108,7 @@ async def test_copier_sigkilled_twenty_times_loses_and_doubles_nothing(
             await Publisher(system.js).publish_all(sent)
         before = await _placed(system, followers)
         target = before + rng.randint(5, 30)
-        await eventually(lambda t=target: _at_least(system, followers, t), timeout=60)  # type: ignore[misc]
+        await eventually(lambda t=target: _at_least(system, followers, t), timeout=60)
         await _kill(proc)
         progress.append(await _placed(system, followers) - before)
     placed_by_the_doomed = await _placed(system, followers)
@@ -143,6 +144,7 @@ async def _restart_nats_while_publishing(
     port first without JetStream, as while a restarted server recovers its store (clients
     reconnect, JetStream requests get a 503), then with it and the same store. Services must
     reconnect and carry on by themselves."""
+    assert isinstance(system.server, NatsServer)  # one server here, not a cluster
     await asyncio.to_thread(system.server.stop)
     failures = publisher.failures
     publishing = asyncio.create_task(publisher.publish_all(batch))
@@ -171,7 +173,7 @@ async def test_nats_restart_during_burst_loses_and_doubles_nothing(
     try:
         await publisher.publish_all(first)
         for batch, mid_burst in ((second, 40), (third, 250)):
-            await eventually(lambda n=mid_burst: _at_least(system, followers, n), timeout=45)  # type: ignore[misc]
+            await eventually(lambda n=mid_burst: _at_least(system, followers, n), timeout=45)
             placed_at_stops.append(await _placed(system, followers))
             await (await _restart_nats_while_publishing(system, copier, publisher, batch))
         await eventually(lambda: _all_recorded(system, len(sent) * len(followers)), timeout=120)

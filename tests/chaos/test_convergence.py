@@ -45,7 +45,7 @@ from nats.aio.client import Client
 
 from services.paper.venue import PaperVenue
 from shared import bus
-from shared.exchange.paper import InjectFault, Ok, Orders, Place, Position
+from shared.exchange.paper import InjectFault, Ok, Orders, Place, Position, Submit
 from shared.ledger import Ledger, holding_key, master_key
 from shared.messages import SizingSpec, TradeReply, TradeRequest, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale
@@ -96,7 +96,7 @@ class CountingVenue(PaperVenue):
         super().__init__(timeout_hold_s=1.5)
         self.resent: Counter[tuple[str, str]] = Counter()
 
-    async def _place(self, call: Place) -> Ok:
+    async def _place(self, call: Place | Submit) -> Ok:
         if call.order.client_order_id in self._account(call.account).orders:
             self.resent[call.account, call.order.client_order_id] += 1
         return await super()._place(call)
@@ -275,7 +275,7 @@ async def _faults(system: System, copiers: Copiers, trading: Trading, faults: Fa
     assert isinstance(venue, CountingVenue)
     rng = random.Random(SEED)
     for number, fault in enumerate(SCHEDULE):
-        await eventually(lambda n=number: trading.total >= 2 + n, timeout=120)  # type: ignore[misc]
+        await eventually(lambda n=number: trading.total >= 2 + n, timeout=120)
         if fault == "venue":
             await _venue_faults(venue, rng, faults)
         elif fault == "kill":

@@ -541,7 +541,7 @@ async def test_hostile_payloads_on_the_bus_are_recorded_as_rejected_and_trade_no
     assert [d.follower_id for d in sized.decisions] == ["probe"]
 
 
-BUGGY_PAYLOADS = {
+BUGGY_PAYLOADS: dict[str, tuple[Callable[[], bytes], str]] = {
     "invalid_utf8": (lambda: with_invalid_utf8("bad-utf8-on-bus", b"\xff"), "malformed"),
     "wrong_length_signature": (lambda: ENCODER.encode(msgspec.structs.replace(
         signed_signal("wrong-length-on-bus"), signature=WRONG_LENGTH_SIGNATURES[0])), "bad_signature"),

@@ -152,7 +152,7 @@ async def test_binance_followers_of_a_process_wait_on_one_ip_weight_budget(
     # refills a unit an hour: no timing in the test
     burst = 3 * ACCOUNT_READ_UNITS
     budget = IpBudget(units=burst + 1, window_s=3600, burst=burst)
-    monkeypatch.setitem(VENUES, "binance", replace(VENUES["binance"], per_ip=budget))  # type: ignore[index]
+    monkeypatch.setitem(VENUES, "binance", replace(VENUES["binance"], per_ip=budget))
     emulator = spec.emulator()
     ctx = AdapterContext(http_timeout_s=MANY_TIMEOUT_S, rate_limit=True)
     followers = []

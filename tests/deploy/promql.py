@@ -30,7 +30,8 @@ LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[^,]+),\s*(?P<label>\w+)\)
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
 
 
 def dashboard_panels() -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints (no py.typed)
 import msgspec
 import pytest
 import yaml
@@ -136,7 +136,8 @@ def copiers(objects: list[Obj]) -> dict[str, Obj]:
 
 
 def pod(workload: Obj) -> Obj:
-    return workload["spec"]["template"]["spec"]
+    spec: Obj = workload["spec"]["template"]["spec"]
+    return spec
 
 
 def pod_labels(workload: Obj) -> dict[str, str]:
@@ -144,6 +145,7 @@ def pod_labels(workload: Obj) -> dict[str, str]:
 
 
 def only_container(workload: Obj) -> Obj:
+    container: Obj
     (container,) = pod(workload)["containers"]
     return container
 
@@ -202,8 +204,9 @@ def services_refuse(config: str) -> bool:
 
 def selects(selector: Obj, labels: Mapping[str, str]) -> bool:
     """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
-    tests = {"In": lambda k, vs: labels.get(k) in vs, "NotIn": lambda k, vs: labels.get(k) not in vs,
-             "Exists": lambda k, _: k in labels, "DoesNotExist": lambda k, _: k not in labels}
+    tests: dict[str, Callable[[str, Any], bool]] = {
+        "In": lambda k, vs: labels.get(k) in vs, "NotIn": lambda k, vs: labels.get(k) not in vs,
+        "Exists": lambda k, _: k in labels, "DoesNotExist": lambda k, _: k not in labels}
     expressions = selector.get("matchExpressions", [])
     return selector.get("matchLabels", {}).items() <= labels.items() and all(
         tests[e["operator"]](e["key"], e.get("values", [])) for e in expressions)
@@ -268,7 +271,7 @@ def installed_kubectls() -> dict[str, Path]:
     found = [find_tool("kubectl"), Path(on_path) if on_path else None]
     if on_path:
         found += sorted(Path(on_path).resolve().parent.glob("kubectl.1.*"))
-    by_version = {}
+    by_version: dict[str, Path] = {}
     for kubectl in filter(None, found):
         out = run(kubectl, "version", "--client").stdout
         version = re.search(r"v1\.\d+\.\d+", out)

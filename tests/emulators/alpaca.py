@@ -265,7 +265,7 @@ class AlpacaEmulator(EmulatorServer):
         if market is None:
             return not_found("asset not found")
         stock = self._is_stock(market)
-        asset = {
+        asset: Json = {
             "id": self._uuid("asset", market.symbol), "class": self._asset_class(market),
             "exchange": "NASDAQ" if stock else "CRYPTO", "symbol": self._symbol(market),
             "name": market.base if stock else f"{market.base} / {market.quote}",

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import ccxt.async_support as ccxt
@@ -68,14 +68,16 @@ async def kraken_find(ex: Any, cid: str) -> dict[str, Any] | None:
     # txid; Kraken filters ClosedOrders/OpenOrders by cl_ord_id instead.
     for fetch in (ex.fetch_open_orders, ex.fetch_closed_orders):
         if orders := await fetch(params={"clientOrderId": cid}):
-            return orders[0]
+            order: dict[str, Any] = orders[0]
+            return order
     return None
 
 
 async def by_client_order_id(ex: Any, cid: str) -> dict[str, Any] | None:
     # binance: sent as origClientOrderId (symbol required); okx: sent as clOrdId (symbol required)
     try:
-        return await ex.fetch_order(None, "BTC/USD", {"clientOrderId": cid})
+        order: dict[str, Any] = await ex.fetch_order(None, "BTC/USD", {"clientOrderId": cid})
+        return order
     except ccxt.OrderNotFound:
         return None
 
@@ -162,7 +164,7 @@ def only(name: str) -> pytest.MarkDecorator:
 
 @pytest.fixture(params=VENUES, ids=lambda v: v.name)
 def venue(request: pytest.FixtureRequest) -> Venue:
-    return request.param
+    return cast(Venue, request.param)
 
 
 @pytest_asyncio.fixture
@@ -188,8 +190,8 @@ async def ex(venue: Venue, emulator: EmulatorServer, account: Account) -> AsyncI
 
 def limit_ioc(ex: Any, side: str, amount: float, price: float, cid: str) -> Awaitable[Any]:
     """A limit IOC order as the adapters send it through ccxt's unified API."""
-    return ex.create_order("BTC/USD", "limit", side, amount, price,
-                           {"timeInForce": "IOC", "clientOrderId": cid})
+    return cast(Awaitable[Any], ex.create_order("BTC/USD", "limit", side, amount, price,
+                                                {"timeInForce": "IOC", "clientOrderId": cid}))
 
 
 async def _raises(expected: type[Exception], call: Awaitable[Any]) -> Exception:

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import ccxt.async_support as ccxt
 import pytest
 import pytest_asyncio
 import requests
 from alpaca.common.exceptions import APIError
+from alpaca.common.types import RawData
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, OrderType, TimeInForce
+from alpaca.trading.models import Asset, Position, TradeAccount, TradeActivity
 from alpaca.trading.models import Order as AlpacaOrder
-from alpaca.trading.models import TradeActivity
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, StopOrderRequest
 
 from tests.emulators.alpaca import AlpacaEmulator
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.asyncio
 # so ccxt signs with HMAC (CB-ACCESS-*) rather than a CDP JWT.
 CB_KEY, CB_SECRET = "cb-test-key", "cb-test-secret"
 AP_KEY, AP_SECRET = "PKTESTKEY", "test-secret-key"
+M = TypeVar("M")
 
 
 def coinbase_client(url: str, secret: str = CB_SECRET, **config: Any) -> ccxt.coinbase:
@@ -104,7 +106,15 @@ def cb_limit_ioc(cb: ccxt.coinbase, side: str, amount: float, price: float, cid:
 
 async def submit(client: TradingClient, order: MarketOrderRequest | LimitOrderRequest,
                  ) -> AlpacaOrder:
-    return await asyncio.to_thread(client.submit_order, order)  # type: ignore[return-value]
+    return await model(AlpacaOrder, client.submit_order, order)
+
+
+async def model(kind: type[M], call: Callable[..., M | RawData], *args: Any) -> M:
+    """`call(*args)` off the loop: alpaca-py's model (its type also allows the raw dict,
+    returned only with raw_data=True)."""
+    value = await asyncio.to_thread(call, *args)
+    assert isinstance(value, kind)
+    return value
 
 
 async def api_error(call: Any, *args: Any) -> APIError:
@@ -391,8 +401,8 @@ async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
 
 
 async def test_get_asset_reports_crypto_order_rules(client: TradingClient) -> None:
-    raw = await asyncio.to_thread(client.get, "/assets/BTC/USD")
-    stock = await asyncio.to_thread(client.get_asset, "AAPL")
+    raw: Any = await asyncio.to_thread(client.get, "/assets/BTC/USD")
+    stock = await model(Asset, client.get_asset, "AAPL")
 
     assert (raw["symbol"], raw["class"], raw["tradable"], raw["fractionable"]) == (
         "BTC/USD", "crypto", True, True)
@@ -402,7 +412,7 @@ async def test_get_asset_reports_crypto_order_rules(client: TradingClient) -> No
 
 
 async def test_get_account_values_holdings_at_state_price(client: TradingClient) -> None:
-    account = await asyncio.to_thread(client.get_account)
+    account = await model(TradeAccount, client.get_account)
 
     assert (account.cash, account.buying_power) == ("10000", "10000")
     assert (account.equity, account.portfolio_value, account.long_market_value) == (
@@ -411,7 +421,7 @@ async def test_get_account_values_holdings_at_state_price(client: TradingClient)
 
 async def test_market_buy_by_qty_fills_and_opens_stock_position(client: TradingClient) -> None:
     order = await submit(client, market_order("AAPL", OrderSide.BUY, qty=1.5))
-    position = await asyncio.to_thread(client.get_open_position, "AAPL")
+    position = await model(Position, client.get_open_position, "AAPL")
 
     assert (order.status, order.qty, order.filled_qty, order.filled_avg_price) == (
         OrderStatus.FILLED, "1.5", "1.5", "190")
@@ -429,7 +439,7 @@ async def test_market_buy_by_notional_fills_crypto(
 
 
 async def test_market_sell_closes_crypto_position(client: TradingClient) -> None:
-    before = await asyncio.to_thread(client.get_open_position, "BTC/USD")
+    before = await model(Position, client.get_open_position, "BTC/USD")
     order = await submit(client, market_order("BTC/USD", OrderSide.SELL, qty=0.5))
     missing = await api_error(client.get_open_position, "BTCUSD")
 
@@ -441,7 +451,7 @@ async def test_market_sell_closes_crypto_position(client: TradingClient) -> None
 async def test_client_order_id_finds_order_and_refuses_reuse(client: TradingClient) -> None:
     placed = await submit(client, market_order("ETH/USD", OrderSide.BUY, notional=50,
                                                client_order_id="cid-1"))
-    found = await asyncio.to_thread(client.get_order_by_client_id, "cid-1")
+    found = await model(AlpacaOrder, client.get_order_by_client_id, "cid-1")
     reused = await api_error(client.submit_order, market_order(
         "ETH/USD", OrderSide.BUY, notional=50, client_order_id="cid-1"))
 
@@ -457,7 +467,7 @@ async def test_pending_submit_reply_shows_fill_only_on_later_get(
     alpaca.fill_on_submit_reply = False
 
     reply = await submit(client, market_order("BTC/USD", OrderSide.BUY, qty=0.01))
-    later = await asyncio.to_thread(client.get_order_by_id, reply.id)
+    later = await model(AlpacaOrder, client.get_order_by_id, reply.id)
 
     assert (reply.status, reply.filled_qty, reply.filled_avg_price) == (
         OrderStatus.PENDING_NEW, "0", None)
@@ -471,9 +481,9 @@ async def test_fill_activities_list_fills_newest_first_with_paging(
     first = await submit(client, market_order("BTC/USD", OrderSide.SELL, qty=0.1))
     second = await submit(client, market_order("AAPL", OrderSide.BUY, notional=190))
 
-    page = await asyncio.to_thread(client.get, "/account/activities/FILL", {"page_size": 1})
-    rest = await asyncio.to_thread(client.get, "/account/activities/FILL",
-                                   {"page_size": 1, "page_token": page[0]["id"]})
+    page: Any = await asyncio.to_thread(client.get, "/account/activities/FILL", {"page_size": 1})
+    rest: Any = await asyncio.to_thread(client.get, "/account/activities/FILL",
+                                        {"page_size": 1, "page_token": page[0]["id"]})
     fills = [TradeActivity(**item) for item in page + rest]
 
     assert [(str(f.order_id), f.symbol, f.side, f.qty) for f in fills] == [
@@ -534,7 +544,7 @@ async def test_timeout_after_accept_times_out_client_but_order_exists(
 
     with pytest.raises(requests.exceptions.ReadTimeout):
         await asyncio.to_thread(impatient.submit_order, order)
-    found = await asyncio.to_thread(patient.get_order_by_client_id, "t-1")
+    found = await model(AlpacaOrder, patient.get_order_by_client_id, "t-1")
 
     assert (found.status, found.filled_qty) == (OrderStatus.FILLED, "0.1")
 
@@ -546,7 +556,7 @@ async def test_limit_ioc_crypto_buy_within_its_price_fills_at_the_venue_price(
     alpaca: AlpacaEmulator, client: TradingClient,
 ) -> None:
     order = await submit(client, limit_ioc("BTC/USD", OrderSide.BUY, 0.001, 45450, "lim-1"))
-    found = await asyncio.to_thread(client.get_order_by_client_id, "lim-1")
+    found = await model(AlpacaOrder, client.get_order_by_client_id, "lim-1")
 
     assert (order.status, order.filled_qty, order.filled_avg_price) == (
         OrderStatus.FILLED, "0.001", "45000")
@@ -559,7 +569,7 @@ async def test_limit_ioc_stock_buy_beyond_its_price_is_canceled_unfilled(
     alpaca: AlpacaEmulator, client: TradingClient,
 ) -> None:
     order = await submit(client, limit_ioc("AAPL", OrderSide.BUY, 2, 189.5, "lim-2"))
-    found = await asyncio.to_thread(client.get_order_by_client_id, "lim-2")
+    found = await model(AlpacaOrder, client.get_order_by_client_id, "lim-2")
     fills = await asyncio.to_thread(client.get, "/account/activities/FILL")
 
     assert (order.status, order.filled_qty, order.filled_avg_price) == (
@@ -649,6 +659,6 @@ async def test_timeout_after_accept_on_a_limit_order_finds_it_canceled(
 
     with pytest.raises(requests.exceptions.ReadTimeout):
         await asyncio.to_thread(impatient.submit_order, order)
-    found = await asyncio.to_thread(patient.get_order_by_client_id, "lim-timeout")
+    found = await model(AlpacaOrder, patient.get_order_by_client_id, "lim-timeout")
 
     assert (found.status, found.filled_qty) == (OrderStatus.CANCELED, "0")
