@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.master.metrics import MasterMetrics
+from services.master.order_watch import OrderWatcher
 from services.master.service import MasterService
 from services.master.watcher import FillWatcher
 from shared import bus
@@ -51,17 +52,22 @@ async def run(settings: MasterSettings) -> None:
         buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
         published = buckets.fills
         control = Control(buckets.control)
-        master = MasterService(js=rt.js, account=account, config=me,
-                               metrics=MasterMetrics(rt.registry, me.id), signer=signer,
+        metrics = MasterMetrics(rt.registry, me.id)
+        master = MasterService(js=rt.js, account=account, config=me, metrics=metrics, signer=signer,
                                published=published, control=control,
                                order_timeout_s=settings.order_timeout_s,
                                ledger=Ledger(buckets.ledger), named=not config.single_master)
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request
-        watcher = FillWatcher(account=account, config=me, kv=published, master=master)
-        watching = asyncio.create_task(watcher.run(settings.fill_watch_interval_s))
+        watcher = FillWatcher(account=account, config=me, kv=published, master=master,
+                              on_fill=master.tracker.touch)
+        orders = OrderWatcher(tracker=master.tracker, account=account, metrics=metrics,
+                              slow_s=settings.fill_watch_interval_s)
+        watching = [asyncio.create_task(watcher.run(settings.fill_watch_interval_s)),
+                    asyncio.create_task(orders.run())]
         rt.mark_started()
         await rt.wait_stopped()
-        watching.cancel()
+        for task in watching:
+            task.cancel()
         await master.stop()
         await account.close()
         await ctx.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 # filled: order filled, signal published; failed: the venue refused the order; refused: no order
 # (kill switch, bad request, another master's); unknown: the order may exist, a retry looks it up;
 # replayed: a retried request id answered with its first outcome
 TRADE_OUTCOMES = ("filled", "failed", "refused", "unknown", "replayed")
+ORDER_EVENTS = ("new", "amend", "cancel")
+ORDER_ACTIONS = ("order", "amend", "cancel")
+# done: the venue did it; refused: nothing changed; unknown: it may have (a retry finds out)
+ORDER_OUTCOMES = ("done", "refused", "unknown", "replayed")
 
 
 class MasterMetrics:
@@ -27,7 +31,24 @@ class MasterMetrics:
             "copytrade_master_control_watch_errors_total",
             "Times the master's watch of the control bucket (kill switch) broke and restarted",
             registry=registry)
+        self.order_events = Counter(
+            "copytrade_master_order_events_total",
+            "Master order events published (a resting order placed, amended, cancelled)",
+            ["event"], registry=registry)
+        self.order_requests = Counter(
+            "copytrade_master_order_requests_total",
+            "Master order, amend and cancel requests by outcome", ["action", "outcome"],
+            registry=registry)
+        self.order_poll_interval = Gauge(
+            "copytrade_master_order_poll_interval_seconds",
+            "How long the open-orders watcher waits between polls now (adaptive)",
+            registry=registry)
         for outcome in TRADE_OUTCOMES:
             self.orders.labels(outcome)
+        for event in ORDER_EVENTS:
+            self.order_events.labels(event)
+        for action in ORDER_ACTIONS:
+            for outcome in ORDER_OUTCOMES:
+                self.order_requests.labels(action, outcome)
         for record in ("published", "outcome"):
             self.bookkeeping_failures.labels(record)

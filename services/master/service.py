@@ -10,6 +10,11 @@ Once the venue acknowledges the order, the service claims it (services.master.or
 watcher then leaves it alone, and the service publishes one signal for the whole order. Each
 signal carries the master's copied position before it and is applied to the ledger once
 (services.master.signals).
+
+Next to `trade`, the endpoints `order`, `amend` and `cancel` place and change resting orders
+(services.master.order_desk), each once per request id; every change of a resting order, made
+here or by hand on the venue, is published as an order event (services.master.order_events).
+A resting order is not claimed: its fills are signalled one by one by the fill watcher.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import msgspec
@@ -32,7 +38,10 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from services.master.metrics import MasterMetrics as MasterMetrics
+from services.master.order_desk import OrderDesk
+from services.master.order_events import OrderTracker
 from services.master.orders import ClaimConflict, OrderClaims
+from services.master.requests import OrderCall, OrderReply, endpoint_of
 from services.master.signals import MasterSignals
 from services.master.trades import TradeLedger, TradeRecord, master_client_order_id
 from shared import bus
@@ -73,6 +82,14 @@ class MasterService:
         self._ledger = TradeLedger(published)
         self._control = control
         self._instance = uuid.uuid4().hex  # owner of the records this process opens
+        # resting orders: their events (also the open-orders watcher's), and the requests
+        self.tracker = OrderTracker(account=account, config=config, kv=published,
+                                    signals=self.signals, metrics=metrics)
+        self.desk = OrderDesk(account=account, config=config, kv=published, tracker=self.tracker,
+                              metrics=metrics, killed=lambda: self.killed,
+                              instance=self._instance, order_timeout_s=order_timeout_s)
+        self._calls = msgspec.json.Decoder(OrderCall)
+        self._replies = msgspec.json.Encoder(decimal_format="string")
         # an open record of another instance younger than this may still be placing: a
         # generous bound on place_idempotently's attempts plus the fill wait
         self._lease_s = 12 * order_timeout_s + 2 * fill_wait_s
@@ -92,8 +109,10 @@ class MasterService:
         self._watching = asyncio.create_task(self._watch_control(self._control))
         service = await add_service(nc, name=bus.MASTER_SERVICE, version="1.0.0",
                                     description="Places master trades and publishes signals")
-        await service.add_group(name=self._group).add_endpoint(
-            name=bus.MASTER_TRADE_ENDPOINT, handler=self._handle)
+        group = service.add_group(name=self._group)
+        await group.add_endpoint(name=bus.MASTER_TRADE_ENDPOINT, handler=self._handle)
+        for endpoint in bus.MASTER_ORDER_ENDPOINTS:
+            await group.add_endpoint(name=endpoint, handler=self._order_handler(endpoint))
         await nc.flush()  # subscribed at the server: answering from the moment start returns
         self._service = service
         return service
@@ -139,6 +158,25 @@ class MasterService:
         else:
             reply = await self.trade(trade)
         await request.respond(self._encoder.encode(reply))
+
+    def _order_handler(self, endpoint: str) -> Callable[[Request], Awaitable[None]]:
+        async def handle(request: Request) -> None:
+            try:
+                call = self._calls.decode(request.data)
+            except msgspec.DecodeError as exc:  # not JSON, or no order request
+                reply = OrderReply(ok=False, outcome="refused",
+                                   error=f"invalid {endpoint} request: {exc}")
+            else:
+                reply = await self._order_call(endpoint, call)
+            await request.respond(self._replies.encode(reply))
+        return handle
+
+    async def _order_call(self, endpoint: str, call: OrderCall) -> OrderReply:
+        if endpoint_of(call) != endpoint:
+            return OrderReply(ok=False, outcome="refused", request_id=call.request_id,
+                              error=f"a {endpoint_of(call)} request sent to the {endpoint} "
+                                    "endpoint: nothing changed")
+        return await self.desk.handle(call)
 
     # ---- a trade request -----------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 the master's copied position in the ledger.
 
 Used by the master service (its own orders, one signal each) and the fill watcher (fills made
-outside copytrade, one signal per fill). Each signal carries `copied_position_before`, the
+outside copytrade, one signal per fill); the master's order events (OrderSignal: a resting order
+placed, amended or cancelled, services.master.order_events) go out the same way, one at a time
+with the fills, carrying the copied position now. Each signal carries `copied_position_before`, the
 master's copied position (shared.ledger, `master_key`) before its fill, which followers' sells
 scale by. One fill at a time, in this order: the position before (the amount recorded for this
 fill if it was applied already) -> build and sign -> publish (Nats-Msg-Id = signal id: a
@@ -30,7 +32,7 @@ from shared.bus.retry import TRANSIENT
 from shared.config import MasterConfig
 from shared.exchange.port import OrderAck
 from shared.ledger import Ledger, master_key
-from shared.messages import TradeSignal, signal_id_for
+from shared.messages import AnySignal, OrderSignal, TradeSignal, signal_id_for
 from shared.signing import SignalSigner
 
 log = logging.getLogger("copytrade.master")
@@ -146,7 +148,35 @@ class MasterSignals:
             return False
         return True
 
+    async def publish_event(self, signal: OrderSignal) -> OrderSignal | None:
+        """Publish a master order event once (Nats-Msg-Id = its id), with the master's copied
+        position now (after the fills published so far: one signal at a time) and signed;
+        return it as published, or None if it was published before."""
+        async with self._lock:
+            if await self._was_published(signal.signal_id):
+                return None
+            ledger = await self._ledger_now()
+            entry = await ledger.read(master_key(self._config.id, signal.symbol))
+            signal = msgspec.structs.replace(signal, copied_position=entry.amount)
+            if self._signer is not None:
+                signal = self._signer.sign(signal)
+            duplicate = await self._deliver(signal)
+            log.info("event=order_event_published signal_id=%s order_id=%s order_event=%s "
+                     "version=%d symbol=%s copied_position=%s duplicate=%s", signal.signal_id,
+                     signal.order_id, signal.event, signal.version, signal.symbol,
+                     signal.copied_position, duplicate)
+            await self._record_published(signal.signal_id)
+            return signal
+
     async def _send(self, signal: TradeSignal) -> None:
+        duplicate = await self._deliver(signal)
+        log.info("event=signal_published signal_id=%s symbol=%s side=%s fill_id=%s "
+                 "copied_position_before=%s duplicate=%s", signal.signal_id, signal.symbol,
+                 signal.side, signal.fill_id, signal.copied_position_before, duplicate)
+
+    async def _deliver(self, signal: AnySignal) -> bool:
+        """Publish until stored (NATS outages retried with the same message id); whether the
+        stream had it already."""
         data = self._encoder.encode(signal)
         subject = bus.signal_subject(self._config.id)
 
@@ -161,10 +191,7 @@ class MasterSignals:
 
         ack = await bus.retry_forever("publish_signal", attempt)
         self._metrics.published.inc()
-        log.info("event=signal_published signal_id=%s symbol=%s side=%s fill_id=%s "
-                 "copied_position_before=%s duplicate=%s", signal.signal_id, signal.symbol,
-                 signal.side, signal.fill_id, signal.copied_position_before,
-                 getattr(ack, "duplicate", False))
+        return bool(getattr(ack, "duplicate", False))
 
     async def _record_published(self, signal_id: str) -> None:
         if self._published is None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 
 import nats
@@ -42,8 +43,9 @@ async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> Key
 
 class FillWatcher:
     def __init__(self, *, account: ExchangeAccount, config: MasterConfig, kv: KeyValue,
-                 master: SignalPublisher) -> None:
+                 master: SignalPublisher, on_fill: Callable[[], None] | None = None) -> None:
         self._account, self._config, self._kv, self._master = account, config, kv, master
+        self._on_fill = on_fill  # a fill published: the open-orders watcher speeds up
         self._cursor_key = f"cursor.{config.id}"
         self._orders = OrderClaims(kv, config.exchange)
 
@@ -69,6 +71,8 @@ class FillWatcher:
             twin = (fill.order_id, fingerprint(fill))
             published += await self._copy(fill, index, twins[twin], account)
             twins[twin] += 1
+        if published and self._on_fill is not None:
+            self._on_fill()
         if fills and fills[-1].at > cursor:  # every fill up to here is published
             await self._kv.put(self._cursor_key, repr(fills[-1].at).encode())
         return published

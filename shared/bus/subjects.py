@@ -19,6 +19,7 @@ WORK_ALL = "copytrade.work.>"
 
 SIZER_SERVICE, SIZER_GROUP, SIZER_ENDPOINT = "copytrade-sizer", "copytrade.sizer", "size"
 MASTER_SERVICE, MASTER_GROUP, MASTER_TRADE_ENDPOINT = "copytrade-master", "copytrade.master", "trade"
+MASTER_ORDER_ENDPOINTS = ("order", "amend", "cancel")  # resting orders, next to trade
 PAPER_SERVICE, PAPER_GROUP, PAPER_ENDPOINT = "copytrade-paper", "copytrade.paper", "call"
 SIZER_SUBJECT = f"{SIZER_GROUP}.{SIZER_ENDPOINT}"
 MASTER_TRADE_SUBJECT = f"{MASTER_GROUP}.{MASTER_TRADE_ENDPOINT}"
