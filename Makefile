@@ -27,7 +27,7 @@ fmt: $(STAMP) ## fix lint findings that ruff can fix
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP) ## mypy strict on services/ and shared/
+typecheck: $(STAMP) ## mypy strict on services/, shared/, tests/, scripts/ and support/
 	$(BIN)/mypy
 
 test: $(STAMP) deploy-tools lint typecheck ## lint, typecheck and the whole test suite
