@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 import msgspec
 import nats
 
-from services.ops import control, positions, status, subscriptions
+from services.master.requests import OrderCall, endpoint_of, order_subject
+from services.ops import control, orders, positions, status, subscriptions
 from services.ops.errors import FAILED, OK, UNKNOWN, USAGE, CliError, describe, one_line
 from services.ops.trade import master_trade
 from shared import bus
@@ -213,18 +214,33 @@ def _trade_request(args: argparse.Namespace) -> TradeRequest:
         raise CliError(f"invalid trade: {exc}") from None
 
 
+def _subject_master(args: argparse.Namespace) -> str | None:
+    """Whose endpoints to ask: None for the only master; --master must name a configured one."""
+    if args.master is None:
+        return None
+    _, config = _settings_and_config(args)
+    try:
+        master = config.master_named(args.master)
+    except ConfigError as exc:
+        raise CliError(one_line(str(exc))) from None
+    return None if config.single_master else master.id
+
+
 def _trade(args: argparse.Namespace) -> int:
     request = _trade_request(args)
     settings = load_settings(OperatorSettings)
-    subject = bus.MASTER_TRADE_SUBJECT  # the only master
-    if args.master is not None:  # the flag must name a configured master
-        _, config = _settings_and_config(args)
-        try:
-            master = config.master_named(args.master)
-        except ConfigError as exc:
-            raise CliError(one_line(str(exc))) from None
-        subject = bus.master_trade_subject(None if config.single_master else master.id)
+    subject = bus.master_trade_subject(_subject_master(args))
     return asyncio.run(master_trade(settings, request, float(args.timeout), subject))
+
+
+def _order_command(build: Callable[[argparse.Namespace], OrderCall]
+                   ) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        call = build(args)
+        settings = load_settings(OperatorSettings)
+        subject = order_subject(_subject_master(args), endpoint_of(call))
+        return asyncio.run(orders.send(settings, call, float(args.timeout), subject))
+    return run
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -301,7 +317,8 @@ def _add_services(sub: Any) -> None:
 def _add_master(sub: Any) -> None:
     master = _command(sub, "master", "the master: run it, or place a master trade")
     master.set_defaults(run=_help_of(master))
-    actions = master.add_subparsers(dest="action", metavar="{run,trade}", parser_class=Parser)
+    actions = master.add_subparsers(dest="action", metavar="{run,trade,order,amend,cancel}",
+                                    parser_class=Parser)
     _command(actions, "run", "run the master service (same as `copytrade run master`)",
              environment(*NATS_ENV, "config", "secrets_dir",
                          more="  and every other COPYTRADE_* setting (README: configuration)")
@@ -327,6 +344,58 @@ def _add_master(sub: Any) -> None:
                        help="how long to wait for the master's reply (default 60)")
     _with_config(trade)
     trade.set_defaults(run=_trade)
+    _add_master_orders(actions)
+
+
+def _master_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--request-id, --master, --timeout and --config of a master request."""
+    parser.add_argument("--request-id", type=_request_id, metavar="ID",
+                        help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
+                             f"printed first. Sent again with the same id: {what} once")
+    parser.add_argument("--master", metavar="ID",
+                        help="the master; must be the config's master "
+                             f"(reads ${ENV_PREFIX}CONFIG); default: the running master")
+    parser.add_argument("--timeout", type=_amount, default=Decimal(60), metavar="SECONDS",
+                        help="how long to wait for the master's reply (default 60)")
+    _with_config(parser)
+
+
+def _add_master_orders(actions: Any) -> None:
+    epilog = environment(*NATS_ENV, "config") + "\n\n" + orders.EXIT_STATUS
+    order = _command(
+        actions, "order", "place a resting order on the master account through the master "
+        "service: a limit (--limit), a stop-loss (--stop, with --limit: stop-limit) or a "
+        "take-profit (--take-profit, with --limit: take-profit-limit); its order event is "
+        "published, its fills are signals. Safe to send again with the same --request-id.",
+        epilog)
+    order.add_argument("--symbol", required=True, help="canonical BASE/QUOTE, e.g. BTC/USD")
+    order.add_argument("--side", choices=["buy", "sell"], required=True, help="buy or sell")
+    order.add_argument("--base", type=_amount, required=True, metavar="AMOUNT",
+                       help="size in the base asset, e.g. 0.01 (BTC)")
+    order.add_argument("--limit", type=_amount, metavar="PRICE",
+                       help="limit price (alone: a limit order resting until filled)")
+    trigger = order.add_mutually_exclusive_group()
+    trigger.add_argument("--stop", type=_amount, metavar="PRICE", help="stop-loss trigger price")
+    trigger.add_argument("--take-profit", type=_amount, metavar="PRICE",
+                         help="take-profit trigger price")
+    _master_options(order, "placed")
+    order.set_defaults(run=_order_command(orders.order_request))
+    amend = _command(actions, "amend", "change a resting limit order's price and/or size "
+                     "through the master service; its order event is published. Safe to send "
+                     "again with the same --request-id.", epilog)
+    amend.add_argument("order_id", metavar="ORDER_ID", help="the master order, as `master order` "
+                       "printed it (the venue's order id)")
+    amend.add_argument("--price", type=_amount, metavar="PRICE", help="the new limit price")
+    amend.add_argument("--base", type=_amount, metavar="AMOUNT",
+                       help="the new size in the base asset (filled part included)")
+    _master_options(amend, "amended")
+    amend.set_defaults(run=_order_command(orders.amend_request))
+    cancel = _command(actions, "cancel", "cancel a resting order through the master service; "
+                      "its order event is published. Safe to send again with the same "
+                      "--request-id.", epilog)
+    cancel.add_argument("order_id", metavar="ORDER_ID", help="the master order (venue's id)")
+    _master_options(cancel, "cancelled")
+    cancel.set_defaults(run=_order_command(orders.cancel_request))
 
 
 def _add_operations(sub: Any) -> None:
