@@ -47,6 +47,29 @@ class AccountConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return self.credentials or self.id.upper()
 
 
+class MasterFilledFirst(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The master's order filled and the follower's linked order has not, `wait_s` later: chase
+    (cancel the rest, then an immediate-or-cancel order for it within the slippage guard) or
+    cancel (cancel the rest and record it)."""
+
+    wait_s: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
+    then: Literal["chase", "cancel"] = "cancel"
+
+
+class OrdersConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a master's resting orders reach this follower. fills: only fills are copied (market or
+    immediate-or-cancel orders); orders: each resting order is mirrored as a linked resting order
+    at the follower (same price on its venue's tick), amended and cancelled with it."""
+
+    mode: Literal["fills", "orders"] = "fills"
+    stop_loss: bool = True  # mirror stop-loss orders (native at the venue, else a recorded skip)
+    take_profit: bool = True  # mirror take-profit orders (likewise)
+    master_filled_first: MasterFilledFirst = MasterFilledFirst()
+    # the follower's linked order filled and the master cancelled: keep it (the ledger holds it,
+    # the master's next exit closes it) or unwind it (sold back, through the policy)
+    follower_filled_first: Literal["keep", "unwind"] = "keep"
+
+
 class SubscriptionConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A follower copies this master, sized like this."""
 
@@ -56,6 +79,7 @@ class SubscriptionConfig(Struct, frozen=True, kw_only=True, forbid_unknown_field
     on_subscribe: Literal["none", "copy_open"] = "none"
     # close: when the subscription is removed, sell the copied holding (own coins untouched)
     on_unsubscribe: Literal["keep", "close"] = "keep"
+    orders: OrdersConfig = OrdersConfig()  # mode fills (the default): resting orders not mirrored
 
 
 class FollowerConfig(AccountConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,6 +1,7 @@
 """Intake: what a signal message must pass before anything is copied. Bytes that are not a
-signal, a signature that does not verify, and a signal this group already took are recorded
-as rejects (never executed) and the message is terminated.
+signal (a master fill, `TradeSignal`, or a master order event, `OrderSignal`), a signature that
+does not verify, and a signal this group already took are recorded as rejects (never executed)
+and the message is terminated.
 
 The replay guard is a create-if-absent key per (group, signal) holding the stream sequence of
 the message that took it: the same message delivered again (a redelivery, also one a new
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 from services.copier.copy.claims import Claims
 from services.copier.delivery import Delivery
 from services.copier.followers import FollowerBook
-from shared.messages import MALFORMED, TradeSignal
+from shared.messages import MALFORMED, AnySignal, TradeSignal
 
 LEGACY_GUARD = b"1"  # guards written before they held the stream sequence
 
@@ -28,14 +29,14 @@ class GuardGone(Exception):
 
 @dataclass(frozen=True)
 class Admitted:
-    signal: TradeSignal
+    signal: AnySignal
     redelivered: bool  # this message was taken before: its copies may exist already
 
 
 class Intake:
     def __init__(self, *, book: FollowerBook, claims: Claims, delivery: Delivery) -> None:
         self._book, self._claims, self._delivery = book, claims, delivery
-        self._decoder = msgspec.json.Decoder(TradeSignal)
+        self._decoder = msgspec.json.Decoder(AnySignal)
 
     async def admit(self, msg: Msg) -> Admitted | None:
         """The signal to copy, or None once the message was rejected and terminated."""
@@ -44,7 +45,7 @@ class Intake:
         except MALFORMED as exc:
             await self._refuse(msg, "malformed", str(exc))
             return None
-        problem = self._book.signature_problem(signal) or self._unknown_master(signal)
+        problem = self._signature_problem(signal) or self._unknown_master(signal)
         if problem is not None:
             await self._refuse(msg, *problem)
             return None
@@ -55,12 +56,22 @@ class Intake:
             return None
         return Admitted(signal, redelivered=taken or msg.metadata.num_delivered > 1)
 
-    def _unknown_master(self, signal: TradeSignal) -> tuple[str, str] | None:
+    def _signature_problem(self, signal: AnySignal) -> tuple[str, str] | None:
+        if isinstance(signal, TradeSignal):
+            return self._book.signature_problem(signal)
+        if not self._book.signals.require_signature:  # an order event: checked the same way
+            return None
+        problem = self._book.verifier.problem(signal)
+        if problem is None:
+            return None
+        return problem, f"order event {signal.signal_id}: {problem.replace('_', ' ')}"
+
+    def _unknown_master(self, signal: AnySignal) -> tuple[str, str] | None:
         if signal.master_id in self._book.masters:
             return None
         return "unknown_master", f"signal {signal.signal_id}: {signal.master_id} is no configured master"
 
-    async def _taken_before(self, signal: TradeSignal, msg: Msg) -> bool | None:
+    async def _taken_before(self, signal: AnySignal, msg: Msg) -> bool | None:
         """False: first taken now; True: this same message was taken before; None: a replay."""
         key = f"seen.{self._book.group}.{signal.signal_id}"
         mine = str(msg.metadata.sequence.stream).encode()

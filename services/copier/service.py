@@ -11,6 +11,10 @@ replay), then either
 Both paths copy through the same `CopyExecutor` (`copy/`: figures -> sizing -> policy ->
 claim -> place -> record); a message is acked
 only once everything it stands for is stored.
+
+A master order event (`OrderSignal`) goes to `orders/` (mirroring) for the followers whose
+subscription mirrors orders, on the direct path; a master fill that a follower's linked order
+carries is left out of its copy there (never copied twice).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from services.copier.delivery import Delivery, watched
 from services.copier.followers import FollowerBook, Lineage
 from services.copier.intake import Intake
 from services.copier.metrics import CopierMetrics
+from services.copier.orders.mirroring import SWEEP_S, Mirroring
 from services.copier.reconcile import Reconciler
 from services.copier.spread.metrics import WorkMetrics
 from services.copier.spread.planner import WorkPlanner
@@ -45,7 +50,7 @@ from shared import bus
 from shared.config import CopierSettings
 from shared.control import Control
 from shared.ledger import Ledger
-from shared.messages import TradeSignal
+from shared.messages import OrderSignal, TradeSignal
 
 log = logging.getLogger("copytrade.copier")
 FETCH_WAIT_S = 1.0
@@ -59,7 +64,7 @@ class Copier:
         self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
         metrics: CopierMetrics, settings: CopierSettings, instance: str, control: Control,
         policy: Policy, ledger: Ledger, fills: KeyValue, reconciler: Reconciler | None = None,
-        work_metrics: WorkMetrics | None = None,
+        work_metrics: WorkMetrics | None = None, mirror_registry: CollectorRegistry | None = None,
     ) -> None:
         self._nc, self._js, self._book, self._control = nc, js, book, control
         self._metrics, self._settings = metrics, settings
@@ -70,6 +75,10 @@ class Copier:
         self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
                                      settings=settings, instance=instance, policy=policy, ledger=ledger,
                                      reconciler=reconciler)
+        self.mirroring = Mirroring(nc=nc, js=js, kv=ledger.kv, book=book, policy=policy,
+                                   holdings=self.executor.holdings, settings=settings,
+                                   metrics=metrics, instance=instance, registry=mirror_registry)
+        self.executor.mirroring = self.mirroring
         self.subscriptions = Subscriptions(
             js=js, kv=ledger.kv, book=book, policy=policy, executor=self.executor,
             lease_s=settings.order_timeout_s * 4)
@@ -97,7 +106,8 @@ class Copier:
         background = [watched(self._watch_lag(), "lag_watch"),
                       watched(self.replicas.run(), "replica_heartbeat"),
                       watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),
-                      watched(self.silence.run(SILENCE_CHECK_S), "master_silence")]
+                      watched(self.silence.run(SILENCE_CHECK_S), "master_silence"),
+                      watched(self.mirroring.run(SWEEP_S), "mirror_sweep")]
         work = watched(self._work.run(), "work_runner")
         try:
             await self._take_signals(sub)
@@ -178,8 +188,13 @@ class Copier:
         if admitted is None:
             return
         lineage = (msg.metadata.consumer or "", msg.metadata.sequence.consumer)
-        await self._delivery.settle(msg, admitted.signal.signal_id, self.fan_out(
-            admitted.signal, received_at, redelivered=admitted.redelivered, lineage=lineage))
+        signal = admitted.signal
+        if isinstance(signal, OrderSignal):
+            await self._delivery.settle(msg, signal.signal_id,
+                                        self.mirroring.handle(signal, received_at))
+            return
+        await self._delivery.settle(msg, signal.signal_id, self.fan_out(
+            signal, received_at, redelivered=admitted.redelivered, lineage=lineage))
 
     async def fan_out(
         self, signal: TradeSignal, received_at: float, *, redelivered: bool,

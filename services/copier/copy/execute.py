@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -48,6 +49,13 @@ log = logging.getLogger("copytrade.copier")
 STORE_TIMEOUT_S = 30.0
 
 
+class FillRouter(Protocol):
+    """Takes the master fills that followers' linked orders carry (services/copier/orders)."""
+
+    async def take_fills(self, signal: TradeSignal, followers: list[Follower],
+                         received_at: float) -> list[Follower]: ...
+
+
 class CopyExecutor:
     """Copies signals for followers of one group; one per replica, shared by both paths so the
     replica's concurrency limit bounds all of its orders."""
@@ -70,6 +78,7 @@ class CopyExecutor:
         self._reconciler = reconciler
         # (master, symbol) -> newest signal shown to the reconciler: one per master position
         self._observed: dict[tuple[str, str], float] = {}
+        self.mirroring: FillRouter | None = None  # set by the service: mirrored fills go there
 
     async def execute(
         self, signal: TradeSignal, followers: list[Follower], received_at: float, *,
@@ -79,6 +88,8 @@ class CopyExecutor:
         could not be (the message is then retried, and claims make the retry safe)."""
         for follower in followers:
             follower.resume(lineage)
+        if self.mirroring is not None:  # a linked order carries it: never copied twice
+            followers = await self.mirroring.take_fills(signal, followers, received_at)
         decisions = await self._decide(signal, followers)
         recording = Recording()
         outcomes = await asyncio.gather(*(

@@ -1,0 +1,182 @@
+"""Links: one record per (follower, master resting order) in the ledger bucket, saying which
+follower order mirrors it now and what became of it. Every venue step is written here as an
+intent first (the client order id it will use, derived, never random), so a crash at any point
+is resumed by looking that id up, never by placing again.
+
+Keys: `link.<group>.<follower>.<hash of master and order id>`; written with an expected
+revision (two replicas, or an event and the sweep, never both move a link)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared import bus
+from shared.errors import CopytradeError
+from shared.messages import MirroredKind, Side
+
+ZERO = Decimal(0)
+REMEMBERED_FILLS = 64  # master fill signals counted per link: redeliveries come long before
+_NAMESPACE = uuid.UUID("a3f1c2b4-5d6e-4f70-8a91-b2c3d4e5f607")
+SCAN_WAIT_S = 5.0
+
+# placing    the follower order `client_order_id` is being placed (may exist at the venue)
+# live       it rests at the venue (as last seen)
+# replacing  `previous` is being cancelled, then `client_order_id` placed for what is left
+# ended      the follower order is gone from the venue (filled, or cancelled with its fill applied)
+# unlinked   no follower order mirrors the master order (skipped, refused, failed): its fills
+#            are copied as fills
+LinkState = Literal["placing", "live", "replacing", "ended", "unlinked"]
+
+
+class LinkConflict(CopytradeError):
+    """Another replica (or the sweep) moved the link first: the caller reads it again later."""
+
+    reason_code = "link_conflict"
+
+
+class Link(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    follower_id: str
+    master_id: str
+    exchange: str  # the master's broker
+    order_id: str  # the master's order
+    kind: MirroredKind
+    symbol: str  # canonical BASE/QUOTE
+    side: Side
+    state: LinkState
+    version: int  # the master order's version the follower order mirrors
+    master_size: Decimal  # the master order's total (base), as of `version`
+    size: Decimal = ZERO  # the follower's total for it (base, every version's fills included)
+    price: Decimal | None = None  # on the follower venue's tick
+    trigger_price: Decimal | None = None
+    client_order_id: str | None = None  # the follower order now (or the last one)
+    previous: str | None = None  # replacing: the order cancelled before `client_order_id`
+    applied: dict[str, Decimal] = {}  # follower order -> its fill, applied to the ledger once
+    master_filled: Decimal = ZERO  # the master fills counted (signals in `master_fills`)
+    master_fills: list[str] = []
+    master_open: bool = True  # False once the master cancelled it or it filled whole
+    due: float | None = None  # the master filled whole: settle the follower's side then
+    # what ended the link for good ("": not yet): cancelled, kept, unwound, chased, both_filled,
+    # orphan, gone, unlinked; `unwinding` / `chasing` while that order is being placed
+    resolved: str = ""
+    reason_code: str = ""  # why it is unlinked or ended (a skip's, a failure's)
+    reason: str = ""
+    owner: str = ""  # the replica that wrote the last intent
+    at: float = 0.0  # when it was last written
+
+    @property
+    def filled(self) -> Decimal:
+        """What the follower's orders for this master order filled, as applied to the ledger."""
+        return sum(self.applied.values(), ZERO)
+
+    @property
+    def order_size(self) -> Decimal:
+        """The current follower order's own size: the total less what earlier orders filled."""
+        earlier = sum((v for k, v in self.applied.items() if k != self.client_order_id), ZERO)
+        return self.size - earlier
+
+    @property
+    def finished(self) -> bool:
+        return self.resolved not in ("", "unwinding", "chasing") and self.state in ("ended", "unlinked")
+
+
+def link_key(group: str, follower_id: str, master_id: str, order_id: str) -> str:
+    return f"link.{group}.{follower_id}.{uuid.uuid5(_NAMESPACE, f'{master_id}:{order_id}').hex}"
+
+
+def event_id(key: str, what: str) -> str:
+    """A deterministic id for an outcome (or an order) the link itself causes: a fill found by
+    the sweep, an orphan cancelled, a chase, an unwind."""
+    return uuid.uuid5(_NAMESPACE, f"{key}:{what}").hex
+
+
+class LinkStore:
+    def __init__(self, kv: KeyValue, group: str) -> None:
+        self._kv, self.group = kv, group
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._decoder = msgspec.json.Decoder(Link)
+
+    def key(self, follower_id: str, master_id: str, order_id: str) -> str:
+        return link_key(self.group, follower_id, master_id, order_id)
+
+    async def get(self, key: str) -> tuple[Link, int] | None:
+        try:
+            entry = await bus.retry(f"read link {key}", lambda: self._kv.get(key))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None or entry.operation in ("DEL", "PURGE"):
+            return None
+        return self._decoder.decode(entry.value), entry.revision
+
+    async def create(self, key: str, link: Link) -> int | None:
+        """Write a new link; None when one exists already (another attempt made it)."""
+        data = self._encoder.encode(msgspec.structs.replace(link, at=time.time()))
+        try:
+            return await bus.retry(f"create link {key}", lambda: self._kv.create(key, data))
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def update(self, key: str, link: Link, revision: int) -> int:
+        """Replace the link written at `revision`; LinkConflict if it moved since."""
+        data = self._encoder.encode(msgspec.structs.replace(link, at=time.time()))
+        try:
+            return await bus.retry(f"update link {key}",
+                                   lambda: self._kv.update(key, data, last=revision))
+        except KeyWrongLastSequenceError:
+            raise LinkConflict(f"link {key} changed under us") from None
+
+    async def purge(self, key: str) -> None:
+        await bus.retry(f"purge link {key}", lambda: self._kv.purge(key))
+
+    async def scan(self) -> list[tuple[str, Link, int]]:
+        """Every link of the group, as stored now."""
+        found: list[tuple[str, Link, int]] = []
+        watcher = await self._kv.watch(f"link.{self.group}.>", ignore_deletes=True)
+        try:
+            async for entry in _until_current(watcher):
+                if entry.value and entry.revision is not None:
+                    found.append((entry.key, self._decoder.decode(entry.value), entry.revision))
+        finally:
+            with contextlib.suppress(*bus.TRANSIENT):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+
+async def _until_current(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
+    """The watcher's entries up to its "no more pending" marker (None)."""
+    while True:
+        entry = await watcher.updates(SCAN_WAIT_S)  # type: ignore[no-untyped-call]
+        if entry is None:
+            return
+        yield entry
+
+
+class KeyLocks:
+    """One holder per link key in this process: an event and the sweep take turns."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

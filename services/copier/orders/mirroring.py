@@ -1,0 +1,87 @@
+"""Mirroring, as the copier sees it: an order event in, a master fill offered, and the sweep in
+the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+
+import nats
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
+
+from services.copier.copy.holdings import Holdings
+from services.copier.copy.policy import Policy
+from services.copier.copy.results import ResultLog
+from services.copier.followers import Follower, FollowerBook
+from services.copier.metrics import CopierMetrics
+from services.copier.orders.events import OrderEvents
+from services.copier.orders.links import KeyLocks, LinkStore
+from services.copier.orders.metrics import MirrorMetrics
+from services.copier.orders.outcomes import Outcomes
+from services.copier.orders.room import Room
+from services.copier.orders.sides import Sides
+from services.copier.orders.sizing import LinkSizer
+from services.copier.orders.sweep import Sweep
+from shared.config import CopierSettings
+from shared.errors import CopytradeError
+from shared.messages import OrderSignal, TradeSignal
+
+log = logging.getLogger("copytrade.mirroring")
+SWEEP_S = 30.0  # how often the sweep runs (and on start, and when a master fill's wait is due)
+
+
+class Mirroring:
+    def __init__(
+        self, *, nc: Client, js: JetStreamContext, kv: KeyValue, book: FollowerBook,
+        policy: Policy, holdings: Holdings, settings: CopierSettings, metrics: CopierMetrics,
+        instance: str, registry: CollectorRegistry | None = None,
+    ) -> None:
+        room = Room(group=book.group, instance=instance, book=book, policy=policy,
+                    holdings=holdings, links=LinkStore(kv, book.group),
+                    outcomes=Outcomes(ResultLog(js, metrics, book.group), book.group),
+                    settings=settings, locks=KeyLocks(),
+                    metrics=MirrorMetrics(registry or CollectorRegistry(), book.group))
+        sizer = LinkSizer(nc=nc, book=book, policy=policy, holdings=holdings, settings=settings,
+                          metrics=metrics)
+        self._wake = asyncio.Event()
+        self._sides = Sides(room, self._wake_at)
+        self._events = OrderEvents(room, sizer, self._sides)
+        self._sweep = Sweep(room, self._sides)
+
+    async def handle(self, event: OrderSignal, received_at: float) -> None:
+        """Mirror a master order event for the followers that mirror orders; return once every
+        outcome is stored (raise to have it retried)."""
+        await self._events.handle(event, received_at)
+
+    async def take_fills(self, signal: TradeSignal, followers: list[Follower],
+                         received_at: float) -> list[Follower]:
+        """Of `followers`, those to copy this master fill for (not those whose linked order
+        carries it)."""
+        return await self._sides.take_fills(signal, followers, received_at)
+
+    async def sweep(self) -> Counter[str]:
+        return await self._sweep.sweep()
+
+    async def run(self, interval_s: float = SWEEP_S) -> None:
+        """Sweep now, then every interval and whenever a master fill's wait is due."""
+        while True:
+            self._wake.clear()
+            try:
+                found = await self.sweep()
+                if found:
+                    log.info("event=mirror_sweep %s", " ".join(f"{k}={v}" for k, v in
+                                                                sorted(found.items())))
+            except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # next round again
+                log.warning("event=mirror_sweep_failed error=%s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval_s)
+
+    def _wake_at(self, at: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, at - time.time()), self._wake.set)

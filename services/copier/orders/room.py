@@ -1,0 +1,124 @@
+"""What every part of mirroring shares: the links, the outcomes, the policy, the ledger, and the
+venue steps on a follower's linked orders (place, cancel and confirm, look up, apply a fill)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TypeVar
+
+import msgspec
+
+from services.copier.copy.holdings import Holdings
+from services.copier.copy.policy import Policy, Verdict
+from services.copier.followers import Follower, FollowerBook
+from services.copier.orders.links import ZERO, KeyLocks, Link, LinkStore
+from services.copier.orders.metrics import MirrorMetrics
+from services.copier.orders.outcomes import Outcomes
+from shared.config import CopierSettings, OrdersConfig
+from shared.errors import CopytradeError, TemporaryError
+from shared.exchange.placing import place_idempotently
+from shared.exchange.port import OrderAck, OrderCommand, Trigger
+from shared.messages import MarketRules, Side, SizedOrder
+
+log = logging.getLogger("copytrade.mirroring")
+T = TypeVar("T")
+ATTEMPTS = 4
+BACKOFF_S = 0.2
+_TRIGGERS: dict[str, Trigger] = {"stop_loss": "stop_loss", "stop_loss_limit": "stop_loss",
+                                 "take_profit": "take_profit", "take_profit_limit": "take_profit"}
+
+
+class LinkBusy(CopytradeError):
+    """Another attempt holds this link's intent and may be at the venue now: try again later."""
+
+    reason_code = "link_busy"
+
+
+@dataclass
+class Room:
+    group: str
+    instance: str
+    book: FollowerBook
+    policy: Policy
+    holdings: Holdings
+    links: LinkStore
+    outcomes: Outcomes
+    settings: CopierSettings
+    locks: KeyLocks
+    metrics: MirrorMetrics
+
+    @property
+    def lease_s(self) -> float:
+        """An intent older than this was left by an attempt that is gone: it is resumed."""
+        return self.settings.order_timeout_s * 4
+
+    def orders_config(self, follower: Follower, master_id: str) -> OrdersConfig | None:
+        """The follower's order mirroring for this master, if it mirrors orders now."""
+        subscription = follower.subscriptions.get(master_id)
+        if subscription is None or subscription.orders.mode != "orders":
+            return None
+        return subscription.orders if self.policy.copies(follower, master_id) else None
+
+    async def rules(self, follower: Follower, symbol: str) -> MarketRules | None:
+        return await self.book.rules(follower, symbol)
+
+    def admit(self, follower: Follower, side: Side, size: Decimal, price: Decimal | None,
+              limit: Decimal | None = None) -> Verdict:
+        """The policy's verdict on a linked order (or a chase, an unwind) of this size."""
+        notional = size * (price or ZERO)
+        order = SizedOrder(follower_id=follower.id, side=side, size=size, size_type="base",
+                           notional=notional, scale=Decimal(1), limit_price=limit)
+        return self.policy.admit(follower, order)
+
+    def resting(self, follower: Follower, link: Link, client_order_id: str,
+                size: Decimal) -> OrderCommand:
+        trigger = _TRIGGERS.get(link.kind)
+        limit = None if link.kind in ("stop_loss", "take_profit") else link.price
+        return OrderCommand(
+            client_order_id=client_order_id, symbol=follower.venue_symbol(link.symbol),
+            side=link.side, size=size, size_type="base",
+            reference_price=link.price or link.trigger_price or ZERO, limit_price=limit,
+            time_in_force="gtc", trigger=trigger,
+            trigger_price=link.trigger_price if trigger is not None else None)
+
+    async def place(self, follower: Follower, command: OrderCommand) -> OrderAck:
+        return await place_idempotently(follower.account, command,
+                                        timeout_s=self.settings.order_timeout_s)
+
+    async def find(self, follower: Follower, link: Link, client_order_id: str) -> OrderAck | None:
+        symbol = follower.venue_symbol(link.symbol)
+        return await self._retrying(lambda: follower.account.find_order(client_order_id, symbol))
+
+    async def cancel(self, follower: Follower, link: Link, client_order_id: str) -> OrderAck | None:
+        """Cancel and confirm: the order as it ended (None: the venue knows none); an order
+        still open afterwards raises (nothing is placed before a cancel is confirmed)."""
+        symbol = follower.venue_symbol(link.symbol)
+        ack = await self._retrying(lambda: follower.account.cancel_order(client_order_id, symbol))
+        if ack is not None and ack.status == "submitted":
+            raise TemporaryError(f"cancel of {client_order_id} not confirmed: still open")
+        return ack
+
+    async def apply(self, follower: Follower, link: Link, ack: OrderAck | None) -> Link:
+        """An ended follower order's fill into the ledger, once (by its client order id)."""
+        if ack is None or ack.status == "submitted" or ack.client_order_id in link.applied:
+            return link
+        filled = ack.filled_base or ZERO
+        if filled > 0:
+            await self.holdings.record(follower, link.master_id, link.symbol, link.side, ack)
+            follower.forget_figures()  # its cash and balance moved
+        return msgspec.structs.replace(link, applied={**link.applied, ack.client_order_id: filled})
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A venue call retried on temporary errors (a cancel or a lookup is safe to repeat)."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return await asyncio.wait_for(call(), self.settings.order_timeout_s)
+            except (TemporaryError, TimeoutError) as exc:
+                if attempt + 1 == ATTEMPTS:
+                    raise TemporaryError(f"venue call failed: {type(exc).__name__}") from exc
+                await asyncio.sleep(BACKOFF_S * 2 ** attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
