@@ -54,7 +54,7 @@ class Master:
 class Kraken:
     emulator: KrakenEmulator
     account: Account
-    start: Callable[[], Awaitable[Master]]
+    start: Callable[..., Awaitable[Master]]
 
     def by_hand(self, side: str, size: str, limit: str | None = None, *,
                 trigger: str | None = None, trigger_price: str | None = None) -> Order:
@@ -83,9 +83,10 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
     me = config.master_named(None)
     closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def start() -> Master:
-        """A master process over the same buckets (a restart: nothing kept in memory)."""
-        ctx = AdapterContext(http_timeout_s=5.0, rate_limit=False)  # a loopback emulator
+    async def start(rate_limit: bool = False) -> Master:
+        """A master process over the same buckets (a restart: nothing kept in memory); with
+        Kraken's rate limits (`rate_limit`), else none (a loopback emulator)."""
+        ctx = AdapterContext(http_timeout_s=5.0, rate_limit=rate_limit)
         account = build_account(me, SecretSource(None, SECRETS).credentials(me, "MASTER"), ctx)
         nc = await system.connect()
         published = await fills_bucket(nc.jetstream())
@@ -274,6 +275,24 @@ async def _count(system: System, count: int) -> bool:
     return len(await _events(system)) >= count
 
 
+async def test_watcher_polls_slower_while_the_accounts_calls_wait_on_its_rate_limit(
+    system: System, kraken: Kraken,
+) -> None:
+    master = await kraken.start(rate_limit=True)
+    kraken.by_hand("buy", "0.5", "44000")
+    await master.orders.poll()
+    for _ in range(15):  # the master's own calls spend Kraken's burst (15 calls)
+        await master.service.tracker.sync(BTC)
+    running = asyncio.create_task(master.orders.run())
+    try:
+        await eventually(lambda: master.orders.cadence.backoff > 1, timeout=15)
+    finally:
+        running.cancel()
+        await asyncio.wait({running})
+
+    assert master.orders.cadence.backoff > 1
+
+
 def test_cadence_polls_fast_while_orders_rest_and_backs_off_while_calls_wait() -> None:
     cadence = Cadence(fast_s=0.5, slow_s=2.0)
     idle = time.monotonic() - 3600
@@ -324,6 +343,28 @@ async def test_order_amend_cancel_through_the_service_each_once_and_retries_chan
                               (placed.order_id, "cancel", 1, Decimal(43800))]
     assert [r.signal for r in (placed, amended, cancelled)] == events
     assert len(venue_orders) == 1 and venue_orders[0].client_order_id == placed.client_order_id
+
+
+async def test_fills_of_an_order_placed_through_the_service_are_signalled_per_fill(
+    system: System, kraken: Kraken,
+) -> None:
+    master = await kraken.start()
+    await master.fills.poll()  # first start: the fill cursor begins now
+    placed = await master.service.desk.handle(OrderRequest(
+        symbol=BTC, side="buy", size=Decimal("0.5"), limit_price=Decimal(44000),
+        request_id="order-fills-0001"))
+    order = next(o for o in kraken.account.orders if o.order_id == placed.order_id)
+
+    for part in ("0.2", "0.3"):
+        kraken.emulator.state.fill_resting(kraken.account, order, Decimal(part))
+        await master.fills.poll()
+    polled = await master.orders.poll()
+    published = await _published(system)
+
+    assert [(s.order_id, s.filled_base) for s in published if isinstance(s, TradeSignal)] == [
+        (placed.order_id, Decimal("0.2")), (placed.order_id, Decimal("0.3"))]
+    assert polled == []  # filled: no cancel
+    assert [e.event for e in published if isinstance(e, OrderSignal)] == ["new"]
 
 
 async def test_stop_loss_and_take_profit_limits_through_the_service_are_new_events(

@@ -37,7 +37,7 @@ from services.master.metrics import MasterMetrics
 from services.master.orders import ClaimConflict
 from shared import bus
 from shared.config import MasterConfig
-from shared.exchange.port import ExchangeAccount, OpenOrder, RestingKind
+from shared.exchange.port import ExchangeAccount, Fill, OpenOrder, RestingKind
 from shared.messages import OrderEventKind, OrderSignal, Side, order_event_id_for
 
 log = logging.getLogger("copytrade.master.orders")
@@ -45,6 +45,7 @@ ZERO = Decimal(0)
 REWRITE_S = 86_400.0  # an unchanged state is written again daily: the bucket's TTL is 30 days
 ATTEMPTS = 5  # comparisons started again after another writer's change
 RECENT_EVENTS = 1_000  # the last event per order kept in memory, for the service's replies
+FILLS_OVERLAP_S = 5.0  # fills read from a little before an order was first seen
 
 
 class Tracked(Struct, frozen=True, kw_only=True):
@@ -60,7 +61,8 @@ class Tracked(Struct, frozen=True, kw_only=True):
     price: Decimal | None
     trigger_price: Decimal | None
     version: int = 0
-    seen_at: float  # when the read that saw `filled` began: later fills are not in it
+    first_seen: float  # when the read that first saw it began (it was placed before)
+    seen_at: float  # when the read that saw `filled` ended: fills after it are not in it
 
     def amended(self, order: OpenOrder) -> bool:
         """Whether `order` (the same order, as open now) is an amendment of this one."""
@@ -87,11 +89,20 @@ def open_key(master_id: str) -> str:
     return f"open.{master_id}"
 
 
-def tracked(order: OpenOrder, version: int, seen_at: float) -> Tracked:
+def tracked(order: OpenOrder, version: int, read: Read, before: Tracked | None) -> Tracked:
+    """The order as this read saw it (`before`: as the state held it)."""
     return Tracked(order_id=order.exchange_order_id, client_order_id=order.client_order_id,
                    symbol=order.symbol, kind=order.kind, side=order.side, size=order.size,
                    filled=order.filled, price=order.price, trigger_price=order.trigger_price,
-                   version=version, seen_at=seen_at)
+                   version=version, first_seen=read.began if before is None else before.first_seen,
+                   seen_at=read.ended)
+
+
+class Read(Struct, frozen=True):
+    """When a read of the open orders began and ended."""
+
+    began: float
+    ended: float
 
 
 class OpenStore:
@@ -172,21 +183,22 @@ class OrderTracker:
         async with self._lock:
             published: list[OrderSignal] = []
             for _ in range(ATTEMPTS):
-                started = time.time()
+                began = time.time()
                 orders = await self._account.open_orders(symbol)
+                read = Read(began, time.time())
                 if symbol is None:
                     self.open_orders = len(orders)
                 try:
-                    await self._compare(orders, symbol, started, published)
+                    await self._compare(orders, symbol, read, published)
                 except _Conflict:
                     continue
                 return published
             raise ClaimConflict(f"the open orders of {self._config.id} kept changing")
 
-    async def _compare(self, orders: list[OpenOrder], symbol: str | None, started: float,
+    async def _compare(self, orders: list[OpenOrder], symbol: str | None, read: Read,
                        published: list[OrderSignal]) -> None:
         state, revision = await self._store.read()
-        events = _Events(self, self._account, self._config, started)
+        events = _Events(self, self._account, self._config, read)
         now = {o.exchange_order_id: o for o in orders}
         for order in orders:
             state, revision = await self._seen(order, state, revision, events, published)
@@ -202,11 +214,11 @@ class OrderTracker:
         before = state.orders.get(order.exchange_order_id)
         if before is None:
             event: OrderEventKind | None = "new"
-            after = tracked(order, 0, events.started)
+            after = tracked(order, 0, events.read, None)
         elif before.amended(order):
-            event, after = "amend", tracked(order, before.version + 1, events.started)
+            event, after = "amend", tracked(order, before.version + 1, events.read, before)
         elif before.filled != order.filled:  # a fill: no event, the fill's read is kept
-            event, after = None, tracked(order, before.version, events.started)
+            event, after = None, tracked(order, before.version, events.read, before)
         else:
             return state, revision
         if event is not None:
@@ -241,10 +253,8 @@ class OrderTracker:
                     return "open", filled
                 whole = filled >= (ack.ordered_base or before.size)
                 return ("filled" if whole else "canceled"), filled
-        fills = await self._account.fills_since(before.seen_at)
-        filled = before.filled + sum((f.amount for f in fills if f.order_id == before.order_id),
-                                     ZERO)
-        return ("filled" if filled >= before.size else "canceled"), filled
+        return _by_fills(before, await self._account.fills_since(
+            before.first_seen - FILLS_OVERLAP_S))
 
     async def _write(self, state: OpenState, revision: int | None) -> int | None:
         written = await self._store.write(state, revision)
@@ -269,14 +279,25 @@ class OrderTracker:
             self._metrics.order_events.labels(signal.event).inc()
 
 
+def _by_fills(before: Tracked, fills: list[Fill]) -> tuple[Ending, Decimal]:
+    """How an order without a client order id ended, from its fills: what filled is the larger
+    of two amounts that can only fall short, never overstate (a cancel is never taken for a
+    fill): its fills since just before it was first seen (all of them when it was seen soon
+    after it was placed), and what filled when last seen plus its fills since."""
+    mine = [f for f in fills if f.order_id == before.order_id]
+    since_seen = before.filled + sum((f.amount for f in mine if f.at > before.seen_at), ZERO)
+    filled = max(sum((f.amount for f in mine), ZERO), since_seen)
+    return ("filled" if filled >= before.size else "canceled"), filled
+
+
 class _Events:
     """One comparison's events: built with the master's equity (read once, when first needed),
     published one by one."""
 
     def __init__(self, tracker: OrderTracker, account: ExchangeAccount, config: MasterConfig,
-                 started: float) -> None:
+                 read: Read) -> None:
         self._tracker, self._account, self._config = tracker, account, config
-        self.started = started
+        self.read = read
         self._equity: Decimal | None = None
 
     async def publish(self, event: OrderEventKind, order: Tracked,

@@ -26,7 +26,7 @@ import nats
 from services.master.metrics import MasterMetrics
 from services.master.order_events import OrderTracker
 from shared.errors import CopytradeError
-from shared.exchange.port import ExchangeAccount
+from shared.exchange.port import ExchangeAccount, NotNative
 from shared.messages import OrderSignal
 
 log = logging.getLogger("copytrade.master.orders")
@@ -74,8 +74,13 @@ class OrderWatcher:
         while True:
             try:
                 await self.poll()
+            except NotNative as exc:  # the venue lists no resting orders: nothing to watch
+                log.warning("event=open_orders_not_watched reason=%s", exc)
+                return
             except (CopytradeError, TimeoutError, ValueError, nats.errors.Error) as exc:
                 log.warning("event=open_orders_poll_failed error=%s", type(exc).__name__)
+            except Exception:  # a bug: logged with its trace, and the watch goes on
+                log.exception("event=open_orders_poll_error")
             await asyncio.sleep(self._next_wait())
 
     async def poll(self) -> list[OrderSignal]:
