@@ -10,7 +10,10 @@ event, published before the order's new state is written:
   cancel  an order the state holds that is no longer open and did not fill whole; it keeps its
           version and carries what filled before it ended. An order gone because it filled is
           dropped without an event: with a client order id the venue's `find_order` says how it
-          ended, else its fills since it was last seen (the fills path) complete it or not.
+          ended, else its fills (the fills path) complete it or not (`_by_fills`).
+
+A venue whose amendment replaces the order (Binance) shows it as the old order's cancel and the
+replacement's new. Events are published whatever the kill switch: they are what the master did.
 
 An event's id is `order_event_id_for(exchange, order, event, version)` and its publish is
 deduplicated by it, so a restart between a publish and its state write repeats nothing, and a
@@ -244,7 +247,7 @@ class OrderTracker:
 
     async def _ending(self, before: Tracked) -> tuple[Ending, Decimal]:
         """How an order no longer listed open ended, and what it filled: the venue's own word
-        where it has our client order id, else its fills since it was last seen."""
+        where it has our client order id, else its fills."""
         if before.client_order_id:
             ack = await self._account.find_order(before.client_order_id, before.symbol)
             if ack is not None:
