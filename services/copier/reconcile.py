@@ -32,7 +32,7 @@ from shared.errors import CopytradeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderAck, OrderCommand
 from shared.ledger import Ledger, PositionReport, holding_key, master_key
-from shared.messages import Side, SizedOrder, Skip, TradeSignal, client_order_id_for
+from shared.messages import AnySignal, Side, SizedOrder, Skip, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale
 
 log = logging.getLogger("copytrade.reconcile")
@@ -85,7 +85,7 @@ class Reconciler:
         # holding key -> (last round's observation, when it was first seen the same)
         self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
         self._encoder = msgspec.json.Encoder(decimal_format="string")
-        self._decoder = msgspec.json.Decoder(TradeSignal)
+        self._decoder = msgspec.json.Decoder(AnySignal)
 
     def observe(self, signal: TradeSignal) -> None:
         """Track which (master, symbol) positions exist, from each copied signal."""
@@ -106,10 +106,10 @@ class Reconciler:
                 msg = await self._js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject(master))
             except NotFoundError:
                 continue
-            if msg.data is not None:
-                signal = self._decoder.decode(msg.data)
-                if (master, signal.symbol) not in self._master:  # a copied signal is newer
-                    self.observe(signal)
+            signal = None if msg.data is None else self._decoder.decode(msg.data)
+            # an order event carries no fill: the master's next fill shows its position
+            if isinstance(signal, TradeSignal) and (master, signal.symbol) not in self._master:
+                self.observe(signal)
 
     async def run(self, interval_s: float) -> None:
         await _quietly(self.prime(), self._metrics)

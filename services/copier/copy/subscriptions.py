@@ -32,7 +32,7 @@ from services.copier.followers import Follower, FollowerBook
 from shared import bus
 from shared.errors import CopytradeError
 from shared.ledger import Ledger
-from shared.messages import Side, TradeSignal, signal_id_for
+from shared.messages import AnySignal, Side, TradeSignal, signal_id_for
 
 log = logging.getLogger("copytrade.subscriptions")
 State = Literal["opening", "active", "closing"]
@@ -67,7 +67,7 @@ class Subscriptions:
         self._settled: set[tuple[str, str]] = set()  # (follower, master) active and wanted
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Record)
-        self._signals = msgspec.json.Decoder(TradeSignal)
+        self._signals = msgspec.json.Decoder(AnySignal)
 
     async def run(self, interval_s: float) -> None:
         """Sync now and every interval (a config or an operator's unsubscribe changes pairs)."""
@@ -187,12 +187,13 @@ class Subscriptions:
                                  redelivered=redelivered)
 
     async def _copy(
-        self, follower: Follower, last: TradeSignal, symbol_key: str, side: Side, amount: Decimal,
+        self, follower: Follower, last: AnySignal, symbol_key: str, side: Side, amount: Decimal,
         episode: str, *, redelivered: bool,
     ) -> None:
         """Copy an internal signal of `amount` for this follower alone, through the whole path."""
         symbol = symbol_key.replace("_", "/")
-        price = last.price if last.symbol == symbol else await follower.account.price(
+        fill = isinstance(last, TradeSignal) and last.symbol == symbol  # a fill's price, else the venue's
+        price = last.price if fill else await follower.account.price(
             follower.venue_symbol(symbol))
         if price is None:
             log.warning("event=subscription_no_price follower=%s symbol=%s", follower.id, symbol)
@@ -208,7 +209,7 @@ class Subscriptions:
         await self._executor.execute(signal, [follower], time.time(), redelivered=redelivered,
                                      lineage=("", 0))
 
-    async def _last_signal(self, master: str) -> TradeSignal | None:
+    async def _last_signal(self, master: str) -> AnySignal | None:
         """The master's newest signal: its equity (the ratio) and a price to check against."""
         try:
             msg = await self._js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject(master))
