@@ -66,6 +66,8 @@ class SignalVerifier:
             signature = base64.b64decode(signal.signature, validate=True)
         except (binascii.Error, ValueError):
             return "bad_signature"
+        if base64.b64encode(signature).decode() != signal.signature:
+            return "bad_signature"  # non-canonical base64 (altered padding bits): not what was signed
         payload = _payload(signal)
         for key in self._keys:
             try:
