@@ -23,8 +23,8 @@ class CopierMetrics:
             "copytrade_signals_dead_lettered_total", "Signals given up after max deliveries",
             ["group"], registry=registry).labels(group)
         self.outcomes = Counter(
-            "copytrade_copy_outcomes_total", "Copy outcomes per follower",
-            ["group", "follower", "outcome", "reason"], registry=registry)
+            "copytrade_copy_outcomes_total", "Copy outcomes per follower and master",
+            ["group", "follower", "outcome", "reason", "master"], registry=registry)
         self.copy_latency = Histogram(
             "copytrade_copy_latency_seconds", "Master fill to follower order acknowledged",
             ["group"], buckets=LATENCY_BUCKETS, registry=registry).labels(group)
@@ -77,8 +77,8 @@ class CopierMetrics:
             self.reloads.labels(outcome)
         self.signals_rejected.labels(group, "malformed")
 
-    def outcome(self, follower: str, outcome: str, reason: str) -> None:
-        self.outcomes.labels(self.group, follower, outcome, reason).inc()
+    def outcome(self, follower: str, outcome: str, reason: str, master: str = "") -> None:
+        self.outcomes.labels(self.group, follower, outcome, reason, master).inc()
 
     def set_followers(self, counts: dict[str, int]) -> None:
         for state in STATES:

@@ -35,7 +35,8 @@ async def status(settings: CommonSettings, config: CopytradeConfig) -> str:
             configured = follower.state if follower.enabled else "paused"
             state = control.state_of(follower.id, configured)
             last = await _last_result(js, follower.group or follower.exchange, follower.id)
-            outcome = "-" if last is None else f"{last.outcome} {last.reason_code}"
+            outcome = "-" if last is None else (
+                f"{last.outcome} {last.reason_code}" + (f" ({last.master_id})" if last.master_id else ""))
             age = "-" if last is None else f"{time.time() - last.received_at:.0f}s"
             lines.append(f"{follower.id:<20} {follower.exchange:<9} {state:<11} {outcome:<34} "
                          f"{age:>6}  {drifts.get(follower.id, '-')}")
@@ -60,11 +61,12 @@ async def history(settings: CommonSettings, follower_id: str, limit: int) -> lis
 
 
 def format_history(results: list[CopyResult]) -> str:
-    lines = [f"{'when (UTC)':<20} {'signal':<14} {'outcome':<9} {'order':>18}  reason"]
+    lines = [f"{'when (UTC)':<20} {'master':<12} {'signal':<14} {'outcome':<9} {'order':>18}  reason"]
     for r in results:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.received_at))
         order = "" if r.size is None else f"{r.side} {r.size} {r.size_type}"
-        lines.append(f"{when:<20} {r.signal_id[:12]:<14} {r.outcome:<9} {order:>18}  {r.reason}")
+        lines.append(f"{when:<20} {r.master_id or '-':<12} {r.signal_id[:12]:<14} {r.outcome:<9} "
+                     f"{order:>18}  {r.reason}")
     return "\n".join(lines)
 
 

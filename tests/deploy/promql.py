@@ -23,6 +23,8 @@ GRAFANA_VARIABLES = {
     "$__range": "1h",
     "${follower}": ".*",
     "$follower": ".*",
+    "${master}": ".*",
+    "$master": ".*",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC = re.compile(r"\b(copytrade_[a-zA-Z0-9_]*[a-zA-Z0-9])\b(?!:)")

@@ -116,7 +116,8 @@ class ResultLog:
         data, msg_id = self._encoder.encode(result), f"{result.signal_id}:{result.follower_id}"
         recording.pending.append(await bus.send(self._js, subject, data, msg_id))
         recording.tally[result.outcome] += 1
-        self._metrics.outcome(result.follower_id, result.outcome, result.reason_code)
+        self._metrics.outcome(result.follower_id, result.outcome, result.reason_code,
+                              result.master_id)
         level = logging.DEBUG if result.outcome in ("filled", "submitted") else logging.INFO
         log.log(level, "event=copy_%s signal_id=%s follower=%s client_order_id=%s reason=%r",
                 result.outcome, result.signal_id, result.follower_id, result.client_order_id,
