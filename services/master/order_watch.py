@@ -42,6 +42,8 @@ class Throttled(Protocol):
     @property
     def rate_limit_waits(self) -> int: ...
 
+    def spare_budget(self) -> bool: ...
+
 
 class Cadence:
     """How long the watcher waits before its next poll."""
@@ -84,7 +86,10 @@ class OrderWatcher:
             await asyncio.sleep(self._next_wait())
 
     async def poll(self) -> list[OrderSignal]:
-        """One comparison of every open order with the state kept: the events published."""
+        """One comparison of every open order with the state kept: the events published. Only
+        with budget to spare: the master's own orders keep theirs (the next poll comes soon)."""
+        if isinstance(self._account, Throttled) and not self._account.spare_budget():
+            return []
         return await self._tracker.sync()
 
     def _next_wait(self) -> float:

@@ -52,6 +52,9 @@ class FillWatcher:
     async def run(self, interval_s: float) -> None:
         while True:
             try:
+                if not _spare(self._account):  # the master's own orders keep their budget
+                    await asyncio.sleep(interval_s)
+                    continue
                 await self.poll()
                 await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
@@ -140,3 +143,10 @@ class _AccountNow:
 
 def _signed(fill: Fill) -> Decimal:
     return fill.amount if fill.side == "buy" else -fill.amount
+
+
+def _spare(account: ExchangeAccount) -> bool:
+    """Whether the account's rate limiter has room for a background call (adapters with a
+    limiter say so; others always have)."""
+    spare = getattr(account, "spare_budget", None)
+    return True if spare is None else bool(spare())

@@ -32,6 +32,12 @@ class BurstThrottle:
         self._then = then
         self.waits = 0  # calls that found the bucket full and waited
 
+    def has_room(self, amount: float, keep: float) -> bool:
+        """Whether `amount` could go now and still leave `keep` units for others: a background
+        call (watching the master's fills or orders) takes only what the account's own orders
+        do not need."""
+        return self._bucket.has_capacity(min(amount + keep, self._bucket.max_rate))
+
     async def __call__(self, cost: float | None = None) -> None:
         amount = min(1.0 if cost is None else float(cost), self._bucket.max_rate)
         if amount <= 0:
