@@ -98,12 +98,9 @@ class OrderEvents:
                         received_at: float) -> None:
         if not followers:
             return
-        decisions: dict[str, Decision | ReadFailed] = {}
-        for follower in followers:
-            config = self._room.orders_config(follower, event.master_id)
-            refusal = None if config is None else kind_refusal(follower, event, config)
-            if refusal is not None:
-                decisions[follower.id] = refusal
+        refusals = await asyncio.gather(*(self._unmirrored(f, event) for f in followers))
+        decisions: dict[str, Decision | ReadFailed] = {
+            f.id: r for f, r in zip(followers, refusals, strict=True) if r is not None}
         to_size = [f for f in followers if f.id not in decisions]
         if to_size:
             decisions.update(await self._sizer.size(event, to_size))
@@ -130,7 +127,7 @@ class OrderEvents:
                 link, size=decision.size, price=on_tick(event.price, event.side, rules),
                 trigger_price=on_tick(event.trigger_price, event.side, rules),
                 client_order_id=linked_client_order_id(event.order_id, follower.id, event.version))
-            refusal = await self._refusal(follower, link)
+            refusal = self._refusal(follower, link)
             if refusal is not None:
                 outcome: Outcome = "dry_run" if refusal.reason_code == "dry_run" else "skipped"
                 await self._unlinked(key, link, refusal.reason_code, refusal.reason, event,
@@ -138,20 +135,32 @@ class OrderEvents:
                 return
             await self._place(follower, key, link, event, received_at)
 
-    async def _refusal(self, follower: Follower, link: Link) -> Skip | None:
-        """The policy's refusal, or the venue's lack of a native order of this kind."""
+    async def _unmirrored(self, follower: Follower, event: OrderSignal) -> Skip | None:
+        """Before sizing: a kind the subscription leaves out, or one the follower's venue has
+        no native order for (never emulated: a stop watched by copytrade is no stop)."""
+        config = self._room.orders_config(follower, event.master_id)
+        refusal = None if config is None else kind_refusal(follower, event, config)
+        if refusal is not None:
+            return refusal
+        symbol = follower.venue_symbol(event.symbol)
+        try:
+            capabilities = await follower.account.order_capabilities(symbol)
+        except NotNative as exc:  # the venue takes no resting orders at all
+            return Skip(follower_id=follower.id, reason_code=exc.reason_code, reason=str(exc))
+        if event.kind not in capabilities.native:
+            return Skip(follower_id=follower.id, reason_code=NotNative.reason_code,
+                        reason=f"{follower.config.exchange}: no native {event.kind} order for "
+                               f"{symbol}; never emulated")
+        return None
+
+    def _refusal(self, follower: Follower, link: Link) -> Skip | None:
+        """The policy's refusal (dry run included: no linked order then)."""
         verdict = self._room.admit(follower, link.side, link.size, link.price or link.trigger_price)
         if isinstance(verdict, Skip):
             return verdict
         if verdict == "dry_run":
             return Skip(follower_id=follower.id, reason_code="dry_run",
                         reason="Dry run: decision recorded, no linked order")
-        symbol = follower.venue_symbol(link.symbol)
-        capabilities = await follower.account.order_capabilities(symbol)
-        if link.kind not in capabilities.native:
-            return Skip(follower_id=follower.id, reason_code=NotNative.reason_code,
-                        reason=f"{follower.config.exchange}: no native {link.kind} order for "
-                               f"{symbol}; never emulated")
         return None
 
     async def _place(self, follower: Follower, key: str, link: Link, event: OrderSignal,
@@ -161,44 +170,27 @@ class OrderEvents:
         revision = await room.links.create(key, intent)
         if revision is None:
             return
-        try:
-            link, revision = await settle(room, follower, key, intent, revision, may_place=True,
-                                          fresh=True)
-        except ExchangeError as exc:
-            await self._failed_placing(follower, key, intent, revision, exc, event, received_at)
-            return
+        link, revision = await settle(room, follower, key, intent, revision, may_place=True,
+                                      fresh=True)
         await self._placed(link, event, received_at)
-
-    async def _failed_placing(self, follower: Follower, key: str, link: Link, revision: int,
-                              error: ExchangeError, event: OrderSignal, received_at: float) -> None:
-        """Recorded; the link unlinked (its fills are copied as fills). Its id stays on it: the
-        sweep cancels the order should the venue have taken it after all."""
-        reason = f"{type(error).__name__}: {error}"
-        unlinked = msgspec.structs.replace(link, state="unlinked", reason_code=error.reason_code,
-                                           reason=reason[:500])
-        await self._room.links.update(key, unlinked, revision)
-        outcome: Outcome = "skipped" if isinstance(error, NotNative) else "failed"
-        await self._room.outcomes.record(unlinked, event.signal_id, outcome, error.reason_code,
-                                         reason, executed_at=event.executed_at,
-                                         received_at=received_at)
 
     async def _placed(self, link: Link, event: OrderSignal, received_at: float,
                       code: str = "mirrored") -> None:
         """The outcome of a linked order placed (or replaced) for this event."""
         outcomes, price = self._room.outcomes, link.price or link.trigger_price
-        placed = link.client_order_id in link.applied or link.state == "live"
         if link.state == "live":
             await outcomes.record(link, event.signal_id, "submitted", code,
                                   f"Linked {link.kind} {link.side} order for master order "
                                   f"{link.order_id} v{link.version}: {link.order_size} at {price}",
                                   executed_at=event.executed_at, received_at=received_at)
-        elif placed:
+        elif link.placed:
             await outcomes.record(link, event.signal_id, "filled", "linked_order_filled",
                                   f"Linked order filled at once ({link.filled} at {price})",
                                   filled=link.filled, executed_at=event.executed_at,
                                   received_at=received_at)
         else:
-            await outcomes.record(link, event.signal_id, "skipped", link.reason_code or "refused",
+            await outcomes.record(link, event.signal_id, "failed" if link.failed else "skipped",
+                                  link.reason_code or "refused",
                                   link.reason or "No linked order placed",
                                   executed_at=event.executed_at, received_at=received_at)
 
@@ -304,11 +296,17 @@ class OrderEvents:
                                                      size=size)
         except NotNative:
             return False
-        except InvalidOrder:  # not open any more: it ended meanwhile (filled, cancelled)
-            ended = await room.apply(follower, link, await room.find(follower, link,
-                                                                     link.client_order_id))
+        except InvalidOrder as exc:  # not open any more: it ended meanwhile (filled, cancelled)
+            found = await room.find(follower, link, link.client_order_id)
+            if found is not None and found.status == "submitted":  # open: the venue refused it
+                await self._amend_refused(link, exc, event, received_at)
+                return True
+            ended = await room.apply(follower, link, found)
             await self._not_amended(key, msgspec.structs.replace(ended, state="ended"), revision,
                                     event, received_at)
+            return True
+        except ExchangeError as exc:  # refused (funds, limits): the order stays as it was
+            await self._amend_refused(link, exc, event, received_at)
             return True
         amended = msgspec.structs.replace(
             await room.apply(follower, target, ack),
@@ -336,9 +334,22 @@ class OrderEvents:
             except (NotNative, InvalidOrder) as exc:  # then cancelled and placed by us
                 log.info("event=venue_replace_refused follower=%s client_order_id=%s error=%s",
                          follower.id, link.client_order_id, type(exc).__name__)
+            except ExchangeError as exc:  # refused as a whole (the venue stops on failure)
+                if await room.find(follower, intent, next_id) is None:
+                    await room.links.update(key, link, revision)  # nothing changed: as it was
+                    await self._amend_refused(link, exc, event, received_at)
+                    return
         replaced, _ = await settle(room, follower, key, intent, revision, may_place=True,
                                    fresh=True)
         await self._placed(replaced, event, received_at, "replaced")
+
+    async def _amend_refused(self, link: Link, error: ExchangeError, event: OrderSignal,
+                             received_at: float) -> None:
+        await self._room.outcomes.record(
+            link, event.signal_id, "failed", error.reason_code,
+            f"Amend refused ({type(error).__name__}: {error}): the linked order stays at "
+            f"{link.price or link.trigger_price} for {link.order_size}",
+            executed_at=event.executed_at, received_at=received_at)
 
     # ---- cancel ------------------------------------------------------------------------------
 

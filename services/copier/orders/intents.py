@@ -17,7 +17,8 @@ import msgspec
 from services.copier.followers import Follower
 from services.copier.orders.links import Link
 from services.copier.orders.room import LinkBusy, Room
-from shared.exchange.port import OrderAck
+from shared.errors import ExchangeError
+from shared.exchange.port import NotNative, OrderAck
 from shared.messages import Skip
 
 log = logging.getLogger("copytrade.mirroring")
@@ -59,14 +60,27 @@ async def _place(room: Room, follower: Follower, key: str, link: Link,
     assert link.client_order_id is not None
     verdict = room.admit(follower, link.side, link.order_size, link.price or link.trigger_price)
     if isinstance(verdict, Skip) or verdict == "dry_run":
-        reason = verdict.reason if isinstance(verdict, Skip) else "Dry run: no order"
-        unlinked = msgspec.structs.replace(link, state="ended", reason=reason)
-        return await _write(room, key, unlinked, revision)
+        skip = verdict if isinstance(verdict, Skip) else Skip(
+            follower_id=follower.id, reason_code="dry_run", reason="Dry run: no linked order")
+        return await _write(room, key, _unplaced(link, skip.reason_code, skip.reason), revision)
     command = room.resting(follower, link, link.client_order_id, link.order_size)
-    ack = await room.place(follower, command)
+    try:
+        ack = await room.place(follower, command)
+    except ExchangeError as exc:  # recorded by the caller; the sweep looks the id up once
+        failed = _unplaced(link, exc.reason_code, f"{type(exc).__name__}: {exc}",
+                           failed=not isinstance(exc, NotNative))
+        return await _write(room, key, failed, revision)
     log.info("event=linked_order_placed follower=%s client_order_id=%s status=%s", follower.id,
              ack.client_order_id, ack.status)
     return await _write(room, key, _after(await room.apply(follower, link, ack), ack), revision)
+
+
+def _unplaced(link: Link, code: str, reason: str, *, failed: bool = False) -> Link:
+    """No order placed: unlinked (its master's fills copied as fills) while nothing of this
+    master order filled for the follower, else ended (never copied twice)."""
+    state = "unlinked" if link.filled <= 0 else "ended"
+    return msgspec.structs.replace(link, state=state, reason_code=code, reason=reason[:500],
+                                   failed=failed)
 
 
 def _after(link: Link, ack: OrderAck) -> Link:

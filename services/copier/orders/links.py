@@ -71,6 +71,7 @@ class Link(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     resolved: str = ""
     reason_code: str = ""  # why it is unlinked or ended (a skip's, a failure's)
     reason: str = ""
+    failed: bool = False  # that reason is a failure (an error), not a skip
     owner: str = ""  # the replica that wrote the last intent
     at: float = 0.0  # when it was last written
 
@@ -84,6 +85,11 @@ class Link(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         """The current follower order's own size: the total less what earlier orders filled."""
         earlier = sum((v for k, v in self.applied.items() if k != self.client_order_id), ZERO)
         return self.size - earlier
+
+    @property
+    def placed(self) -> bool:
+        """The current follower order went out (it rests, or ended with a fill)."""
+        return self.state == "live" or (self.client_order_id or "") in self.applied
 
     @property
     def finished(self) -> bool:
