@@ -28,12 +28,13 @@ from shared.messages import (
     OrderEventKind,
     OrderSignal,
     Side,
+    SignalRejected,
     TradeSignal,
     linked_client_order_id,
     order_event_id_for,
     signal_id_for,
 )
-from shared.signing import SignalSigner
+from shared.signing import SignalSigner, new_signing_key
 from tests.emulators.binance import BinanceEmulator
 from tests.emulators.coinbase import CoinbaseEmulator
 from tests.emulators.kraken import KrakenEmulator
@@ -147,6 +148,21 @@ async def test_master_resting_buy_becomes_one_linked_order_per_mirroring_followe
         (linked_client_order_id("m-1", "alice", 0), Decimal("44000.0"), Decimal("0.01"))]
     assert [(o.limit_price, o.ordered) for o in bob] == [(Decimal("44000.0"), Decimal("0.05"))]
     assert await system.orders("carl") == []
+
+
+async def test_unsigned_or_forged_order_events_are_rejected_and_place_nothing(
+    system: System,
+) -> None:
+    await start(system, [paper("alice", subscriptions=mirroring())], {"alice": 1_000})
+    forger = SignalSigner(new_signing_key()[0])
+    unsigned = msgspec.structs.replace(order_event("new"), signature="")
+
+    await publish(system, unsigned)
+    await publish(system, forger.sign(unsigned))
+    await eventually(lambda: _rejected(system, 2))
+
+    assert sorted(await _rejections(system)) == ["bad_signature", "unsigned"]
+    assert await system.orders("alice") == []
 
 
 async def test_cancel_cancels_the_linked_order(system: System) -> None:
@@ -423,6 +439,14 @@ async def test_restart_between_an_amend_and_its_follower_order_leaves_one_at_the
 
 async def _is(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def _rejections(system: System) -> list[str]:
+    return [r.reason_code for r in await system.audit() if isinstance(r, SignalRejected)]
+
+
+async def _rejected(system: System, count: int) -> bool:
+    return len(await _rejections(system)) >= count
 
 
 async def _counted(system: System, signal_ids: Any) -> bool:

@@ -291,6 +291,10 @@ class OrderEvents:
         room, symbol = self._room, follower.venue_symbol(link.symbol)
         price = target.price if target.price != link.price else None
         size = target.order_size if target.size != link.size else None
+        if price is None and size is None:  # nothing the follower's order shows changed
+            await room.links.update(key, target, revision)
+            await self._placed(target, event, received_at, "amended")
+            return True
         try:
             ack = await follower.account.amend_order(link.client_order_id, symbol, price=price,
                                                      size=size)

@@ -49,6 +49,7 @@ class Mirroring:
                     metrics=MirrorMetrics(registry or CollectorRegistry(), book.group))
         sizer = LinkSizer(nc=nc, book=book, policy=policy, holdings=holdings, settings=settings,
                           metrics=metrics)
+        self._room = room
         self._wake = asyncio.Event()
         self._sides = Sides(room, self._wake_at)
         self._events = OrderEvents(room, sizer, self._sides)
@@ -78,6 +79,7 @@ class Mirroring:
                     log.info("event=mirror_sweep %s", " ".join(f"{k}={v}" for k, v in
                                                                 sorted(found.items())))
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # next round again
+                self._room.metrics.failed("sweep")
                 log.warning("event=mirror_sweep_failed error=%s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval_s)
