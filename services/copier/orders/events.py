@@ -61,6 +61,13 @@ def kind_refusal(follower: Follower, event: OrderSignal, config: OrdersConfig) -
                 reason=f"{switch}: false for this subscription: {event.kind} orders not mirrored")
 
 
+def _amend_code(link: Link, follower: Follower) -> str:
+    """How a link at this version came to be: amended in place (its first id kept), else
+    replaced."""
+    first = linked_client_order_id(link.order_id, follower.id, 0)
+    return "amended" if link.client_order_id == first else "replaced"
+
+
 class OrderEvents:
     def __init__(self, room: Room, sizer: LinkSizer, sides: Sides) -> None:
         self._room, self._sizer, self._sides = room, sizer, sides
@@ -241,8 +248,11 @@ class OrderEvents:
                 if done:  # this very amend, left half done: carried out now
                     await self._placed(link, event, received_at, "replaced")
                     return
-            if link.version >= event.version:
-                return  # applied before (its outcome recorded then)
+            if link.version > event.version:
+                return  # a later version applied: this one's outcome was recorded before it
+            if link.version == event.version:  # applied before: recorded again (dropped if kept)
+                await self._placed(link, event, received_at, _amend_code(link, follower))
+                return
             if link.state != "live":
                 await self._not_amended(key, link, revision, event, received_at)
                 return
@@ -372,6 +382,7 @@ class OrderEvents:
                 return
             link, revision = got
             if link.finished:
+                await self._sides.cancel_recorded(follower, link, event.signal_id, received_at)
                 return
             link = msgspec.structs.replace(link, master_open=False, master_size=event.size,
                                            master_filled=max(link.master_filled, event.filled))

@@ -26,13 +26,30 @@ from services.copier.orders.room import Room
 from services.copier.orders.sizing import INTERNAL, on_step, on_tick
 from shared.errors import ExchangeError
 from shared.exchange.port import OrderAck, OrderCommand
-from shared.messages import Side, Skip, TradeSignal
+from shared.messages import Outcome, Side, Skip, TradeSignal
 
 log = logging.getLogger("copytrade.mirroring")
 
 
 def _other(side: Side) -> Side:
     return "sell" if side == "buy" else "buy"
+
+
+def _after_cancel(link: Link, excess: Decimal, *,
+                  keep: bool) -> tuple[str, Outcome, str, str] | None:
+    """(resolved, outcome, reason code, reason) after the master's cancel; None: unwind."""
+    cid = link.client_order_id
+    if link.filled <= 0:
+        return ("cancelled", "skipped", "cancelled", f"The master cancelled order "
+                f"{link.order_id}: linked order {cid} cancelled, nothing had filled")
+    if excess <= 0:
+        return ("cancelled", "filled", "cancelled_after_fill", f"Linked order {cid} cancelled "
+                f"with the master's; its fill of {link.filled} matches the master's own and stays")
+    if keep:
+        return ("kept", "filled", "follower_filled_first_kept", f"The linked order filled "
+                f"{excess} beyond the master's fills before the master cancelled: kept in the "
+                "copied holding (the master's next exit closes it)")
+    return None
 
 
 class Sides:
@@ -182,31 +199,40 @@ class Sides:
 
     async def after_master_cancel(self, follower: Follower, key: str, link: Link, revision: int,
                                   signal_id: str) -> None:
-        room = self._room
-        config = room.orders_config(follower, link.master_id)
-        matched = link.size * link.master_filled / link.master_size if link.master_size else ZERO
-        excess = on_step(link.filled - matched, await room.rules(follower, link.symbol))
-        cid = link.client_order_id
-        if link.filled <= 0:
-            await self._resolve(key, link, revision, "cancelled")
-            await room.outcomes.record(link, signal_id, "skipped", "cancelled",
-                                       f"The master cancelled order {link.order_id}: linked "
-                                       f"order {cid} cancelled, nothing had filled")
-        elif excess <= 0:
-            await self._resolve(key, link, revision, "cancelled")
-            await room.outcomes.record(link, signal_id, "filled", "cancelled_after_fill",
-                                       f"Linked order {cid} cancelled with the master's; its fill "
-                                       f"of {link.filled} matches the master's own and stays",
-                                       filled=link.filled)
-        elif config is None or config.follower_filled_first == "keep":
-            await self._resolve(key, link, revision, "kept")
-            await room.outcomes.record(link, signal_id, "filled", "follower_filled_first_kept",
-                                       f"The linked order filled {excess} beyond the master's "
-                                       "fills before the master cancelled: kept in the copied "
-                                       "holding (the master's next exit closes it)",
-                                       filled=link.filled)
-        else:
+        config = self._room.orders_config(follower, link.master_id)
+        excess = await self._excess(follower, link)
+        keep = config is None or config.follower_filled_first == "keep"
+        decided = _after_cancel(link, excess, keep=keep)
+        if decided is None:
             await self._unwind(follower, key, link, revision, excess, signal_id)
+            return
+        resolved, outcome, code, reason = decided
+        await self._resolve(key, link, revision, resolved)
+        await self._room.outcomes.record(link, signal_id, outcome, code, reason,
+                                         filled=link.filled or None)
+
+    async def cancel_recorded(self, follower: Follower, link: Link, signal_id: str,
+                              received_at: float) -> None:
+        """A master cancel met a link already finished (this cancel handled before a crash, or
+        the sweep first): its outcome recorded (again: the results stream drops a repeat)."""
+        decided = None
+        if link.resolved in ("cancelled", "kept"):
+            decided = _after_cancel(link, await self._excess(follower, link),
+                                    keep=link.resolved == "kept")
+        ended: dict[str, tuple[Outcome, str, str]] = {
+            "unwound": ("filled", "follower_filled_first_unwound",
+                        "The linked order's fill beyond the master's was sold back"),
+            "unlinked": ("skipped", "not_mirrored", link.reason or "No linked order")}
+        outcome, code, reason = decided[1:] if decided is not None else ended.get(
+            link.resolved, ("skipped", "linked_order_ended", "The linked order had ended before "
+                            f"the master's cancel ({link.resolved})"))
+        await self._room.outcomes.record(link, signal_id, outcome, code, reason,
+                                         filled=link.filled or None, received_at=received_at)
+
+    async def _excess(self, follower: Follower, link: Link) -> Decimal:
+        """What the follower's linked orders filled beyond the master's own fills' share."""
+        matched = link.size * link.master_filled / link.master_size if link.master_size else ZERO
+        return on_step(link.filled - matched, await self._room.rules(follower, link.symbol))
 
     async def _unwind(self, follower: Follower, key: str, link: Link, revision: int,
                       excess: Decimal, signal_id: str) -> None:
