@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from services.copier.orders.links import event_id, link_key
+from services.paper.__main__ import serve_venue
 from services.paper.venue import PaperVenue
 from shared import bus
 from shared.exchange.context import AdapterContext
@@ -402,6 +403,30 @@ async def test_orphan_sweep_cancels_a_linked_order_whose_master_order_went_while
     assert "no longer mirrors" in result.reason
     assert [o.status for o in await system.orders("olga")] == ["canceled"]
     assert await system.results(cancelled) == {}
+
+
+async def test_orphan_sweep_cancels_a_linked_order_whose_cancel_failed_at_the_venue(
+    system: System,
+) -> None:
+    """The master's cancel arrives while the follower's venue is unreachable: recorded failed,
+    the link knows its master order is over, and the sweep cancels the order once the venue is
+    back."""
+    copier = await start(system, [paper("mia", subscriptions=mirroring())], {"mia": 1_000})
+    await system.wait_results(await publish(system, order_event("new")), 1)
+    venue_service = system._services[0]  # the paper venue: down for the cancel
+    await venue_service.stop()
+
+    cancelled = await publish(system, order_event("cancel"))
+    failed = (await system.wait_results(cancelled, 1))["mia"]
+    system._services.append(await serve_venue(await system.connect(), system.venue))
+    orphan = derived("mia", f"orphan:{linked_client_order_id('m-1', 'mia', 0)}")
+    await swept_until(copier, lambda: _counted(system, [orphan]))
+    result = (await system.results(orphan))["mia"]
+
+    assert (failed.outcome, "the sweep cancels it" in failed.reason) == ("failed", True)
+    assert outcome(result) == ("skipped", "orphan_cancelled")
+    assert "no longer live" in result.reason
+    assert [o.status for o in await system.orders("mia")] == ["canceled"]
 
 
 async def test_restart_between_an_amend_and_its_follower_order_leaves_one_at_the_new_price(

@@ -223,7 +223,7 @@ class OrderEvents:
             if link.state == "placing" and link.version == event.version:
                 link, revision = await settle(room, follower, key, link, revision,
                                               may_place=link.master_open)
-            if link.version == event.version and link.state != "unlinked":
+            if link.version == event.version:
                 await self._placed(link, event, received_at)
 
     # ---- amend -------------------------------------------------------------------------------
