@@ -80,7 +80,8 @@ async def run(settings: CopierSettings) -> None:
                         settings=settings, instance=rt.instance, control=control,
                         policy=policy, ledger=ledger, fills=buckets.fills,
                         reconciler=reconciler,
-                        work_metrics=WorkMetrics(rt.registry, settings.group))
+                        work_metrics=WorkMetrics(rt.registry, settings.group),
+                        mirror_registry=rt.registry)
         worker = asyncio.create_task(copier.run())
         if settings.reconcile_interval_s:
             background.append(watched(reconciler.run(settings.reconcile_interval_s), "reconcile"))

@@ -23,6 +23,7 @@ from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, OrderAck
 from shared.exchange.registry import venue
 from shared.messages import (
+    AnySignal,
     FollowerSnapshot,
     FollowerState,
     MarketRules,
@@ -243,7 +244,7 @@ class FollowerBook:
         return [f.id for f, r in zip(followers, results, strict=True)
                 if isinstance(r, BaseException)]
 
-    def signature_problem(self, signal: TradeSignal) -> tuple[str, str] | None:
+    def signature_problem(self, signal: AnySignal) -> tuple[str, str] | None:
         """Why the signal's signature is not acceptable (reason code, text), or None."""
         if not self.signals.require_signature:
             return None

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from services.copier.copy.claims import Claims
 from services.copier.delivery import Delivery
 from services.copier.followers import FollowerBook
-from shared.messages import MALFORMED, AnySignal, TradeSignal
+from shared.messages import MALFORMED, AnySignal
 
 LEGACY_GUARD = b"1"  # guards written before they held the stream sequence
 
@@ -57,14 +57,7 @@ class Intake:
         return Admitted(signal, redelivered=taken or msg.metadata.num_delivered > 1)
 
     def _signature_problem(self, signal: AnySignal) -> tuple[str, str] | None:
-        if isinstance(signal, TradeSignal):
-            return self._book.signature_problem(signal)
-        if not self._book.signals.require_signature:  # an order event: checked the same way
-            return None
-        problem = self._book.verifier.problem(signal)
-        if problem is None:
-            return None
-        return problem, f"order event {signal.signal_id}: {problem.replace('_', ' ')}"
+        return self._book.signature_problem(signal)  # fills and order events alike
 
     def _unknown_master(self, signal: AnySignal) -> tuple[str, str] | None:
         if signal.master_id in self._book.masters:

@@ -197,6 +197,10 @@ class Reconciler:
         """One correcting order per state of the holding: through the policy, like any copy,
         claimed, recovered after a crash (found by its client order id and applied to the
         ledger once), and never for less than the venue can trade."""
+        subscription = follower.subscriptions.get(master.master_id)
+        if subscription is not None and subscription.orders.mode == "orders":
+            self._count_heal(follower, "orders_mode")  # its resting orders decide, not a heal
+            return
         gap = drift.expected - drift.actual
         entry = await self._holdings.entry(follower, master.master_id, master.symbol)
         if gap > 0 and entry.clipped:
