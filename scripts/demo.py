@@ -32,12 +32,18 @@ MASTER_EQUITY = 10_000
 
 
 def write_config(path: Path, public_key: str) -> None:
-    path.write_text(yaml.safe_dump({
-        "version": 1, "min_notional": "1.00",
-        "master": {"id": "master", "exchange": "paper"},
-        "signals": {"public_keys": [public_key], "max_age_s": 60},
-        "followers": [{"id": f, "exchange": "paper"} for f in FOLLOWERS],
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "min_notional": "1.00",
+                "master": {"id": "master", "exchange": "paper"},
+                "signals": {"public_keys": [public_key], "max_age_s": 60},
+                "followers": [{"id": f, "exchange": "paper"} for f in FOLLOWERS],
+            },
+            sort_keys=False,
+        )
+    )
 
 
 async def trade(nc: Client, side: str, size: Decimal, size_type: str) -> TradeReply:
@@ -69,12 +75,15 @@ async def results_for(nc: Client, signal_id: str, timeout_s: float = 15) -> list
     return [found[f] for f in FOLLOWERS if f in found]
 
 
-def print_table(title: str, reply: TradeReply, results: list[CopyResult],
-                held_before: dict[str, Decimal]) -> None:
+def print_table(
+    title: str, reply: TradeReply, results: list[CopyResult], held_before: dict[str, Decimal]
+) -> None:
     signal = reply.signal
     assert signal is not None
-    print(f"\n=== {title}  (signal {signal.signal_id[:12]}…, master equity "
-          f"${signal.master_equity:,.2f}, fill {signal.filled_base} BTC @ ${signal.price:,})")
+    print(
+        f"\n=== {title}  (signal {signal.signal_id[:12]}…, master equity "
+        f"${signal.master_equity:,.2f}, fill {signal.filled_base} BTC @ ${signal.price:,})"
+    )
     print(f"  {'follower':<8} {'equity':>10}  {'outcome':<8} {'order':>22}  detail")
     for r in results:
         order = ""
@@ -105,9 +114,11 @@ async def scenario(stack: LocalStack) -> None:
     await call(Fund("master", Decimal(MASTER_EQUITY)))
     for follower, cash in FOLLOWERS.items():
         await call(Fund(follower, Decimal(cash)))
-    steps = [("master buys $500 of BTC", "buy", Decimal(500), "quote"),
-             ("master buys $20 of BTC", "buy", Decimal(20), "quote"),
-             ("master sells half its BTC", "sell", None, "base")]
+    steps = [
+        ("master buys $500 of BTC", "buy", Decimal(500), "quote"),
+        ("master buys $20 of BTC", "buy", Decimal(20), "quote"),
+        ("master sells half its BTC", "sell", None, "base"),
+    ]
     for title, side, size, size_type in steps:
         held = await holdings(call)
         reply = await trade(nc, side, size if size is not None else held["master"] / 2, size_type)
@@ -115,7 +126,8 @@ async def scenario(stack: LocalStack) -> None:
             raise SystemExit(f"master trade failed: {reply.error}")
         print_table(title, reply, await results_for(nc, reply.signal_id), held)
     snap = await call(Snapshot("master"))
-    assert isinstance(snap, Ok) and snap.snapshot is not None
+    assert isinstance(snap, Ok)
+    assert snap.snapshot is not None
     await nc.close()
     print("\nMetrics (Prometheus text format) are served while the system runs:")
     for name, port in stack.ports.items():

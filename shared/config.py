@@ -111,8 +111,10 @@ class SignalsConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError("signals.public_keys is required (or require_signature: false)")
         for i, key in enumerate(self.public_keys):
             if _ed25519_public_key(key) is None:
-                raise ValueError(f"public_keys[{i}] is not an Ed25519 public key: "
-                                 "expected 32 bytes in base64, as `copytrade keys new` prints")
+                raise ValueError(
+                    f"public_keys[{i}] is not an Ed25519 public key: "
+                    "expected 32 bytes in base64, as `copytrade keys new` prints"
+                )
 
 
 def _ed25519_public_key(text: str) -> bytes | None:
@@ -156,23 +158,34 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         if follower.id in masters:
             raise ValueError(f"followers[{i}].id `{follower.id}` is a master's id")
         if follower.subscriptions is None and len(masters) > 1:
-            raise ValueError(f"followers[{i}].subscriptions: required with several masters "
-                             f"(say which of {', '.join(sorted(masters))} {follower.id} copies)")
+            raise ValueError(
+                f"followers[{i}].subscriptions: required with several masters "
+                f"(say which of {', '.join(sorted(masters))} {follower.id} copies)"
+            )
         subscribed = [s.master for s in follower.subscriptions or ()]
         for j, master in enumerate(subscribed):
             if master not in masters:
-                raise ValueError(f"followers[{i}].subscriptions[{j}].master `{master}` is not a "
-                                 f"configured master ({', '.join(sorted(masters))})")
+                raise ValueError(
+                    f"followers[{i}].subscriptions[{j}].master `{master}` is not a "
+                    f"configured master ({', '.join(sorted(masters))})"
+                )
         if len(set(subscribed)) != len(subscribed):
             raise ValueError(f"followers[{i}].subscriptions: a master is listed twice")
-        for where, sizing in [("sizing", follower.sizing), *(
+        for where, sizing in [
+            ("sizing", follower.sizing),
+            *(
                 (f"subscriptions[{j}].sizing", s.sizing)
-                for j, s in enumerate(follower.subscriptions or ()) if s.sizing is not None)]:
+                for j, s in enumerate(follower.subscriptions or ())
+                if s.sizing is not None
+            ),
+        ]:
             cap = sizing.max_order_notional
             if cap is not None and cap < self.min_notional:
-                raise ValueError(f"followers[{i}].{where}.max_order_notional {cap} is below "
-                                 f"min_notional {self.min_notional}: every order of "
-                                 f"{follower.id} would be skipped")
+                raise ValueError(
+                    f"followers[{i}].{where}.max_order_notional {cap} is below "
+                    f"min_notional {self.min_notional}: every order of "
+                    f"{follower.id} would be skipped"
+                )
 
     @property
     def single_master(self) -> bool:
@@ -183,14 +196,15 @@ class CopytradeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         """The master called `master_id`; None: the only master (an error with several)."""
         if master_id is None:
             if self.master is None:
-                raise ConfigError("several masters are configured: name one (COPYTRADE_MASTER, "
-                                  f"--master): {', '.join(m.id for m in self.masters)}")
+                raise ConfigError(
+                    "several masters are configured: name one (COPYTRADE_MASTER, "
+                    f"--master): {', '.join(m.id for m in self.masters)}"
+                )
             return self.master
         for master in self.masters:
             if master.id == master_id:
                 return master
-        raise ConfigError(f"no master `{master_id}`: configured are "
-                          f"{', '.join(m.id for m in self.masters)}")
+        raise ConfigError(f"no master `{master_id}`: configured are {', '.join(m.id for m in self.masters)}")
 
     def subscriptions_of(self, follower: FollowerConfig) -> list[SubscriptionConfig]:
         """Whom the follower copies: its subscriptions, else the only master."""
@@ -227,8 +241,10 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc]
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
                 if line != key.start_mark.line + 1:
-                    raise DuplicateKeyError(f"duplicate key `{key.value}` at line "
-                                            f"{key.start_mark.line + 1} (first at line {line})")
+                    raise DuplicateKeyError(
+                        f"duplicate key `{key.value}` at line "
+                        f"{key.start_mark.line + 1} (first at line {line})"
+                    )
         mapping: dict[Any, Any] = super().construct_mapping(node, deep)
         return mapping
 
@@ -339,8 +355,9 @@ def _utf8(raw: bytes, source: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                          f"{exc.start})") from None
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
 
 
 def parse_config(text: str | bytes, source: str = "config") -> CopytradeConfig:
@@ -443,15 +460,13 @@ class OperatorSettings(CopierSettings, frozen=True, kw_only=True, forbid_unknown
 S = TypeVar("S", bound=CommonSettings)
 
 
-def load_settings(
-    kind: type[S], env: Mapping[str, str] | None = None, **overrides: object
-) -> S:
+def load_settings(kind: type[S], env: Mapping[str, str] | None = None, **overrides: object) -> S:
     """A process's settings from its COPYTRADE_* variables: strict about names (a variable this
     process does not know is an error), lenient only in reading text as numbers and booleans,
     which is what an environment holds."""
     source = os.environ if env is None else env
     values: dict[str, object] = {
-        k[len(ENV_PREFIX):].lower(): v for k, v in source.items() if k.startswith(ENV_PREFIX)
+        k[len(ENV_PREFIX) :].lower(): v for k, v in source.items() if k.startswith(ENV_PREFIX)
     }
     values.update(overrides)
     try:
@@ -464,11 +479,16 @@ def config_warnings(config: CopytradeConfig, settings: CopierSettings) -> list[s
     """What loads but will not behave as meant: a signal-age limit shorter than the copier's ack
     wait, so that a signal redelivered after a failed attempt is always too old to copy."""
     wait = settings.ack_wait_s
-    because = (f"is shorter than the copier's ack wait ({ENV_PREFIX}ACK_WAIT_S={wait:g}s): "
-               "a redelivered signal would always be too old")
+    because = (
+        f"is shorter than the copier's ack wait ({ENV_PREFIX}ACK_WAIT_S={wait:g}s): "
+        "a redelivered signal would always be too old"
+    )
     limits = [("signals.max_age_s", config.signals.max_age_s)]
-    limits += [(f"followers[{i}].risk.max_signal_age_s ({f.id})", f.risk.max_signal_age_s)
-               for i, f in enumerate(config.followers) if f.risk.max_signal_age_s is not None]
+    limits += [
+        (f"followers[{i}].risk.max_signal_age_s ({f.id})", f.risk.max_signal_age_s)
+        for i, f in enumerate(config.followers)
+        if f.risk.max_signal_age_s is not None
+    ]
     return [f"{name} {age:g}s {because}" for name, age in limits if age is not None and age < wait]
 
 
@@ -495,8 +515,10 @@ def _env_names(
     (`KRAKEN_USER_TANIA_API_KEY`, `KRAKEN_MASTER_ALPHA_API_KEY`); the only master's do not."""
     stem = f"{account.exchange.upper()}_{role}"
     stem = f"{stem}_{account.credentials_name}" if role == "USER" or not plain_names else stem
-    names = {part: [f"{stem}_{suffix}"] for part, suffix in
-             (("api_key", "API_KEY"), ("secret", "API_SECRET"), ("passphrase", "PASSPHRASE"))}
+    names = {
+        part: [f"{stem}_{suffix}"]
+        for part, suffix in (("api_key", "API_KEY"), ("secret", "API_SECRET"), ("passphrase", "PASSPHRASE"))
+    }
     if role == "MASTER" and plain_names:  # the guide's plain master names, e.g. COINBASE_API_KEY
         for part, suffix in (("api_key", "API_KEY"), ("secret", "API_SECRET")):
             names[part].append(f"{account.exchange.upper()}_{suffix}")
@@ -542,8 +564,10 @@ class SecretSource:
         if not venue(account.exchange).needs_credentials:
             return None
         names = _env_names(account, role, plain_names)
-        found = {part: next((v for n in candidates if (v := self.get(n))), None)
-                 for part, candidates in names.items()}
+        found = {
+            part: next((v for n in candidates if (v := self.get(n))), None)
+            for part, candidates in names.items()
+        }
         missing = [names[p][0] for p in ("api_key", "secret") if not found[p]]
         if missing:
             raise ConfigError(f"{role.lower()} {account.id}: missing credentials {', '.join(missing)}")
@@ -581,8 +605,10 @@ def signing_key_problem(config: CopytradeConfig, secrets: SecretSource) -> str |
         return f"{SIGNING_KEY_NAME}: {exc}"
     if base64.b64decode(public) in {_ed25519_public_key(k) for k in config.signals.public_keys}:
         return None
-    return (f"{SIGNING_KEY_NAME} matches no key in signals.public_keys (its public key is {public}):"
-            " copiers would reject every signal")
+    return (
+        f"{SIGNING_KEY_NAME} matches no key in signals.public_keys (its public key is {public}):"
+        " copiers would reject every signal"
+    )
 
 
 _USER_KEY = re.compile(rf"^({'|'.join(e.upper() for e in get_args(ExchangeName))})_USER_(.+)_API_KEY$")
@@ -592,7 +618,9 @@ def orphan_credentials(config: CopytradeConfig, secrets: SecretSource) -> list[s
     """Warnings: follower API keys (`<EXCHANGE>_USER_<NAME>_API_KEY`) that no follower uses,
     e.g. a follower removed from the config, or a misspelled `credentials` name."""
     known = {(f.exchange.upper(), f.credentials_name) for f in config.followers}
-    return [f"credentials {name} set but no follower in config uses them (no "
-            f"{m[1].lower()} follower with id or credentials {m[2]})"
-            for name in sorted(secrets.names())
-            if (m := _USER_KEY.match(name)) and (m[1], m[2]) not in known]
+    return [
+        f"credentials {name} set but no follower in config uses them (no "
+        f"{m[1].lower()} follower with id or credentials {m[2]})"
+        for name in sorted(secrets.names())
+        if (m := _USER_KEY.match(name)) and (m[1], m[2]) not in known
+    ]

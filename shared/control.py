@@ -48,10 +48,13 @@ def unsubscribed_key(follower_id: str, master_id: str) -> str:
     return f"{UNSUB_PREFIX}{follower_id}.{master_id}"
 
 
-async def set_unsubscribed(kv: KeyValue, follower_id: str, master_id: str,
-                           action: Literal["keep", "close"] | None, reason: str) -> None:
-    await kv.put(unsubscribed_key(follower_id, master_id),
-                 _encoder.encode(Unsubscribed(action=action, reason=reason, at=time.time())))
+async def set_unsubscribed(
+    kv: KeyValue, follower_id: str, master_id: str, action: Literal["keep", "close"] | None, reason: str
+) -> None:
+    await kv.put(
+        unsubscribed_key(follower_id, master_id),
+        _encoder.encode(Unsubscribed(action=action, reason=reason, at=time.time())),
+    )
 
 
 async def control_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
@@ -110,13 +113,13 @@ class Control:
             self.killed = value == b"on"
             log.warning("event=kill_switch state=%s", "on" if self.killed else "off")
         elif key.startswith(STATE_PREFIX):
-            follower_id = key[len(STATE_PREFIX):]
+            follower_id = key[len(STATE_PREFIX) :]
             if value:
                 self.overrides[follower_id] = _decoder.decode(value)
             else:
                 self.overrides.pop(follower_id, None)
         elif key.startswith(UNSUB_PREFIX):
-            follower_id, _, master_id = key[len(UNSUB_PREFIX):].partition(".")
+            follower_id, _, master_id = key[len(UNSUB_PREFIX) :].partition(".")
             if value:
                 self.unsubscribed[(follower_id, master_id)] = _unsub_decoder.decode(value)
             else:

@@ -123,12 +123,16 @@ class Ledger:
             excess = entry.amount - max(ZERO, real_balance)
             if excess <= 0:
                 return ZERO
-            new = msgspec.structs.replace(entry, amount=entry.amount - excess,
-                                          clipped=entry.clipped + excess,
-                                          adopted=min(entry.adopted, entry.amount - excess))
+            new = msgspec.structs.replace(
+                entry,
+                amount=entry.amount - excess,
+                clipped=entry.clipped + excess,
+                adopted=min(entry.adopted, entry.amount - excess),
+            )
             if await self._write(key, new, revision):
-                log.warning("event=holding_clipped key=%s removed=%s real_balance=%s", key,
-                            excess, real_balance)
+                log.warning(
+                    "event=holding_clipped key=%s removed=%s real_balance=%s", key, excess, real_balance
+                )
                 return excess
         raise LedgerConflict(f"ledger entry {key} kept changing")
 

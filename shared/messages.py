@@ -142,8 +142,7 @@ class OrderSignal(Struct, frozen=True, kw_only=True, tag="order_event", forbid_u
             value = getattr(self, name)
             if value is not None:
                 check_money(name, value)
-        if self.signal_id != order_event_id_for(self.exchange, self.order_id, self.event,
-                                                self.version):
+        if self.signal_id != order_event_id_for(self.exchange, self.order_id, self.event, self.version):
             raise ValueError("signal_id does not match exchange, order_id, event and version")
 
 
@@ -337,7 +336,8 @@ class TradeRequest(Struct, frozen=True, kw_only=True, tag="trade", forbid_unknow
     size_type: SizeType
     # safe in a KV key; a request sent without one gets its own (and no retry safety)
     request_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")] = msgspec.field(
-        default_factory=lambda: uuid.uuid4().hex)
+        default_factory=lambda: uuid.uuid4().hex
+    )
     master_id: AccountId | None = None  # the master meant; None: whichever serves the subject
 
     def __post_init__(self) -> None:
@@ -346,7 +346,11 @@ class TradeRequest(Struct, frozen=True, kw_only=True, tag="trade", forbid_unknow
     def same_trade(self, other: TradeRequest) -> bool:
         """Whether `other` asks for the same order (a retry), whatever its master id spelling."""
         return (self.symbol, self.side, self.size, self.size_type) == (
-            other.symbol, other.side, other.size, other.size_type)
+            other.symbol,
+            other.side,
+            other.size,
+            other.size_type,
+        )
 
 
 class TradeReply(Struct, frozen=True, kw_only=True, tag="trade_reply"):
@@ -412,7 +416,6 @@ class ReplicaHeartbeat(Struct, frozen=True, kw_only=True, tag="replica", forbid_
 
 
 AuditRecord = CopyResult | SignalRejected | DeadLetter
-
 
 
 # What strict decoding raises for bytes that are not a valid message. msgspec reports invalid

@@ -72,8 +72,7 @@ async def service_runtime(name: str, settings: CommonSettings) -> AsyncIterator[
         loop.add_signal_handler(sig, stopping.set)
     nc = await bus.connect(settings, name)
     clients.append(nc)
-    runtime = Runtime(name, settings, registry, health, nc, nc.jetstream(), redactor, stopping,
-                      state)
+    runtime = Runtime(name, settings, registry, health, nc, nc.jetstream(), redactor, stopping, state)
     log.info("event=service_started service=%s http_port=%d", name, health.port)
     try:
         yield runtime

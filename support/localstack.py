@@ -43,14 +43,19 @@ class LocalStack:
         """Start `python -m services.<command>` as `name`; return its HTTP (metrics) port."""
         assert self.nats is not None
         port = free_port()
-        environ = {**os.environ, "COPYTRADE_NATS_URL": self.nats.url,
-                   "COPYTRADE_CONFIG": str(self.config_path),
-                   "COPYTRADE_SECRETS_DIR": str(self.workdir / "secrets"),
-                   "COPYTRADE_HTTP_PORT": str(port), "COPYTRADE_INSTANCE": name, **env}
+        environ = {
+            **os.environ,
+            "COPYTRADE_NATS_URL": self.nats.url,
+            "COPYTRADE_CONFIG": str(self.config_path),
+            "COPYTRADE_SECRETS_DIR": str(self.workdir / "secrets"),
+            "COPYTRADE_HTTP_PORT": str(port),
+            "COPYTRADE_INSTANCE": name,
+            **env,
+        }
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{command}"], cwd=ROOT, env=environ,
-            stdout=log, stderr=log)
+            [sys.executable, "-m", f"services.{command}"], cwd=ROOT, env=environ, stdout=log, stderr=log
+        )
         self.ports[name] = port
         return port
 
@@ -82,8 +87,10 @@ class LocalStack:
 
 
 def _ready(port: int) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+    with (
+        contextlib.suppress(OSError),
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response,
+    ):
         return bool(response.status == 200)
     return False
 

@@ -49,14 +49,27 @@ class Routes:
 
     def args(self) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.peers)
-        return ["--cluster_name", self.cluster, "--cluster", f"nats://127.0.0.1:{self.port}",
-                "--routes", routes]
+        return [
+            "--cluster_name",
+            self.cluster,
+            "--cluster",
+            f"nats://127.0.0.1:{self.port}",
+            "--routes",
+            routes,
+        ]
 
 
 class NatsServer:
-    def __init__(self, store: Path, port: int | None = None, monitor_port: int | None = None,
-                 config: Path | None = None, env: dict[str, str] | None = None,
-                 name: str | None = None, routes: Routes | None = None):
+    def __init__(
+        self,
+        store: Path,
+        port: int | None = None,
+        monitor_port: int | None = None,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        routes: Routes | None = None,
+    ):
         self.store = store
         self.config, self.env = config, env or {}
         self.port = port or free_port()
@@ -77,9 +90,25 @@ class NatsServer:
         named = ["--server_name", self.name] if self.name else []
         routed = self.routes.args() if self.routes else []
         self.proc = subprocess.Popen(
-            [nats_server_binary(), *config, *named, *routed, "-js", "-a", "127.0.0.1",
-             "-p", str(self.port), "-m", str(self.monitor_port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **self.env})
+            [
+                nats_server_binary(),
+                *config,
+                *named,
+                *routed,
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-sd",
+                str(self.store),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
@@ -123,9 +152,13 @@ class NatsCluster:
     def __init__(self, root: Path, size: int = 3, name: str = "copytrade") -> None:
         route_ports = [free_port() for _ in range(size)]
         self.nodes = [
-            NatsServer(root / f"node-{i}", name=f"node-{i}",
-                       routes=Routes(name, port, tuple(p for p in route_ports if p != port)))
-            for i, port in enumerate(route_ports)]
+            NatsServer(
+                root / f"node-{i}",
+                name=f"node-{i}",
+                routes=Routes(name, port, tuple(p for p in route_ports if p != port)),
+            )
+            for i, port in enumerate(route_ports)
+        ]
 
     @property
     def url(self) -> str:
@@ -176,10 +209,8 @@ async def consumer_leader(js: JetStreamContext, stream: str, consumer: str) -> s
 
 async def step_down(nc: Client, stream: str, to: str, consumer: str | None = None) -> None:
     """Ask the leader of a stream (or of one of its consumers) to hand over to node `to`."""
-    what = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else \
-        f"STREAM.LEADER.STEPDOWN.{stream}"
-    await nc.request(f"$JS.API.{what}", json.dumps({"placement": {"preferred": to}}).encode(),
-                     timeout=5)
+    what = f"CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}" if consumer else f"STREAM.LEADER.STEPDOWN.{stream}"
+    await nc.request(f"$JS.API.{what}", json.dumps({"placement": {"preferred": to}}).encode(), timeout=5)
 
 
 async def current(js: JetStreamContext, stream: str) -> bool:

@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def eventually(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0,
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
     interval: float = 0.02,
 ) -> None:
     """Poll until condition() is true; fail after `timeout` seconds (no fixed sleeps)."""
@@ -76,8 +77,12 @@ def config_data(
     followers: list[dict[str, Any]], master: dict[str, Any] | None = None, **extra: Any
 ) -> dict[str, Any]:
     """A config file's content: a paper master whose signals are signed with the test key."""
-    return {"master": master or {"id": "master", "exchange": "paper"},
-            "signals": {"public_keys": [TEST_PUBLIC_KEY]}, "followers": followers, **extra}
+    return {
+        "master": master or {"id": "master", "exchange": "paper"},
+        "signals": {"public_keys": [TEST_PUBLIC_KEY]},
+        "followers": followers,
+        **extra,
+    }
 
 
 def make_config(
@@ -94,6 +99,7 @@ def _cancel(task: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
     async def cancel() -> None:
         task.cancel()
         await asyncio.wait({task})
+
     return cancel
 
 
@@ -117,8 +123,12 @@ class CopierHandle:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of this replica's samples of `name` whose labels include `labels`."""
-        return sum(sample.value for family in self.registry.collect() for sample in family.samples
-                   if sample.name == name and labels.items() <= sample.labels.items())
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 class System:
@@ -134,14 +144,20 @@ class System:
         self.copiers: list[CopierHandle] = []
 
     def settings(self, **overrides: Any) -> CopierSettings:
-        base: dict[str, Any] = {"nats_url": self.server.url, "http_port": 0, "ack_wait_s": 5.0,
-                                "order_timeout_s": 2.0, "snapshot_ttl_s": 0.0}
+        base: dict[str, Any] = {
+            "nats_url": self.server.url,
+            "http_port": 0,
+            "ack_wait_s": 5.0,
+            "order_timeout_s": 2.0,
+            "snapshot_ttl_s": 0.0,
+        }
         base.update(overrides)
         return load_settings(CopierSettings, {}, **base)
 
     async def connect(self) -> Client:
-        nc = await nats.connect(bus.servers(self.server.url), max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.2)
+        nc = await nats.connect(
+            bus.servers(self.server.url), max_reconnect_attempts=-1, reconnect_time_wait=0.2
+        )
         self._closers.append(nc.close)
         return nc
 
@@ -189,8 +205,9 @@ class System:
 
     # ---- paper exchange ------------------------------------------------------------------------
 
-    async def fund(self, account: str, cash: int | str | Decimal,
-                   holdings: dict[str, Decimal] | None = None) -> None:
+    async def fund(
+        self, account: str, cash: int | str | Decimal, holdings: dict[str, Decimal] | None = None
+    ) -> None:
         await self.paper(Fund(account, Decimal(cash), holdings or {}))
 
     async def fund_all(self, equities: Mapping[str, int | str]) -> None:
@@ -210,8 +227,12 @@ class System:
     # ---- services ----------------------------------------------------------------------------
 
     async def start_copier(
-        self, config: CopytradeConfig, exchange: str = "paper", instance: str = "copier-1",
-        secrets: dict[str, str] | None = None, ctx: AdapterContext | None = None,
+        self,
+        config: CopytradeConfig,
+        exchange: str = "paper",
+        instance: str = "copier-1",
+        secrets: dict[str, str] | None = None,
+        ctx: AdapterContext | None = None,
         **settings: Any,
     ) -> CopierHandle:
         """A copier replica in this process; `secrets` are credentials by env-var name."""
@@ -231,43 +252,75 @@ class System:
         claims = await js.key_value(bus.CLAIMS_BUCKET)
         policy = Policy(control, metrics)
         ledger = Ledger(await js.key_value(bus.LEDGER_BUCKET))
-        reconciler = Reconciler(book=book, metrics=metrics, group=exchange, policy=policy,
-                                ledger=ledger, holdings=Holdings(ledger), control=control.kv,
-                                claims=claims, signals=js, threshold=s.reconcile_threshold,
-                                heal=s.reconcile_heal, order_timeout_s=s.order_timeout_s)
-        copier = Copier(nc=nc, js=js, claims=claims, book=book, metrics=metrics, settings=s,
-                        instance=instance, control=control, policy=policy, ledger=ledger,
-                        fills=await js.key_value(bus.FILLS_BUCKET),
-                        reconciler=reconciler,
-                        work_metrics=WorkMetrics(registry, exchange))
-        handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book,
-                              reconciler)
+        reconciler = Reconciler(
+            book=book,
+            metrics=metrics,
+            group=exchange,
+            policy=policy,
+            ledger=ledger,
+            holdings=Holdings(ledger),
+            control=control.kv,
+            claims=claims,
+            signals=js,
+            threshold=s.reconcile_threshold,
+            heal=s.reconcile_heal,
+            order_timeout_s=s.order_timeout_s,
+        )
+        copier = Copier(
+            nc=nc,
+            js=js,
+            claims=claims,
+            book=book,
+            metrics=metrics,
+            settings=s,
+            instance=instance,
+            control=control,
+            policy=policy,
+            ledger=ledger,
+            fills=await js.key_value(bus.FILLS_BUCKET),
+            reconciler=reconciler,
+            work_metrics=WorkMetrics(registry, exchange),
+        )
+        handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book, reconciler)
         self.copiers.append(handle)
         self._closers.insert(0, _cancel(watching))
         self._closers.insert(0, handle.stop)
         return handle
 
     async def start_replicas(
-        self, config: CopytradeConfig, count: int, exchange: str = "paper", others: int = 0,
+        self,
+        config: CopytradeConfig,
+        count: int,
+        exchange: str = "paper",
+        others: int = 0,
         **settings: Any,
     ) -> list[CopierHandle]:
         """`count` replicas of one group in this process, returned once each sees all of them
         (plus `others` replicas running elsewhere, e.g. subprocesses)."""
-        handles = [await self.start_copier(config, exchange, instance=f"replica-{i + 1}",
-                                           **settings) for i in range(count)]
-        await eventually(lambda: all(len(h.copier.replicas.live()) == count + others
-                                     and h.copier.settled for h in handles), timeout=20)
+        handles = [
+            await self.start_copier(config, exchange, instance=f"replica-{i + 1}", **settings)
+            for i in range(count)
+        ]
+        await eventually(
+            lambda: all(
+                len(h.copier.replicas.live()) == count + others and h.copier.settled for h in handles
+            ),
+            timeout=20,
+        )
         return handles
 
     async def start_master(
-        self, config: CopytradeConfig, secrets: dict[str, str] | None = None,
+        self,
+        config: CopytradeConfig,
+        secrets: dict[str, str] | None = None,
         master_id: str | None = None,
     ) -> MasterService:
         """The master service of `master_id` (None: the only master), as COPYTRADE_MASTER picks."""
         me = config.master_named(master_id)
         nc = await self.connect()
         credentials = SecretSource(None, secrets or {}).credentials(
-            me, "MASTER", plain_names=config.single_master)
+            me, "MASTER", plain_names=config.single_master
+        )
         ctx = AdapterContext(paper_transport(nc))
         account = build_account(me, credentials, ctx)
         await account.connect()
@@ -275,24 +328,39 @@ class System:
         self.master_registry = CollectorRegistry()
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
         published = await fills_bucket(nc.jetstream())
-        master = MasterService(js=nc.jetstream(), account=account, config=me,
-                               metrics=MasterMetrics(self.master_registry, me.id),
-                               signer=signer, published=published, named=not config.single_master)
+        master = MasterService(
+            js=nc.jetstream(),
+            account=account,
+            config=me,
+            metrics=MasterMetrics(self.master_registry, me.id),
+            signer=signer,
+            published=published,
+            named=not config.single_master,
+        )
         self._services.append(await master.start(nc))
         self.watcher = FillWatcher(account=account, config=me, kv=published, master=master)
         return master
 
-    def spawn_copier(self, config_path: Path, exchange: str = "paper", instance: str = "proc",
-                     **env: str) -> subprocess.Popen[bytes]:
-        environ = {**os.environ, "COPYTRADE_NATS_URL": self.server.url,
-                   "COPYTRADE_CONFIG": str(config_path), "COPYTRADE_GROUP": exchange,
-                   "COPYTRADE_INSTANCE": instance, "COPYTRADE_HTTP_PORT": "0",
-                   "COPYTRADE_SECRETS_DIR": str(self.tmp_path / "no-secrets"),
-                   "COPYTRADE_ACK_WAIT_S": "2", "COPYTRADE_ORDER_TIMEOUT_S": "1",
-                   "COPYTRADE_SNAPSHOT_TTL_S": "0", **env}
+    def spawn_copier(
+        self, config_path: Path, exchange: str = "paper", instance: str = "proc", **env: str
+    ) -> subprocess.Popen[bytes]:
+        environ = {
+            **os.environ,
+            "COPYTRADE_NATS_URL": self.server.url,
+            "COPYTRADE_CONFIG": str(config_path),
+            "COPYTRADE_GROUP": exchange,
+            "COPYTRADE_INSTANCE": instance,
+            "COPYTRADE_HTTP_PORT": "0",
+            "COPYTRADE_SECRETS_DIR": str(self.tmp_path / "no-secrets"),
+            "COPYTRADE_ACK_WAIT_S": "2",
+            "COPYTRADE_ORDER_TIMEOUT_S": "1",
+            "COPYTRADE_SNAPSHOT_TTL_S": "0",
+            **env,
+        }
         log = (self.tmp_path / f"{instance}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "services.copier"], cwd=ROOT, env=environ,
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.copier"], cwd=ROOT, env=environ, stdout=log, stderr=log
+        )
         self.processes.append(proc)
         return proc
 
@@ -312,18 +380,27 @@ class System:
 
     async def results(self, signal_id: str | None = None) -> dict[str, CopyResult]:
         """The recorded outcome per follower (for one signal, if given)."""
-        return {r.follower_id: r for r in await self.audit()
-                if isinstance(r, CopyResult) and signal_id in (None, r.signal_id)}
+        return {
+            r.follower_id: r
+            for r in await self.audit()
+            if isinstance(r, CopyResult) and signal_id in (None, r.signal_id)
+        }
 
     async def wait_results(self, signal_id: str, count: int, timeout: float = 15.0) -> dict[str, CopyResult]:
         async def complete() -> bool:
             return len(await self.results(signal_id)) >= count
+
         await eventually(complete, timeout)
         return await self.results(signal_id)
 
 
-def trade(symbol: str = "BTC/USD", side: str = "buy", quote: str | None = None,
-          base: str | None = None) -> TradeRequest:
+def trade(
+    symbol: str = "BTC/USD", side: str = "buy", quote: str | None = None, base: str | None = None
+) -> TradeRequest:
     size_type, size = ("quote", quote) if quote is not None else ("base", base)
-    return TradeRequest(symbol=symbol, side=side, size=Decimal(size or "0"),  # type: ignore[arg-type]
-                        size_type=size_type)  # type: ignore[arg-type]
+    return TradeRequest(
+        symbol=symbol,
+        side=side,
+        size=Decimal(size or "0"),  # type: ignore[arg-type]
+        size_type=size_type,
+    )  # type: ignore[arg-type]

@@ -36,8 +36,9 @@ async def test_republished_signal_is_stored_once(nats_server: NatsServer) -> Non
     js = nc.jetstream()
     await bus.ensure_streams(js)
 
-    acks = [await js.publish("copytrade.signals.master", b"{}", headers={"Nats-Msg-Id": "s1"})
-            for _ in range(2)]
+    acks = [
+        await js.publish("copytrade.signals.master", b"{}", headers={"Nats-Msg-Id": "s1"}) for _ in range(2)
+    ]
     info = await js.stream_info(bus.SIGNALS_STREAM)
     await nc.close()
 

@@ -28,8 +28,9 @@ COPYTRADE = str(Path(sys.executable).parent / "copytrade")
 def run_cli(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
     """The installed console command, with only the given COPYTRADE_* variables set."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COPYTRADE_")}
-    return subprocess.run([COPYTRADE, *args], cwd=ROOT, env={**environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [COPYTRADE, *args], cwd=ROOT, env={**environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def unreachable_nats() -> str:
@@ -43,12 +44,14 @@ def write_config(directory: Path, followers: list[str]) -> Path:
 
 
 def test_status_without_config_exits_2_with_one_line(tmp_path: Path) -> None:
-    done = run_cli("status", COPYTRADE_CONFIG=str(tmp_path / "missing.yaml"),
-                   COPYTRADE_NATS_URL=unreachable_nats())
+    done = run_cli(
+        "status", COPYTRADE_CONFIG=str(tmp_path / "missing.yaml"), COPYTRADE_NATS_URL=unreachable_nats()
+    )
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
-    assert "missing.yaml" in done.stderr and "COPYTRADE_CONFIG" in done.stderr
+    assert "missing.yaml" in done.stderr
+    assert "COPYTRADE_CONFIG" in done.stderr
     assert done.stdout == ""
 
 
@@ -61,7 +64,8 @@ def test_kill_with_unreachable_nats_exits_2_with_one_line() -> None:
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
-    assert url in done.stderr and "COPYTRADE_NATS_URL" in done.stderr
+    assert url in done.stderr
+    assert "COPYTRADE_NATS_URL" in done.stderr
     assert elapsed < 15  # the CLI's own bound is 5 s; the rest is slack for a busy machine
 
 
@@ -80,13 +84,15 @@ async def test_pause_of_unknown_follower_suggests_close_id_and_changes_nothing(
     config = write_config(system.tmp_path, ["alice", "bob"])
     before = await _control_keys(system)
 
-    done = await asyncio.to_thread(run_cli, "pause", "alcie", COPYTRADE_CONFIG=str(config),
-                                   COPYTRADE_NATS_URL=system.server.url)
+    done = await asyncio.to_thread(
+        run_cli, "pause", "alcie", COPYTRADE_CONFIG=str(config), COPYTRADE_NATS_URL=system.server.url
+    )
     after = await _control_keys(system)
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
-    assert "alice" in done.stderr and "bob" not in done.stderr
+    assert "alice" in done.stderr
+    assert "bob" not in done.stderr
     assert before == after == []
 
 
@@ -99,24 +105,46 @@ async def _control_keys(system: System) -> list[str]:
 
 @pytest.mark.parametrize("quote", ["-1", "0", "nan", "abc"])
 def test_trade_with_bad_quote_exits_with_one_line_error(quote: str) -> None:
-    done = run_cli("master", "trade", "--symbol", "BTC/USD", "--side", "buy", "--quote", quote,
-                   COPYTRADE_NATS_URL=unreachable_nats())
+    done = run_cli(
+        "master",
+        "trade",
+        "--symbol",
+        "BTC/USD",
+        "--side",
+        "buy",
+        "--quote",
+        quote,
+        COPYTRADE_NATS_URL=unreachable_nats(),
+    )
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
-    assert "--quote" in done.stderr and "Traceback" not in done.stderr
+    assert "--quote" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_trade_with_unknown_master_exits_2_naming_the_configured_one(tmp_path: Path) -> None:
     config = write_config(tmp_path, ["alice"])
 
-    done = run_cli("master", "trade", "--symbol", "BTC/USD", "--side", "buy", "--quote", "5",
-                   "--master", "mastr", COPYTRADE_CONFIG=str(config),
-                   COPYTRADE_NATS_URL=unreachable_nats())
+    done = run_cli(
+        "master",
+        "trade",
+        "--symbol",
+        "BTC/USD",
+        "--side",
+        "buy",
+        "--quote",
+        "5",
+        "--master",
+        "mastr",
+        COPYTRADE_CONFIG=str(config),
+        COPYTRADE_NATS_URL=unreachable_nats(),
+    )
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
-    assert "mastr" in done.stderr and "master" in done.stderr.replace("mastr", "")
+    assert "mastr" in done.stderr
+    assert "master" in done.stderr.replace("mastr", "")
 
 
 def test_bare_master_prints_help_and_runs_nothing() -> None:
@@ -124,19 +152,21 @@ def test_bare_master_prints_help_and_runs_nothing() -> None:
 
     assert done.returncode == 2
     assert done.stdout.startswith("usage: copytrade master")
-    assert "trade" in done.stdout and "run" in done.stdout
+    assert "trade" in done.stdout
+    assert "run" in done.stdout
 
 
-@pytest.mark.parametrize("command", [["status"], ["pause"], ["history"], ["kill"],
-                                     ["master", "trade"], ["run"]])
-def test_command_help_lists_its_environment(command: list[str],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "command", [["status"], ["pause"], ["history"], ["kill"], ["master", "trade"], ["run"]]
+)
+def test_command_help_lists_its_environment(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
     shown = capsys.readouterr().out
 
     assert exit_.value.code == 0
-    assert "COPYTRADE_NATS_URL" in shown and "COPYTRADE_NATS_TLS_CA" in shown
+    assert "COPYTRADE_NATS_URL" in shown
+    assert "COPYTRADE_NATS_TLS_CA" in shown
     assert ("COPYTRADE_CONFIG" in shown) == (command != ["kill"])
 
 
@@ -148,7 +178,8 @@ def test_help_names_only_real_settings() -> None:
 
 @pytest.mark.parametrize("answer", [None, b"\x00 not a reply"])
 async def test_trade_without_readable_reply_tells_operator_to_retry_with_same_id(
-    system: System, answer: bytes | None,
+    system: System,
+    answer: bytes | None,
 ) -> None:
     async def master_that_fails_to_answer(msg: Msg) -> None:
         if answer is not None:
@@ -157,8 +188,21 @@ async def test_trade_without_readable_reply_tells_operator_to_retry_with_same_id
     await system.nc.subscribe(bus.MASTER_TRADE_SUBJECT, cb=master_that_fails_to_answer)
 
     done = await asyncio.to_thread(
-        run_cli, "master", "trade", "--symbol", "BTC/USD", "--side", "buy", "--quote", "5",
-        "--request-id", "retry-me-0001", "--timeout", "1", COPYTRADE_NATS_URL=system.server.url)
+        run_cli,
+        "master",
+        "trade",
+        "--symbol",
+        "BTC/USD",
+        "--side",
+        "buy",
+        "--quote",
+        "5",
+        "--request-id",
+        "retry-me-0001",
+        "--timeout",
+        "1",
+        COPYTRADE_NATS_URL=system.server.url,
+    )
 
     assert done.returncode == 3
     assert len(done.stderr.splitlines()) == 1

@@ -23,11 +23,23 @@ async def _cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_cli_order_amend_cancel_each_once_and_retries_change_nothing(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     await kraken.start()
-    order = ("order", "--symbol", BTC, "--side", "buy", "--base", "0.3", "--limit", "44000",
-             "--request-id", "cli-order-00001")
+    order = (
+        "order",
+        "--symbol",
+        BTC,
+        "--side",
+        "buy",
+        "--base",
+        "0.3",
+        "--limit",
+        "44000",
+        "--request-id",
+        "cli-order-00001",
+    )
 
     placed, placed_again = await _cli(system, *order), await _cli(system, *order)
     found = ORDER_ID.search(placed.stdout)
@@ -42,10 +54,11 @@ async def test_cli_order_amend_cancel_each_once_and_retries_change_nothing(
     assert [r.returncode for r in runs] == [0] * 6, [r.stderr for r in runs]
     assert [("answered again" in r.stdout) for r in runs] == [False, True] * 3
     assert [(e.order_id, e.event, e.version, e.price) for e in events] == [
-        (order_id, "new", 0, Decimal(44000)), (order_id, "amend", 1, Decimal(43800)),
-        (order_id, "cancel", 1, Decimal(43800))]
-    assert [_signal_ids(r.stdout) for r in runs] == [[e.signal_id] for e in events
-                                                     for _ in range(2)]
+        (order_id, "new", 0, Decimal(44000)),
+        (order_id, "amend", 1, Decimal(43800)),
+        (order_id, "cancel", 1, Decimal(43800)),
+    ]
+    assert [_signal_ids(r.stdout) for r in runs] == [[e.signal_id] for e in events for _ in range(2)]
     assert len([o for o in kraken.account.orders if o.client_order_id]) == 1
 
 
@@ -54,17 +67,32 @@ def _signal_ids(out: str) -> list[str]:
 
 
 async def test_cli_stop_limit_order_rests_as_a_stop_loss_limit(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     await kraken.start()
 
-    done = await _cli(system, "order", "--symbol", BTC, "--side", "sell", "--base", "1",
-                      "--stop", "40000", "--limit", "39900")
+    done = await _cli(
+        system,
+        "order",
+        "--symbol",
+        BTC,
+        "--side",
+        "sell",
+        "--base",
+        "1",
+        "--stop",
+        "40000",
+        "--limit",
+        "39900",
+    )
     events = await _events(system)
 
-    assert done.returncode == 0 and "resting: master order" in done.stdout
+    assert done.returncode == 0
+    assert "resting: master order" in done.stdout
     assert [(e.event, e.kind, e.trigger_price, e.price) for e in events] == [
-        ("new", "stop_loss_limit", Decimal(40000), Decimal(39900))]
+        ("new", "stop_loss_limit", Decimal(40000), Decimal(39900))
+    ]
     assert all(isinstance(e, OrderSignal) for e in events)
 
 
@@ -72,11 +100,13 @@ async def test_cli_order_without_a_price_exits_2_with_one_line(system: System) -
     done = await _cli(system, "order", "--symbol", BTC, "--side", "buy", "--base", "1")
 
     assert done.returncode == 2
-    assert len(done.stderr.splitlines()) == 1 and "--limit" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert "--limit" in done.stderr
 
 
 async def test_cli_cancel_of_an_unknown_order_is_refused_exit_1(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     await kraken.start()
 
@@ -88,7 +118,7 @@ async def test_cli_cancel_of_an_unknown_order_is_refused_exit_1(
 
 
 async def test_cli_order_without_a_master_service_changes_nothing_exit_1(system: System) -> None:
-    done = await _cli(system, "order", "--symbol", BTC, "--side", "buy", "--base", "1",
-                      "--limit", "44000")
+    done = await _cli(system, "order", "--symbol", BTC, "--side", "buy", "--base", "1", "--limit", "44000")
 
-    assert done.returncode == 1 and "no master service answers" in done.stderr
+    assert done.returncode == 1
+    assert "no master service answers" in done.stderr

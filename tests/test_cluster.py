@@ -154,7 +154,9 @@ async def _placed(system: System) -> int:
 
 
 async def test_node_lost_mid_burst_leaves_one_order_per_follower_and_signal(
-    cluster: NatsCluster, client: Client, tmp_path: Path,
+    cluster: NatsCluster,
+    client: Client,
+    tmp_path: Path,
 ) -> None:
     unretrieved = Unretrieved()
     asyncio.get_running_loop().set_exception_handler(unretrieved)
@@ -168,8 +170,10 @@ async def test_node_lost_mid_burst_leaves_one_order_per_follower_and_signal(
         copier = await system.start_copier(config)
         master = await system.start_master(config)
         await _gather_leaders(client, js, "node-1")
-        requests = [TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(300),
-                                 size_type="quote") for _ in range(TRADES)]
+        requests = [
+            TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(300), size_type="quote")
+            for _ in range(TRADES)
+        ]
 
         burst = asyncio.create_task(_burst(system, master, requests))
         await eventually(lambda: _at_least(system, 2 * len(FOLLOWERS)), timeout=30)
@@ -209,15 +213,15 @@ async def _all_recorded(system: System, replies: list[TradeReply]) -> bool:
 
 async def _recorded(system: System) -> Counter[tuple[str, str]]:
     """How many outcomes the results stream holds per (signal, follower)."""
-    return Counter((r.signal_id, r.follower_id) for r in await system.audit()
-                   if isinstance(r, CopyResult))
+    return Counter((r.signal_id, r.follower_id) for r in await system.audit() if isinstance(r, CopyResult))
 
 
 # ---- a redelivery by a new consumer leader -----------------------------------------------------
 
 
 async def test_signal_delivered_afresh_by_a_new_consumer_leader_is_copied_not_rejected(
-    cluster: NatsCluster, tmp_path: Path,
+    cluster: NatsCluster,
+    tmp_path: Path,
 ) -> None:
     """A new consumer leader that never learnt of a delivery delivers the message again with its
     delivery count back at 1: the replay guard, holding that message's stream sequence, lets it
@@ -245,11 +249,20 @@ _ENCODER = msgspec.json.Encoder(decimal_format="string")
 
 def _signal(order_id: str) -> TradeSignal:
     return TradeSignal(
-        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
-        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(500),
-        size_type="quote", filled_base=Decimal(500) / 45000, order_id=order_id,
-        master_equity=Decimal(10_000), master_position_before=Decimal(0),
-        executed_at=time.time())
+        signal_id=signal_id_for("paper", order_id),
+        master_id="master",
+        exchange="paper",
+        symbol="BTC/USD",
+        side="buy",
+        price=Decimal(45000),
+        size=Decimal(500),
+        size_type="quote",
+        filled_base=Decimal(500) / 45000,
+        order_id=order_id,
+        master_equity=Decimal(10_000),
+        master_position_before=Decimal(0),
+        executed_at=time.time(),
+    )
 
 
 # ---- a request in flight when its node dies ----------------------------------------------------
@@ -268,8 +281,7 @@ async def test_request_in_flight_when_its_node_dies_ends_timed_out_before_its_ti
     responder = await nats.connect(cluster.nodes[1].url)
     await responder.subscribe("copytrade.test.silent", cb=never_answer)
     await responder.flush()
-    requester = await nats.connect(cluster.nodes[0].url, max_reconnect_attempts=-1,
-                                   reconnect_time_wait=0.2)
+    requester = await nats.connect(cluster.nodes[0].url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     request = asyncio.create_task(requester.request("copytrade.test.silent", b"?", timeout=600))
     await asyncio.wait_for(asked.wait(), 10)
 

@@ -24,8 +24,14 @@ def _check(path: Path, secrets_dir: Path | None = None) -> subprocess.CompletedP
     args = [sys.executable, "-m", "services.cli", "config", "check", str(path)]
     if secrets_dir is not None:
         args += ["--secrets-dir", str(secrets_dir)]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if "_API_" not in k})
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if "_API_" not in k},
+    )
 
 
 def test_config_check_accepts_a_valid_file(tmp_path: Path) -> None:
@@ -45,7 +51,8 @@ def test_config_check_names_the_misspelled_field(tmp_path: Path) -> None:
     done = _check(path)
 
     assert done.returncode == 1
-    assert "unknown field `mdoe`" in done.stderr and "$.followers[0].sizing" in done.stderr
+    assert "unknown field `mdoe`" in done.stderr
+    assert "$.followers[0].sizing" in done.stderr
 
 
 def test_config_check_reports_missing_and_orphan_credentials(tmp_path: Path) -> None:
@@ -74,6 +81,7 @@ async def test_signal_that_keeps_failing_ends_as_a_dead_letter(system: System) -
 
     async def dead_lettered() -> bool:
         return any(isinstance(r, DeadLetter) for r in await system.audit())
+
     await eventually(dead_lettered, timeout=30)
     letters = [r for r in await system.audit() if isinstance(r, DeadLetter)]
     assert [(d.signal_id, d.deliveries) for d in letters] == [(reply.signal_id, 2)]
@@ -86,13 +94,18 @@ async def test_secret_from_the_environment_never_leaks(system: System) -> None:
     async with KrakenEmulator() as kraken:  # knows the key, with another secret: auth fails
         kraken.state.add_account("known-fake-key-0451", base64.b64encode(b"other").decode())
         config_path = system.tmp_path / "copytrade.yaml"
-        config_path.write_text(yaml.safe_dump(config_data(
-            [{"id": "leaky", "exchange": "kraken", "base_url": kraken.url}])))
+        config_path.write_text(
+            yaml.safe_dump(config_data([{"id": "leaky", "exchange": "kraken", "base_url": kraken.url}]))
+        )
         port = free_port()
-        system.spawn_copier(config_path, exchange="kraken", COPYTRADE_HTTP_PORT=str(port),
-                            COPYTRADE_LOG_LEVEL="DEBUG",
-                            KRAKEN_USER_LEAKY_API_KEY="known-fake-key-0451",
-                            KRAKEN_USER_LEAKY_API_SECRET=fake_secret)
+        system.spawn_copier(
+            config_path,
+            exchange="kraken",
+            COPYTRADE_HTTP_PORT=str(port),
+            COPYTRADE_LOG_LEVEL="DEBUG",
+            KRAKEN_USER_LEAKY_API_KEY="known-fake-key-0451",
+            KRAKEN_USER_LEAKY_API_SECRET=fake_secret,
+        )
         await system.fund("master", 10_000)
         master = await system.start_master(make_config([]))
         await eventually(lambda: _ready(port), timeout=30)

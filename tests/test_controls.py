@@ -43,29 +43,43 @@ async def test_reconciliation_clips_a_holding_sold_by_hand_and_reports_it(system
     master = await system.start_master(config)
     reply = await master.trade(trade(base="0.02"))
     await system.wait_results(reply.signal_id, 2)
-    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
-                        size=Decimal("0.0005"), size_type="base", reference_price=Decimal(45000))
+    hand = OrderCommand(
+        client_order_id="by-hand",
+        symbol="BTC/USD",
+        side="sell",
+        size=Decimal("0.0005"),
+        size_type="base",
+        reference_price=Decimal(45000),
+    )
     await system.paper(Place("meddled", hand))
 
     first = await copier.reconciler.reconcile()  # seen once: reported, not yet acted on
     drifts = await copier.reconciler.reconcile()  # seen twice: clipped
     again = await copier.reconciler.reconcile()
     holding = await Ledger(await system.js.key_value(bus.LEDGER_BUCKET)).read(
-        holding_key("meddled", "master", "BTC/USD"))
+        holding_key("meddled", "master", "BTC/USD")
+    )
 
     assert [(d.follower_id, d.clipped) for d in first] == [("meddled", Decimal(0))]
     assert [(d.follower_id, d.symbol, d.clipped) for d in drifts] == [
-        ("meddled", "BTC/USD", Decimal("0.0005"))]
+        ("meddled", "BTC/USD", Decimal("0.0005"))
+    ]
     assert drifts[0].actual == Decimal("0.0015") == holding.amount
     assert [d.clipped for d in again] == [Decimal(0)]  # still drifting, clipped once
     assert 'copytrade_position_drift_ratio{follower="meddled",group="paper"' in copier.metrics_text()
 
 
 def _cli(system: System, *args: str, config: Path | None = None) -> str:
-    env = {**os.environ, "COPYTRADE_NATS_URL": system.server.url,
-           "COPYTRADE_CONFIG": str(config or "")}
-    done = subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    env = {**os.environ, "COPYTRADE_NATS_URL": system.server.url, "COPYTRADE_CONFIG": str(config or "")}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout
 
 
@@ -90,7 +104,8 @@ async def test_cli_pauses_a_follower_shows_status_and_history(system: System) ->
     rows = {line.split()[0]: line.split() for line in status.splitlines()[2:]}
     assert rows["alice"][2:4] == ["active", "filled"]
     assert rows["bob"][2:4] == ["paused", "skipped"]
-    assert reply.signal_id[:12] in history and "filled" in history
+    assert reply.signal_id[:12] in history
+    assert "filled" in history
     assert "kill switch ON" in killed
 
 
@@ -114,8 +129,7 @@ async def test_drawdown_from_peak_pauses_the_follower(system: System) -> None:
 async def test_allow_list_copies_only_the_listed_symbols(system: System) -> None:
     await system.fund("master", 10_000)
     await system.fund("btc_only", 1_000)
-    config = make_config(paper_followers({"btc_only": 1_000},
-                                         risk={"allow_symbols": ["BTC/USD"]}))
+    config = make_config(paper_followers({"btc_only": 1_000}, risk={"allow_symbols": ["BTC/USD"]}))
     await system.start_copier(config)
     master = await system.start_master(config)
 
@@ -136,8 +150,14 @@ async def test_heal_never_buys_back_what_the_follower_sold_by_hand(system: Syste
     master = await system.start_master(config)
     reply = await master.trade(trade(base="0.02"))
     await system.wait_results(reply.signal_id, 1)
-    hand = OrderCommand(client_order_id="by-hand", symbol="BTC/USD", side="sell",
-                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
+    hand = OrderCommand(
+        client_order_id="by-hand",
+        symbol="BTC/USD",
+        side="sell",
+        size=Decimal("0.001"),
+        size_type="base",
+        reference_price=Decimal(45000),
+    )
     await system.paper(Place("seller", hand))
     orders_before = len(await system.orders("seller"))
 

@@ -43,10 +43,17 @@ async def test_failing_followers_do_not_stop_the_others(system: System) -> None:
     results = await system.wait_results(reply.signal_id, 5)
 
     assert {f: r.outcome for f, r in results.items()} == {
-        "ok1": "filled", "ok2": "filled", "broke": "failed", "broken_venue": "failed",
-        "bad_key": "failed"}
+        "ok1": "filled",
+        "ok2": "filled",
+        "broke": "failed",
+        "broken_venue": "failed",
+        "bad_key": "failed",
+    }
     assert {f: r.reason_code for f, r in results.items() if r.outcome == "failed"} == {
-        "broke": "insufficient_balance", "broken_venue": "exchange_error", "bad_key": "auth_error"}
+        "broke": "insufficient_balance",
+        "broken_venue": "exchange_error",
+        "bad_key": "auth_error",
+    }
     assert 'outcome="failed",reason="auth_error"' in copier.metrics_text()
 
 
@@ -69,8 +76,12 @@ async def test_two_replicas_of_one_group_place_one_order_per_follower(system: Sy
 async def test_two_groups_each_receive_every_signal(system: System) -> None:
     await system.fund("master", 10_000)
     await system.fund_all({"a1": 1_000, "b1": 2_000})
-    config = make_config([{"id": "a1", "exchange": "paper", "group": "paper-a"},
-                          {"id": "b1", "exchange": "paper", "group": "paper-b"}])
+    config = make_config(
+        [
+            {"id": "a1", "exchange": "paper", "group": "paper-a"},
+            {"id": "b1", "exchange": "paper", "group": "paper-b"},
+        ]
+    )
     await system.start_copier(config, exchange="paper-a")
     await system.start_copier(config, exchange="paper-b")
     master = await system.start_master(config)
@@ -128,8 +139,7 @@ async def test_malformed_signal_is_rejected_and_copier_keeps_running(system: Sys
     rejected = [r for r in await system.audit() if isinstance(r, SignalRejected)]
     assert [r.reason_code for r in rejected] == ["malformed", "malformed"]
     assert len(await system.orders("solo")) == 1
-    assert 'copytrade_signals_rejected_total{group="paper",reason="malformed"} 2.0' in (
-        copier.metrics_text())
+    assert 'copytrade_signals_rejected_total{group="paper",reason="malformed"} 2.0' in (copier.metrics_text())
 
 
 async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system: System) -> None:
@@ -145,6 +155,7 @@ async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system
     master = await system.start_master(config)
 
     reply = await master.trade(trade(quote="500"))
+
     async def some_placed() -> bool:
         return await _orders_placed(system, equities) >= 10
 
@@ -160,7 +171,6 @@ async def test_copier_killed_mid_fan_out_ends_with_one_order_per_follower(system
     assert all(isinstance(r, CopyResult) and r.outcome == "filled" for r in results.values())
 
 
-
 async def _orders_placed(system: System, followers: dict[str, int]) -> int:
     counts = await asyncio.gather(*(system.orders(f) for f in followers))
     return sum(len(c) for c in counts)
@@ -173,9 +183,13 @@ async def test_master_publish_survives_a_nats_outage_without_doubling(system: Sy
     config = make_config([])
     me = config.master_named(None)
     account = build_account(me, None, AdapterContext(paper_transport=venue.handle))
-    master = MasterService(js=nc.jetstream(timeout=1), account=account, config=me,
-                           metrics=MasterMetrics(CollectorRegistry(), "master"),
-                           signer=SignalSigner(TEST_SIGNING_SEED))
+    master = MasterService(
+        js=nc.jetstream(timeout=1),
+        account=account,
+        config=me,
+        metrics=MasterMetrics(CollectorRegistry(), "master"),
+        signer=SignalSigner(TEST_SIGNING_SEED),
+    )
 
     system.server.stop()  # the hiccup: the fill happens, publishing cannot
     trading = asyncio.create_task(master.trade(trade(quote="500")))

@@ -41,8 +41,10 @@ class Venues:
     secrets: dict[str, str]
 
     def config(self, kraken: dict[str, int] | None = None, **follower: Any) -> Any:
-        followers = [{"id": f, "exchange": "kraken", "base_url": self.kraken.url, **follower}
-                     for f in (kraken or KRAKEN_FOLLOWERS)]
+        followers = [
+            {"id": f, "exchange": "kraken", "base_url": self.kraken.url, **follower}
+            for f in (kraken or KRAKEN_FOLLOWERS)
+        ]
         followers.append({"id": "erin", "exchange": "alpaca", "base_url": self.alpaca.url})
         master = {"id": "master", "exchange": "coinbase", "base_url": self.coinbase.url}
         return make_config(followers, master)
@@ -80,9 +82,14 @@ def loopback(http_timeout_s: float = 5.0) -> AdapterContext:
 
 async def _start(system: System, venues: Venues, config: Any, **copier: Any) -> Any:
     for group in ("kraken", "alpaca"):
-        await system.start_copier(config, exchange=group, secrets=venues.secrets,
-                                  instance=f"copier-{group}", ctx=copier.pop("ctx", loopback()),
-                                  **copier)
+        await system.start_copier(
+            config,
+            exchange=group,
+            secrets=venues.secrets,
+            instance=f"copier-{group}",
+            ctx=copier.pop("ctx", loopback()),
+            **copier,
+        )
     return await system.start_master(config, secrets=venues.secrets)
 
 
@@ -98,24 +105,37 @@ async def test_guide_sizes_reach_kraken_and_alpaca_exactly_once(system: System, 
     second = await master.trade(trade(quote="20"))
     second_results = await system.wait_results(second.signal_id, 5)
 
-    assert first.ok and len(venues.coinbase.state.accounts[_key("master")].orders) == 2
+    assert first.ok
+    assert len(venues.coinbase.state.accounts[_key("master")].orders) == 2
     assert _notionals(first_results) == {
-        "alice": Decimal("50.00"), "bob": Decimal("250.00"), "carol": Decimal("2500.00"),
-        "dave": Decimal("5.00"), "erin": Decimal("50.00")}
+        "alice": Decimal("50.00"),
+        "bob": Decimal("250.00"),
+        "carol": Decimal("2500.00"),
+        "dave": Decimal("5.00"),
+        "erin": Decimal("50.00"),
+    }
     assert _notionals(second_results) == {
-        "alice": Decimal("2.00"), "bob": Decimal("10.00"), "carol": Decimal("100.00"),
-        "erin": Decimal("2.00")}
+        "alice": Decimal("2.00"),
+        "bob": Decimal("10.00"),
+        "carol": Decimal("100.00"),
+        "erin": Decimal("2.00"),
+    }
     assert second_results["dave"].reason == "Position too small: $0.20 < $1.00 minimum"
     assert {f: len(venues.orders("kraken", f)) for f in KRAKEN_FOLLOWERS} == {
-        "alice": 2, "bob": 2, "carol": 2, "dave": 1}
+        "alice": 2,
+        "bob": 2,
+        "carol": 2,
+        "dave": 1,
+    }
     assert len(venues.orders("alpaca", "erin")) == 2
 
 
 async def test_timeout_after_accept_leaves_exactly_one_order(system: System, venues: Venues) -> None:
     venues.kraken.state.timeout_hold_s = 1.5
     venues.kraken.state.accounts[_key("alice")].faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
-    master = await _start(system, venues, venues.config(), order_timeout_s=0.6,
-                          ctx=loopback(http_timeout_s=0.5))
+    master = await _start(
+        system, venues, venues.config(), order_timeout_s=0.6, ctx=loopback(http_timeout_s=0.5)
+    )
 
     reply = await master.trade(trade(quote="500"))
     results = await system.wait_results(reply.signal_id, 5)
@@ -133,7 +153,12 @@ async def test_bad_key_and_rate_limit_do_not_hold_up_the_others(system: System, 
     results = await system.wait_results(reply.signal_id, 5)
 
     assert {f: r.outcome for f, r in results.items()} == {
-        "alice": "filled", "bob": "failed", "carol": "failed", "dave": "filled", "erin": "filled"}
+        "alice": "filled",
+        "bob": "failed",
+        "carol": "failed",
+        "dave": "filled",
+        "erin": "filled",
+    }
     assert (results["bob"].reason_code, results["carol"].reason_code) == ("auth_error", "rate_limited")
 
 
@@ -152,7 +177,8 @@ async def test_fill_made_on_the_coinbase_website_is_copied_once(system: System, 
 
 
 async def test_kraken_limit_mode_fills_within_tolerance_and_expires_when_kraken_ran(
-    system: System, venues: Venues,
+    system: System,
+    venues: Venues,
 ) -> None:
     followers = {"alice": 1_000, "bob": 5_000}
     guard = {"max_price_deviation_pct": "1", "slippage_action": "limit"}
@@ -164,11 +190,11 @@ async def test_kraken_limit_mode_fills_within_tolerance_and_expires_when_kraken_
     second = await master.trade(trade(quote="500"))
     second_results = await system.wait_results(second.signal_id, 3)
 
-    kraken = [(o.order_type, o.limit_price, o.status) for f in followers
-              for o in venues.orders("kraken", f)]
-    assert kraken == [("limit", Decimal("45450.0"), "filled"),
-                      ("limit", Decimal("45450.0"), "canceled")] * 2
+    kraken = [(o.order_type, o.limit_price, o.status) for f in followers for o in venues.orders("kraken", f)]
+    assert kraken == [("limit", Decimal("45450.0"), "filled"), ("limit", Decimal("45450.0"), "canceled")] * 2
     assert {f: first_results[f].outcome for f in followers} == {"alice": "filled", "bob": "filled"}
     assert {f: second_results[f].reason_code for f in followers} == {
-        "alice": "limit_not_filled", "bob": "limit_not_filled"}
+        "alice": "limit_not_filled",
+        "bob": "limit_not_filled",
+    }
     assert second_results["erin"].outcome == "filled"  # no guard: a market order

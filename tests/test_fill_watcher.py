@@ -14,9 +14,17 @@ from tests.harness import System, make_config, paper_followers, trade
 
 
 def _by_hand(size: str) -> Place:
-    return Place("master", OrderCommand(client_order_id=f"by-hand-{size}", symbol="BTC/USD",
-                                        side="buy", size=Decimal(size), size_type="quote",
-                                        reference_price=Decimal(0)))
+    return Place(
+        "master",
+        OrderCommand(
+            client_order_id=f"by-hand-{size}",
+            symbol="BTC/USD",
+            side="buy",
+            size=Decimal(size),
+            size_type="quote",
+            reference_price=Decimal(0),
+        ),
+    )
 
 
 async def _signals(system: System) -> int:

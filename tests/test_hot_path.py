@@ -32,8 +32,9 @@ async def test_second_copy_sends_the_order_with_no_account_read(system: System) 
     async with kraken:
         await system.fund("master", 10_000)
         config = make_config([{"id": "hot", "exchange": "kraken", "base_url": kraken.url}])
-        copier = await system.start_copier(config, exchange="kraken", secrets=SECRETS,
-                                           ctx=AdapterContext(), snapshot_ttl_s=120.0)
+        copier = await system.start_copier(
+            config, exchange="kraken", secrets=SECRETS, ctx=AdapterContext(), snapshot_ttl_s=120.0
+        )
         master = await system.start_master(config)
         first = await master.trade(trade(quote="500"))
         await system.wait_results(first.signal_id, 1)
@@ -41,8 +42,7 @@ async def test_second_copy_sends_the_order_with_no_account_read(system: System) 
 
         second = await master.trade(trade(quote="500"))
         results = await system.wait_results(second.signal_id, 1)
-        refresher = FigureRefresher(copier.book, CopierMetrics(CollectorRegistry(), "kraken"),
-                                    interval_s=0)
+        refresher = FigureRefresher(copier.book, CopierMetrics(CollectorRegistry(), "kraken"), interval_s=0)
         refreshed = await refresher.refresh_due()
 
     assert results["hot"].outcome == "filled"

@@ -20,17 +20,22 @@ from shared.messages import (
 )
 
 STEP = Decimal("0.00000001")
-BTC = MarketRules(symbol="BTC/USD", amount_step=STEP, min_amount=STEP, min_cost=Decimal(0),
-                  price_step=Decimal("0.1"))
+BTC = MarketRules(
+    symbol="BTC/USD", amount_step=STEP, min_amount=STEP, min_cost=Decimal(0), price_step=Decimal("0.1")
+)
 PRICE = Decimal(45000)
 
 AMOUNT = st.decimals(min_value=Decimal("0.001"), max_value=Decimal("0.5"), places=3)
-STEPS = st.lists(st.one_of(
-    st.tuples(st.just("buy"), AMOUNT),
-    st.tuples(st.just("sell"), st.sampled_from([Decimal("0.25"), Decimal("0.5"), Decimal(1)])),
-    st.tuples(st.just("hand_sale"), st.sampled_from([Decimal("0.1"), Decimal("0.5")])),
-    st.tuples(st.just("redeliver"), st.just(Decimal(0))),
-), min_size=1, max_size=25)
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("buy"), AMOUNT),
+        st.tuples(st.just("sell"), st.sampled_from([Decimal("0.25"), Decimal("0.5"), Decimal(1)])),
+        st.tuples(st.just("hand_sale"), st.sampled_from([Decimal("0.1"), Decimal("0.5")])),
+        st.tuples(st.just("redeliver"), st.just(Decimal(0))),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 class Model:
@@ -53,15 +58,30 @@ class Model:
         before = self.master
         self.master = max(Decimal(0), before + (base if side == "buy" else -base))
         signal = TradeSignal(
-            signal_id=signal_id_for("paper", order_id), master_id="m", exchange="paper",
-            symbol="BTC/USD", side=side, price=PRICE, size=base,  # type: ignore[arg-type]
-            size_type="base", filled_base=base, order_id=order_id,
-            master_equity=Decimal(100_000), master_position_before=before + Decimal(10),
-            copied_position_before=before, executed_at=1.0)
+            signal_id=signal_id_for("paper", order_id),
+            master_id="m",
+            exchange="paper",
+            symbol="BTC/USD",
+            side=side,
+            price=PRICE,
+            size=base,  # type: ignore[arg-type]
+            size_type="base",
+            filled_base=base,
+            order_id=order_id,
+            master_equity=Decimal(100_000),
+            master_position_before=before + Decimal(10),
+            copied_position_before=before,
+            executed_at=1.0,
+        )
         snapshot = FollowerSnapshot(
-            follower_id="f", equity=Decimal(10_000_000), cash=Decimal(10_000_000),
-            position=self.real, holding=self.holding, rules=BTC,
-            sizing=SizingSpec(mode="multiplier", multiplier=Decimal("0.5")))
+            follower_id="f",
+            equity=Decimal(10_000_000),
+            cash=Decimal(10_000_000),
+            position=self.real,
+            holding=self.holding,
+            rules=BTC,
+            sizing=SizingSpec(mode="multiplier", multiplier=Decimal("0.5")),
+        )
         decision = size_follower(signal, snapshot, Decimal("0.0001"))
         if isinstance(decision, SizedOrder):
             self.fill(order_id, decision)

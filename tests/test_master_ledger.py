@@ -56,12 +56,14 @@ async def test_master_exit_sells_what_followers_copied_and_keeps_coins_held_befo
     sold = await system.wait_results(sell.signal_id, 2)
     ledger = await _ledger(system)
 
-    assert buy.signal is not None and sell.signal is not None
+    assert buy.signal is not None
+    assert sell.signal is not None
     assert (buy.signal.copied_position_before, sell.signal.copied_position_before) == (
-        Decimal(0), Decimal("0.1"))
+        Decimal(0),
+        Decimal("0.1"),
+    )
     assert {f: sold[f].filled_base for f in sold} == {f: bought[f].filled_base for f in bought}
-    assert (await _held(system, "alice"), await _held(system, "bob")) == (
-        Decimal("0.5"), Decimal("0.2"))
+    assert (await _held(system, "alice"), await _held(system, "bob")) == (Decimal("0.5"), Decimal("0.2"))
     assert (await ledger.read(master_key("master", BTC))).amount == 0
     assert (await ledger.read(holding_key("alice", "master", BTC))).amount == 0
 
@@ -76,7 +78,8 @@ async def test_master_sale_of_coins_held_before_is_not_copied(system: System) ->
     sell = await master.trade(trade(side="sell", base="1"))
     results = await system.wait_results(sell.signal_id, 1)
 
-    assert sell.signal is not None and sell.signal.copied_position_before == 0
+    assert sell.signal is not None
+    assert sell.signal.copied_position_before == 0
     assert (results["alice"].outcome, results["alice"].reason_code) == ("skipped", "master_own_holdings")
     assert await _held(system, "alice") == Decimal("0.5")
 
@@ -93,9 +96,19 @@ async def test_follower_sale_by_hand_is_clipped_and_master_exit_sells_the_rest(
     copied = (await system.wait_results(buy.signal_id, 1))["alice"].filled_base
     assert copied is not None
     by_hand = (copied / 2).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
-    await system.paper(Place("alice", OrderCommand(
-        client_order_id="alice-by-hand", symbol=BTC, side="sell", size=by_hand,
-        size_type="base", reference_price=Decimal(0))))
+    await system.paper(
+        Place(
+            "alice",
+            OrderCommand(
+                client_order_id="alice-by-hand",
+                symbol=BTC,
+                side="sell",
+                size=by_hand,
+                size_type="base",
+                reference_price=Decimal(0),
+            ),
+        )
+    )
     for _ in range(2):  # reconciliation clips a discrepancy it saw twice
         await copier.reconciler.reconcile()
 
@@ -115,9 +128,19 @@ async def test_fill_published_again_after_a_crash_counts_once(system: System) ->
     await system.start_copier(config)
     await system.start_master(config)
     await system.watcher.poll()
-    await system.paper(Place("master", OrderCommand(
-        client_order_id="master-by-hand", symbol=BTC, side="buy", size=Decimal("0.1"),
-        size_type="base", reference_price=Decimal(0))))
+    await system.paper(
+        Place(
+            "master",
+            OrderCommand(
+                client_order_id="master-by-hand",
+                symbol=BTC,
+                side="buy",
+                size=Decimal("0.1"),
+                size_type="base",
+                reference_price=Decimal(0),
+            ),
+        )
+    )
     first = await system.watcher.poll()
     last = await system.js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject("master"))
     signal = msgspec.json.decode(last.data or b"", type=TradeSignal)
@@ -131,7 +154,8 @@ async def test_fill_published_again_after_a_crash_counts_once(system: System) ->
 
     assert (first, again, signals) == (1, 1, 1)
     assert (position.amount, signal.copied_position_before) == (Decimal("0.1"), Decimal(0))
-    assert len(results) == 1 and len(await system.orders("alice")) == 1
+    assert len(results) == 1
+    assert len(await system.orders("alice")) == 1
 
 
 # ---- a follower on Kraken, through the real ccxt client --------------------------------------
@@ -149,15 +173,19 @@ async def kraken() -> AsyncIterator[KrakenEmulator]:
 
 
 async def test_kraken_follower_sells_exactly_what_it_copied_and_keeps_its_own_bitcoin(
-    system: System, kraken: KrakenEmulator,
+    system: System,
+    kraken: KrakenEmulator,
 ) -> None:
     kim = kraken.state.add_account(KIM_KEY, KIM_SECRET, {"USD": Decimal(10_000), "BTC": Decimal(1)})
     await system.fund("master", 10_000)
     config = make_config([{"id": "kim", "exchange": "kraken", "base_url": kraken.url}])
-    await system.start_copier(config, exchange="kraken", instance="copier-kraken",
-                              secrets={"KRAKEN_USER_KIM_API_KEY": KIM_KEY,
-                                       "KRAKEN_USER_KIM_API_SECRET": KIM_SECRET},
-                              ctx=AdapterContext(http_timeout_s=5.0))
+    await system.start_copier(
+        config,
+        exchange="kraken",
+        instance="copier-kraken",
+        secrets={"KRAKEN_USER_KIM_API_KEY": KIM_KEY, "KRAKEN_USER_KIM_API_SECRET": KIM_SECRET},
+        ctx=AdapterContext(http_timeout_s=5.0),
+    )
     master = await system.start_master(config)
 
     buy = await master.trade(trade(quote="500"))
@@ -166,7 +194,8 @@ async def test_kraken_follower_sells_exactly_what_it_copied_and_keeps_its_own_bi
     sold = (await system.wait_results(sell.signal_id, 1, timeout=30))["kim"]
 
     assert (bought.outcome, sold.outcome) == ("filled", "filled")
-    assert bought.filled_base is not None and bought.filled_base > 0
+    assert bought.filled_base is not None
+    assert bought.filled_base > 0
     assert sold.filled_base == bought.filled_base
     assert kim.balances["BTC"] == Decimal(1)
 
@@ -174,19 +203,23 @@ async def test_kraken_follower_sells_exactly_what_it_copied_and_keeps_its_own_bi
 # ---- the ledger itself: random fills against a real nats-server -------------------------------
 
 AMOUNTS = st.integers(min_value=1, max_value=10**9).map(lambda n: Decimal(n).scaleb(-8))
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("buy"), AMOUNTS),
-    st.tuples(st.just("sell"), AMOUNTS),
-    st.tuples(st.just("again"), st.integers(min_value=0, max_value=50)),  # a redelivery
-    st.tuples(st.just("race"), AMOUNTS),  # two writers applying one new fill at once
-    st.tuples(st.just("clip"), st.integers(min_value=0, max_value=99)),  # % kept after a sale by hand
-), max_size=14)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("buy"), AMOUNTS),
+        st.tuples(st.just("sell"), AMOUNTS),
+        st.tuples(st.just("again"), st.integers(min_value=0, max_value=50)),  # a redelivery
+        st.tuples(st.just("race"), AMOUNTS),  # two writers applying one new fill at once
+        st.tuples(st.just("clip"), st.integers(min_value=0, max_value=99)),  # % kept after a sale by hand
+    ),
+    max_size=14,
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_ledger_counts_each_fill_once_and_never_goes_negative(
-    nats_server: NatsServer, ops: list[tuple[str, object]],
+    nats_server: NatsServer,
+    ops: list[tuple[str, object]],
 ) -> None:
     expected, seen = asyncio.run(_ledger_run(nats_server.url, ops))
 
@@ -213,8 +246,7 @@ async def _ledger_run(
                 fill_id = uuid.uuid4().hex
                 fills.append((fill_id, delta, amount))
                 writes = 2 if kind == "race" else 1
-                got = await asyncio.gather(*(ledger.apply(key, fill_id, delta)
-                                             for _ in range(writes)))
+                got = await asyncio.gather(*(ledger.apply(key, fill_id, delta) for _ in range(writes)))
                 amount = max(Decimal(0), amount + delta)
                 assert set(got) == {(fills[-1][2], amount)}
             elif kind == "again" and fills:

@@ -56,20 +56,35 @@ class Kraken:
     account: Account
     start: Callable[..., Awaitable[Master]]
 
-    def by_hand(self, side: str, size: str, limit: str | None = None, *,
-                trigger: str | None = None, trigger_price: str | None = None) -> Order:
+    def by_hand(
+        self,
+        side: str,
+        size: str,
+        limit: str | None = None,
+        *,
+        trigger: str | None = None,
+        trigger_price: str | None = None,
+    ) -> Order:
         """A resting order placed on Kraken's site: no client order id."""
         order = self.emulator.state.place_resting(
-            self.account, BTC, side, Decimal(size),
-            limit_price=None if limit is None else Decimal(limit), trigger=trigger,
-            trigger_price=None if trigger_price is None else Decimal(trigger_price))
+            self.account,
+            BTC,
+            side,
+            Decimal(size),
+            limit_price=None if limit is None else Decimal(limit),
+            trigger=trigger,
+            trigger_price=None if trigger_price is None else Decimal(trigger_price),
+        )
         order.rename(f"OHAND{len(self.account.orders):02d}-KR4KN-000001")
         return order
 
     def amend(self, order: Order, price: str | None = None, size: str | None = None) -> None:
-        self.emulator.state.amend(self.account, order,
-                                  price=None if price is None else Decimal(price),
-                                  size=None if size is None else Decimal(size))
+        self.emulator.state.amend(
+            self.account,
+            order,
+            price=None if price is None else Decimal(price),
+            size=None if size is None else Decimal(size),
+        )
 
 
 @pytest.fixture
@@ -77,8 +92,9 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
     emulator = KrakenEmulator()
     await emulator.start()
     register(MASTER_KEY, MASTER_SECRET)
-    account = emulator.state.add_account(MASTER_KEY, MASTER_SECRET,
-                                         {"USD": Decimal(100_000), "BTC": Decimal(2)})
+    account = emulator.state.add_account(
+        MASTER_KEY, MASTER_SECRET, {"USD": Decimal(100_000), "BTC": Decimal(2)}
+    )
     config = make_config([], {"id": "master", "exchange": "kraken", "base_url": emulator.url})
     me = config.master_named(None)
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -91,14 +107,23 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
         nc = await system.connect()
         published = await fills_bucket(nc.jetstream())
         metrics = MasterMetrics(CollectorRegistry(), me.id)
-        service = MasterService(js=nc.jetstream(), account=account, config=me, metrics=metrics,
-                                signer=SignalSigner(TEST_SIGNING_SEED), published=published)
+        service = MasterService(
+            js=nc.jetstream(),
+            account=account,
+            config=me,
+            metrics=metrics,
+            signer=SignalSigner(TEST_SIGNING_SEED),
+            published=published,
+        )
         await service.start(nc)
         closers.extend([ctx.close, account.close, service.stop])
-        return Master(service, OrderWatcher(tracker=service.tracker, account=account, slow_s=2.0,
-                                            metrics=metrics),
-                      FillWatcher(account=account, config=me, kv=published, master=service,
-                                  on_fill=service.tracker.touch))
+        return Master(
+            service,
+            OrderWatcher(tracker=service.tracker, account=account, slow_s=2.0, metrics=metrics),
+            FillWatcher(
+                account=account, config=me, kv=published, master=service, on_fill=service.tracker.touch
+            ),
+        )
 
     yield Kraken(emulator, account, start)
     for close in reversed(closers):
@@ -110,8 +135,10 @@ async def _published(system: System) -> list[AnySignal]:
     info = await system.js.stream_info(bus.SIGNALS_STREAM)
     if info.state.messages == 0:
         return []
-    return [_signals.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"")
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        _signals.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"")
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 async def _events(system: System) -> list[OrderSignal]:
@@ -126,7 +153,8 @@ def _shape(events: list[OrderSignal]) -> list[tuple[str, str, int, Decimal | Non
 
 
 async def test_limit_placed_amended_cancelled_by_hand_is_new_amend_cancel_once_across_restarts(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     first = await master.orders.poll()  # nothing rests yet
@@ -145,19 +173,24 @@ async def test_limit_placed_amended_cancelled_by_hand_is_new_amend_cancel_once_a
 
     assert first == []
     assert [len(p) for p in polls] == [1, 0, 1, 0, 1, 0, 0]
-    assert _shape(events) == [(order.order_id, "new", 0, Decimal(44000)),
-                              (order.order_id, "amend", 1, Decimal(43500)),
-                              (order.order_id, "cancel", 1, Decimal(43500))]
+    assert _shape(events) == [
+        (order.order_id, "new", 0, Decimal(44000)),
+        (order.order_id, "amend", 1, Decimal(43500)),
+        (order.order_id, "cancel", 1, Decimal(43500)),
+    ]
     assert [e.signal_id for e in events] == [
-        order_event_id_for("kraken", order.order_id, e.event, e.version) for e in events]
+        order_event_id_for("kraken", order.order_id, e.event, e.version) for e in events
+    ]
     assert {(e.kind, e.side, e.size, e.filled, e.symbol) for e in events} == {
-        ("limit", "buy", Decimal("0.5"), Decimal(0), BTC)}
+        ("limit", "buy", Decimal("0.5"), Decimal(0), BTC)
+    }
     assert all(SignalVerifier([TEST_PUBLIC_KEY]).problem(e) is None for e in events)
     assert all(e.master_equity == 100_000 + 2 * 45_000 for e in events)
 
 
 async def test_changes_made_while_the_watcher_was_down_are_each_published_once(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     kept = kraken.by_hand("buy", "0.2", "44000")
@@ -172,20 +205,23 @@ async def test_changes_made_while_the_watcher_was_down_are_each_published_once(
     again = await (await kraken.start()).orders.poll()
     events = await _events(system)
 
-    assert sorted((e.event, e.order_id) for e in before) == sorted([
-        ("new", cancelled.order_id), ("new", kept.order_id)])
-    assert sorted((e.event, e.order_id, e.version) for e in after) == sorted([
-        ("amend", kept.order_id, 1), ("cancel", cancelled.order_id, 0), ("new", stop.order_id, 0)])
+    assert sorted((e.event, e.order_id) for e in before) == sorted(
+        [("new", cancelled.order_id), ("new", kept.order_id)]
+    )
+    assert sorted((e.event, e.order_id, e.version) for e in after) == sorted(
+        [("amend", kept.order_id, 1), ("cancel", cancelled.order_id, 0), ("new", stop.order_id, 0)]
+    )
     assert again == []
     assert len(events) == 5
-    assert [(e.size, e.price) for e in after if e.event == "amend"] == [
-        (Decimal("0.25"), Decimal(44000))]
+    assert [(e.size, e.price) for e in after if e.event == "amend"] == [(Decimal("0.25"), Decimal(44000))]
     assert [(e.kind, e.trigger_price, e.price) for e in after if e.event == "new"] == [
-        ("stop_loss", Decimal(40000), None)]
+        ("stop_loss", Decimal(40000), None)
+    ]
 
 
 async def test_event_published_before_its_state_was_written_is_not_repeated(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     order = kraken.by_hand("buy", "0.5", "44000")
@@ -206,7 +242,8 @@ async def test_event_published_before_its_state_was_written_is_not_repeated(
 
 
 async def test_filled_resting_order_is_not_reported_cancelled(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     await master.fills.poll()  # first start: the fill cursor begins now
@@ -225,18 +262,24 @@ async def test_filled_resting_order_is_not_reported_cancelled(
 
     assert on_part == []  # a fill is no amendment
     assert [(e.event, e.order_id, e.filled, e.size) for e in gone] == [
-        ("cancel", partly.order_id, Decimal("0.2"), Decimal("0.6"))]
+        ("cancel", partly.order_id, Decimal("0.2"), Decimal("0.6"))
+    ]
     assert fills == 3
-    assert sorted((s.order_id, s.filled_base) for s in published
-                  if isinstance(s, TradeSignal)) == sorted([
-        (filled.order_id, Decimal("0.1")), (filled.order_id, Decimal("0.3")),
-        (partly.order_id, Decimal("0.2"))])
-    assert [e.event for e in published if isinstance(e, OrderSignal)
-            and e.order_id == filled.order_id] == ["new"]
+    assert sorted((s.order_id, s.filled_base) for s in published if isinstance(s, TradeSignal)) == sorted(
+        [
+            (filled.order_id, Decimal("0.1")),
+            (filled.order_id, Decimal("0.3")),
+            (partly.order_id, Decimal("0.2")),
+        ]
+    )
+    assert [e.event for e in published if isinstance(e, OrderSignal) and e.order_id == filled.order_id] == [
+        "new"
+    ]
 
 
 async def test_order_event_carries_the_masters_copied_position(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     ledger = Ledger(await system.js.key_value(bus.LEDGER_BUCKET))
@@ -245,12 +288,12 @@ async def test_order_event_carries_the_masters_copied_position(
     kraken.by_hand("sell", "0.7", trigger="stop_loss", trigger_price="40000")
     events = await master.orders.poll()
 
-    assert [(e.event, e.kind, e.copied_position) for e in events] == [
-        ("new", "stop_loss", Decimal("0.7"))]
+    assert [(e.event, e.kind, e.copied_position) for e in events] == [("new", "stop_loss", Decimal("0.7"))]
 
 
 async def test_running_watcher_sees_an_amendment_within_a_second(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     order = kraken.by_hand("buy", "0.5", "44000")
@@ -276,7 +319,8 @@ async def _count(system: System, count: int) -> bool:
 
 
 async def test_watcher_polls_slower_while_the_accounts_calls_wait_on_its_rate_limit(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start(rate_limit=True)
     kraken.by_hand("buy", "0.5", "44000")
@@ -297,13 +341,15 @@ def test_cadence_polls_fast_while_orders_rest_and_backs_off_while_calls_wait() -
     cadence = Cadence(fast_s=0.5, slow_s=2.0)
     idle = time.monotonic() - 3600
 
-    waits = [cadence.next(resting=0, active_at=idle, waited=False),
-             cadence.next(resting=1, active_at=idle, waited=False),
-             cadence.next(resting=0, active_at=time.monotonic(), waited=False),
-             cadence.next(resting=1, active_at=idle, waited=True),
-             cadence.next(resting=1, active_at=idle, waited=True),
-             cadence.next(resting=1, active_at=idle, waited=False),
-             cadence.next(resting=1, active_at=idle, waited=False)]
+    waits = [
+        cadence.next(resting=0, active_at=idle, waited=False),
+        cadence.next(resting=1, active_at=idle, waited=False),
+        cadence.next(resting=0, active_at=time.monotonic(), waited=False),
+        cadence.next(resting=1, active_at=idle, waited=True),
+        cadence.next(resting=1, active_at=idle, waited=True),
+        cadence.next(resting=1, active_at=idle, waited=False),
+        cadence.next(resting=1, active_at=idle, waited=False),
+    ]
 
     assert waits == [2.0, 0.5, 0.5, 1.0, 2.0, 1.0, 0.5]
 
@@ -312,17 +358,18 @@ def test_cadence_polls_fast_while_orders_rest_and_backs_off_while_calls_wait() -
 
 
 async def test_order_amend_cancel_through_the_service_each_once_and_retries_change_nothing(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     desk = master.service.desk
-    place = OrderRequest(symbol=BTC, side="buy", size=Decimal("0.3"),
-                         limit_price=Decimal(44000), request_id="order-place-0001")
+    place = OrderRequest(
+        symbol=BTC, side="buy", size=Decimal("0.3"), limit_price=Decimal(44000), request_id="order-place-0001"
+    )
 
     placed = await desk.handle(place)
     placed_again = await desk.handle(place)
-    amend = AmendRequest(order_id=placed.order_id, price=Decimal(43800),
-                         request_id="order-amend-0001")
+    amend = AmendRequest(order_id=placed.order_id, price=Decimal(43800), request_id="order-amend-0001")
     amended = await desk.handle(amend)
     amended_again = await desk.handle(amend)
     polled = await master.orders.poll()
@@ -333,26 +380,39 @@ async def test_order_amend_cancel_through_the_service_each_once_and_retries_chan
     venue_orders = [o for o in kraken.account.orders if o.client_order_id is not None]
 
     assert [(r.outcome, r.replayed, r.status) for r in (placed, amended, cancelled)] == [
-        ("done", False, "open"), ("done", False, "open"), ("done", False, "canceled")]
+        ("done", False, "open"),
+        ("done", False, "open"),
+        ("done", False, "canceled"),
+    ]
     assert placed_again == msgspec.structs.replace(placed, replayed=True)
     assert amended_again == msgspec.structs.replace(amended, replayed=True)
     assert cancelled_again == msgspec.structs.replace(cancelled, replayed=True)
     assert polled == []  # the service published them: the watcher has nothing to add
-    assert _shape(events) == [(placed.order_id, "new", 0, Decimal(44000)),
-                              (placed.order_id, "amend", 1, Decimal(43800)),
-                              (placed.order_id, "cancel", 1, Decimal(43800))]
+    assert _shape(events) == [
+        (placed.order_id, "new", 0, Decimal(44000)),
+        (placed.order_id, "amend", 1, Decimal(43800)),
+        (placed.order_id, "cancel", 1, Decimal(43800)),
+    ]
     assert [r.signal for r in (placed, amended, cancelled)] == events
-    assert len(venue_orders) == 1 and venue_orders[0].client_order_id == placed.client_order_id
+    assert len(venue_orders) == 1
+    assert venue_orders[0].client_order_id == placed.client_order_id
 
 
 async def test_fills_of_an_order_placed_through_the_service_are_signalled_per_fill(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     await master.fills.poll()  # first start: the fill cursor begins now
-    placed = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="buy", size=Decimal("0.5"), limit_price=Decimal(44000),
-        request_id="order-fills-0001"))
+    placed = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.5"),
+            limit_price=Decimal(44000),
+            request_id="order-fills-0001",
+        )
+    )
     order = next(o for o in kraken.account.orders if o.order_id == placed.order_id)
 
     for part in ("0.2", "0.3"):
@@ -362,95 +422,153 @@ async def test_fills_of_an_order_placed_through_the_service_are_signalled_per_fi
     published = await _published(system)
 
     assert [(s.order_id, s.filled_base) for s in published if isinstance(s, TradeSignal)] == [
-        (placed.order_id, Decimal("0.2")), (placed.order_id, Decimal("0.3"))]
+        (placed.order_id, Decimal("0.2")),
+        (placed.order_id, Decimal("0.3")),
+    ]
     assert polled == []  # filled: no cancel
     assert [e.event for e in published if isinstance(e, OrderSignal)] == ["new"]
 
 
 async def test_stop_loss_and_take_profit_limits_through_the_service_are_new_events(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
 
-    stop = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="sell", size=Decimal(1), trigger="stop_loss",
-        trigger_price=Decimal(40000), limit_price=Decimal(39900), request_id="order-stop-0001"))
-    take = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="sell", size=Decimal(1), trigger="take_profit",
-        trigger_price=Decimal(50000), request_id="order-take-0001"))
+    stop = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="sell",
+            size=Decimal(1),
+            trigger="stop_loss",
+            trigger_price=Decimal(40000),
+            limit_price=Decimal(39900),
+            request_id="order-stop-0001",
+        )
+    )
+    take = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="sell",
+            size=Decimal(1),
+            trigger="take_profit",
+            trigger_price=Decimal(50000),
+            request_id="order-take-0001",
+        )
+    )
     events = await _events(system)
 
     assert [(r.outcome, r.status) for r in (stop, take)] == [("done", "open"), ("done", "open")]
     assert [(e.event, e.kind, e.trigger_price, e.price) for e in events] == [
         ("new", "stop_loss_limit", Decimal(40000), Decimal(39900)),
-        ("new", "take_profit", Decimal(50000), None)]
+        ("new", "take_profit", Decimal(50000), None),
+    ]
 
 
 async def test_limit_crossing_the_price_fills_at_once_without_an_order_event(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
 
-    crossed = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="buy", size=Decimal("0.1"), limit_price=Decimal(46000),
-        request_id="order-cross-0001"))
+    crossed = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.1"),
+            limit_price=Decimal(46000),
+            request_id="order-cross-0001",
+        )
+    )
     polled = await master.orders.poll()
 
     assert (crossed.outcome, crossed.status, crossed.signal) == ("done", "filled", None)
-    assert polled == [] and await _events(system) == []
+    assert polled == []
+    assert await _events(system) == []
 
 
 async def test_amend_of_an_order_placed_by_hand_is_refused_through_the_service(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     order = kraken.by_hand("buy", "0.5", "44000")
     await master.orders.poll()
 
-    refused = await master.service.desk.handle(AmendRequest(
-        order_id=order.order_id, price=Decimal(43000), request_id="amend-by-hand-1"))
+    refused = await master.service.desk.handle(
+        AmendRequest(order_id=order.order_id, price=Decimal(43000), request_id="amend-by-hand-1")
+    )
 
-    assert refused.outcome == "refused" and "by hand" in refused.error
+    assert refused.outcome == "refused"
+    assert "by hand" in refused.error
     assert order.limit_price == 44000
     assert [e.event for e in await _events(system)] == ["new"]
 
 
 async def test_same_request_id_for_another_order_request_is_refused(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
-    first = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="buy", size=Decimal("0.3"), limit_price=Decimal(44000),
-        request_id="order-reused-01"))
+    first = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.3"),
+            limit_price=Decimal(44000),
+            request_id="order-reused-01",
+        )
+    )
 
-    other = await master.service.desk.handle(OrderRequest(
-        symbol=BTC, side="buy", size=Decimal("0.4"), limit_price=Decimal(44000),
-        request_id="order-reused-01"))
+    other = await master.service.desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.4"),
+            limit_price=Decimal(44000),
+            request_id="order-reused-01",
+        )
+    )
 
     assert first.outcome == "done"
-    assert other.outcome == "refused" and "another request" in other.error
+    assert other.outcome == "refused"
+    assert "another request" in other.error
     assert len(await _events(system)) == 1
 
 
 async def test_kill_switch_refuses_orders_and_amendments_not_cancels(
-    system: System, kraken: Kraken,
+    system: System,
+    kraken: Kraken,
 ) -> None:
     master = await kraken.start()
     desk = master.service.desk
-    placed = await desk.handle(OrderRequest(symbol=BTC, side="buy", size=Decimal("0.3"),
-                                            limit_price=Decimal(44000),
-                                            request_id="order-killed-01"))
+    placed = await desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.3"),
+            limit_price=Decimal(44000),
+            request_id="order-killed-01",
+        )
+    )
     await system.control.put(KILL_KEY, b"on")
     await eventually(lambda: master.service.killed)
 
-    order = await desk.handle(OrderRequest(symbol=BTC, side="buy", size=Decimal("0.3"),
-                                           limit_price=Decimal(44000),
-                                           request_id="order-killed-02"))
-    amend = await desk.handle(AmendRequest(order_id=placed.order_id, size=Decimal("0.5"),
-                                           request_id="amend-killed-01"))
-    cancel = await desk.handle(CancelRequest(order_id=placed.order_id,
-                                             request_id="cancel-killed-01"))
+    order = await desk.handle(
+        OrderRequest(
+            symbol=BTC,
+            side="buy",
+            size=Decimal("0.3"),
+            limit_price=Decimal(44000),
+            request_id="order-killed-02",
+        )
+    )
+    amend = await desk.handle(
+        AmendRequest(order_id=placed.order_id, size=Decimal("0.5"), request_id="amend-killed-01")
+    )
+    cancel = await desk.handle(CancelRequest(order_id=placed.order_id, request_id="cancel-killed-01"))
 
     assert [r.outcome for r in (order, amend, cancel)] == ["refused", "refused", "done"]
-    assert "kill switch" in order.error and "kill switch" in amend.error
+    assert "kill switch" in order.error
+    assert "kill switch" in amend.error
     assert [e.event for e in await _events(system)] == ["new", "cancel"]

@@ -18,9 +18,13 @@ async def test_silent_master_triggers_each_followers_choice_and_clears_when_back
     accounts = {"master": 10_000, "holder": 1_000, "closer": 1_000, "flat": 1_000}
     for account, cash in accounts.items():
         await system.fund(account, cash)
-    config = make_config([{"id": f, "exchange": "paper", "on_master_silence": action}
-                          for f, action in (("holder", "hold"), ("closer", "close_only"),
-                                            ("flat", "flatten"))], master_silence_s=1.0)
+    config = make_config(
+        [
+            {"id": f, "exchange": "paper", "on_master_silence": action}
+            for f, action in (("holder", "hold"), ("closer", "close_only"), ("flat", "flatten"))
+        ],
+        master_silence_s=1.0,
+    )
     copier = await system.start_copier(config)
     master = await system.start_master(config)
     fills = await system.js.key_value(bus.FILLS_BUCKET)
@@ -40,7 +44,8 @@ async def test_silent_master_triggers_each_followers_choice_and_clears_when_back
     await eventually(lambda: copier.copier.executor.policy.state(_follower(copier, "closer")) == "active")
     ledger = Ledger(await system.js.key_value(bus.LEDGER_BUCKET))
 
-    assert heard == {"master": False} and back == {"master": False}
+    assert heard == {"master": False}
+    assert back == {"master": False}
     assert state_while_silent == "close_only"
     assert (await ledger.read(holding_key("flat", "master", "BTC/USD"))).amount == Decimal(0)
     assert len(await system.orders("holder")) == 1

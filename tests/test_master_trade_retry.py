@@ -21,8 +21,9 @@ CONFIG = make_config([])
 
 
 def request(request_id: str, quote: str = "500") -> TradeRequest:
-    return TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(quote), size_type="quote",
-                        request_id=request_id)
+    return TradeRequest(
+        symbol="BTC/USD", side="buy", size=Decimal(quote), size_type="quote", request_id=request_id
+    )
 
 
 async def _master(system: System) -> MasterService:
@@ -35,8 +36,19 @@ async def _signals(system: System) -> int:
 
 
 def _cli_trade(system: System, request_id: str) -> tuple[int, str, str]:
-    done = run_cli("master", "trade", "--symbol", "BTC/USD", "--side", "buy", "--quote", "500",
-                   "--request-id", request_id, COPYTRADE_NATS_URL=system.server.url)
+    done = run_cli(
+        "master",
+        "trade",
+        "--symbol",
+        "BTC/USD",
+        "--side",
+        "buy",
+        "--quote",
+        "500",
+        "--request-id",
+        request_id,
+        COPYTRADE_NATS_URL=system.server.url,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -48,7 +60,8 @@ async def test_retried_trade_with_same_request_id_places_one_master_order(system
 
     signal_ids = [re.findall(r"signal ([0-9a-f]{32}) published", out) for _, out, _ in (first, again)]
     assert (first[0], again[0]) == (0, 0)
-    assert signal_ids[0] == signal_ids[1] and len(signal_ids[0]) == 1
+    assert signal_ids[0] == signal_ids[1]
+    assert len(signal_ids[0]) == 1
     assert "answered again" in again[1]
     assert len(await system.orders("master")) == 1
     assert await _signals(system) == 1
@@ -62,17 +75,19 @@ async def test_retry_after_lost_outcome_record_finds_the_order_not_a_second(syst
     again = await master.trade(request("lost-record-1"))
 
     assert (first.outcome, again.outcome) == ("filled", "filled")
-    assert again.signal_id == first.signal_id and not again.replayed
+    assert again.signal_id == first.signal_id
+    assert not again.replayed
     assert len(await system.orders("master")) == 1
     assert await _signals(system) == 1
 
 
 async def _reopen(system: System, request_id: str) -> None:
     kv = await system.js.key_value(bus.FILLS_BUCKET)
-    record = msgspec.json.decode((await kv.get(f"trade.{request_id}")).value or b"",
-                                 type=TradeRecord)
-    await kv.put(f"trade.{request_id}", msgspec.json.Encoder(decimal_format="string").encode(
-        msgspec.structs.replace(record, reply=None)))
+    record = msgspec.json.decode((await kv.get(f"trade.{request_id}")).value or b"", type=TradeRecord)
+    await kv.put(
+        f"trade.{request_id}",
+        msgspec.json.Encoder(decimal_format="string").encode(msgspec.structs.replace(record, reply=None)),
+    )
 
 
 async def test_retry_after_unknown_outcome_places_the_order_once(system: System) -> None:
@@ -85,7 +100,8 @@ async def test_retry_after_unknown_outcome_places_the_order_once(system: System)
     third = await master.trade(request("venue-hiccup-1"))
 
     assert (first.outcome, again.outcome, third.outcome) == ("unknown", "filled", "filled")
-    assert third.replayed and third.signal_id == again.signal_id
+    assert third.replayed
+    assert third.signal_id == again.signal_id
     assert len(await system.orders("master")) == 1
 
 
@@ -94,8 +110,7 @@ async def test_concurrent_requests_with_same_id_on_two_masters_place_one_order(
 ) -> None:
     one, other = await _master(system), await system.start_master(CONFIG)
 
-    replies = await asyncio.gather(one.trade(request("twice-at-once")),
-                                   other.trade(request("twice-at-once")))
+    replies = await asyncio.gather(one.trade(request("twice-at-once")), other.trade(request("twice-at-once")))
     settled = await one.trade(request("twice-at-once"))
 
     assert len(await system.orders("master")) == 1
@@ -111,7 +126,8 @@ async def test_same_request_id_for_another_trade_is_refused(system: System) -> N
 
     other = await master.trade(request("reused-id-01", quote="100"))
 
-    assert other.outcome == "refused" and "another trade" in other.error
+    assert other.outcome == "refused"
+    assert "another trade" in other.error
     assert len(await system.orders("master")) == 1
 
 
@@ -127,7 +143,8 @@ async def test_kill_switch_on_refuses_master_trade(system: System) -> None:
     after = await asyncio.to_thread(_cli_trade, system, "while-killed-1")
 
     assert killed.returncode == 0
-    assert refused[0] == 1 and "kill switch" in refused[2]
+    assert refused[0] == 1
+    assert "kill switch" in refused[2]
     assert orders_while_killed == 0
     assert after[0] == 0
     assert len(await system.orders("master")) == 1

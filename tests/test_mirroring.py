@@ -53,35 +53,68 @@ BTC = "BTC/USD"
 
 
 def order_event(
-    event: OrderEventKind, order_id: str = "m-1", *, version: int = 0,
-    kind: MirroredKind = "limit", side: Side = "buy", size: str = "0.1",
-    price: str | None = "44000", trigger: str | None = None, filled: str = "0",
+    event: OrderEventKind,
+    order_id: str = "m-1",
+    *,
+    version: int = 0,
+    kind: MirroredKind = "limit",
+    side: Side = "buy",
+    size: str = "0.1",
+    price: str | None = "44000",
+    trigger: str | None = None,
+    filled: str = "0",
     copied_position: str = "0",
 ) -> OrderSignal:
-    return SIGNER.sign(OrderSignal(
-        signal_id=order_event_id_for("paper", order_id, event, version), master_id="master",
-        exchange="paper", event=event, version=version, order_id=order_id, kind=kind,
-        symbol=BTC, side=side, size=Decimal(size), filled=Decimal(filled),
-        price=None if price is None else Decimal(price),
-        trigger_price=None if trigger is None else Decimal(trigger),
-        master_equity=Decimal(10_000), copied_position=Decimal(copied_position),
-        executed_at=time.time()))
+    return SIGNER.sign(
+        OrderSignal(
+            signal_id=order_event_id_for("paper", order_id, event, version),
+            master_id="master",
+            exchange="paper",
+            event=event,
+            version=version,
+            order_id=order_id,
+            kind=kind,
+            symbol=BTC,
+            side=side,
+            size=Decimal(size),
+            filled=Decimal(filled),
+            price=None if price is None else Decimal(price),
+            trigger_price=None if trigger is None else Decimal(trigger),
+            master_equity=Decimal(10_000),
+            copied_position=Decimal(copied_position),
+            executed_at=time.time(),
+        )
+    )
 
 
-def master_fill(order_id: str, side: Side = "buy", base: str = "0.1", price: str = "45000",
-                copied_before: str = "0") -> TradeSignal:
+def master_fill(
+    order_id: str, side: Side = "buy", base: str = "0.1", price: str = "45000", copied_before: str = "0"
+) -> TradeSignal:
     """The master's fill of its order `order_id`, whole."""
-    return SIGNER.sign(TradeSignal(
-        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
-        symbol=BTC, side=side, price=Decimal(price), size=Decimal(base), size_type="base",
-        filled_base=Decimal(base), order_id=order_id, master_equity=Decimal(10_000),
-        master_position_before=Decimal(copied_before),
-        copied_position_before=Decimal(copied_before), executed_at=time.time()))
+    return SIGNER.sign(
+        TradeSignal(
+            signal_id=signal_id_for("paper", order_id),
+            master_id="master",
+            exchange="paper",
+            symbol=BTC,
+            side=side,
+            price=Decimal(price),
+            size=Decimal(base),
+            size_type="base",
+            filled_base=Decimal(base),
+            order_id=order_id,
+            master_equity=Decimal(10_000),
+            master_position_before=Decimal(copied_before),
+            copied_position_before=Decimal(copied_before),
+            executed_at=time.time(),
+        )
+    )
 
 
 async def publish(system: System, signal: OrderSignal | TradeSignal) -> str:
-    await system.js.publish(bus.signal_subject("master"), ENCODER.encode(signal),
-                            headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await system.js.publish(
+        bus.signal_subject("master"), ENCODER.encode(signal), headers={"Nats-Msg-Id": uuid.uuid4().hex}
+    )
     return signal.signal_id
 
 
@@ -111,9 +144,11 @@ def derived(follower: str, what: str, order_id: str = "m-1", group: str = "paper
 
 async def swept_until(copier: CopierHandle, done: Any, timeout: float = 15.0) -> None:
     """Run the sweep until `done()` holds (the background one runs every 30 s)."""
+
     async def check() -> bool:
         await copier.copier.mirroring.sweep()
         return bool(await done())
+
     await eventually(check, timeout)
 
 
@@ -121,8 +156,7 @@ def outcome(result: CopyResult) -> tuple[str, str]:
     return result.outcome, result.reason_code
 
 
-async def start(system: System, followers: list[dict[str, Any]],
-                cash: dict[str, int]) -> CopierHandle:
+async def start(system: System, followers: list[dict[str, Any]], cash: dict[str, int]) -> CopierHandle:
     await system.fund("master", 10_000)
     for account, amount in cash.items():
         await system.fund(account, amount)
@@ -135,18 +169,23 @@ async def start(system: System, followers: list[dict[str, Any]],
 async def test_master_resting_buy_becomes_one_linked_order_per_mirroring_follower(
     system: System,
 ) -> None:
-    await start(system, [paper("alice", subscriptions=mirroring()),
-                         paper("bob", subscriptions=mirroring()), paper("carl")],
-                {"alice": 1_000, "bob": 5_000, "carl": 1_000})
+    await start(
+        system,
+        [paper("alice", subscriptions=mirroring()), paper("bob", subscriptions=mirroring()), paper("carl")],
+        {"alice": 1_000, "bob": 5_000, "carl": 1_000},
+    )
 
     placed = await publish(system, order_event("new", price="44000.05"))
     results = await system.wait_results(placed, 2)
     alice, bob = await open_orders(system, "alice"), await open_orders(system, "bob")
 
     assert {f: outcome(r) for f, r in results.items()} == {
-        "alice": ("submitted", "mirrored"), "bob": ("submitted", "mirrored")}
+        "alice": ("submitted", "mirrored"),
+        "bob": ("submitted", "mirrored"),
+    }
     assert [(o.client_order_id, o.limit_price, o.ordered) for o in alice] == [
-        (linked_client_order_id("m-1", "alice", 0), Decimal("44000.0"), Decimal("0.01"))]
+        (linked_client_order_id("m-1", "alice", 0), Decimal("44000.0"), Decimal("0.01"))
+    ]
     assert [(o.limit_price, o.ordered) for o in bob] == [(Decimal("44000.0"), Decimal("0.05"))]
     assert await system.orders("carl") == []
 
@@ -184,8 +223,7 @@ class Venue:
     secrets: dict[str, str]
 
     def follower(self, name: str, exchange: str) -> dict[str, Any]:
-        return {"id": name, "exchange": exchange, "base_url": self.emulator.url,
-                "subscriptions": mirroring()}
+        return {"id": name, "exchange": exchange, "base_url": self.emulator.url, "subscriptions": mirroring()}
 
     def orders(self, name: str) -> list[Order]:
         return list(self.emulator.state.accounts[f"key-{name}-9Tq"].orders)
@@ -198,8 +236,11 @@ class Venue:
 async def venue(request: pytest.FixtureRequest) -> AsyncIterator[Venue]:
     """One emulated venue with funded followers (the test's parameter: venue, followers)."""
     exchange, names = request.param
-    emulator: EmulatorServer = {"kraken": KrakenEmulator, "binance": BinanceEmulator,
-                                "coinbase": CoinbaseEmulator}[exchange]()
+    emulator: EmulatorServer = {
+        "kraken": KrakenEmulator,
+        "binance": BinanceEmulator,
+        "coinbase": CoinbaseEmulator,
+    }[exchange]()
     await emulator.start()
     secrets: dict[str, str] = {}
     for name in names:
@@ -216,13 +257,18 @@ async def venue(request: pytest.FixtureRequest) -> AsyncIterator[Venue]:
 async def _on_venue(system: System, venue: Venue, exchange: str, names: list[str]) -> None:
     await system.fund("master", 10_000)
     config = make_config([venue.follower(n, exchange) for n in names])
-    await system.start_copier(config, exchange=exchange, secrets=venue.secrets,
-                              ctx=AdapterContext(http_timeout_s=5.0, rate_limit=False))
+    await system.start_copier(
+        config,
+        exchange=exchange,
+        secrets=venue.secrets,
+        ctx=AdapterContext(http_timeout_s=5.0, rate_limit=False),
+    )
 
 
 @pytest.mark.parametrize("venue", [("kraken", ["kim"])], indirect=True)
 async def test_amend_on_kraken_changes_the_linked_order_in_place(
-    system: System, venue: Venue,
+    system: System,
+    venue: Venue,
 ) -> None:
     await _on_venue(system, venue, "kraken", ["kim"])
     await system.wait_results(await publish(system, order_event("new")), 1)
@@ -234,14 +280,15 @@ async def test_amend_on_kraken_changes_the_linked_order_in_place(
 
     assert outcome(result) == ("submitted", "amended")
     assert [(o.order_id, o.client_order_id, o.limit_price, o.ordered) for o in now] == [
-        (first[0].order_id, linked_client_order_id("m-1", "kim", 0), Decimal("43500.0"),
-         Decimal("0.02"))]
+        (first[0].order_id, linked_client_order_id("m-1", "kim", 0), Decimal("43500.0"), Decimal("0.02"))
+    ]
     assert len(venue.orders("kim")) == 1
 
 
 @pytest.mark.parametrize("venue", [("binance", ["bea"])], indirect=True)
 async def test_amend_on_binance_replaces_the_linked_order_never_two_live(
-    system: System, venue: Venue,
+    system: System,
+    venue: Venue,
 ) -> None:
     await _on_venue(system, venue, "binance", ["bea"])
     await system.wait_results(await publish(system, order_event("new")), 1)
@@ -253,7 +300,8 @@ async def test_amend_on_binance_replaces_the_linked_order_never_two_live(
     assert outcome(result) == ("submitted", "replaced")
     assert [(o.status, o.limit_price, o.ordered) for o in orders] == [
         ("user_canceled", Decimal("44000.0"), Decimal("0.01")),
-        ("open", Decimal("43500.0"), Decimal("0.02"))]
+        ("open", Decimal("43500.0"), Decimal("0.02")),
+    ]
     assert orders[1].client_order_id == result.client_order_id != orders[0].client_order_id
 
 
@@ -268,35 +316,40 @@ async def _copied(system: System, followers: int) -> None:
 async def test_stop_loss_rests_natively_and_a_price_fall_closes_the_copied_holding(
     system: System,
 ) -> None:
-    copier = await start(system, [paper("sam", subscriptions=mirroring()),
-                                  paper("nostop", subscriptions=mirroring(stop_loss=False))],
-                         {"sam": 1_000, "nostop": 1_000})
+    copier = await start(
+        system,
+        [paper("sam", subscriptions=mirroring()), paper("nostop", subscriptions=mirroring(stop_loss=False))],
+        {"sam": 1_000, "nostop": 1_000},
+    )
     await _copied(system, 2)
-    stop = order_event("new", "stop-1", kind="stop_loss", side="sell", price=None,
-                       trigger="40000", copied_position="0.1")
+    stop = order_event(
+        "new", "stop-1", kind="stop_loss", side="sell", price=None, trigger="40000", copied_position="0.1"
+    )
 
     results = await system.wait_results(await publish(system, stop), 2)
     resting = await open_orders(system, "sam")
     await system.set_price(BTC, "39000")
     await swept_until(copier, lambda: _is(holding(system, "sam"), Decimal(0)))
-    filled = await system.results(derived("sam", f"filled:{resting[0].client_order_id}",
-                                          "stop-1"))
+    filled = await system.results(derived("sam", f"filled:{resting[0].client_order_id}", "stop-1"))
 
     assert outcome(results["sam"]) == ("submitted", "mirrored")
     assert outcome(results["nostop"]) == ("skipped", "stop_loss_off")
     assert [(o.trigger, o.trigger_price, o.ordered) for o in resting] == [
-        ("stop_loss", Decimal("40000.0"), Decimal("0.01"))]
+        ("stop_loss", Decimal("40000.0"), Decimal("0.01"))
+    ]
     assert outcome(filled["sam"]) == ("filled", "linked_order_filled")
     assert await holding(system, "nostop") == Decimal("0.01")
 
 
 @pytest.mark.parametrize("venue", [("coinbase", ["cora"])], indirect=True)
 async def test_stop_loss_without_a_native_order_is_a_recorded_skip(
-    system: System, venue: Venue,
+    system: System,
+    venue: Venue,
 ) -> None:
     await _on_venue(system, venue, "coinbase", ["cora"])
-    stop = order_event("new", "stop-1", kind="stop_loss", side="sell", price=None,
-                       trigger="40000", copied_position="0.1")
+    stop = order_event(
+        "new", "stop-1", kind="stop_loss", side="sell", price=None, trigger="40000", copied_position="0.1"
+    )
 
     result = (await system.wait_results(await publish(system, stop), 1))["cora"]
 
@@ -308,20 +361,43 @@ async def test_stop_loss_without_a_native_order_is_a_recorded_skip(
 async def test_stop_amend_on_paper_cancels_then_places_the_next_version(system: System) -> None:
     await start(system, [paper("sam", subscriptions=mirroring())], {"sam": 1_000})
     await _copied(system, 1)
-    await system.wait_results(await publish(system, order_event(
-        "new", "stop-1", kind="stop_loss", side="sell", price=None, trigger="40000",
-        copied_position="0.1")), 1)
+    await system.wait_results(
+        await publish(
+            system,
+            order_event(
+                "new",
+                "stop-1",
+                kind="stop_loss",
+                side="sell",
+                price=None,
+                trigger="40000",
+                copied_position="0.1",
+            ),
+        ),
+        1,
+    )
 
-    amended = await publish(system, order_event(
-        "amend", "stop-1", version=1, kind="stop_loss", side="sell", price=None, trigger="41000",
-        copied_position="0.1"))
+    amended = await publish(
+        system,
+        order_event(
+            "amend",
+            "stop-1",
+            version=1,
+            kind="stop_loss",
+            side="sell",
+            price=None,
+            trigger="41000",
+            copied_position="0.1",
+        ),
+    )
     result = (await system.wait_results(amended, 1))["sam"]
     stops = [o for o in await system.orders("sam") if o.trigger is not None]
 
     assert outcome(result) == ("submitted", "replaced")
     assert [(o.status, o.trigger_price, o.client_order_id) for o in stops] == [
         ("canceled", Decimal("40000.0"), linked_client_order_id("stop-1", "sam", 0)),
-        ("open", Decimal("41000.0"), linked_client_order_id("stop-1", "sam", 1))]
+        ("open", Decimal("41000.0"), linked_client_order_id("stop-1", "sam", 1)),
+    ]
 
 
 # ---- one side filled first -------------------------------------------------------------------
@@ -330,12 +406,18 @@ async def test_stop_amend_on_paper_cancels_then_places_the_next_version(system: 
 async def test_master_filled_first_chase_fills_the_follower_and_cancel_records_it(
     system: System,
 ) -> None:
-    copier = await start(system, [
-        paper("chaser", risk={"max_price_deviation_pct": "5"}, subscriptions=mirroring(
-            master_filled_first={"wait_s": 0, "then": "chase"})),
-        paper("leaver", subscriptions=mirroring(
-            master_filled_first={"wait_s": 0, "then": "cancel"}))],
-        {"chaser": 1_000, "leaver": 1_000})
+    copier = await start(
+        system,
+        [
+            paper(
+                "chaser",
+                risk={"max_price_deviation_pct": "5"},
+                subscriptions=mirroring(master_filled_first={"wait_s": 0, "then": "chase"}),
+            ),
+            paper("leaver", subscriptions=mirroring(master_filled_first={"wait_s": 0, "then": "cancel"})),
+        ],
+        {"chaser": 1_000, "leaver": 1_000},
+    )
     await system.wait_results(await publish(system, order_event("new", price="44000")), 2)
 
     fill = await publish(system, master_fill("m-1", price="44000"))
@@ -347,20 +429,28 @@ async def test_master_filled_first_chase_fills_the_follower_and_cancel_records_i
     chaser = await system.orders("chaser")
 
     assert {f: outcome(r) for f, r in carried.items()} == {
-        "chaser": ("skipped", "mirrored_order"), "leaver": ("skipped", "mirrored_order")}
+        "chaser": ("skipped", "mirrored_order"),
+        "leaver": ("skipped", "mirrored_order"),
+    }
     assert [(o.status, o.limit_price) for o in chaser] == [
-        ("canceled", Decimal("44000.0")), ("filled", Decimal("46200.0"))]
+        ("canceled", Decimal("44000.0")),
+        ("filled", Decimal("46200.0")),
+    ]
     assert (outcome(chased), chased.filled_base) == (("filled", "chased"), Decimal("0.01"))
     assert outcome(left) == ("skipped", "master_filled_first_cancelled")
     assert [o.status for o in await system.orders("leaver")] == ["canceled"]
-    assert (await holding(system, "chaser"), await holding(system, "leaver")) == (
-        Decimal("0.01"), Decimal(0))
+    assert (await holding(system, "chaser"), await holding(system, "leaver")) == (Decimal("0.01"), Decimal(0))
 
 
 async def test_follower_filled_first_then_master_cancel_keeps_or_unwinds(system: System) -> None:
-    await start(system, [paper("keeper", subscriptions=mirroring(follower_filled_first="keep")),
-                         paper("unwinder", subscriptions=mirroring(follower_filled_first="unwind"))],
-                {"keeper": 1_000, "unwinder": 1_000})
+    await start(
+        system,
+        [
+            paper("keeper", subscriptions=mirroring(follower_filled_first="keep")),
+            paper("unwinder", subscriptions=mirroring(follower_filled_first="unwind")),
+        ],
+        {"keeper": 1_000, "unwinder": 1_000},
+    )
     await system.wait_results(await publish(system, order_event("new")), 2)
     for follower in ("keeper", "unwinder"):
         linked = (await open_orders(system, follower))[0]
@@ -372,11 +462,14 @@ async def test_follower_filled_first_then_master_cancel_keeps_or_unwinds(system:
 
     assert {f: outcome(r) for f, r in results.items()} == {
         "keeper": ("filled", "follower_filled_first_kept"),
-        "unwinder": ("filled", "follower_filled_first_unwound")}
+        "unwinder": ("filled", "follower_filled_first_unwound"),
+    }
     assert await holding(system, "keeper") == Decimal("0.01")
     assert await holding(system, "unwinder") == 0
     assert [(o.side, o.status, o.amount) for o in unwinder] == [
-        ("buy", "filled", Decimal("0.01")), ("sell", "filled", Decimal("0.01"))]
+        ("buy", "filled", Decimal("0.01")),
+        ("sell", "filled", Decimal("0.01")),
+    ]
 
 
 # ---- orphans and restarts --------------------------------------------------------------------
@@ -438,25 +531,23 @@ async def test_restart_between_an_amend_and_its_follower_order_leaves_one_at_the
     copier = await start(system, [paper("rita", subscriptions=mirroring())], {"rita": 1_000})
     await _copied(system, 1)
     stop = dict(kind="stop_loss", side="sell", price=None, copied_position="0.1")
-    await system.wait_results(await publish(system, order_event(
-        "new", "stop-1", trigger="40000", **stop)), 1)  # type: ignore[arg-type]
+    await system.wait_results(await publish(system, order_event("new", "stop-1", trigger="40000", **stop)), 1)  # type: ignore[arg-type]
     venue.latency_s = 1.0  # the replacement's placement hangs at the venue
 
-    amended = await publish(system, order_event("amend", "stop-1", version=1, trigger="41000",
-                                                **stop))  # type: ignore[arg-type]
+    amended = await publish(system, order_event("amend", "stop-1", version=1, trigger="41000", **stop))  # type: ignore[arg-type]
     await eventually(lambda: _cancelled(system, "rita", linked_client_order_id("stop-1", "rita", 0)))
     await copier.copier.shutdown(grace_s=0)  # killed mid-amend: nothing finishes
     await copier.task
     venue.latency_s = 0.0
-    await system.start_copier(make_config([paper("rita", subscriptions=mirroring())]),
-                              instance="copier-2")
+    await system.start_copier(make_config([paper("rita", subscriptions=mirroring())]), instance="copier-2")
     result = (await system.wait_results(amended, 1, timeout=30))["rita"]
     stops = [o for o in await system.orders("rita") if o.trigger is not None]
 
     assert outcome(result) == ("submitted", "replaced")
     assert [(o.status, o.trigger_price, o.client_order_id) for o in stops] == [
         ("canceled", Decimal("40000.0"), linked_client_order_id("stop-1", "rita", 0)),
-        ("open", Decimal("41000.0"), linked_client_order_id("stop-1", "rita", 1))]
+        ("open", Decimal("41000.0"), linked_client_order_id("stop-1", "rita", 1)),
+    ]
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -480,5 +571,6 @@ async def _counted(system: System, signal_ids: Any) -> bool:
 
 
 async def _cancelled(system: System, follower: str, client_order_id: str) -> bool:
-    return any(o.client_order_id == client_order_id and o.status == "canceled"
-               for o in await system.orders(follower))
+    return any(
+        o.client_order_id == client_order_id and o.status == "canceled" for o in await system.orders(follower)
+    )

@@ -22,12 +22,21 @@ from tests.harness import TEST_SIGNING_SEED, config_data
 from tests.secrets_scan import register
 
 AUTH_CONF = ROOT / "deploy/k8s/base/nats/auth.conf"
-PASSWORDS = {"master": "pw-master", "copier": "pw-copier", "sizer": "pw-sizer",
-             "paper-exchange": "pw-paper", "operator": "pw-operator"}
+PASSWORDS = {
+    "master": "pw-master",
+    "copier": "pw-copier",
+    "sizer": "pw-sizer",
+    "paper-exchange": "pw-paper",
+    "operator": "pw-operator",
+}
 register(*PASSWORDS.values())
-SERVER_ENV = {"NATS_MASTER_PASSWORD": "pw-master", "NATS_COPIER_PASSWORD": "pw-copier",
-              "NATS_SIZER_PASSWORD": "pw-sizer", "NATS_PAPER_PASSWORD": "pw-paper",
-              "NATS_OPERATOR_PASSWORD": "pw-operator"}
+SERVER_ENV = {
+    "NATS_MASTER_PASSWORD": "pw-master",
+    "NATS_COPIER_PASSWORD": "pw-copier",
+    "NATS_SIZER_PASSWORD": "pw-sizer",
+    "NATS_PAPER_PASSWORD": "pw-paper",
+    "NATS_OPERATOR_PASSWORD": "pw-operator",
+}
 
 
 @pytest.fixture
@@ -44,18 +53,20 @@ def secured(tmp_path: Path) -> Iterator[LocalStack]:
     with local_stack(tmp_path, config) as stack:
         stack.write_secret("MASTER_SIGNING_KEY", TEST_SIGNING_SEED)
         stack.start_nats(server_conf, SERVER_ENV)
-        for name, module, user in (("paper", "paper", "paper-exchange"), ("sizer", "sizer", "sizer"),
-                                   ("copier", "copier", "copier"), ("master", "master", "master")):
-            stack.start(name, module, COPYTRADE_NATS_USER=user,
-                        COPYTRADE_NATS_PASSWORD_DIR=str(passwords))
+        for name, module, user in (
+            ("paper", "paper", "paper-exchange"),
+            ("sizer", "sizer", "sizer"),
+            ("copier", "copier", "copier"),
+            ("master", "master", "master"),
+        ):
+            stack.start(name, module, COPYTRADE_NATS_USER=user, COPYTRADE_NATS_PASSWORD_DIR=str(passwords))
         stack.wait_ready()
         yield stack
 
 
 async def _as(stack: LocalStack, user: str) -> Client:
     assert stack.nats is not None
-    return await nats.connect(stack.nats.url, user=user, password=PASSWORDS[user],
-                              allow_reconnect=False)
+    return await nats.connect(stack.nats.url, user=user, password=PASSWORDS[user], allow_reconnect=False)
 
 
 async def _copy_once(stack: LocalStack) -> int:
@@ -66,9 +77,9 @@ async def _copy_once(stack: LocalStack) -> int:
     await call(Fund("alice", Decimal(1_000)))
     operator = await _as(stack, "operator")
     request = TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(500), size_type="quote")
-    reply = await operator.request(bus.MASTER_TRADE_SUBJECT,
-                                   msgspec.json.Encoder(decimal_format="string").encode(request),
-                                   timeout=30)
+    reply = await operator.request(
+        bus.MASTER_TRADE_SUBJECT, msgspec.json.Encoder(decimal_format="string").encode(request), timeout=30
+    )
     assert msgspec.json.decode(reply.data, type=TradeReply).ok
     for _ in range(200):
         orders = getattr(await call(Orders("alice")), "orders", [])
@@ -94,8 +105,9 @@ async def _copier_may_publish_a_signal(stack: LocalStack) -> bool:
 async def _anonymous_may_connect(stack: LocalStack) -> bool:
     assert stack.nats is not None
     try:
-        nc = await nats.connect(stack.nats.url, allow_reconnect=False, connect_timeout=2,
-                                max_reconnect_attempts=0)
+        nc = await nats.connect(
+            stack.nats.url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0
+        )
     except Exception:
         return False
     await nc.close()

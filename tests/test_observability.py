@@ -39,8 +39,11 @@ from tests.harness import TEST_SIGNING_SEED, config_data
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
     config = tmp_path / "copytrade.yaml"
-    config.write_text(yaml.safe_dump(config_data([{"id": "alice", "exchange": "paper"},
-                                                   {"id": "dave", "exchange": "paper"}])))
+    config.write_text(
+        yaml.safe_dump(
+            config_data([{"id": "alice", "exchange": "paper"}, {"id": "dave", "exchange": "paper"}])
+        )
+    )
     with local_stack(tmp_path, config) as running:
         running.write_secret("MASTER_SIGNING_KEY", TEST_SIGNING_SEED)
         running.start_nats()
@@ -76,8 +79,9 @@ async def _one_copy(stack: LocalStack, quote: int = 500, alice_fault: str | None
     if alice_fault is not None:
         await call(InjectFault("alice", alice_fault))  # type: ignore[arg-type]
     request = TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(quote), size_type="quote")
-    reply = await nc.request(bus.MASTER_TRADE_SUBJECT,
-                             msgspec.json.Encoder(decimal_format="string").encode(request), timeout=30)
+    reply = await nc.request(
+        bus.MASTER_TRADE_SUBJECT, msgspec.json.Encoder(decimal_format="string").encode(request), timeout=30
+    )
     assert msgspec.json.decode(reply.data, type=TradeReply).ok
     await nc.close()
 
@@ -106,14 +110,25 @@ def test_every_service_answers_health_and_readiness(stack: LocalStack) -> None:
 
 def _prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "copytrade", "static_configs": [{"targets": targets}]}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [{"job_name": "copytrade", "static_configs": [{"targets": targets}]}],
+            }
+        )
+    )
     port = free_port()
     proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -145,14 +160,15 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
     try:
         _poll(lambda: _has_data(base, "count(up == 1) == 4"), 60, "every service scraped once")
         asyncio.run(_one_copy(stack))
-        for promql in ("copytrade_copy_latency_seconds_count > 0",
-                       "copytrade_signals_published_total > 0"):
+        for promql in ("copytrade_copy_latency_seconds_count > 0", "copytrade_signals_published_total > 0"):
             _poll(functools.partial(_has_data, base, promql), 60, f"the first copy scraped: {promql}")
         # counters move between scrapes, so rates have data; dave is skipped, alice fails
         asyncio.run(_one_copy(stack, quote=20, alice_fault="exchange_error"))
-        for promql in ("count_over_time(copytrade_copy_outcomes_total{outcome='failed'}[5m]) >= 2",
-                       "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
-                       "rate(copytrade_signals_published_total[5m]) > 0"):
+        for promql in (
+            "count_over_time(copytrade_copy_outcomes_total{outcome='failed'}[5m]) >= 2",
+            "count_over_time(copytrade_copy_outcomes_total{outcome='skipped'}[5m]) >= 2",
+            "rate(copytrade_signals_published_total[5m]) > 0",
+        ):
             _poll(functools.partial(_has_data, base, promql), 60, promql)
         queries = {**dashboard_queries(), **variable_queries()}
         answers = {name: _query(base, grafana_to_promql(expr)) for name, expr in queries.items()}
@@ -161,10 +177,9 @@ def test_prometheus_answers_every_dashboard_query_from_a_live_scrape(
         proc.wait(10)
 
     failed = {name: a.get("error") for name, a in answers.items() if a.get("status") != "success"}
-    with_data = {name for name, a in answers.items()
-                 if a.get("data", {}).get("result")}
+    with_data = {name for name, a in answers.items() if a.get("data", {}).get("result")}
     # the NATS row reads prometheus-nats-exporter's series: no exporter runs here, so those
     # queries must parse and run, but cannot have data
-    exporter = {name for name, expr in queries.items() if "nats_" in expr or "job=\"nats\"" in expr}
+    exporter = {name for name, expr in queries.items() if "nats_" in expr or 'job="nats"' in expr}
     assert failed == {}
     assert sorted(set(answers) - with_data - exporter) == []

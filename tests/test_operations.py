@@ -58,10 +58,10 @@ async def _start(system: System, followers: dict[str, int], **env: str) -> tuple
     config_dir = system.tmp_path / "config"
     mount(config_dir, {"copytrade.yaml": config_text(followers)})
     port = free_port()
-    system.spawn_copier(config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port),
-                        COPYTRADE_RELOAD_INTERVAL_S="0.1", **env)
-    await eventually(lambda: metric(scrape(port), "copytrade_config_last_reload_success") == 1,
-                     timeout=30)
+    system.spawn_copier(
+        config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port), COPYTRADE_RELOAD_INTERVAL_S="0.1", **env
+    )
+    await eventually(lambda: metric(scrape(port), "copytrade_config_last_reload_success") == 1, timeout=30)
     # the config loads before the group's durable exists, and a new durable delivers only
     # signals published after it: a signal sent in between is never copied
     await eventually(system.consumer_exists, timeout=30)
@@ -122,8 +122,9 @@ async def test_sigterm_mid_fan_out_leaves_one_order_per_follower(system: System)
     config_path = system.tmp_path / "copytrade.yaml"
     config_path.write_text(config_text(followers))
     system.venue.latency_s = 0.05
-    first = system.spawn_copier(config_path, instance="leaving", COPYTRADE_CONCURRENCY="4",
-                                COPYTRADE_SHUTDOWN_GRACE_S="0.2")
+    first = system.spawn_copier(
+        config_path, instance="leaving", COPYTRADE_CONCURRENCY="4", COPYTRADE_SHUTDOWN_GRACE_S="0.2"
+    )
     await eventually(system.consumer_exists, timeout=20)
     master = await system.start_master(make_config(paper_followers(followers)))
 
@@ -136,7 +137,6 @@ async def test_sigterm_mid_fan_out_leaves_one_order_per_follower(system: System)
 
     assert exit_code == 0
     assert {f: len(await system.orders(f)) for f in followers} == dict.fromkeys(followers, 1)
-
 
 
 async def _placed_at_least(system: System, followers: dict[str, int], count: int) -> bool:

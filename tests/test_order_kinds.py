@@ -24,34 +24,49 @@ from shared.exchange.venues import VENUES
 
 
 def command(**fields: Any) -> OrderCommand:
-    base: dict[str, Any] = {"client_order_id": "c1", "symbol": "BTC/USD", "side": "sell",
-                            "size": Decimal("0.01"), "size_type": "base",
-                            "reference_price": Decimal(45000)}
+    base: dict[str, Any] = {
+        "client_order_id": "c1",
+        "symbol": "BTC/USD",
+        "side": "sell",
+        "size": Decimal("0.01"),
+        "size_type": "base",
+        "reference_price": Decimal(45000),
+    }
     return OrderCommand(**base | fields)
 
 
-@pytest.mark.parametrize(("fields", "kind"), [
-    ({}, "market"),
-    ({"limit_price": Decimal(44000)}, "limit_ioc"),
-    ({"limit_price": Decimal(44000), "time_in_force": "gtc"}, "limit"),
-    ({"trigger": "stop_loss", "trigger_price": Decimal(44000)}, "stop_loss"),
-    ({"trigger": "stop_loss", "trigger_price": Decimal(44000), "limit_price": Decimal(43900)},
-     "stop_loss_limit"),
-    ({"trigger": "take_profit", "trigger_price": Decimal(46000)}, "take_profit"),
-    ({"trigger": "take_profit", "trigger_price": Decimal(46000), "limit_price": Decimal(45900)},
-     "take_profit_limit"),
-])
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({}, "market"),
+        ({"limit_price": Decimal(44000)}, "limit_ioc"),
+        ({"limit_price": Decimal(44000), "time_in_force": "gtc"}, "limit"),
+        ({"trigger": "stop_loss", "trigger_price": Decimal(44000)}, "stop_loss"),
+        (
+            {"trigger": "stop_loss", "trigger_price": Decimal(44000), "limit_price": Decimal(43900)},
+            "stop_loss_limit",
+        ),
+        ({"trigger": "take_profit", "trigger_price": Decimal(46000)}, "take_profit"),
+        (
+            {"trigger": "take_profit", "trigger_price": Decimal(46000), "limit_price": Decimal(45900)},
+            "take_profit_limit",
+        ),
+    ],
+)
 def test_kind_of_reads_the_command_fields(fields: dict[str, Any], kind: str) -> None:
     assert kind_of(command(**fields)) == kind
     assert resting_kind(command(**fields)) == (kind if kind in RESTING_KINDS else None)
 
 
-@pytest.mark.parametrize("fields", [
-    {"trigger": "stop_loss"},  # no trigger price
-    {"trigger_price": Decimal(44000)},  # no trigger
-    {"time_in_force": "gtc"},  # a resting order without a limit price
-    {"limit_price": Decimal(44000), "time_in_force": "gtc", "size_type": "quote"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"trigger": "stop_loss"},  # no trigger price
+        {"trigger_price": Decimal(44000)},  # no trigger
+        {"time_in_force": "gtc"},  # a resting order without a limit price
+        {"limit_price": Decimal(44000), "time_in_force": "gtc", "size_type": "quote"},
+    ],
+)
 def test_kind_of_contradicting_fields_is_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(InvalidOrder):
         kind_of(command(**fields))
@@ -74,7 +89,10 @@ def test_capability_table_covers_every_ccxt_venue() -> None:
 
 def test_every_venue_rests_limit_orders_and_names_only_resting_kinds() -> None:
     tables = [r.capabilities for r in ccxt_orders.RESTING.values()] + [
-        CRYPTO_CAPABILITIES, STOCK_CAPABILITIES, PAPER_CAPABILITIES]
+        CRYPTO_CAPABILITIES,
+        STOCK_CAPABILITIES,
+        PAPER_CAPABILITIES,
+    ]
 
     assert all("limit" in c.native and c.native <= RESTING_KINDS for c in tables)
 
@@ -84,4 +102,5 @@ def test_amended_client_id_is_derived_and_fits_every_venue() -> None:
 
     assert first == amended_client_id("c1", Decimal(44100), None)
     assert first != amended_client_id("c1", Decimal(44200), None)
-    assert len(first) == 32 and first.isalnum()
+    assert len(first) == 32
+    assert first.isalnum()

@@ -41,18 +41,19 @@ async def _signals(system: System) -> list[TradeSignal]:
     info = await system.js.stream_info(bus.SIGNALS_STREAM)
     if info.state.messages == 0:
         return []
-    return [msgspec.json.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"",
-                                type=TradeSignal)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        msgspec.json.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"", type=TradeSignal)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 def _totals(results: list[dict[str, CopyResult]]) -> dict[str, Decimal]:
-    return {f: sum((r[f].filled_base or Decimal(0) for r in results), Decimal(0))
-            for f in FOLLOWERS}
+    return {f: sum((r[f].filled_base or Decimal(0) for r in results), Decimal(0)) for f in FOLLOWERS}
 
 
-async def _start(system: System, master: dict[str, str] | None = None,
-                 secrets: dict[str, str] | None = None) -> None:
+async def _start(
+    system: System, master: dict[str, str] | None = None, secrets: dict[str, str] | None = None
+) -> None:
     for follower, cash in FOLLOWERS.items():
         await system.fund(follower, cash)
     config = make_config(paper_followers(FOLLOWERS), master)
@@ -66,10 +67,22 @@ async def test_paper_limit_order_filled_in_three_parts_is_copied_part_by_part(
 ) -> None:
     await system.fund("master", 100_000)
     await _start(system)
-    placed = await system.paper(PlaceResting("master", OrderCommand(
-        client_order_id="web-limit-1", symbol=BTC, side="buy", size=Decimal(1), size_type="base",
-        reference_price=Decimal(0), limit_price=PRICE)))
-    assert isinstance(placed, Ok) and placed.order is not None
+    placed = await system.paper(
+        PlaceResting(
+            "master",
+            OrderCommand(
+                client_order_id="web-limit-1",
+                symbol=BTC,
+                side="buy",
+                size=Decimal(1),
+                size_type="base",
+                reference_price=Decimal(0),
+                limit_price=PRICE,
+            ),
+        )
+    )
+    assert isinstance(placed, Ok)
+    assert placed.order is not None
     order_id = placed.order.order_id
 
     polls = []
@@ -85,8 +98,10 @@ async def test_paper_limit_order_filled_in_three_parts_is_copied_part_by_part(
 
     assert polls == [1, 1, 1, 0]
     assert [(s.order_id, s.filled_base, s.copied_position_before) for s in signals] == [
-        (order_id, PARTS[0], 0), (order_id, PARTS[1], PARTS[0]),
-        (order_id, PARTS[2], PARTS[0] + PARTS[1])]
+        (order_id, PARTS[0], 0),
+        (order_id, PARTS[1], PARTS[0]),
+        (order_id, PARTS[2], PARTS[0] + PARTS[1]),
+    ]
     assert len({s.fill_id for s in signals} - {""}) == 3
     assert [results[i]["alice"].filled_base for i in range(3)] == [p / 10 for p in PARTS]
     assert _totals(results) == {"alice": Decimal("0.1"), "bob": Decimal("0.025")}
@@ -106,7 +121,8 @@ async def kraken() -> AsyncIterator[KrakenEmulator]:
 
 
 async def test_kraken_master_limit_order_filled_in_three_parts_is_copied_part_by_part(
-    system: System, kraken: KrakenEmulator,
+    system: System,
+    kraken: KrakenEmulator,
 ) -> None:
     account = kraken.state.add_account(MASTER_KEY, MASTER_SECRET, {"USD": Decimal(100_000)})
     master = {"id": "master", "exchange": "kraken", "base_url": kraken.url}
@@ -126,16 +142,22 @@ async def test_kraken_master_limit_order_filled_in_three_parts_is_copied_part_by
 
     assert polls == [1, 1, 1, 0]
     assert [(s.order_id, s.filled_base, s.copied_position_before) for s in signals] == [
-        (order_id, PARTS[0], 0), (order_id, PARTS[1], PARTS[0]),
-        (order_id, PARTS[2], PARTS[0] + PARTS[1])]
+        (order_id, PARTS[0], 0),
+        (order_id, PARTS[1], PARTS[0]),
+        (order_id, PARTS[2], PARTS[0] + PARTS[1]),
+    ]
     assert _totals(results) == {"alice": Decimal("0.1"), "bob": Decimal("0.025")}
 
 
 # ---- every venue's fills endpoint, through its real client ------------------------------------
 
 EMULATORS: dict[str, type[EmulatorServer]] = {
-    "kraken": KrakenEmulator, "coinbase": CoinbaseEmulator, "binance": BinanceEmulator,
-    "okx": OkxEmulator, "alpaca": AlpacaEmulator}
+    "kraken": KrakenEmulator,
+    "coinbase": CoinbaseEmulator,
+    "binance": BinanceEmulator,
+    "okx": OkxEmulator,
+    "alpaca": AlpacaEmulator,
+}
 
 
 @pytest.mark.parametrize("venue", list(EMULATORS))
@@ -145,11 +167,18 @@ async def test_order_filled_in_three_parts_reads_as_three_fills_on_every_venue(v
     register(secret, *filter(None, [passphrase]))
     ctx = AdapterContext(http_timeout_s=5.0, rate_limit=False)
     async with EMULATORS[venue]() as emulator:
-        holder = emulator.state.add_account(MASTER_KEY, secret, {"USD": Decimal(100_000)},
-                                            passphrase=passphrase)
-        account = build_account(AccountConfig(id="master", exchange=venue,  # type: ignore[arg-type]
-                                              base_url=emulator.url),
-                                Credentials(MASTER_KEY, secret, passphrase), ctx)
+        holder = emulator.state.add_account(
+            MASTER_KEY, secret, {"USD": Decimal(100_000)}, passphrase=passphrase
+        )
+        account = build_account(
+            AccountConfig(
+                id="master",
+                exchange=venue,  # type: ignore[arg-type]
+                base_url=emulator.url,
+            ),
+            Credentials(MASTER_KEY, secret, passphrase),
+            ctx,
+        )
         before = time.time() - 1
         for part in PARTS:
             emulator.state.fill_part(holder, "7001", BTC, "buy", part, PRICE)
@@ -161,5 +190,6 @@ async def test_order_filled_in_three_parts_reads_as_three_fills_on_every_venue(v
 
     # parts booked within one millisecond may come back in any order
     assert sorted((f.amount, f.price, f.side, f.symbol) for f in fills) == sorted(
-        (part, PRICE, "buy", BTC) for part in PARTS)
+        (part, PRICE, "buy", BTC) for part in PARTS
+    )
     assert len({f.order_id for f in fills}) == 1

@@ -26,11 +26,17 @@ async def test_master_buy_copies_guide_sizes_to_each_follower(system: System) ->
     second_results = await system.wait_results(second.signal_id, 4)
 
     assert {f: r.notional for f, r in first_results.items()} == {
-        "alice": Decimal("50.00"), "bob": Decimal("250.00"), "carol": Decimal("2500.00"),
-        "dave": Decimal("5.00")}
+        "alice": Decimal("50.00"),
+        "bob": Decimal("250.00"),
+        "carol": Decimal("2500.00"),
+        "dave": Decimal("5.00"),
+    }
     assert {f: r.outcome for f, r in first_results.items()} == dict.fromkeys(GUIDE_FOLLOWERS, "filled")
     assert {f: r.notional for f, r in second_results.items() if r.outcome == "filled"} == {
-        "alice": Decimal("2.00"), "bob": Decimal("10.00"), "carol": Decimal("100.00")}
+        "alice": Decimal("2.00"),
+        "bob": Decimal("10.00"),
+        "carol": Decimal("100.00"),
+    }
     assert second_results["dave"].outcome == "skipped"
     assert second_results["dave"].reason == "Position too small: $0.20 < $1.00 minimum"
     assert [len(await system.orders(f)) for f in GUIDE_FOLLOWERS] == [2, 2, 2, 1]
@@ -51,5 +57,6 @@ async def test_master_partial_sell_sells_same_fraction_of_each_follower_holding(
     results = await system.wait_results(sell.signal_id, 4)
 
     assert {f: r.size for f, r in results.items()} == {
-        f: (h / 2).quantize(Decimal("0.00000001"), rounding="ROUND_DOWN") for f, h in held.items()}
+        f: (h / 2).quantize(Decimal("0.00000001"), rounding="ROUND_DOWN") for f, h in held.items()
+    }
     assert all(r.side == "sell" and r.outcome == "filled" for r in results.values())

@@ -23,11 +23,10 @@ async def _drifted(system: System) -> CopierHandle:
     return copier
 
 
-@pytest.mark.parametrize(("state", "refusal"), [
-    ("paused", "paused"), ("close_only", "close_only"), ("dry_run", "dry_run")])
-async def test_heal_is_refused_by_the_followers_state(
-    system: System, state: str, refusal: str
-) -> None:
+@pytest.mark.parametrize(
+    ("state", "refusal"), [("paused", "paused"), ("close_only", "close_only"), ("dry_run", "dry_run")]
+)
+async def test_heal_is_refused_by_the_followers_state(system: System, state: str, refusal: str) -> None:
     copier = await _drifted(system)
     await set_state(system.control, "meddled", state, "test")  # type: ignore[arg-type]
     await eventually(lambda: copier.copier.executor.policy.state(copier.book.all()[0]) == state)

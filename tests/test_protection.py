@@ -28,23 +28,34 @@ async def _system(system: System, followers: dict[str, int], **follower_settings
 
 
 async def _publish(system: System, signal: TradeSignal) -> None:
-    await system.js.publish(bus.signal_subject("master"), ENCODER.encode(signal),
-                            headers={"Nats-Msg-Id": uuid.uuid4().hex})  # past JetStream's dedupe
+    await system.js.publish(
+        bus.signal_subject("master"), ENCODER.encode(signal), headers={"Nats-Msg-Id": uuid.uuid4().hex}
+    )  # past JetStream's dedupe
 
 
 def _signal(order_id: str = "outside-1", quote: str = "500") -> TradeSignal:
     """A master buy as the fill watcher publishes it for a trade made outside copytrade."""
     return TradeSignal(
-        signal_id=signal_id_for("paper", order_id), master_id="master", exchange="paper",
-        symbol="BTC/USD", side="buy", price=Decimal(45000), size=Decimal(quote),
-        size_type="quote", filled_base=Decimal(quote) / 45000, order_id=order_id,
-        master_equity=Decimal(10_000), master_position_before=Decimal(0),
-        executed_at=time.time())
+        signal_id=signal_id_for("paper", order_id),
+        master_id="master",
+        exchange="paper",
+        symbol="BTC/USD",
+        side="buy",
+        price=Decimal(45000),
+        size=Decimal(quote),
+        size_type="quote",
+        filled_base=Decimal(quote) / 45000,
+        order_id=order_id,
+        master_equity=Decimal(10_000),
+        master_position_before=Decimal(0),
+        executed_at=time.time(),
+    )
 
 
 async def _rejections(system: System, count: int) -> list[str]:
     async def enough() -> bool:
         return len([r for r in await system.audit() if isinstance(r, SignalRejected)]) >= count
+
     await eventually(enough)
     return [r.reason_code for r in await system.audit() if isinstance(r, SignalRejected)]
 
@@ -56,13 +67,18 @@ async def test_forged_unsigned_tampered_and_replayed_signals_place_no_orders(sys
     await system.wait_results(genuine.signal_id, 1)
     original = genuine.signal
     forger = SignalSigner(new_signing_key()[0])
-    fresh = msgspec.structs.replace(original, order_id="forged-1", signature="",
-                                    signal_id=signal_id_for(original.exchange, "forged-1"))
+    fresh = msgspec.structs.replace(
+        original, order_id="forged-1", signature="", signal_id=signal_id_for(original.exchange, "forged-1")
+    )
 
     await _publish(system, forger.sign(fresh))  # forged: another key
     await _publish(system, fresh)  # unsigned
-    await _publish(system, msgspec.structs.replace(  # tampered: signed, then resized
-        SignalSigner(TEST_SIGNING_SEED).sign(fresh), size=Decimal("5000")))
+    await _publish(
+        system,
+        msgspec.structs.replace(  # tampered: signed, then resized
+            SignalSigner(TEST_SIGNING_SEED).sign(fresh), size=Decimal("5000")
+        ),
+    )
     await _publish(system, original)  # replayed: already executed
     reasons = await _rejections(system, 4)
 
@@ -97,8 +113,11 @@ async def test_follower_states_pause_close_only_and_dry_run(system: System) -> N
     results = await system.wait_results(buy.signal_id, 4)
 
     assert {f: (r.outcome, r.reason_code) for f, r in results.items()} == {
-        "paused": ("skipped", "paused"), "closer": ("skipped", "close_only"),
-        "dry": ("dry_run", "dry_run"), "active": ("filled", "none")}
+        "paused": ("skipped", "paused"),
+        "closer": ("skipped", "close_only"),
+        "dry": ("dry_run", "dry_run"),
+        "active": ("filled", "none"),
+    }
     assert results["dry"].size == Decimal("50.00")
     assert [len(await system.orders(f)) for f in followers] == [0, 0, 0, 1]
 
@@ -135,8 +154,7 @@ async def test_kill_switch_stops_new_orders_on_every_replica(system: System) -> 
 
 
 async def test_position_cap_limits_buys_but_never_sells(system: System) -> None:
-    _, master = await _system(system, {"capped": 50_000},
-                              risk={"max_position_notional": "3000"})
+    _, master = await _system(system, {"capped": 50_000}, risk={"max_position_notional": "3000"})
     first = await master.trade(trade(quote="500"))  # wants $2,500: fits
     second = await master.trade(trade(quote="500"))  # wants $2,500: only $500 of room left
     third = await master.trade(trade(quote="500"))  # no room
@@ -153,33 +171,41 @@ async def test_position_cap_limits_buys_but_never_sells(system: System) -> None:
 async def test_denied_symbol_is_skipped_for_that_follower_only(system: System) -> None:
     await system.fund("master", 10_000)
     await system.fund_all({"picky": 1_000, "open": 1_000})
-    config = make_config([
-        {"id": "picky", "exchange": "paper", "risk": {"deny_symbols": ["BTC/USD"]}},
-        {"id": "open", "exchange": "paper"}])
+    config = make_config(
+        [
+            {"id": "picky", "exchange": "paper", "risk": {"deny_symbols": ["BTC/USD"]}},
+            {"id": "open", "exchange": "paper"},
+        ]
+    )
     await system.start_copier(config)
     master = await system.start_master(config)
 
     reply = await master.trade(trade(quote="500"))
     results = await system.wait_results(reply.signal_id, 2)
 
-    assert {f: r.reason_code for f, r in results.items()} == {
-        "picky": "symbol_not_allowed", "open": "none"}
-
+    assert {f: r.reason_code for f, r in results.items()} == {"picky": "symbol_not_allowed", "open": "none"}
 
 
 async def test_slippage_beyond_tolerance_skips_the_guarded_follower(system: System) -> None:
     await system.fund("master", 10_000)
     await system.fund_all({"guarded": 1_000, "unguarded": 1_000})
-    config = make_config([
-        {"id": "guarded", "exchange": "paper", "risk": {"max_price_deviation_pct": "2"}},
-        {"id": "unguarded", "exchange": "paper"}])
+    config = make_config(
+        [
+            {"id": "guarded", "exchange": "paper", "risk": {"max_price_deviation_pct": "2"}},
+            {"id": "unguarded", "exchange": "paper"},
+        ]
+    )
     await system.start_copier(config)
     master = await system.start_master(config)
     reply = await master.trade(trade(quote="500"))  # filled at $45,000
     await system.wait_results(reply.signal_id, 2)
     assert reply.signal is not None
-    moved = msgspec.structs.replace(reply.signal, order_id="moved-1", signature="",
-                                    signal_id=signal_id_for(reply.signal.exchange, "moved-1"))
+    moved = msgspec.structs.replace(
+        reply.signal,
+        order_id="moved-1",
+        signature="",
+        signal_id=signal_id_for(reply.signal.exchange, "moved-1"),
+    )
 
     await system.set_price("BTC/USD", "50000")  # the market ran 11% while the signal travelled
     await _publish(system, SignalSigner(TEST_SIGNING_SEED).sign(moved))
@@ -194,15 +220,26 @@ async def test_slippage_limit_mode_fills_within_tolerance_and_expires_beyond_it(
 ) -> None:
     await system.fund("master", 10_000)
     await system.fund_all({"limited": 1_000})
-    config = make_config([{"id": "limited", "exchange": "paper", "risk": {
-        "max_price_deviation_pct": "2", "slippage_action": "limit"}}])
+    config = make_config(
+        [
+            {
+                "id": "limited",
+                "exchange": "paper",
+                "risk": {"max_price_deviation_pct": "2", "slippage_action": "limit"},
+            }
+        ]
+    )
     await system.start_copier(config)
     master = await system.start_master(config)
     first = await master.trade(trade(quote="500"))  # filled at $45,000: the limit is $45,900
     await system.wait_results(first.signal_id, 1)
     assert first.signal is not None
-    moved = msgspec.structs.replace(first.signal, order_id="moved-1", signature="",
-                                    signal_id=signal_id_for(first.signal.exchange, "moved-1"))
+    moved = msgspec.structs.replace(
+        first.signal,
+        order_id="moved-1",
+        signature="",
+        signal_id=signal_id_for(first.signal.exchange, "moved-1"),
+    )
 
     await system.set_price("BTC/USD", "46000")  # 2.2% above the master's fill
     await _publish(system, SignalSigner(TEST_SIGNING_SEED).sign(moved))
@@ -210,7 +247,10 @@ async def test_slippage_limit_mode_fills_within_tolerance_and_expires_beyond_it(
     orders = await system.orders("limited")
 
     assert [(o.status, o.limit_price) for o in orders] == [
-        ("filled", Decimal("45900.0")), ("expired", Decimal("45900.0"))]
-    assert orders[0].amount == Decimal("0.00111111") and orders[1].amount == 0
+        ("filled", Decimal("45900.0")),
+        ("expired", Decimal("45900.0")),
+    ]
+    assert orders[0].amount == Decimal("0.00111111")
+    assert orders[1].amount == 0
     assert (second.outcome, second.reason_code) == ("skipped", "limit_not_filled")
     assert second.exchange_order_id == orders[1].order_id

@@ -11,8 +11,7 @@ from tests.harness import ROOT
 
 
 def test_readme_lists_every_setting_of_every_service() -> None:
-    fields = {f.name for kind in (OperatorSettings, MasterSettings)
-              for f in msgspec.structs.fields(kind)}
+    fields = {f.name for kind in (OperatorSettings, MasterSettings) for f in msgspec.structs.fields(kind)}
     text = (ROOT / "README.md").read_text()
     listed = {m.lower() for m in re.findall(r"`COPYTRADE_([A-Z_]+)`", text)}
 

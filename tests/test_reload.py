@@ -73,8 +73,9 @@ async def test_bad_files_are_rejected_whole_and_the_next_good_file_applies(syste
     config_dir = system.tmp_path / "config"
     mount(config_dir, {"copytrade.yaml": config_bytes(["alice"])})
     port = free_port()
-    system.spawn_copier(config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port),
-                        COPYTRADE_RELOAD_INTERVAL_S="0.1")
+    system.spawn_copier(
+        config_dir / "copytrade.yaml", COPYTRADE_HTTP_PORT=str(port), COPYTRADE_RELOAD_INTERVAL_S="0.1"
+    )
     await eventually(lambda: _success(port) == 1, timeout=30)
     await eventually(system.consumer_exists, timeout=30)
     master = await system.start_master(make_config(paper_followers({"alice": 1_000})))
@@ -106,10 +107,15 @@ async def test_short_public_key_keeps_previous_followers_and_verifier(tmp_path: 
     config.write_bytes(config_bytes(["alice"]))
     registry = CollectorRegistry()
     metrics = CopierMetrics(registry, "paper")
-    book = FollowerBook("paper", SecretSource(None, {}),
-                        AdapterContext(paper_transport=PaperVenue().handle))
-    reloader = ConfigReloader(config_path=str(config), secrets_dir=str(tmp_path / "none"),
-                              book=book, metrics=metrics, redactor=RedactSecrets(), interval_s=1)
+    book = FollowerBook("paper", SecretSource(None, {}), AdapterContext(paper_transport=PaperVenue().handle))
+    reloader = ConfigReloader(
+        config_path=str(config),
+        secrets_dir=str(tmp_path / "none"),
+        book=book,
+        metrics=metrics,
+        redactor=RedactSecrets(),
+        interval_s=1,
+    )
     first = reloader.load()
     verifier = book.verifier
 
@@ -191,18 +197,30 @@ async def test_non_utf8_secret_is_rejected_and_previous_followers_stay(tmp_path:
     config, secrets = tmp_path / "copytrade.yaml", tmp_path / "secrets"
     follower = {"id": "erin", "exchange": "alpaca", "base_url": "http://127.0.0.1:9"}
     config.write_text(yaml.safe_dump(config_data([follower])))
-    mount(secrets, {"ALPACA_USER_ERIN_API_KEY": KEYS[0].encode(),
-                    "ALPACA_USER_ERIN_API_SECRET": SECRETS[0].encode()})
+    mount(
+        secrets,
+        {"ALPACA_USER_ERIN_API_KEY": KEYS[0].encode(), "ALPACA_USER_ERIN_API_SECRET": SECRETS[0].encode()},
+    )
     registry = CollectorRegistry()
     book = FollowerBook("alpaca", SecretSource(secrets, {}), AdapterContext())
-    reloader = ConfigReloader(config_path=str(config), secrets_dir=str(secrets), book=book,
-                              metrics=CopierMetrics(registry, "alpaca"), redactor=RedactSecrets(),
-                              interval_s=1)
+    reloader = ConfigReloader(
+        config_path=str(config),
+        secrets_dir=str(secrets),
+        book=book,
+        metrics=CopierMetrics(registry, "alpaca"),
+        redactor=RedactSecrets(),
+        interval_s=1,
+    )
     first = reloader.load()
     erin = book.all()[0]
 
-    mount(secrets, {"ALPACA_USER_ERIN_API_KEY": b"\xff" + KEYS[1].encode(),
-                    "ALPACA_USER_ERIN_API_SECRET": SECRETS[1].encode()})
+    mount(
+        secrets,
+        {
+            "ALPACA_USER_ERIN_API_KEY": b"\xff" + KEYS[1].encode(),
+            "ALPACA_USER_ERIN_API_SECRET": SECRETS[1].encode(),
+        },
+    )
     second = reloader.load()
 
     assert (first, second) == (True, False)

@@ -15,8 +15,13 @@ register(PLANTED)
 
 
 async def test_secret_planted_in_a_result_fails_the_scan(system: System) -> None:
-    result = CopyResult(signal_id="s" * 32, follower_id="f1", exchange="paper", outcome="failed",
-                        reason=f"AuthError: key {PLANTED} refused")
+    result = CopyResult(
+        signal_id="s" * 32,
+        follower_id="f1",
+        exchange="paper",
+        outcome="failed",
+        reason=f"AuthError: key {PLANTED} refused",
+    )
     await system.js.publish(bus.result_subject("paper", "f1"), msgspec.json.encode(result))
 
     with pytest.raises(AssertionError, match="leaked into results"):

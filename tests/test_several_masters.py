@@ -16,17 +16,24 @@ from tests.harness import System, config_data, trade
 
 
 def _config(**follower: object) -> object:
-    data = config_data([{"id": "tania", "exchange": "paper", **follower},
-                        {"id": "solo", "exchange": "paper",
-                         "subscriptions": [{"master": "beta"}]}])
+    data = config_data(
+        [
+            {"id": "tania", "exchange": "paper", **follower},
+            {"id": "solo", "exchange": "paper", "subscriptions": [{"master": "beta"}]},
+        ]
+    )
     del data["master"]
     data["masters"] = [{"id": "alpha", "exchange": "paper"}, {"id": "beta", "exchange": "paper"}]
     return parse_config(yaml.safe_dump(data))
 
 
 async def test_one_masters_exit_sells_only_its_share(system: System) -> None:
-    config = _config(subscriptions=[
-        {"master": "alpha"}, {"master": "beta", "sizing": {"mode": "multiplier", "multiplier": "0.5"}}])
+    config = _config(
+        subscriptions=[
+            {"master": "alpha"},
+            {"master": "beta", "sizing": {"mode": "multiplier", "multiplier": "0.5"}},
+        ]
+    )
     for account, cash in {"alpha": 10_000, "beta": 10_000, "tania": 1_000, "solo": 1_000}.items():
         await system.fund(account, cash)
     await system.start_copier(config)  # type: ignore[arg-type]
@@ -40,10 +47,10 @@ async def test_one_masters_exit_sells_only_its_share(system: System) -> None:
     b_results = await system.wait_results(b_buy.signal_id, 2)
     a_exit = await alpha.trade(trade(side="sell", base="0.02"))
     exit_results = await system.wait_results(a_exit.signal_id, 1)
-    holdings = {m: (await ledger.read(holding_key("tania", m, "BTC/USD"))).amount
-                for m in ("alpha", "beta")}
+    holdings = {m: (await ledger.read(holding_key("tania", m, "BTC/USD"))).amount for m in ("alpha", "beta")}
 
-    assert set(a_results) == {"tania"} and set(exit_results) == {"tania"}  # solo: beta only
+    assert set(a_results) == {"tania"}
+    assert set(exit_results) == {"tania"}
     assert set(b_results) == {"tania", "solo"}
     assert b_results["tania"].size == Decimal("0.01000000")  # 0.5 × beta's 0.02
     assert exit_results["tania"].size == a_results["tania"].filled_base  # alpha's share, all
@@ -51,12 +58,15 @@ async def test_one_masters_exit_sells_only_its_share(system: System) -> None:
     assert exit_results["tania"].master_id == "alpha"
 
 
-@pytest.mark.parametrize(("follower", "message"), [
-    ({}, "subscriptions: required with several masters"),
-    ({"subscriptions": [{"master": "gamma"}]}, "`gamma` is not a configured master"),
-    ({"subscriptions": [{"master": "alpha"}, {"master": "alpha"}]}, "a master is listed twice"),
-    ({"id": "alpha", "subscriptions": [{"master": "beta"}]}, "is a master's id"),
-])
+@pytest.mark.parametrize(
+    ("follower", "message"),
+    [
+        ({}, "subscriptions: required with several masters"),
+        ({"subscriptions": [{"master": "gamma"}]}, "`gamma` is not a configured master"),
+        ({"subscriptions": [{"master": "alpha"}, {"master": "alpha"}]}, "a master is listed twice"),
+        ({"id": "alpha", "subscriptions": [{"master": "beta"}]}, "is a master's id"),
+    ],
+)
 def test_subscription_mistakes_are_refused_naming_the_field(
     follower: dict[str, object], message: str
 ) -> None:

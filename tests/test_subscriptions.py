@@ -25,9 +25,16 @@ async def test_copy_open_buys_the_masters_copied_position_once(system: System) -
     master = await system.start_master(before)
     buy = await master.trade(trade(base="0.02"))
     await system.wait_results(buy.signal_id, 1)
-    after = make_config([{"id": "early", "exchange": "paper"}, {
-        "id": "late", "exchange": "paper",
-        "subscriptions": [{"master": "master", "on_subscribe": "copy_open"}]}])
+    after = make_config(
+        [
+            {"id": "early", "exchange": "paper"},
+            {
+                "id": "late",
+                "exchange": "paper",
+                "subscriptions": [{"master": "master", "on_subscribe": "copy_open"}],
+            },
+        ]
+    )
 
     copier.book.apply(after)  # what a reload does
     await eventually(lambda: bool(copier.book.generation) and len(copier.book.all()) == 2)
@@ -35,7 +42,8 @@ async def test_copy_open_buys_the_masters_copied_position_once(system: System) -
     await eventually(lambda: _orders(system, "late", 1), timeout=10)
     await copier.copier.subscriptions.sync()  # again: nothing more to open
     holding = await Ledger(await system.js.key_value(bus.LEDGER_BUCKET)).read(
-        holding_key("late", "master", "BTC/USD"))
+        holding_key("late", "master", "BTC/USD")
+    )
 
     assert len(await system.orders("late")) == 1
     assert holding.amount == Decimal("0.00400000")  # 0.02 × 2,000 / 10,000
@@ -47,9 +55,21 @@ async def test_unsubscribe_close_sells_the_copied_holding_and_keeps_own_coins(
 ) -> None:
     await system.fund("master", 10_000)
     await system.fund("tania", 1_000, {"BTC": Decimal(1)})
-    config = make_config([{"id": "tania", "exchange": "paper", "subscriptions": [
-        {"master": "master", "on_unsubscribe": "close",
-         "sizing": {"mode": "multiplier", "multiplier": "0.1"}}]}])
+    config = make_config(
+        [
+            {
+                "id": "tania",
+                "exchange": "paper",
+                "subscriptions": [
+                    {
+                        "master": "master",
+                        "on_unsubscribe": "close",
+                        "sizing": {"mode": "multiplier", "multiplier": "0.1"},
+                    }
+                ],
+            }
+        ]
+    )
     copier = await system.start_copier(config)
     master = await system.start_master(config)
     await copier.copier.subscriptions.sync()

@@ -32,14 +32,16 @@ def adapter_context(settings: CopierSettings, nc: object) -> AdapterContext:
         # here, so a copier of real venues never loads it
         from services.paper.venue import PaperVenue
 
-        venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000,
-                           seed_cash=settings.paper_seed_cash)
+        venue = PaperVenue(latency_s=settings.paper_latency_ms / 1000, seed_cash=settings.paper_seed_cash)
         transport: Transport = venue.handle
     else:
         transport = nats_transport(nc)
-    return AdapterContext(paper_transport=transport, http_timeout_s=_http_timeout(settings),
-                          rate_limit=settings.exchange_rate_limit,
-                          alpaca_threads=settings.concurrency)  # as many Alpaca calls as orders
+    return AdapterContext(
+        paper_transport=transport,
+        http_timeout_s=_http_timeout(settings),
+        rate_limit=settings.exchange_rate_limit,
+        alpaca_threads=settings.concurrency,
+    )  # as many Alpaca calls as orders
 
 
 def _http_timeout(settings: CopierSettings) -> float:
@@ -52,9 +54,14 @@ async def run(settings: CopierSettings) -> None:
         secrets = SecretSource(settings.secrets_dir)
         metrics = CopierMetrics(rt.registry, settings.group)
         book = FollowerBook(settings.group, secrets, adapter_context(settings, rt.nc))
-        reloader = ConfigReloader(config_path=settings.config, secrets_dir=settings.secrets_dir,
-                                  book=book, metrics=metrics, redactor=rt.redactor,
-                                  interval_s=settings.reload_interval_s)
+        reloader = ConfigReloader(
+            config_path=settings.config,
+            secrets_dir=settings.secrets_dir,
+            book=book,
+            metrics=metrics,
+            redactor=rt.redactor,
+            interval_s=settings.reload_interval_s,
+        )
         if not reloader.load():  # a bad config at start-up stops the process, loudly
             raise SystemExit(f"invalid config {settings.config}: see the log")
         # readiness waits for markets and sessions; a spread group's replicas each serve only
@@ -64,24 +71,44 @@ async def run(settings: CopierSettings) -> None:
             log.warning("event=followers_not_connected followers=%s", ",".join(failed))
         buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
         claims = buckets.claims
-        await bus.ensure_consumer(rt.js, settings.group, ack_wait_s=settings.ack_wait_s,
-                                  max_deliver=settings.max_deliver)
+        await bus.ensure_consumer(
+            rt.js, settings.group, ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver
+        )
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
         background = [watched(control.watch(), "control-watch")]
         policy = Policy(control, metrics)
         ledger = Ledger(buckets.ledger)
         reconciler = Reconciler(
-            book=book, metrics=metrics, group=settings.group, policy=policy, ledger=ledger,
-            holdings=Holdings(ledger), control=control.kv, claims=claims, signals=rt.js,
+            book=book,
+            metrics=metrics,
+            group=settings.group,
+            policy=policy,
+            ledger=ledger,
+            holdings=Holdings(ledger),
+            control=control.kv,
+            claims=claims,
+            signals=rt.js,
             settle_s=2 * settings.ack_wait_s,
-            threshold=settings.reconcile_threshold, heal=settings.reconcile_heal,
-            order_timeout_s=settings.order_timeout_s)
-        copier = Copier(nc=rt.nc, js=rt.js, claims=claims, book=book, metrics=metrics,
-                        settings=settings, instance=rt.instance, control=control,
-                        policy=policy, ledger=ledger, fills=buckets.fills,
-                        reconciler=reconciler,
-                        work_metrics=WorkMetrics(rt.registry, settings.group),
-                        mirror_registry=rt.registry)
+            threshold=settings.reconcile_threshold,
+            heal=settings.reconcile_heal,
+            order_timeout_s=settings.order_timeout_s,
+        )
+        copier = Copier(
+            nc=rt.nc,
+            js=rt.js,
+            claims=claims,
+            book=book,
+            metrics=metrics,
+            settings=settings,
+            instance=rt.instance,
+            control=control,
+            policy=policy,
+            ledger=ledger,
+            fills=buckets.fills,
+            reconciler=reconciler,
+            work_metrics=WorkMetrics(rt.registry, settings.group),
+            mirror_registry=rt.registry,
+        )
         worker = asyncio.create_task(copier.run())
         if settings.reconcile_interval_s:
             background.append(watched(reconciler.run(settings.reconcile_interval_s), "reconcile"))

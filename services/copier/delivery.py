@@ -37,7 +37,11 @@ class Delivery:
         self._encoder = msgspec.json.Encoder(decimal_format="string")
 
     async def settle(
-        self, msg: Msg, signal_id: str, work: Coroutine[Any, Any, None], *,
+        self,
+        msg: Msg,
+        signal_id: str,
+        work: Coroutine[Any, Any, None],
+        *,
         shard: int | None = None,
     ) -> bool:
         """Run `work` under `msg`: ack when it returns; True if it did (else retried/handed back)."""
@@ -64,8 +68,9 @@ class Delivery:
             return True
         except bus.TRANSIENT as exc:
             self._metrics.signal_retries.inc()
-            log.error("event=ack_failed signal_id=%s%s error=%s", signal_id, _shard(shard),
-                      type(exc).__name__)
+            log.error(
+                "event=ack_failed signal_id=%s%s error=%s", signal_id, _shard(shard), type(exc).__name__
+            )
             await self.hand_back(msg, HAND_BACK_S)
             return False
 
@@ -79,9 +84,13 @@ class Delivery:
             raise
         except Exception as exc:  # the last stop: whatever it is, it is seen and retried
             self._metrics.signal_retries.inc()
-            log.error("event=message_failed subject=%s deliveries=%d error=%s", msg.subject,
-                      msg.metadata.num_delivered, f"{type(exc).__name__}: {exc}"[:300],
-                      exc_info=not bus.transient(exc))
+            log.error(
+                "event=message_failed subject=%s deliveries=%d error=%s",
+                msg.subject,
+                msg.metadata.num_delivered,
+                f"{type(exc).__name__}: {exc}"[:300],
+                exc_info=not bus.transient(exc),
+            )
             await self.hand_back(msg, HAND_BACK_S)
 
     async def hand_back(self, msg: Msg, delay_s: float | None = None) -> None:
@@ -99,39 +108,63 @@ class Delivery:
         deliveries = msg.metadata.num_delivered
         error = f"{type(exc).__name__}: {exc}"[:500]
         if deliveries < self._settings.max_deliver:
-            delay = min(30.0, 0.5 * 2 ** deliveries)
-            log.warning("event=signal_retry signal_id=%s%s deliveries=%d error=%s",
-                        signal_id, _shard(shard), deliveries, error)
+            delay = min(30.0, 0.5 * 2**deliveries)
+            log.warning(
+                "event=signal_retry signal_id=%s%s deliveries=%d error=%s",
+                signal_id,
+                _shard(shard),
+                deliveries,
+                error,
+            )
             await self.hand_back(msg, delay)
             return
-        record = DeadLetter(exchange=self._group, signal_id=signal_id, deliveries=deliveries,
-                            error=error, at=time.time(), shard=shard)
+        record = DeadLetter(
+            exchange=self._group,
+            signal_id=signal_id,
+            deliveries=deliveries,
+            error=error,
+            at=time.time(),
+            shard=shard,
+        )
         try:
-            await self._store(bus.deadletter_subject(self._group), self._encoder.encode(record),
-                              f"dead:{signal_id}:{deliveries}{_shard(shard)}")
+            await self._store(
+                bus.deadletter_subject(self._group),
+                self._encoder.encode(record),
+                f"dead:{signal_id}:{deliveries}{_shard(shard)}",
+            )
         except bus.TRANSIENT as exc:  # not recorded: keep the message rather than lose it
-            log.error("event=dead_letter_failed signal_id=%s%s error=%s", signal_id,
-                      _shard(shard), type(exc).__name__)
+            log.error(
+                "event=dead_letter_failed signal_id=%s%s error=%s",
+                signal_id,
+                _shard(shard),
+                type(exc).__name__,
+            )
             await self.hand_back(msg, delay_s=30.0)
             return
         self._metrics.dead_lettered.inc()
-        log.error("event=signal_dead_lettered signal_id=%s%s error=%s", signal_id, _shard(shard),
-                  error)
+        log.error("event=signal_dead_lettered signal_id=%s%s error=%s", signal_id, _shard(shard), error)
         await bus.retry(f"terminate {signal_id}", msg.term)
 
     async def reject(self, data: bytes, reason_code: str, reason: str) -> None:
         """Record bytes that will never be executed, and why (they are then terminated)."""
         self._metrics.signals_rejected.labels(self._group, reason_code).inc()
-        record = SignalRejected(exchange=self._group, reason_code=reason_code,
-                                reason=reason[:500], size=len(data),
-                                excerpt=repr(data[:120])[:500], at=time.time())
+        record = SignalRejected(
+            exchange=self._group,
+            reason_code=reason_code,
+            reason=reason[:500],
+            size=len(data),
+            excerpt=repr(data[:120])[:500],
+            at=time.time(),
+        )
         await self._store(bus.reject_subject(self._group), self._encoder.encode(record), None)
         log.warning("event=signal_rejected reason=%s detail=%r", reason_code, reason[:200])
 
     async def _store(self, subject: str, data: bytes, msg_id: str | None) -> None:
         headers = None if msg_id is None else {"Nats-Msg-Id": msg_id}
-        await bus.retry(f"store {subject}", lambda: self._js.publish(
-            subject, data, timeout=bus.WRITE_TIMEOUT_S, headers=headers))
+        await bus.retry(
+            f"store {subject}",
+            lambda: self._js.publish(subject, data, timeout=bus.WRITE_TIMEOUT_S, headers=headers),
+        )
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -152,8 +185,9 @@ def watched(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 def _report(task: asyncio.Task[None]) -> None:
     if task.cancelled() or task.exception() is None:
         return
-    log.error("event=task_failed task=%s error=%r", task.get_name(), task.exception(),
-              exc_info=task.exception())
+    log.error(
+        "event=task_failed task=%s error=%r", task.get_name(), task.exception(), exc_info=task.exception()
+    )
 
 
 def _shard(shard: int | None) -> str:

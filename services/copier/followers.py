@@ -48,7 +48,10 @@ class Follower:
     """One follower: its config, its own exchange client, its last known account figures."""
 
     def __init__(
-        self, config: FollowerConfig, account: ExchangeAccount, credentials: Credentials | None,
+        self,
+        config: FollowerConfig,
+        account: ExchangeAccount,
+        credentials: Credentials | None,
         subscriptions: list[SubscriptionConfig] | None = None,
     ) -> None:
         self.config = config
@@ -83,8 +86,13 @@ class Follower:
         return self.config.state if self.config.enabled else "paused"
 
     async def snapshot(
-        self, signal: TradeSignal, rules: MarketRules | None, ttl_s: float, *,
-        state: FollowerState, max_signal_age_s: float,
+        self,
+        signal: TradeSignal,
+        rules: MarketRules | None,
+        ttl_s: float,
+        *,
+        state: FollowerState,
+        max_signal_age_s: float,
     ) -> FollowerSnapshot:
         """Account figures for sizing; re-read from the venue when older than ttl_s."""
         symbol = self.venue_symbol(signal.symbol)
@@ -99,15 +107,24 @@ class Follower:
             # the venue's price, only for a slippage guard that skips (one call more); a guard
             # by limit order leaves the bound to the venue
             risk = self.config.risk
-            guarded = (risk.max_price_deviation_pct is not None and risk.slippage_action == "skip"
-                       and rules is not None)
+            guarded = (
+                risk.max_price_deviation_pct is not None
+                and risk.slippage_action == "skip"
+                and rules is not None
+            )
             price = await self.account.price(symbol) if guarded else None
         return FollowerSnapshot(
-            follower_id=self.id, equity=figures.equity, cash=figures.cash,
-            position=figures.positions.get(symbol, Decimal(0)), rules=rules,
-            sizing=self.sizing_for(signal.master_id), risk=self.config.risk, state=state,
+            follower_id=self.id,
+            equity=figures.equity,
+            cash=figures.cash,
+            position=figures.positions.get(symbol, Decimal(0)),
+            rules=rules,
+            sizing=self.sizing_for(signal.master_id),
+            risk=self.config.risk,
+            state=state,
             price=price,
-            max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s)
+            max_signal_age_s=self.config.risk.max_signal_age_s or max_signal_age_s,
+        )
 
     def figures_age(self) -> float | None:
         """Seconds since the figures were read from the venue; None when there are none."""
@@ -196,8 +213,9 @@ class FollowerBook:
                 current.subscriptions = {s.master: s for s in subscriptions}
                 built[fconfig.id] = current
             else:
-                built[fconfig.id] = Follower(fconfig, build_account(fconfig, creds, self._ctx),
-                                             creds, subscriptions)
+                built[fconfig.id] = Follower(
+                    fconfig, build_account(fconfig, creds, self._ctx), creds, subscriptions
+                )
         self._retired += [f for fid, f in self._followers.items() if built.get(fid) is not f]
         removed = [fid for fid in self._followers if fid not in built]
         self._followers = built
@@ -231,18 +249,17 @@ class FollowerBook:
         """
         followers = list(self._followers.values())
         if lazy:
-            endpoints = {(f.config.exchange, f.config.base_url, f.config.paper): f
-                         for f in reversed(followers)}
+            endpoints = {
+                (f.config.exchange, f.config.base_url, f.config.paper): f for f in reversed(followers)
+            }
             followers = list(endpoints.values())
         return await self.connect(followers)
 
     @staticmethod
     async def connect(followers: list[Follower]) -> list[str]:
         """Connect these followers' clients; the ids that failed."""
-        results = await asyncio.gather(*(f.account.connect() for f in followers),
-                                       return_exceptions=True)
-        return [f.id for f, r in zip(followers, results, strict=True)
-                if isinstance(r, BaseException)]
+        results = await asyncio.gather(*(f.account.connect() for f in followers), return_exceptions=True)
+        return [f.id for f, r in zip(followers, results, strict=True) if isinstance(r, BaseException)]
 
     def signature_problem(self, signal: AnySignal) -> tuple[str, str] | None:
         """Why the signal's signature is not acceptable (reason code, text), or None."""

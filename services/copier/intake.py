@@ -51,8 +51,7 @@ class Intake:
             return None
         taken = await self._taken_before(signal, msg)
         if taken is None:
-            await self._refuse(msg, "replayed",
-                               f"signal {signal.signal_id} was already taken by this group")
+            await self._refuse(msg, "replayed", f"signal {signal.signal_id} was already taken by this group")
             return None
         return Admitted(signal, redelivered=taken or msg.metadata.num_delivered > 1)
 

@@ -68,10 +68,21 @@ class Reconciler:
     ledger before the next round, so it is never mistaken for a sale by hand or healed twice."""
 
     def __init__(
-        self, *, book: FollowerBook, metrics: CopierMetrics, group: str, policy: Policy,
-        ledger: Ledger, holdings: Holdings, control: KeyValue | None, claims: KeyValue,
-        threshold: Decimal, heal: bool, order_timeout_s: float,
-        signals: JetStreamContext | None = None, settle_s: float = 0.0,
+        self,
+        *,
+        book: FollowerBook,
+        metrics: CopierMetrics,
+        group: str,
+        policy: Policy,
+        ledger: Ledger,
+        holdings: Holdings,
+        control: KeyValue | None,
+        claims: KeyValue,
+        threshold: Decimal,
+        heal: bool,
+        order_timeout_s: float,
+        signals: JetStreamContext | None = None,
+        settle_s: float = 0.0,
     ) -> None:
         # settle_s: how long a discrepancy must stay the same before it is acted on; a copy
         # whose replica died between its order and its ledger write is redelivered and
@@ -94,8 +105,13 @@ class Reconciler:
             sign = 1 if signal.side == "buy" else -1
             legacy = max(Decimal(0), signal.master_position_before + sign * signal.filled_base)
         self._master[(signal.master_id, signal.symbol)] = MasterPosition(
-            master_id=signal.master_id, symbol=signal.symbol, signal_id=signal.signal_id,
-            equity=signal.master_equity, price=signal.price, legacy_amount=legacy)
+            master_id=signal.master_id,
+            symbol=signal.symbol,
+            signal_id=signal.signal_id,
+            equity=signal.master_equity,
+            price=signal.price,
+            legacy_amount=legacy,
+        )
 
     async def prime(self) -> None:
         """After a restart: each master's newest signal says which position to reconcile."""
@@ -136,7 +152,10 @@ class Reconciler:
         return entry.amount, revision
 
     async def _check(
-        self, follower: Follower, master: MasterPosition, master_amount: Decimal,
+        self,
+        follower: Follower,
+        master: MasterPosition,
+        master_amount: Decimal,
         master_revision: int | None,
     ) -> Drift | None:
         key = holding_key(follower.id, master.master_id, master.symbol)
@@ -148,8 +167,7 @@ class Reconciler:
             real = await follower.account.position(follower.venue_symbol(master.symbol))
         except CopytradeError as exc:  # this follower's venue: the others still reconcile
             self._metrics.reconcile_errors.inc()
-            log.warning("event=reconcile_read_failed follower=%s error=%s", follower.id,
-                        type(exc).__name__)
+            log.warning("event=reconcile_read_failed follower=%s error=%s", follower.id, type(exc).__name__)
             return None
         observation = (revision, master_revision, real, expected)
         previous, since = self._seen.get(key, ((), time.time()))
@@ -165,12 +183,29 @@ class Reconciler:
         expected += entry.adopted  # coins an operator adopted are part of the target
         ratio = abs(actual - expected) / expected if expected > 0 else Decimal(actual > 0)
         self._metrics.drift.labels(self._group, follower.id, master.symbol).set(float(ratio))
-        await self._ledger.report(PositionReport(
-            follower_id=follower.id, master_id=master.master_id, symbol=master.symbol,
-            holding=actual, real=real, target=expected, at=time.time()))
-        return Drift(follower_id=follower.id, symbol=master.symbol, expected=expected,
-                     actual=actual, ratio=ratio, at=time.time(), master_id=master.master_id,
-                     clipped=clipped, stable=stable and not clipped, revision=revision or 0)
+        await self._ledger.report(
+            PositionReport(
+                follower_id=follower.id,
+                master_id=master.master_id,
+                symbol=master.symbol,
+                holding=actual,
+                real=real,
+                target=expected,
+                at=time.time(),
+            )
+        )
+        return Drift(
+            follower_id=follower.id,
+            symbol=master.symbol,
+            expected=expected,
+            actual=actual,
+            ratio=ratio,
+            at=time.time(),
+            master_id=master.master_id,
+            clipped=clipped,
+            stable=stable and not clipped,
+            revision=revision or 0,
+        )
 
     async def _target(
         self, follower: Follower, master: MasterPosition, master_amount: Decimal
@@ -184,10 +219,18 @@ class Reconciler:
         return master_amount * Decimal(scale.numerator) / Decimal(scale.denominator)
 
     async def _report(self, drift: Drift, master: MasterPosition, follower: Follower) -> None:
-        log.warning("event=position_drift follower=%s master=%s symbol=%s expected=%s actual=%s "
-                    "ratio=%.3f sold_by_hand=%s stable=%s", drift.follower_id, drift.master_id,
-                    drift.symbol, drift.expected, drift.actual, drift.ratio, drift.clipped,
-                    drift.stable)
+        log.warning(
+            "event=position_drift follower=%s master=%s symbol=%s expected=%s actual=%s "
+            "ratio=%.3f sold_by_hand=%s stable=%s",
+            drift.follower_id,
+            drift.master_id,
+            drift.symbol,
+            drift.expected,
+            drift.actual,
+            drift.ratio,
+            drift.clipped,
+            drift.stable,
+        )
         if self._control is not None:
             await self._control.put(f"{DRIFT_PREFIX}{drift.follower_id}", self._encoder.encode(drift))
         if self._heal and drift.stable and drift.ratio > self._threshold:
@@ -212,8 +255,14 @@ class Reconciler:
         if rules is None or size < rules.min_amount or size <= 0 or size * master.price < rules.min_cost:
             self._count_heal(follower, "below_exchange_minimum")
             return
-        order = SizedOrder(follower_id=follower.id, side=side, size=size, size_type="base",
-                           notional=size * master.price, scale=Decimal(1))
+        order = SizedOrder(
+            follower_id=follower.id,
+            side=side,
+            size=size,
+            size_type="base",
+            notional=size * master.price,
+            scale=Decimal(1),
+        )
         verdict = self._policy.admit(follower, order, held_notional=drift.actual * master.price)
         if verdict != "place":
             self._count_heal(follower, verdict.reason_code if isinstance(verdict, Skip) else "dry_run")
@@ -221,8 +270,12 @@ class Reconciler:
         tag = f"{follower.id}.{master.master_id}.{master.symbol.replace('/', '_')}.{drift.revision}"
         command = OrderCommand(
             client_order_id=client_order_id_for(f"heal:{tag}", follower.id),
-            symbol=follower.venue_symbol(drift.symbol), side=side, size=size,
-            size_type="base", reference_price=master.price)
+            symbol=follower.venue_symbol(drift.symbol),
+            side=side,
+            size=size,
+            size_type="base",
+            reference_price=master.price,
+        )
         try:
             ack = await self._heal_once(f"heal.{tag}", follower, command)
             if ack is not None:

@@ -88,7 +88,11 @@ class ChangeWatch:
     """
 
     def __init__(
-        self, config_path: Path, secrets_dir: Path, *, full_scan_s: float = FULL_SCAN_S,
+        self,
+        config_path: Path,
+        secrets_dir: Path,
+        *,
+        full_scan_s: float = FULL_SCAN_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._paths = config_path, secrets_dir
@@ -132,8 +136,15 @@ def _failure(exc: ConfigError | ValueError | OSError, where: str) -> ReloadFaile
 
 class ConfigReloader:
     def __init__(
-        self, *, config_path: str, secrets_dir: str, book: FollowerBook, metrics: CopierMetrics,
-        redactor: RedactSecrets, interval_s: float, secrets: SecretSource | None = None,
+        self,
+        *,
+        config_path: str,
+        secrets_dir: str,
+        book: FollowerBook,
+        metrics: CopierMetrics,
+        redactor: RedactSecrets,
+        interval_s: float,
+        secrets: SecretSource | None = None,
         full_scan_s: float = FULL_SCAN_S,
     ) -> None:
         self._config_path, self._secrets_dir = Path(config_path), Path(secrets_dir)

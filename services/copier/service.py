@@ -61,10 +61,22 @@ FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a gr
 
 class Copier:
     def __init__(
-        self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
-        metrics: CopierMetrics, settings: CopierSettings, instance: str, control: Control,
-        policy: Policy, ledger: Ledger, fills: KeyValue, reconciler: Reconciler | None = None,
-        work_metrics: WorkMetrics | None = None, mirror_registry: CollectorRegistry | None = None,
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        claims: KeyValue,
+        book: FollowerBook,
+        metrics: CopierMetrics,
+        settings: CopierSettings,
+        instance: str,
+        control: Control,
+        policy: Policy,
+        ledger: Ledger,
+        fills: KeyValue,
+        reconciler: Reconciler | None = None,
+        work_metrics: WorkMetrics | None = None,
+        mirror_registry: CollectorRegistry | None = None,
     ) -> None:
         self._nc, self._js, self._book, self._control = nc, js, book, control
         self._metrics, self._settings = metrics, settings
@@ -72,27 +84,64 @@ class Copier:
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # consumers and durables exist: this replica takes signals
         self._current: asyncio.Task[None] | None = None
-        self.executor = CopyExecutor(nc=nc, js=js, claims=claims, book=book, metrics=metrics,
-                                     settings=settings, instance=instance, policy=policy, ledger=ledger,
-                                     reconciler=reconciler)
-        self.mirroring = Mirroring(nc=nc, js=js, kv=ledger.kv, book=book, policy=policy,
-                                   holdings=self.executor.holdings, settings=settings,
-                                   metrics=metrics, instance=instance, registry=mirror_registry)
+        self.executor = CopyExecutor(
+            nc=nc,
+            js=js,
+            claims=claims,
+            book=book,
+            metrics=metrics,
+            settings=settings,
+            instance=instance,
+            policy=policy,
+            ledger=ledger,
+            reconciler=reconciler,
+        )
+        self.mirroring = Mirroring(
+            nc=nc,
+            js=js,
+            kv=ledger.kv,
+            book=book,
+            policy=policy,
+            holdings=self.executor.holdings,
+            settings=settings,
+            metrics=metrics,
+            instance=instance,
+            registry=mirror_registry,
+        )
         self.executor.mirroring = self.mirroring
         self.subscriptions = Subscriptions(
-            js=js, kv=ledger.kv, book=book, policy=policy, executor=self.executor,
-            lease_s=settings.order_timeout_s * 4)
-        self.silence = MasterSilence(fills=fills, book=book, control=control, policy=policy,
-                                     subscriptions=self.subscriptions, metrics=metrics)
+            js=js,
+            kv=ledger.kv,
+            book=book,
+            policy=policy,
+            executor=self.executor,
+            lease_s=settings.order_timeout_s * 4,
+        )
+        self.silence = MasterSilence(
+            fills=fills,
+            book=book,
+            control=control,
+            policy=policy,
+            subscriptions=self.subscriptions,
+            metrics=metrics,
+        )
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
         self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)
         self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
         self.replicas = Replicas(nc, self._group, instance, settings.replica_heartbeat_s)
-        self._planner = WorkPlanner(js=js, book=book, settings=settings, instance=instance,
-                                    metrics=self.work_metrics)
-        self._work = WorkRunner(nc=nc, js=js, book=book, executor=self.executor,
-                                delivery=self._delivery, replicas=self.replicas,
-                                settings=settings, metrics=self.work_metrics)
+        self._planner = WorkPlanner(
+            js=js, book=book, settings=settings, instance=instance, metrics=self.work_metrics
+        )
+        self._work = WorkRunner(
+            nc=nc,
+            js=js,
+            book=book,
+            executor=self.executor,
+            delivery=self._delivery,
+            replicas=self.replicas,
+            settings=settings,
+            metrics=self.work_metrics,
+        )
 
     async def run(self) -> None:
         """Take signals one at a time (signal order is follower order) until shut down; pull
@@ -101,13 +150,16 @@ class Copier:
         await self._planner.prepare()
         await self.replicas.join()
         sub = await self._js.pull_subscribe_bind(
-            durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM)
+            durable=bus.durable_name(self._group), stream=bus.SIGNALS_STREAM
+        )
         self.ready.set()
-        background = [watched(self._watch_lag(), "lag_watch"),
-                      watched(self.replicas.run(), "replica_heartbeat"),
-                      watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),
-                      watched(self.silence.run(SILENCE_CHECK_S), "master_silence"),
-                      watched(self.mirroring.run(SWEEP_S), "mirror_sweep")]
+        background = [
+            watched(self._watch_lag(), "lag_watch"),
+            watched(self.replicas.run(), "replica_heartbeat"),
+            watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),
+            watched(self.silence.run(SILENCE_CHECK_S), "master_silence"),
+            watched(self.mirroring.run(SWEEP_S), "mirror_sweep"),
+        ]
         work = watched(self._work.run(), "work_runner")
         try:
             await self._take_signals(sub)
@@ -135,14 +187,12 @@ class Copier:
                 if self._nc.is_closed:
                     return  # shut down under us: nothing more to take
                 failures += 1
-                log.warning("event=signal_fetch_failed failures=%d error=%s", failures,
-                            type(exc).__name__)
-                await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2 ** failures))
+                log.warning("event=signal_fetch_failed failures=%d error=%s", failures, type(exc).__name__)
+                await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2**failures))
                 continue
             failures = 0
             for msg in msgs:
-                self._current = asyncio.create_task(
-                    self._delivery.guarded(msg, self.process(msg)))
+                self._current = asyncio.create_task(self._delivery.guarded(msg, self.process(msg)))
                 await asyncio.wait({self._current})
                 self._current = None
             if not self._work.busy:  # no copy in flight may still use a retired client
@@ -171,8 +221,7 @@ class Copier:
         """Export the group's consumer lag: signals stored but not yet done by this group."""
         while True:
             try:
-                info = await self._js.consumer_info(bus.SIGNALS_STREAM,
-                                                    bus.durable_name(self._group))
+                info = await self._js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name(self._group))
                 self._metrics.pending.set((info.num_pending or 0) + (info.num_ack_pending or 0))
             except bus.TRANSIENT as exc:
                 log.info("event=lag_read_failed error=%s", type(exc).__name__)
@@ -190,23 +239,36 @@ class Copier:
         lineage = (msg.metadata.consumer or "", msg.metadata.sequence.consumer)
         signal = admitted.signal
         if isinstance(signal, OrderSignal):
-            await self._delivery.settle(msg, signal.signal_id,
-                                        self.mirroring.handle(signal, received_at))
+            await self._delivery.settle(msg, signal.signal_id, self.mirroring.handle(signal, received_at))
             return
-        await self._delivery.settle(msg, signal.signal_id, self.fan_out(
-            signal, received_at, redelivered=admitted.redelivered, lineage=lineage))
+        await self._delivery.settle(
+            msg,
+            signal.signal_id,
+            self.fan_out(signal, received_at, redelivered=admitted.redelivered, lineage=lineage),
+        )
 
     async def fan_out(
-        self, signal: TradeSignal, received_at: float, *, redelivered: bool,
+        self,
+        signal: TradeSignal,
+        received_at: float,
+        *,
+        redelivered: bool,
         lineage: Lineage = ("", 0),
     ) -> None:
-        followers = [f for f in self._book.subscribers(signal.master_id)
-                     if self.executor.policy.copies(f, signal.master_id)]
-        log.info("event=signal_received signal_id=%s symbol=%s side=%s followers=%d "
-                 "redelivered=%s", signal.signal_id, signal.symbol, signal.side, len(followers),
-                 redelivered)
+        followers = [
+            f
+            for f in self._book.subscribers(signal.master_id)
+            if self.executor.policy.copies(f, signal.master_id)
+        ]
+        log.info(
+            "event=signal_received signal_id=%s symbol=%s side=%s followers=%d redelivered=%s",
+            signal.signal_id,
+            signal.symbol,
+            signal.side,
+            len(followers),
+            redelivered,
+        )
         if await self._planner.should_spread():
             await self._planner.plan(signal, received_at)
             return
-        await self.executor.execute(signal, followers, received_at, redelivered=redelivered,
-                                    lineage=lineage)
+        await self.executor.execute(signal, followers, received_at, redelivered=redelivered, lineage=lineage)

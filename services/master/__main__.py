@@ -42,8 +42,9 @@ async def run(settings: MasterSettings) -> None:
         signer = master_signer(secrets, config.signals.require_signature)
         if signer is not None:
             rt.redactor.add([secrets.get(SIGNING_KEY_NAME) or ""])
-        ctx = AdapterContext(paper_transport=nats_transport(rt.nc),
-                             http_timeout_s=settings.order_timeout_s * 0.8)
+        ctx = AdapterContext(
+            paper_transport=nats_transport(rt.nc), http_timeout_s=settings.order_timeout_s * 0.8
+        )
         account = build_account(me, credentials, ctx)
         try:
             await account.connect()  # markets and session before the first trade
@@ -53,17 +54,29 @@ async def run(settings: MasterSettings) -> None:
         published = buckets.fills
         control = Control(buckets.control)
         metrics = MasterMetrics(rt.registry, me.id)
-        master = MasterService(js=rt.js, account=account, config=me, metrics=metrics, signer=signer,
-                               published=published, control=control,
-                               order_timeout_s=settings.order_timeout_s,
-                               ledger=Ledger(buckets.ledger), named=not config.single_master)
+        master = MasterService(
+            js=rt.js,
+            account=account,
+            config=me,
+            metrics=metrics,
+            signer=signer,
+            published=published,
+            control=control,
+            order_timeout_s=settings.order_timeout_s,
+            ledger=Ledger(buckets.ledger),
+            named=not config.single_master,
+        )
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request
-        watcher = FillWatcher(account=account, config=me, kv=published, master=master,
-                              on_fill=master.tracker.touch)
-        orders = OrderWatcher(tracker=master.tracker, account=account, metrics=metrics,
-                              slow_s=settings.fill_watch_interval_s)
-        watching = [asyncio.create_task(watcher.run(settings.fill_watch_interval_s)),
-                    asyncio.create_task(orders.run())]
+        watcher = FillWatcher(
+            account=account, config=me, kv=published, master=master, on_fill=master.tracker.touch
+        )
+        orders = OrderWatcher(
+            tracker=master.tracker, account=account, metrics=metrics, slow_s=settings.fill_watch_interval_s
+        )
+        watching = [
+            asyncio.create_task(watcher.run(settings.fill_watch_interval_s)),
+            asyncio.create_task(orders.run()),
+        ]
         rt.mark_started()
         await rt.wait_stopped()
         for task in watching:

@@ -16,33 +16,49 @@ ORDER_OUTCOMES = ("done", "refused", "unknown", "replayed")
 
 class MasterMetrics:
     def __init__(self, registry: CollectorRegistry, master_id: str) -> None:
-        self.orders = Counter("copytrade_master_orders_total", "Master trade requests by outcome",
-                              ["outcome"], registry=registry)
-        self.published = Counter("copytrade_signals_published_total", "Signals published",
-                                 ["master"], registry=registry).labels(master_id)
-        self.retries = Counter("copytrade_signal_publish_retries_total",
-                               "Signal publishes retried after a NATS error", registry=registry)
+        self.orders = Counter(
+            "copytrade_master_orders_total",
+            "Master trade requests by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "copytrade_signals_published_total", "Signals published", ["master"], registry=registry
+        ).labels(master_id)
+        self.retries = Counter(
+            "copytrade_signal_publish_retries_total",
+            "Signal publishes retried after a NATS error",
+            registry=registry,
+        )
         # after a publish: records that could not be written (a retry still finds the order)
         self.bookkeeping_failures = Counter(
             "copytrade_master_bookkeeping_failures_total",
             "Records written after a signal was published that failed (logged, not reported)",
-            ["record"], registry=registry)
+            ["record"],
+            registry=registry,
+        )
         self.control_errors = Counter(
             "copytrade_master_control_watch_errors_total",
             "Times the master's watch of the control bucket (kill switch) broke and restarted",
-            registry=registry)
+            registry=registry,
+        )
         self.order_events = Counter(
             "copytrade_master_order_events_total",
             "Master order events published (a resting order placed, amended, cancelled)",
-            ["event"], registry=registry)
+            ["event"],
+            registry=registry,
+        )
         self.order_requests = Counter(
             "copytrade_master_order_requests_total",
-            "Master order, amend and cancel requests by outcome", ["action", "outcome"],
-            registry=registry)
+            "Master order, amend and cancel requests by outcome",
+            ["action", "outcome"],
+            registry=registry,
+        )
         self.order_poll_interval = Gauge(
             "copytrade_master_order_poll_interval_seconds",
             "How long the open-orders watcher waits between polls now (adaptive)",
-            registry=registry)
+            registry=registry,
+        )
         for outcome in TRADE_OUTCOMES:
             self.orders.labels(outcome)
         for event in ORDER_EVENTS:

@@ -116,9 +116,18 @@ def _key(request_id: str) -> str:
 class OrderDesk:
     """Answers the master's order, amend and cancel requests."""
 
-    def __init__(self, *, account: ExchangeAccount, config: MasterConfig, kv: KeyValue | None,
-                 tracker: OrderTracker, metrics: MasterMetrics, killed: Callable[[], bool],
-                 instance: str, order_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        account: ExchangeAccount,
+        config: MasterConfig,
+        kv: KeyValue | None,
+        tracker: OrderTracker,
+        metrics: MasterMetrics,
+        killed: Callable[[], bool],
+        instance: str,
+        order_timeout_s: float,
+    ) -> None:
         self._account, self._config, self._tracker = account, config, tracker
         self._metrics, self._killed, self._instance = metrics, killed, instance
         self._timeout_s = order_timeout_s
@@ -137,15 +146,19 @@ class OrderDesk:
                 reply = _unknown(call, f"unexpected {type(exc).__name__}")
         outcome = "replayed" if reply.replayed else reply.outcome
         self._metrics.order_requests.labels(endpoint_of(call), outcome).inc()
-        log.info("event=master_order_request action=%s request_id=%s outcome=%s order_id=%s "
-                 "error=%s", endpoint_of(call), call.request_id, outcome, reply.order_id,
-                 reply.error)
+        log.info(
+            "event=master_order_request action=%s request_id=%s outcome=%s order_id=%s error=%s",
+            endpoint_of(call),
+            call.request_id,
+            outcome,
+            reply.order_id,
+            reply.error,
+        )
         return reply
 
     async def _handle(self, call: OrderCall) -> OrderReply:
         if call.master_id not in (None, self._config.id):
-            return _refused(call, f"this is master {self._config.id}, not {call.master_id}: "
-                                  "nothing changed")
+            return _refused(call, f"this is master {self._config.id}, not {call.master_id}: nothing changed")
         try:
             found = await self._records.get(call.request_id)
         except TRANSIENT as exc:
@@ -161,19 +174,18 @@ class OrderDesk:
         try:
             created = await self._records.write(record, None)
         except TRANSIENT as exc:
-            return _refused(call, f"nothing changed: its record could not be written "
-                                  f"({type(exc).__name__})")
+            return _refused(call, f"nothing changed: its record could not be written ({type(exc).__name__})")
         if not created:  # another instance took the same request id a moment ago
             again = await self._records.get(call.request_id)
-            return _unknown(call, "its record vanished") if again is None else (
-                await self._again(call, *again))
+            return (
+                _unknown(call, "its record vanished") if again is None else (await self._again(call, *again))
+            )
         return await self._execute(record, fresh=True)
 
     async def _record(self, call: OrderCall) -> OrderRecord:
         """The request's record before the venue is asked; Refused when it must not be."""
         if self._killed() and not isinstance(call, CancelRequest):
-            raise Refused("the kill switch is ON: master orders and amendments are refused, "
-                          "nothing changed")
+            raise Refused("the kill switch is ON: master orders and amendments are refused, nothing changed")
         if isinstance(call, OrderRequest):
             client_id = master_client_order_id(self._config.id, f"order:{call.request_id}")
             _command(call, client_id)  # refused before anything is written if contradictory
@@ -182,8 +194,9 @@ class OrderDesk:
         return self._open_record(call, client_id, symbol)
 
     def _open_record(self, call: OrderCall, client_id: str, symbol: str) -> OrderRecord:
-        return OrderRecord(request=call, client_order_id=client_id, symbol=symbol,
-                           owner=self._instance, at=time.time())
+        return OrderRecord(
+            request=call, client_order_id=client_id, symbol=symbol, owner=self._instance, at=time.time()
+        )
 
     async def _target(self, order_id: str) -> tuple[str, str]:
         """The client order id and symbol of the open order named by the venue's id (or our
@@ -192,27 +205,35 @@ class OrderDesk:
         if found is not None:
             client_id, symbol = found.client_order_id, found.symbol
         else:
-            listed = next((o for o in await self._account.open_orders()
-                           if order_id in (o.exchange_order_id, o.client_order_id)), None)
+            listed = next(
+                (
+                    o
+                    for o in await self._account.open_orders()
+                    if order_id in (o.exchange_order_id, o.client_order_id)
+                ),
+                None,
+            )
             if listed is None:
                 raise Refused(f"no open master order {order_id}: nothing changed")
             client_id, symbol = listed.client_order_id, listed.symbol
         if not client_id:
-            raise Refused(f"order {order_id} was placed without a client order id (by hand on "
-                          "the venue): change it there; nothing changed")
+            raise Refused(
+                f"order {order_id} was placed without a client order id (by hand on "
+                "the venue): change it there; nothing changed"
+            )
         return client_id, symbol
 
     async def _again(self, call: OrderCall, record: OrderRecord, revision: int) -> OrderReply:
         """A request id seen before: its first outcome, or the first attempt resumed."""
         if record.request != msgspec.structs.replace(call, master_id=record.request.master_id):
-            return _refused(call, f"request id {call.request_id} was used for another request: "
-                                  "nothing changed")
+            return _refused(
+                call, f"request id {call.request_id} was used for another request: nothing changed"
+            )
         if record.reply is not None:
             return msgspec.structs.replace(record.reply, replayed=True)
         if record.owner != self._instance:
             taken = msgspec.structs.replace(record, owner=self._instance, at=time.time())
-            if time.time() - record.at < self._lease_s or not await self._records.write(
-                    taken, revision):
+            if time.time() - record.at < self._lease_s or not await self._records.write(taken, revision):
                 return _unknown(call, "another master instance is working on it")
             record = taken
         return await self._execute(record, fresh=False)
@@ -228,34 +249,44 @@ class OrderDesk:
             await self._close(record, reply)
             return reply
         signal = await self._event(record.symbol, ack.exchange_order_id, started)
-        reply = OrderReply(ok=True, outcome="done", request_id=call.request_id,
-                           order_id=ack.exchange_order_id, client_order_id=ack.client_order_id,
-                           status=_status(ack), signal=signal)
+        reply = OrderReply(
+            ok=True,
+            outcome="done",
+            request_id=call.request_id,
+            order_id=ack.exchange_order_id,
+            client_order_id=ack.client_order_id,
+            status=_status(ack),
+            signal=signal,
+        )
         await self._close(record, reply)
         return reply
 
     async def _act(self, record: OrderRecord, *, fresh: bool) -> OrderAck:
         """Ask the venue (a resumed request looks first at what its first attempt did)."""
         call, client_id, symbol = record.request, record.client_order_id, record.symbol
-        found = None if fresh else await asyncio.wait_for(
-            self._account.find_order(client_id, symbol), self._timeout_s)
+        found = (
+            None
+            if fresh
+            else await asyncio.wait_for(self._account.find_order(client_id, symbol), self._timeout_s)
+        )
         match call:
             case OrderRequest():
                 if found is not None:
                     return found
                 if self._killed():
-                    raise Refused("the kill switch is ON: master orders are refused, nothing "
-                                  "placed")
-                return await place_idempotently(self._account, _command(call, client_id),
-                                                timeout_s=self._timeout_s)
+                    raise Refused("the kill switch is ON: master orders are refused, nothing placed")
+                return await place_idempotently(
+                    self._account, _command(call, client_id), timeout_s=self._timeout_s
+                )
             case AmendRequest():
                 if found is not None and (found.status != "submitted" or _applied(found, call)):
                     return found  # ended meanwhile, or amended by the first attempt
-                return await asyncio.wait_for(self._account.amend_order(
-                    client_id, symbol, price=call.price, size=call.size), self._timeout_s)
+                return await asyncio.wait_for(
+                    self._account.amend_order(client_id, symbol, price=call.price, size=call.size),
+                    self._timeout_s,
+                )
             case CancelRequest():
-                ended = await asyncio.wait_for(self._account.cancel_order(client_id, symbol),
-                                               self._timeout_s)
+                ended = await asyncio.wait_for(self._account.cancel_order(client_id, symbol), self._timeout_s)
                 if ended is None:
                     raise Refused(f"the venue knows no order {call.order_id}: nothing changed")
                 return ended
@@ -267,8 +298,7 @@ class OrderDesk:
         try:
             published = await self._tracker.sync(symbol)
         except (CopytradeError, ValueError, TimeoutError, nats.errors.Error) as exc:
-            log.warning("event=order_event_deferred order_id=%s error=%s", order_id,
-                        type(exc).__name__)
+            log.warning("event=order_event_deferred order_id=%s error=%s", order_id, type(exc).__name__)
             published = []
         mine = [s for s in published if s.order_id == order_id]
         if mine:
@@ -284,17 +314,27 @@ class OrderDesk:
                 await self._records.write(closed, found[1])
         except TRANSIENT as exc:  # the record stays open: a retry finds what was done
             self._metrics.bookkeeping_failures.labels("outcome").inc()
-            log.warning("event=order_record_failed request_id=%s error=%s",
-                        record.request.request_id, type(exc).__name__)
+            log.warning(
+                "event=order_record_failed request_id=%s error=%s",
+                record.request.request_id,
+                type(exc).__name__,
+            )
 
 
 def _command(call: OrderRequest, client_id: str) -> OrderCommand:
     """The venue command of an order request; Refused when its prices contradict each other."""
     command = OrderCommand(
-        client_order_id=client_id, symbol=call.symbol, side=call.side, size=call.size,
-        size_type="base", reference_price=call.limit_price or call.trigger_price or Decimal(0),
-        limit_price=call.limit_price, time_in_force="gtc", trigger=call.trigger,
-        trigger_price=call.trigger_price)
+        client_order_id=client_id,
+        symbol=call.symbol,
+        side=call.side,
+        size=call.size,
+        size_type="base",
+        reference_price=call.limit_price or call.trigger_price or Decimal(0),
+        limit_price=call.limit_price,
+        time_in_force="gtc",
+        trigger=call.trigger,
+        trigger_price=call.trigger_price,
+    )
     try:
         kind_of(command)
     except InvalidOrder as exc:
@@ -311,8 +351,9 @@ def _applied(ack: OrderAck, call: AmendRequest) -> bool:
 def _status(ack: OrderAck) -> OrderStatus:
     if ack.status == "submitted":
         return "open"
-    whole = ack.status == "filled" and (ack.ordered_base is None
-                                        or (ack.filled_base or 0) >= ack.ordered_base)
+    whole = ack.status == "filled" and (
+        ack.ordered_base is None or (ack.filled_base or 0) >= ack.ordered_base
+    )
     return "filled" if whole else "canceled"
 
 
@@ -321,8 +362,9 @@ def _refused(call: OrderCall, why: str) -> OrderReply:
 
 
 def _unknown(call: OrderCall, why: str) -> OrderReply:
-    return OrderReply(ok=False, outcome="unknown", request_id=call.request_id,
-                      error=f"outcome unknown: {why}; {RETRY_HINT}")
+    return OrderReply(
+        ok=False, outcome="unknown", request_id=call.request_id, error=f"outcome unknown: {why}; {RETRY_HINT}"
+    )
 
 
 def _describe(exc: BaseException) -> str:

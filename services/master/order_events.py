@@ -69,8 +69,7 @@ class Tracked(Struct, frozen=True, kw_only=True):
 
     def amended(self, order: OpenOrder) -> bool:
         """Whether `order` (the same order, as open now) is an amendment of this one."""
-        return (self.price, self.trigger_price, self.size) != (
-            order.price, order.trigger_price, order.size)
+        return (self.price, self.trigger_price, self.size) != (order.price, order.trigger_price, order.size)
 
 
 class OpenState(Struct, frozen=True, kw_only=True):
@@ -94,11 +93,20 @@ def open_key(master_id: str) -> str:
 
 def tracked(order: OpenOrder, version: int, read: Read, before: Tracked | None) -> Tracked:
     """The order as this read saw it (`before`: as the state held it)."""
-    return Tracked(order_id=order.exchange_order_id, client_order_id=order.client_order_id,
-                   symbol=order.symbol, kind=order.kind, side=order.side, size=order.size,
-                   filled=order.filled, price=order.price, trigger_price=order.trigger_price,
-                   version=version, first_seen=read.began if before is None else before.first_seen,
-                   seen_at=read.ended)
+    return Tracked(
+        order_id=order.exchange_order_id,
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        kind=order.kind,
+        side=order.side,
+        size=order.size,
+        filled=order.filled,
+        price=order.price,
+        trigger_price=order.trigger_price,
+        version=version,
+        first_seen=read.began if before is None else before.first_seen,
+        seen_at=read.ended,
+    )
 
 
 class Read(Struct, frozen=True):
@@ -127,8 +135,7 @@ class OpenStore:
             except KeyNotFoundError:
                 return OpenState(), None
             stored = None if entry.value is None else (entry.value, entry.revision or 0)
-        return (OpenState(), None) if stored is None else (self._decoder.decode(stored[0]),
-                                                           stored[1])
+        return (OpenState(), None) if stored is None else (self._decoder.decode(stored[0]), stored[1])
 
     async def write(self, state: OpenState, revision: int | None) -> int | None:
         """Create (revision None) or compare-and-set; the new revision, None when another
@@ -159,8 +166,15 @@ class _Conflict(Exception):
 class OrderTracker:
     """Turns the master's open orders into order events, each published once."""
 
-    def __init__(self, *, account: ExchangeAccount, config: MasterConfig, kv: KeyValue | None,
-                 signals: OrderEventPublisher, metrics: MasterMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        account: ExchangeAccount,
+        config: MasterConfig,
+        kv: KeyValue | None,
+        signals: OrderEventPublisher,
+        metrics: MasterMetrics | None = None,
+    ) -> None:
         self._account, self._config, self._signals = account, config, signals
         self._metrics = metrics
         self._store = OpenStore(kv, config.id)
@@ -177,8 +191,7 @@ class OrderTracker:
         """The open order by the venue's id or copytrade's client order id, as last seen."""
         state, _ = await self._store.read()
         found = state.orders.get(order_id)
-        return found or next((t for t in state.orders.values()
-                              if t.client_order_id == order_id), None)
+        return found or next((t for t in state.orders.values() if t.client_order_id == order_id), None)
 
     async def sync(self, symbol: str | None = None) -> list[OrderSignal]:
         """Read the open orders (of `symbol`, or all), publish an event for each change since
@@ -198,22 +211,28 @@ class OrderTracker:
                 return published
             raise ClaimConflict(f"the open orders of {self._config.id} kept changing")
 
-    async def _compare(self, orders: list[OpenOrder], symbol: str | None, read: Read,
-                       published: list[OrderSignal]) -> None:
+    async def _compare(
+        self, orders: list[OpenOrder], symbol: str | None, read: Read, published: list[OrderSignal]
+    ) -> None:
         state, revision = await self._store.read()
         events = _Events(self, self._account, self._config, read)
         now = {o.exchange_order_id: o for o in orders}
         for order in orders:
             state, revision = await self._seen(order, state, revision, events, published)
-        gone = [t for t in state.orders.values()
-                if t.order_id not in now and symbol in (None, t.symbol)]
+        gone = [t for t in state.orders.values() if t.order_id not in now and symbol in (None, t.symbol)]
         for before in gone:
             state, revision = await self._gone(before, state, revision, events, published)
         if time.time() - state.written_at > REWRITE_S:
             await self._write(state, revision)
 
-    async def _seen(self, order: OpenOrder, state: OpenState, revision: int | None,
-                    events: _Events, published: list[OrderSignal]) -> tuple[OpenState, int | None]:
+    async def _seen(
+        self,
+        order: OpenOrder,
+        state: OpenState,
+        revision: int | None,
+        events: _Events,
+        published: list[OrderSignal],
+    ) -> tuple[OpenState, int | None]:
         before = state.orders.get(order.exchange_order_id)
         if before is None:
             event: OrderEventKind | None = "new"
@@ -230,8 +249,14 @@ class OrderTracker:
         new_state = msgspec.structs.replace(state, orders=orders)
         return new_state, await self._write(new_state, revision)
 
-    async def _gone(self, before: Tracked, state: OpenState, revision: int | None,
-                    events: _Events, published: list[OrderSignal]) -> tuple[OpenState, int | None]:
+    async def _gone(
+        self,
+        before: Tracked,
+        state: OpenState,
+        revision: int | None,
+        events: _Events,
+        published: list[OrderSignal],
+    ) -> tuple[OpenState, int | None]:
         ending, filled = await self._ending(before)
         if ending == "open":  # the venue still knows it open (its list lagged): next time
             return state, revision
@@ -239,8 +264,7 @@ class OrderTracker:
             ended = msgspec.structs.replace(before, filled=filled)
             await events.publish("cancel", ended, published)
         else:
-            log.info("event=order_filled_not_cancelled order_id=%s filled=%s", before.order_id,
-                     filled)
+            log.info("event=order_filled_not_cancelled order_id=%s filled=%s", before.order_id, filled)
         orders = {k: v for k, v in state.orders.items() if k != before.order_id}
         new_state = msgspec.structs.replace(state, orders=orders)
         return new_state, await self._write(new_state, revision)
@@ -256,8 +280,7 @@ class OrderTracker:
                     return "open", filled
                 whole = filled >= (ack.ordered_base or before.size)
                 return ("filled" if whole else "canceled"), filled
-        return _by_fills(before, await self._account.fills_since(
-            before.first_seen - FILLS_OVERLAP_S))
+        return _by_fills(before, await self._account.fills_since(before.first_seen - FILLS_OVERLAP_S))
 
     async def _write(self, state: OpenState, revision: int | None) -> int | None:
         written = await self._store.write(state, revision)
@@ -297,22 +320,33 @@ class _Events:
     """One comparison's events: built with the master's equity (read once, when first needed),
     published one by one."""
 
-    def __init__(self, tracker: OrderTracker, account: ExchangeAccount, config: MasterConfig,
-                 read: Read) -> None:
+    def __init__(
+        self, tracker: OrderTracker, account: ExchangeAccount, config: MasterConfig, read: Read
+    ) -> None:
         self._tracker, self._account, self._config = tracker, account, config
         self.read = read
         self._equity: Decimal | None = None
 
-    async def publish(self, event: OrderEventKind, order: Tracked,
-                      published: list[OrderSignal]) -> None:
+    async def publish(self, event: OrderEventKind, order: Tracked, published: list[OrderSignal]) -> None:
         config = self._config
         signal = OrderSignal(
             signal_id=order_event_id_for(config.exchange, order.order_id, event, order.version),
-            master_id=config.id, exchange=config.exchange, event=event, version=order.version,
-            order_id=order.order_id, kind=order.kind, symbol=order.symbol, side=order.side,
-            size=order.size, filled=order.filled, price=order.price,
-            trigger_price=order.trigger_price, master_equity=await self._master_equity(),
-            copied_position=ZERO, executed_at=time.time())
+            master_id=config.id,
+            exchange=config.exchange,
+            event=event,
+            version=order.version,
+            order_id=order.order_id,
+            kind=order.kind,
+            symbol=order.symbol,
+            side=order.side,
+            size=order.size,
+            filled=order.filled,
+            price=order.price,
+            trigger_price=order.trigger_price,
+            master_equity=await self._master_equity(),
+            copied_position=ZERO,
+            executed_at=time.time(),
+        )
         sent = await self._tracker.publish(signal)
         if sent is not None:
             published.append(sent)

@@ -48,8 +48,9 @@ class Throttled(Protocol):
 class Cadence:
     """How long the watcher waits before its next poll."""
 
-    def __init__(self, fast_s: float, slow_s: float, active_s: float = ACTIVE_S,
-                 max_backoff: int = MAX_BACKOFF) -> None:
+    def __init__(
+        self, fast_s: float, slow_s: float, active_s: float = ACTIVE_S, max_backoff: int = MAX_BACKOFF
+    ) -> None:
         self.fast_s, self.slow_s = fast_s, max(fast_s, slow_s)
         self._active_s, self._max_backoff = active_s, max_backoff
         self.backoff = 1
@@ -66,8 +67,15 @@ class Cadence:
 
 
 class OrderWatcher:
-    def __init__(self, *, tracker: OrderTracker, account: ExchangeAccount, slow_s: float,
-                 fast_s: float = FAST_S, metrics: MasterMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tracker: OrderTracker,
+        account: ExchangeAccount,
+        slow_s: float,
+        fast_s: float = FAST_S,
+        metrics: MasterMetrics | None = None,
+    ) -> None:
         self._tracker, self._account, self._metrics = tracker, account, metrics
         self.cadence = Cadence(fast_s, slow_s)
         self._waits = self._rate_limit_waits()
@@ -95,8 +103,9 @@ class OrderWatcher:
     def _next_wait(self) -> float:
         waits = self._rate_limit_waits()
         waited, self._waits = waits > self._waits, waits
-        wait = self.cadence.next(resting=self._tracker.open_orders,
-                                 active_at=self._tracker.active_at, waited=waited)
+        wait = self.cadence.next(
+            resting=self._tracker.open_orders, active_at=self._tracker.active_at, waited=waited
+        )
         if self._metrics is not None:
             self._metrics.order_poll_interval.set(wait)
         return wait

@@ -96,8 +96,7 @@ class OrderClaims:
             filled = claim.filled + fill.amount
             fill_id = f"cum:{format(filled.normalize(), 'f')}"
             parts = {**claim.parts, print_: fill_id}
-            if await self._write(key, msgspec.structs.replace(claim, filled=filled, parts=parts),
-                                 revision):
+            if await self._write(key, msgspec.structs.replace(claim, filled=filled, parts=parts), revision):
                 return fill_id
         raise ClaimConflict(f"the claim of order {fill.order_id} kept changing")
 

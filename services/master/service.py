@@ -65,10 +65,19 @@ class NotFilledYet(TemporaryError):
 
 class MasterService:
     def __init__(
-        self, *, js: JetStreamContext, account: ExchangeAccount, config: MasterConfig,
-        metrics: MasterMetrics, signer: SignalSigner | None, published: KeyValue | None = None,
-        order_timeout_s: float = 10.0, fill_wait_s: float = 30.0, control: Control | None = None,
-        ledger: Ledger | None = None, named: bool = False,
+        self,
+        *,
+        js: JetStreamContext,
+        account: ExchangeAccount,
+        config: MasterConfig,
+        metrics: MasterMetrics,
+        signer: SignalSigner | None,
+        published: KeyValue | None = None,
+        order_timeout_s: float = 10.0,
+        fill_wait_s: float = 30.0,
+        control: Control | None = None,
+        ledger: Ledger | None = None,
+        named: bool = False,
     ) -> None:
         # named: one of several masters, answering on its own subject (bus.master_trade_subject)
         self._group = bus.master_group(config.id if named else None)
@@ -76,18 +85,27 @@ class MasterService:
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
         # published: the fills bucket, shared with the fill watcher; it holds the trade records
         # and the order claims too. ledger: the copied positions (None: the topology's bucket)
-        self.signals = MasterSignals(js=js, config=config, metrics=metrics, signer=signer,
-                                     published=published, ledger=ledger)
+        self.signals = MasterSignals(
+            js=js, config=config, metrics=metrics, signer=signer, published=published, ledger=ledger
+        )
         self.orders = OrderClaims(published, config.exchange)
         self._ledger = TradeLedger(published)
         self._control = control
         self._instance = uuid.uuid4().hex  # owner of the records this process opens
         # resting orders: their events (also the open-orders watcher's), and the requests
-        self.tracker = OrderTracker(account=account, config=config, kv=published,
-                                    signals=self.signals, metrics=metrics)
-        self.desk = OrderDesk(account=account, config=config, kv=published, tracker=self.tracker,
-                              metrics=metrics, killed=lambda: self.killed,
-                              instance=self._instance, order_timeout_s=order_timeout_s)
+        self.tracker = OrderTracker(
+            account=account, config=config, kv=published, signals=self.signals, metrics=metrics
+        )
+        self.desk = OrderDesk(
+            account=account,
+            config=config,
+            kv=published,
+            tracker=self.tracker,
+            metrics=metrics,
+            killed=lambda: self.killed,
+            instance=self._instance,
+            order_timeout_s=order_timeout_s,
+        )
         self._calls = msgspec.json.Decoder(OrderCall)
         self._replies = msgspec.json.Encoder(decimal_format="string")
         # an open record of another instance younger than this may still be placing: a
@@ -107,8 +125,12 @@ class MasterService:
             self._control = Control(await control_bucket(self._js))
         await self._load_kill(self._control)
         self._watching = asyncio.create_task(self._watch_control(self._control))
-        service = await add_service(nc, name=bus.MASTER_SERVICE, version="1.0.0",
-                                    description="Places master trades and publishes signals")
+        service = await add_service(
+            nc,
+            name=bus.MASTER_SERVICE,
+            version="1.0.0",
+            description="Places master trades and publishes signals",
+        )
         group = service.add_group(name=self._group)
         await group.add_endpoint(name=bus.MASTER_TRADE_ENDPOINT, handler=self._handle)
         for endpoint in bus.MASTER_ORDER_ENDPOINTS:
@@ -164,18 +186,21 @@ class MasterService:
             try:
                 call = self._calls.decode(request.data)
             except msgspec.DecodeError as exc:  # not JSON, or no order request
-                reply = OrderReply(ok=False, outcome="refused",
-                                   error=f"invalid {endpoint} request: {exc}")
+                reply = OrderReply(ok=False, outcome="refused", error=f"invalid {endpoint} request: {exc}")
             else:
                 reply = await self._order_call(endpoint, call)
             await request.respond(self._replies.encode(reply))
+
         return handle
 
     async def _order_call(self, endpoint: str, call: OrderCall) -> OrderReply:
         if endpoint_of(call) != endpoint:
-            return OrderReply(ok=False, outcome="refused", request_id=call.request_id,
-                              error=f"a {endpoint_of(call)} request sent to the {endpoint} "
-                                    "endpoint: nothing changed")
+            return OrderReply(
+                ok=False,
+                outcome="refused",
+                request_id=call.request_id,
+                error=f"a {endpoint_of(call)} request sent to the {endpoint} endpoint: nothing changed",
+            )
         return await self.desk.handle(call)
 
     # ---- a trade request -----------------------------------------------------------------------
@@ -192,8 +217,9 @@ class MasterService:
 
     async def _trade(self, request: TradeRequest) -> TradeReply:
         if request.master_id not in (None, self._config.id):
-            return self._refused(request, f"this is master {self._config.id}, "
-                                          f"not {request.master_id}: nothing placed")
+            return self._refused(
+                request, f"this is master {self._config.id}, not {request.master_id}: nothing placed"
+            )
         try:
             found = await self._ledger.get(request.request_id)
         except TRANSIENT as exc:
@@ -204,23 +230,26 @@ class MasterService:
 
     async def _first_attempt(self, request: TradeRequest) -> TradeReply:
         if self.killed:
-            return self._refused(request, "the kill switch is ON: master trades are refused, "
-                                          "nothing placed")
+            return self._refused(request, "the kill switch is ON: master trades are refused, nothing placed")
         try:
             snapshot = await self._account.snapshot()
             position = await self._account.position(request.symbol)
         except (CopytradeError, TimeoutError, nats.errors.Error) as exc:
             return self._refused(request, f"nothing placed: {_describe(exc)}")
         record = TradeRecord(
-            request=request, client_order_id=master_client_order_id(self._config.id,
-                                                                    request.request_id),
-            master_equity=snapshot.equity, position_before=position, owner=self._instance,
-            at=time.time())
+            request=request,
+            client_order_id=master_client_order_id(self._config.id, request.request_id),
+            master_equity=snapshot.equity,
+            position_before=position,
+            owner=self._instance,
+            at=time.time(),
+        )
         try:
             created = await self._ledger.create(record)
         except TRANSIENT as exc:
-            return self._refused(request, f"nothing placed: its record could not be written "
-                                          f"({type(exc).__name__})")
+            return self._refused(
+                request, f"nothing placed: its record could not be written ({type(exc).__name__})"
+            )
         if not created:  # another instance took the same request id a moment ago
             found = await self._ledger.get(request.request_id)
             if found is None:
@@ -231,12 +260,16 @@ class MasterService:
     async def _again(self, request: TradeRequest, record: TradeRecord, revision: int) -> TradeReply:
         """A request id seen before: its first outcome, or the first attempt resumed."""
         if not record.request.same_trade(request):
-            return self._refused(request, f"request id {request.request_id} was used for another "
-                                          "trade: nothing placed")
+            return self._refused(
+                request, f"request id {request.request_id} was used for another trade: nothing placed"
+            )
         if record.reply is not None:
             self._metrics.orders.labels("replayed").inc()
-            log.info("event=master_trade_replayed request_id=%s outcome=%s", request.request_id,
-                     record.reply.outcome)
+            log.info(
+                "event=master_trade_replayed request_id=%s outcome=%s",
+                request.request_id,
+                record.reply.outcome,
+            )
             return msgspec.structs.replace(record.reply, replayed=True)
         if record.owner != self._instance:
             if time.time() - record.at < self._lease_s:
@@ -252,8 +285,9 @@ class MasterService:
         try:
             ack = await self._find_or_place(record, fresh=fresh)
             if ack is None:
-                return self._refused(request, "the kill switch is ON: master trades are refused, "
-                                              "nothing placed")
+                return self._refused(
+                    request, "the kill switch is ON: master trades are refused, nothing placed"
+                )
             if not await self._claim(ack):
                 return await self._copied_by_watcher(record, ack)
             ack = await self._wait_filled(ack, request.symbol)
@@ -262,8 +296,7 @@ class MasterService:
         except TRANSIENT as exc:  # NATS trouble on the claim: the record stays open
             return self._unknown(request, f"its claim could not be written ({type(exc).__name__})")
         except CopytradeError as exc:  # the venue refused the order: nothing was placed
-            reply = self._refused(request, f"the venue refused the order: {_describe(exc)}",
-                                  metric="failed")
+            reply = self._refused(request, f"the venue refused the order: {_describe(exc)}", metric="failed")
             await self._close(record, reply)
             return reply
         return await self._publish(record, ack)
@@ -274,15 +307,20 @@ class MasterService:
         request = record.request
         if not fresh:
             found = await asyncio.wait_for(
-                self._account.find_order(record.client_order_id, request.symbol),
-                self._order_timeout_s)
+                self._account.find_order(record.client_order_id, request.symbol), self._order_timeout_s
+            )
             if found is not None:
                 return found
             if self.killed:
                 return None
         command = OrderCommand(
-            client_order_id=record.client_order_id, symbol=request.symbol, side=request.side,
-            size=request.size, size_type=request.size_type, reference_price=Decimal(0))
+            client_order_id=record.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            size=request.size,
+            size_type=request.size_type,
+            reference_price=Decimal(0),
+        )
         return await place_idempotently(self._account, command, timeout_s=self._order_timeout_s)
 
     async def _claim(self, ack: OrderAck) -> bool:
@@ -295,10 +333,14 @@ class MasterService:
         """The order is copied fill by fill by the fill watcher: filled, no signal of its own."""
         request = record.request
         self._metrics.orders.labels("filled").inc()
-        log.info("event=master_trade_copied_by_watcher request_id=%s order_id=%s",
-                 request.request_id, ack.exchange_order_id)
-        reply = TradeReply(ok=True, outcome="filled", request_id=request.request_id,
-                           order_id=ack.exchange_order_id)
+        log.info(
+            "event=master_trade_copied_by_watcher request_id=%s order_id=%s",
+            request.request_id,
+            ack.exchange_order_id,
+        )
+        reply = TradeReply(
+            ok=True, outcome="filled", request_id=request.request_id, order_id=ack.exchange_order_id
+        )
         await self._close(record, reply)
         return reply
 
@@ -321,19 +363,38 @@ class MasterService:
         """The order filled: publish its signal. What is written after the publish is
         bookkeeping: its failure is logged and counted, never reported as a failed trade."""
         request = record.request
-        signal = self.signals.signal_for(ack, request.symbol, request.side, request.size,
-                                         request.size_type, record.master_equity,
-                                         record.position_before)
+        signal = self.signals.signal_for(
+            ack,
+            request.symbol,
+            request.side,
+            request.size,
+            request.size_type,
+            record.master_equity,
+            record.position_before,
+        )
         try:
             signal = await self.signals.publish(signal)
         except TRANSIENT as exc:  # refused by NATS (not an outage): filled, not yet published
-            return self._unknown(request, f"order {ack.exchange_order_id} filled, its signal "
-                                          f"is not published yet ({type(exc).__name__})")
+            return self._unknown(
+                request,
+                f"order {ack.exchange_order_id} filled, its signal "
+                f"is not published yet ({type(exc).__name__})",
+            )
         self._metrics.orders.labels("filled").inc()
-        log.info("event=master_trade_filled request_id=%s client_order_id=%s signal_id=%s",
-                 request.request_id, record.client_order_id, signal.signal_id)
-        reply = TradeReply(ok=True, outcome="filled", request_id=request.request_id,
-                           signal_id=signal.signal_id, order_id=signal.order_id, signal=signal)
+        log.info(
+            "event=master_trade_filled request_id=%s client_order_id=%s signal_id=%s",
+            request.request_id,
+            record.client_order_id,
+            signal.signal_id,
+        )
+        reply = TradeReply(
+            ok=True,
+            outcome="filled",
+            request_id=request.request_id,
+            signal_id=signal.signal_id,
+            order_id=signal.order_id,
+            signal=signal,
+        )
         await self._close(record, reply)
         return reply
 
@@ -342,30 +403,51 @@ class MasterService:
             await self._ledger.close(record, reply)
         except TRANSIENT as exc:  # the record stays open: a retry finds the order, same outcome
             self._metrics.bookkeeping_failures.labels("outcome").inc()
-            log.warning("event=trade_record_failed request_id=%s error=%s",
-                        record.request.request_id, type(exc).__name__)
+            log.warning(
+                "event=trade_record_failed request_id=%s error=%s",
+                record.request.request_id,
+                type(exc).__name__,
+            )
 
     def _refused(self, request: TradeRequest, why: str, metric: str = "refused") -> TradeReply:
         self._metrics.orders.labels(metric).inc()
-        log.warning("event=master_trade_refused request_id=%s symbol=%s why=%s",
-                    request.request_id, request.symbol, why)
+        log.warning(
+            "event=master_trade_refused request_id=%s symbol=%s why=%s",
+            request.request_id,
+            request.symbol,
+            why,
+        )
         return TradeReply(ok=False, outcome="refused", request_id=request.request_id, error=why)
 
     def _unknown(self, request: TradeRequest, why: str) -> TradeReply:
         self._metrics.orders.labels("unknown").inc()
-        log.warning("event=master_trade_unknown request_id=%s symbol=%s why=%s",
-                    request.request_id, request.symbol, why)
-        return TradeReply(ok=False, outcome="unknown", request_id=request.request_id,
-                          error=f"outcome unknown: {why}; {RETRY_HINT}")
+        log.warning(
+            "event=master_trade_unknown request_id=%s symbol=%s why=%s",
+            request.request_id,
+            request.symbol,
+            why,
+        )
+        return TradeReply(
+            ok=False,
+            outcome="unknown",
+            request_id=request.request_id,
+            error=f"outcome unknown: {why}; {RETRY_HINT}",
+        )
 
     # ---- the fill watcher's view (services.master.signals.SignalPublisher) ----------------------
 
     def signal_for(
-        self, ack: OrderAck, symbol: str, side: str, size: Decimal, size_type: str,
-        equity: Decimal, position_before: Decimal, fill_id: str = "",
+        self,
+        ack: OrderAck,
+        symbol: str,
+        side: str,
+        size: Decimal,
+        size_type: str,
+        equity: Decimal,
+        position_before: Decimal,
+        fill_id: str = "",
     ) -> TradeSignal:
-        return self.signals.signal_for(ack, symbol, side, size, size_type, equity,
-                                       position_before, fill_id)
+        return self.signals.signal_for(ack, symbol, side, size, size_type, equity, position_before, fill_id)
 
     async def publish(self, signal: TradeSignal) -> TradeSignal:
         return await self.signals.publish(signal)

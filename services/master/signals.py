@@ -56,8 +56,15 @@ class SignalPublisher(Protocol):
     """What the fill watcher needs: a signal for a fill, and publishing it."""
 
     def signal_for(
-        self, ack: OrderAck, symbol: str, side: str, size: Decimal, size_type: str,
-        equity: Decimal, position_before: Decimal, fill_id: str = "",
+        self,
+        ack: OrderAck,
+        symbol: str,
+        side: str,
+        size: Decimal,
+        size_type: str,
+        equity: Decimal,
+        position_before: Decimal,
+        fill_id: str = "",
     ) -> TradeSignal: ...
 
     async def publish(self, signal: TradeSignal) -> TradeSignal: ...
@@ -66,9 +73,16 @@ class SignalPublisher(Protocol):
 class MasterSignals:
     """Builds, signs and publishes the master's signals, and keeps its copied position."""
 
-    def __init__(self, *, js: JetStreamContext, config: MasterConfig, metrics: MasterMetrics,
-                 signer: SignalSigner | None, published: KeyValue | None,
-                 ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        config: MasterConfig,
+        metrics: MasterMetrics,
+        signer: SignalSigner | None,
+        published: KeyValue | None,
+        ledger: Ledger | None = None,
+    ) -> None:
         self._js, self._config, self._metrics = js, config, metrics
         self._signer, self._published, self._ledger = signer, published, ledger
         self._encoder = msgspec.json.Encoder(decimal_format="string")
@@ -76,20 +90,38 @@ class MasterSignals:
         self._lock = asyncio.Lock()
 
     def signal_for(
-        self, ack: OrderAck, symbol: str, side: str, size: Decimal, size_type: str,
-        equity: Decimal, position_before: Decimal, fill_id: str = "",
+        self,
+        ack: OrderAck,
+        symbol: str,
+        side: str,
+        size: Decimal,
+        size_type: str,
+        equity: Decimal,
+        position_before: Decimal,
+        fill_id: str = "",
     ) -> TradeSignal:
         """The signal of a master fill (`fill_id` "": the whole order), before its copied
         position is known: `publish` sets it."""
-        return msgspec.convert({
-            "signal_id": signal_id_for(self._config.exchange, ack.exchange_order_id, fill_id),
-            "master_id": self._config.id, "exchange": self._config.exchange,
-            "symbol": symbol, "side": side, "price": ack.avg_price, "size": size,
-            "size_type": size_type, "filled_base": ack.filled_base,
-            "order_id": ack.exchange_order_id, "master_equity": equity,
-            "master_position_before": position_before, "executed_at": time.time(),
-            "fill_id": fill_id,
-        }, TradeSignal, from_attributes=True)
+        return msgspec.convert(
+            {
+                "signal_id": signal_id_for(self._config.exchange, ack.exchange_order_id, fill_id),
+                "master_id": self._config.id,
+                "exchange": self._config.exchange,
+                "symbol": symbol,
+                "side": side,
+                "price": ack.avg_price,
+                "size": size,
+                "size_type": size_type,
+                "filled_base": ack.filled_base,
+                "order_id": ack.exchange_order_id,
+                "master_equity": equity,
+                "master_position_before": position_before,
+                "executed_at": time.time(),
+                "fill_id": fill_id,
+            },
+            TradeSignal,
+            from_attributes=True,
+        )
 
     async def publish(self, signal: TradeSignal) -> TradeSignal:
         """Publish the fill's signal (with its copied position before, signed) and apply the fill
@@ -131,12 +163,22 @@ class MasterSignals:
         key = master_key(self._config.id, signal.symbol)
         delta = signal.filled_base if signal.side == "buy" else -signal.filled_base
         before, after = await bus.retry_forever(
-            "master_ledger_apply", lambda: ledger.apply(key, signal.signal_id, delta))
+            "master_ledger_apply", lambda: ledger.apply(key, signal.signal_id, delta)
+        )
         if before != signal.copied_position_before:  # another writer of the master's entry?
-            log.warning("event=master_ledger_moved signal_id=%s sent_before=%s recorded_before=%s",
-                        signal.signal_id, signal.copied_position_before, before)
-        log.info("event=master_ledger_applied signal_id=%s key=%s before=%s after=%s",
-                 signal.signal_id, key, before, after)
+            log.warning(
+                "event=master_ledger_moved signal_id=%s sent_before=%s recorded_before=%s",
+                signal.signal_id,
+                signal.copied_position_before,
+                before,
+            )
+        log.info(
+            "event=master_ledger_applied signal_id=%s key=%s before=%s after=%s",
+            signal.signal_id,
+            key,
+            before,
+            after,
+        )
 
     async def _was_published(self, signal_id: str) -> bool:
         if self._published is None:
@@ -161,18 +203,32 @@ class MasterSignals:
             if self._signer is not None:
                 signal = self._signer.sign(signal)
             duplicate = await self._deliver(signal)
-            log.info("event=order_event_published signal_id=%s order_id=%s order_event=%s "
-                     "version=%d symbol=%s copied_position=%s duplicate=%s", signal.signal_id,
-                     signal.order_id, signal.event, signal.version, signal.symbol,
-                     signal.copied_position, duplicate)
+            log.info(
+                "event=order_event_published signal_id=%s order_id=%s order_event=%s "
+                "version=%d symbol=%s copied_position=%s duplicate=%s",
+                signal.signal_id,
+                signal.order_id,
+                signal.event,
+                signal.version,
+                signal.symbol,
+                signal.copied_position,
+                duplicate,
+            )
             await self._record_published(signal.signal_id)
             return signal
 
     async def _send(self, signal: TradeSignal) -> None:
         duplicate = await self._deliver(signal)
-        log.info("event=signal_published signal_id=%s symbol=%s side=%s fill_id=%s "
-                 "copied_position_before=%s duplicate=%s", signal.signal_id, signal.symbol,
-                 signal.side, signal.fill_id, signal.copied_position_before, duplicate)
+        log.info(
+            "event=signal_published signal_id=%s symbol=%s side=%s fill_id=%s "
+            "copied_position_before=%s duplicate=%s",
+            signal.signal_id,
+            signal.symbol,
+            signal.side,
+            signal.fill_id,
+            signal.copied_position_before,
+            duplicate,
+        )
 
     async def _deliver(self, signal: AnySignal) -> bool:
         """Publish until stored (NATS outages retried with the same message id); whether the
@@ -182,8 +238,7 @@ class MasterSignals:
 
         async def attempt() -> object:
             try:
-                return await self._js.publish(subject, data,
-                                              headers={"Nats-Msg-Id": signal.signal_id})
+                return await self._js.publish(subject, data, headers={"Nats-Msg-Id": signal.signal_id})
             except TRANSIENT as exc:
                 if bus.transient(exc):  # an outage: retried below
                     self._metrics.retries.inc()
@@ -201,5 +256,4 @@ class MasterSignals:
             await bus.retry("mark_published", lambda: mark_published(kv, signal_id))
         except TRANSIENT as exc:  # the signal is out: a lost record costs a deduped republish
             self._metrics.bookkeeping_failures.labels("published").inc()
-            log.warning("event=signal_record_failed signal_id=%s error=%s", signal_id,
-                        type(exc).__name__)
+            log.warning("event=signal_record_failed signal_id=%s error=%s", signal_id, type(exc).__name__)

@@ -42,8 +42,15 @@ async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> Key
 
 
 class FillWatcher:
-    def __init__(self, *, account: ExchangeAccount, config: MasterConfig, kv: KeyValue,
-                 master: SignalPublisher, on_fill: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        account: ExchangeAccount,
+        config: MasterConfig,
+        kv: KeyValue,
+        master: SignalPublisher,
+        on_fill: Callable[[], None] | None = None,
+    ) -> None:
         self._account, self._config, self._kv, self._master = account, config, kv, master
         self._on_fill = on_fill  # a fill published: the open-orders watcher speeds up
         self._cursor_key = f"cursor.{config.id}"
@@ -87,18 +94,35 @@ class FillWatcher:
         if (await self._orders.claim(fill.order_id, "fills")).by != "fills":
             return False  # the master service's own order: it publishes it whole
         fill_id = await self._orders.fill_id(fill, nth)
-        if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id,
-                                                          fill_id))):
+        if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id, fill_id))):
             return False
-        ack = OrderAck(exchange_order_id=fill.order_id, client_order_id=fill.client_order_id or "",
-                       status="filled", filled_base=fill.amount, avg_price=fill.price)
-        signal = self._master.signal_for(ack, fill.symbol, fill.side, fill.amount, "base",
-                                         (await account.snapshot()).equity,
-                                         await account.held_before(index), fill_id)
+        ack = OrderAck(
+            exchange_order_id=fill.order_id,
+            client_order_id=fill.client_order_id or "",
+            status="filled",
+            filled_base=fill.amount,
+            avg_price=fill.price,
+        )
+        signal = self._master.signal_for(
+            ack,
+            fill.symbol,
+            fill.side,
+            fill.amount,
+            "base",
+            (await account.snapshot()).equity,
+            await account.held_before(index),
+            fill_id,
+        )
         signal = await self._master.publish(signal)
-        log.info("event=external_fill_published signal_id=%s order_id=%s fill_id=%s amount=%s "
-                 "copied_position_before=%s", signal.signal_id, fill.order_id, fill_id,
-                 fill.amount, signal.copied_position_before)
+        log.info(
+            "event=external_fill_published signal_id=%s order_id=%s fill_id=%s amount=%s "
+            "copied_position_before=%s",
+            signal.signal_id,
+            fill.order_id,
+            fill_id,
+            fill.amount,
+            signal.copied_position_before,
+        )
         return True
 
     async def _cursor(self) -> float:

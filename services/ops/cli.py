@@ -42,8 +42,15 @@ from shared.messages import Symbol, TradeRequest, check_money
 from shared.signing import new_signing_key
 
 SERVICES = ("master", "copier", "sizer", "paper-exchange")
-NATS_ENV = ("nats_url", "nats_user", "nats_password", "nats_password_dir", "nats_tls_ca",
-            "nats_tls_cert", "nats_tls_key")
+NATS_ENV = (
+    "nats_url",
+    "nats_user",
+    "nats_password",
+    "nats_password_dir",
+    "nats_tls_ca",
+    "nats_tls_cert",
+    "nats_tls_key",
+)
 ENV_HELP = {  # OperatorSettings field -> what it is (its variable is COPYTRADE_<FIELD>)
     "nats_url": "NATS server URL, or a comma-separated list",
     "nats_user": "NATS user",
@@ -58,7 +65,9 @@ ENV_HELP = {  # OperatorSettings field -> what it is (its variable is COPYTRADE_
 EXIT_STATUS = textwrap.fill(
     f"exit status: {OK} filled; {FAILED} refused, nothing placed; {USAGE} bad arguments, config, "
     f"environment, or NATS unreachable; {UNKNOWN} outcome unknown: run the same command with the "
-    "printed --request-id, which returns the first outcome and never places a second order", 88)
+    "printed --request-id, which returns the first outcome and never places a second order",
+    88,
+)
 
 
 # ---- argument types: a bad value is one line, never a traceback -----------------------------
@@ -69,8 +78,7 @@ def _amount(text: str) -> Decimal:
         value = Decimal(text)
         check_money("amount", value)
     except (InvalidOperation, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive number (in range), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number (in range), got {text!r}") from None
     return value
 
 
@@ -169,8 +177,7 @@ async def _positions(args: argparse.Namespace) -> str:
 
 async def _unsubscribe(args: argparse.Namespace) -> str:
     settings, config = _settings_and_config(args)
-    return await subscriptions.unsubscribe(settings, config, args.follower, args.master,
-                                           args.action, _who())
+    return await subscriptions.unsubscribe(settings, config, args.follower, args.master, args.action, _who())
 
 
 async def _subscribe(args: argparse.Namespace) -> str:
@@ -180,15 +187,24 @@ async def _subscribe(args: argparse.Namespace) -> str:
 
 async def _adopt(args: argparse.Namespace) -> str:
     settings, config = _settings_and_config(args)
-    return await subscriptions.adopt(settings, config, args.follower, args.master, args.symbol,
-                                     args.amount, args.request_id or uuid.uuid4().hex)
+    return await subscriptions.adopt(
+        settings,
+        config,
+        args.follower,
+        args.master,
+        args.symbol,
+        args.amount,
+        args.request_id or uuid.uuid4().hex,
+    )
 
 
-def _printing(command: Callable[[argparse.Namespace], Coroutine[Any, Any, str]]
-              ) -> Callable[[argparse.Namespace], int]:
+def _printing(
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, str]],
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(asyncio.run(command(args)))
         return OK
+
     return run
 
 
@@ -201,9 +217,14 @@ TRADE_OPTIONS = {  # a TradeRequest field -> its option, and what it must be
 
 def _trade_request(args: argparse.Namespace) -> TradeRequest:
     size_type = "quote" if args.quote is not None else "base"
-    data = {"symbol": args.symbol, "side": args.side, "size_type": size_type,
-            "size": args.quote if args.quote is not None else args.base,
-            "request_id": args.request_id or uuid.uuid4().hex, "master_id": args.master}
+    data = {
+        "symbol": args.symbol,
+        "side": args.side,
+        "size_type": size_type,
+        "size": args.quote if args.quote is not None else args.base,
+        "request_id": args.request_id or uuid.uuid4().hex,
+        "master_id": args.master,
+    }
     try:
         return msgspec.convert(data, TradeRequest)
     except msgspec.ValidationError as exc:
@@ -233,13 +254,13 @@ def _trade(args: argparse.Namespace) -> int:
     return asyncio.run(master_trade(settings, request, float(args.timeout), subject))
 
 
-def _order_command(build: Callable[[argparse.Namespace], OrderCall]
-                   ) -> Callable[[argparse.Namespace], int]:
+def _order_command(build: Callable[[argparse.Namespace], OrderCall]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         call = build(args)
         settings = load_settings(OperatorSettings)
         subject = order_subject(_subject_master(args), endpoint_of(call))
         return asyncio.run(orders.send(settings, call, float(args.timeout), subject))
+
     return run
 
 
@@ -285,63 +306,97 @@ def _run_service(name: str) -> int:
 
 def _help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """A command group given no command: its help, and the usage-error status."""
+
     def show(_: argparse.Namespace) -> int:
         parser.print_help()
         return USAGE
+
     return show
 
 
 def _command(sub: Any, name: str, what: str, epilog: str = "") -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=what, description=textwrap.fill(what, 88), epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        name,
+        help=what,
+        description=textwrap.fill(what, 88),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     return parser
 
 
 def _with_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH",
-                        help=f"the config file (default: ${ENV_PREFIX}CONFIG)")
+    parser.add_argument("--config", metavar="PATH", help=f"the config file (default: ${ENV_PREFIX}CONFIG)")
 
 
 def _add_services(sub: Any) -> None:
-    every = environment(*NATS_ENV, "config", "secrets_dir",
-                        more="  and every other COPYTRADE_* setting (README: configuration)")
+    every = environment(
+        *NATS_ENV,
+        "config",
+        "secrets_dir",
+        more="  and every other COPYTRADE_* setting (README: configuration)",
+    )
     run = _command(sub, "run", "run a service (what a Kubernetes pod runs)", every)
     run.add_argument("service", choices=SERVICES, help="the service to run")
     run.set_defaults(run=lambda args: _run_service(args.service))
     for name in SERVICES[1:]:  # the manifests run these as `copytrade <service>`
-        _command(sub, name, f"run the {name} service (same as `run {name}`)", every
-                 ).set_defaults(run=lambda args, name=name: _run_service(name))
+        _command(sub, name, f"run the {name} service (same as `run {name}`)", every).set_defaults(
+            run=lambda args, name=name: _run_service(name)
+        )
 
 
 def _add_master(sub: Any) -> None:
     master = _command(sub, "master", "the master: run it, or place a master trade")
     master.set_defaults(run=_help_of(master))
-    actions = master.add_subparsers(dest="action", metavar="{run,trade,order,amend,cancel}",
-                                    parser_class=Parser)
-    _command(actions, "run", "run the master service (same as `copytrade run master`)",
-             environment(*NATS_ENV, "config", "secrets_dir",
-                         more="  and every other COPYTRADE_* setting (README: configuration)")
-             ).set_defaults(run=lambda args: _run_service("master"))
+    actions = master.add_subparsers(
+        dest="action", metavar="{run,trade,order,amend,cancel}", parser_class=Parser
+    )
+    _command(
+        actions,
+        "run",
+        "run the master service (same as `copytrade run master`)",
+        environment(
+            *NATS_ENV,
+            "config",
+            "secrets_dir",
+            more="  and every other COPYTRADE_* setting (README: configuration)",
+        ),
+    ).set_defaults(run=lambda args: _run_service("master"))
     trade = _command(
-        actions, "trade", "place a master trade through the master service; its signal is "
+        actions,
+        "trade",
+        "place a master trade through the master service; its signal is "
         "published once the order fills. Safe to send again with the same --request-id.",
-        environment(*NATS_ENV, "config") + "\n\n" + EXIT_STATUS)
+        environment(*NATS_ENV, "config") + "\n\n" + EXIT_STATUS,
+    )
     trade.add_argument("--symbol", required=True, help="canonical BASE/QUOTE, e.g. BTC/USD")
     trade.add_argument("--side", choices=["buy", "sell"], required=True, help="buy or sell")
     size = trade.add_mutually_exclusive_group(required=True)
-    size.add_argument("--quote", type=_amount, metavar="AMOUNT",
-                      help="size in quote currency, e.g. 500 (USD)")
-    size.add_argument("--base", type=_amount, metavar="AMOUNT",
-                      help="size in the base asset, e.g. 0.01 (BTC)")
-    trade.add_argument("--request-id", metavar="ID",
-                       help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
-                            "printed first. Send a trade again with the same id: never twice")
-    trade.add_argument("--master", metavar="ID",
-                       help="the master to trade on; must be the config's master "
-                            f"(reads ${ENV_PREFIX}CONFIG); default: the running master")
-    trade.add_argument("--timeout", type=_amount, default=Decimal(60), metavar="SECONDS",
-                       help="how long to wait for the master's reply (default 60)")
+    size.add_argument(
+        "--quote", type=_amount, metavar="AMOUNT", help="size in quote currency, e.g. 500 (USD)"
+    )
+    size.add_argument(
+        "--base", type=_amount, metavar="AMOUNT", help="size in the base asset, e.g. 0.01 (BTC)"
+    )
+    trade.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
+        "printed first. Send a trade again with the same id: never twice",
+    )
+    trade.add_argument(
+        "--master",
+        metavar="ID",
+        help="the master to trade on; must be the config's master "
+        f"(reads ${ENV_PREFIX}CONFIG); default: the running master",
+    )
+    trade.add_argument(
+        "--timeout",
+        type=_amount,
+        default=Decimal(60),
+        metavar="SECONDS",
+        help="how long to wait for the master's reply (default 60)",
+    )
     _with_config(trade)
     trade.set_defaults(run=_trade)
     _add_master_orders(actions)
@@ -349,50 +404,87 @@ def _add_master(sub: Any) -> None:
 
 def _master_options(parser: argparse.ArgumentParser, what: str) -> None:
     """--request-id, --master, --timeout and --config of a master request."""
-    parser.add_argument("--request-id", type=_request_id, metavar="ID",
-                        help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
-                             f"printed first. Sent again with the same id: {what} once")
-    parser.add_argument("--master", metavar="ID",
-                        help="the master; must be the config's master "
-                             f"(reads ${ENV_PREFIX}CONFIG); default: the running master")
-    parser.add_argument("--timeout", type=_amount, default=Decimal(60), metavar="SECONDS",
-                        help="how long to wait for the master's reply (default 60)")
+    parser.add_argument(
+        "--request-id",
+        type=_request_id,
+        metavar="ID",
+        help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
+        f"printed first. Sent again with the same id: {what} once",
+    )
+    parser.add_argument(
+        "--master",
+        metavar="ID",
+        help="the master; must be the config's master "
+        f"(reads ${ENV_PREFIX}CONFIG); default: the running master",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_amount,
+        default=Decimal(60),
+        metavar="SECONDS",
+        help="how long to wait for the master's reply (default 60)",
+    )
     _with_config(parser)
 
 
 def _add_master_orders(actions: Any) -> None:
     epilog = environment(*NATS_ENV, "config") + "\n\n" + orders.EXIT_STATUS
     order = _command(
-        actions, "order", "place a resting order on the master account through the master "
+        actions,
+        "order",
+        "place a resting order on the master account through the master "
         "service: a limit (--limit), a stop-loss (--stop, with --limit: stop-limit) or a "
         "take-profit (--take-profit, with --limit: take-profit-limit); its order event is "
         "published, its fills are signals. Safe to send again with the same --request-id.",
-        epilog)
+        epilog,
+    )
     order.add_argument("--symbol", required=True, help="canonical BASE/QUOTE, e.g. BTC/USD")
     order.add_argument("--side", choices=["buy", "sell"], required=True, help="buy or sell")
-    order.add_argument("--base", type=_amount, required=True, metavar="AMOUNT",
-                       help="size in the base asset, e.g. 0.01 (BTC)")
-    order.add_argument("--limit", type=_amount, metavar="PRICE",
-                       help="limit price (alone: a limit order resting until filled)")
+    order.add_argument(
+        "--base",
+        type=_amount,
+        required=True,
+        metavar="AMOUNT",
+        help="size in the base asset, e.g. 0.01 (BTC)",
+    )
+    order.add_argument(
+        "--limit",
+        type=_amount,
+        metavar="PRICE",
+        help="limit price (alone: a limit order resting until filled)",
+    )
     trigger = order.add_mutually_exclusive_group()
     trigger.add_argument("--stop", type=_amount, metavar="PRICE", help="stop-loss trigger price")
-    trigger.add_argument("--take-profit", type=_amount, metavar="PRICE",
-                         help="take-profit trigger price")
+    trigger.add_argument("--take-profit", type=_amount, metavar="PRICE", help="take-profit trigger price")
     _master_options(order, "placed")
     order.set_defaults(run=_order_command(orders.order_request))
-    amend = _command(actions, "amend", "change a resting limit order's price and/or size "
-                     "through the master service; its order event is published. Safe to send "
-                     "again with the same --request-id.", epilog)
-    amend.add_argument("order_id", metavar="ORDER_ID", help="the master order, as `master order` "
-                       "printed it (the venue's order id)")
+    amend = _command(
+        actions,
+        "amend",
+        "change a resting limit order's price and/or size "
+        "through the master service; its order event is published. Safe to send "
+        "again with the same --request-id.",
+        epilog,
+    )
+    amend.add_argument(
+        "order_id",
+        metavar="ORDER_ID",
+        help="the master order, as `master order` printed it (the venue's order id)",
+    )
     amend.add_argument("--price", type=_amount, metavar="PRICE", help="the new limit price")
-    amend.add_argument("--base", type=_amount, metavar="AMOUNT",
-                       help="the new size in the base asset (filled part included)")
+    amend.add_argument(
+        "--base", type=_amount, metavar="AMOUNT", help="the new size in the base asset (filled part included)"
+    )
     _master_options(amend, "amended")
     amend.set_defaults(run=_order_command(orders.amend_request))
-    cancel = _command(actions, "cancel", "cancel a resting order through the master service; "
-                      "its order event is published. Safe to send again with the same "
-                      "--request-id.", epilog)
+    cancel = _command(
+        actions,
+        "cancel",
+        "cancel a resting order through the master service; "
+        "its order event is published. Safe to send again with the same "
+        "--request-id.",
+        epilog,
+    )
     cancel.add_argument("order_id", metavar="ORDER_ID", help="the master order (venue's id)")
     _master_options(cancel, "cancelled")
     cancel.set_defaults(run=_order_command(orders.cancel_request))
@@ -405,12 +497,17 @@ def _add_operations(sub: Any) -> None:
         state.add_argument("follower", help="a follower id from the config")
         _with_config(state)
         state.set_defaults(run=_printing(_state))
-    kill = _command(sub, "kill", "global kill switch: stop all new orders within a second, "
-                                 "refuse master trades", environment(*NATS_ENV))
+    kill = _command(
+        sub,
+        "kill",
+        "global kill switch: stop all new orders within a second, refuse master trades",
+        environment(*NATS_ENV),
+    )
     kill.add_argument("switch", choices=["on", "off"], help="on: stop; off: resume")
     kill.set_defaults(run=_printing(_kill))
-    stat = _command(sub, "status", "followers, their states, last outcomes and drift; the kill "
-                                   "switch", with_config)
+    stat = _command(
+        sub, "status", "followers, their states, last outcomes and drift; the kill switch", with_config
+    )
     _with_config(stat)
     stat.set_defaults(run=_printing(_status))
     hist = _command(sub, "history", "a follower's recent copy outcomes", with_config)
@@ -424,50 +521,85 @@ ADOPT_STATUS = textwrap.fill(
     f"exit status: {OK} adopted (or adopted before by this request id); {FAILED} not adopted, "
     f"run it again; {USAGE} bad arguments, config, environment, or NATS unreachable; {UNKNOWN} "
     "outcome unknown: run the same command with the printed --request-id, which never adopts "
-    "twice", 88)
+    "twice",
+    88,
+)
 
 
 def _add_ledger(sub: Any) -> None:
     with_config = environment(*NATS_ENV, "config")
-    where = _command(sub, "positions", "what copying holds: each follower's copied holding per "
-                     "master and symbol, next to the real balance reconciliation last saw (and "
-                     "when) and the target; then each master's copied position", with_config)
+    where = _command(
+        sub,
+        "positions",
+        "what copying holds: each follower's copied holding per "
+        "master and symbol, next to the real balance reconciliation last saw (and "
+        "when) and the target; then each master's copied position",
+        with_config,
+    )
     where.add_argument("--follower", metavar="ID", help="only this follower (and its masters)")
     where.add_argument("--master", metavar="ID", help="only this master")
     where.add_argument("--json", action="store_true", help="one JSON document, for machines")
     _with_config(where)
     where.set_defaults(run=_printing(_positions))
-    unsub = _command(sub, "unsubscribe", "end a follower's subscription to a master: copiers "
-                     "stop copying it, and sell (--close) or keep (--keep) what was copied from "
-                     "it; default: the subscription's on_unsubscribe. Safe to run again.",
-                     with_config)
+    unsub = _command(
+        sub,
+        "unsubscribe",
+        "end a follower's subscription to a master: copiers "
+        "stop copying it, and sell (--close) or keep (--keep) what was copied from "
+        "it; default: the subscription's on_unsubscribe. Safe to run again.",
+        with_config,
+    )
     unsub.add_argument("follower", help="a follower id from the config")
     unsub.add_argument("master", help="a master the follower subscribes to")
     action = unsub.add_mutually_exclusive_group()
-    action.add_argument("--close", dest="action", action="store_const", const="close",
-                        help="sell the copied holding (never the follower's own coins)")
-    action.add_argument("--keep", dest="action", action="store_const", const="keep",
-                        help="keep the copied holding; the master's exits no longer sell it")
+    action.add_argument(
+        "--close",
+        dest="action",
+        action="store_const",
+        const="close",
+        help="sell the copied holding (never the follower's own coins)",
+    )
+    action.add_argument(
+        "--keep",
+        dest="action",
+        action="store_const",
+        const="keep",
+        help="keep the copied holding; the master's exits no longer sell it",
+    )
     _with_config(unsub)
     unsub.set_defaults(run=_printing(_unsubscribe))
-    resub = _command(sub, "subscribe", "undo `unsubscribe`: the config's subscription of the "
-                     "follower to the master applies again, its on_subscribe included. Safe to "
-                     "run again.", with_config)
+    resub = _command(
+        sub,
+        "subscribe",
+        "undo `unsubscribe`: the config's subscription of the "
+        "follower to the master applies again, its on_subscribe included. Safe to "
+        "run again.",
+        with_config,
+    )
     resub.add_argument("follower", help="a follower id from the config")
     resub.add_argument("master", help="a master the follower subscribes to in the config")
     _with_config(resub)
     resub.set_defaults(run=_printing(_subscribe))
-    adopt = _command(sub, "adopt", "make coins a follower already holds (bought before the "
-                     "ledger, or by hand) part of its copied holding from a master, so that the "
-                     "master's exits sell them too. Safe to send again with the same "
-                     "--request-id.", with_config + "\n\n" + ADOPT_STATUS)
+    adopt = _command(
+        sub,
+        "adopt",
+        "make coins a follower already holds (bought before the "
+        "ledger, or by hand) part of its copied holding from a master, so that the "
+        "master's exits sell them too. Safe to send again with the same "
+        "--request-id.",
+        with_config + "\n\n" + ADOPT_STATUS,
+    )
     adopt.add_argument("follower", help="a follower id from the config")
     adopt.add_argument("master", help="a master the follower subscribes to")
     adopt.add_argument("symbol", type=_symbol, help="the master's symbol, e.g. BTC/USD")
     adopt.add_argument("amount", type=_amount, help="how much of the base asset, e.g. 0.5 (BTC)")
-    adopt.add_argument("--request-id", type=_request_id, metavar="ID",
-                       help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
-                            "printed first. Sent again with the same id: adopted once")
+    adopt.add_argument(
+        "--request-id",
+        type=_request_id,
+        metavar="ID",
+        help="idempotency key (8-64 of A-Z a-z 0-9 _ -); default: a new one, "
+        "printed first. Sent again with the same id: adopted once",
+    )
     _with_config(adopt)
     adopt.set_defaults(run=_printing(_adopt))
 
@@ -475,23 +607,31 @@ def _add_ledger(sub: Any) -> None:
 def _add_tools(sub: Any) -> None:
     keys = _command(sub, "keys", "signal signing keys")
     keys.set_defaults(run=_help_of(keys))
-    _command(keys.add_subparsers(dest="action", metavar="{new}", parser_class=Parser), "new",
-             "print a new Ed25519 pair: the seed for MASTER_SIGNING_KEY, the public key for "
-             "signals.public_keys").set_defaults(run=_keys_new)
+    _command(
+        keys.add_subparsers(dest="action", metavar="{new}", parser_class=Parser),
+        "new",
+        "print a new Ed25519 pair: the seed for MASTER_SIGNING_KEY, the public key for signals.public_keys",
+    ).set_defaults(run=_keys_new)
     config = _command(sub, "config", "configuration tools")
     config.set_defaults(run=_help_of(config))
-    check = _command(config.add_subparsers(dest="action", metavar="{check}", parser_class=Parser),
-                     "check", "validate a config file and its credentials",
-                     "credentials are read from --secrets-dir, then the environment "
-                     "(e.g. KRAKEN_USER_<NAME>_API_KEY)")
+    check = _command(
+        config.add_subparsers(dest="action", metavar="{check}", parser_class=Parser),
+        "check",
+        "validate a config file and its credentials",
+        "credentials are read from --secrets-dir, then the environment (e.g. KRAKEN_USER_<NAME>_API_KEY)",
+    )
     check.add_argument("file", help="the config file")
     check.add_argument("--secrets-dir", default=None, help="the credentials directory")
     check.set_defaults(run=_config_check)
 
 
 def parser() -> argparse.ArgumentParser:
-    root = Parser(prog="copytrade", description=__doc__, epilog=environment(*ENV_HELP),
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Parser(
+        prog="copytrade",
+        description=__doc__,
+        epilog=environment(*ENV_HELP),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     root.set_defaults(run=_help_of(root))
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_services(sub)

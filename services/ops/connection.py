@@ -39,14 +39,26 @@ async def connected(settings: CommonSettings) -> AsyncIterator[Client]:
         errors.append(exc)
 
     try:
-        nc = await asyncio.wait_for(nats.connect(
-            servers, name="copytrade-cli", user=settings.nats_user, password=password, tls=tls,
-            allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-            connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error), CONNECT_DEADLINE_S)
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers,
+                name="copytrade-cli",
+                user=settings.nats_user,
+                password=password,
+                tls=tls,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                error_cb=on_error,
+            ),
+            CONNECT_DEADLINE_S,
+        )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         cause = errors[-1] if errors else exc
-        raise CliError(f"cannot connect to NATS at {shown_url(settings.nats_url)}: "
-                       f"{describe(cause)}; {NATS_HINT}") from None
+        raise CliError(
+            f"cannot connect to NATS at {shown_url(settings.nats_url)}: {describe(cause)}; {NATS_HINT}"
+        ) from None
     try:
         yield nc
     finally:

@@ -53,5 +53,8 @@ async def change_state(settings: CommonSettings, command: str, follower_id: str,
 async def kill(settings: CommonSettings, on: bool) -> str:
     async with connected(settings) as nc:
         await set_kill(await control_bucket(nc.jetstream(), settings.stream_replicas), on)
-    return ("kill switch ON: no new orders, master trades refused" if on
-            else "kill switch off: copying and master trades resume")
+    return (
+        "kill switch ON: no new orders, master trades refused"
+        if on
+        else "kill switch off: copying and master trades resume"
+    )

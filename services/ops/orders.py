@@ -38,7 +38,9 @@ _decoder = msgspec.json.Decoder(OrderReply)
 EXIT_STATUS = textwrap.fill(
     f"exit status: {OK} done; {FAILED} refused, nothing changed; {USAGE} bad arguments, config, "
     f"environment, or NATS unreachable; {UNKNOWN} outcome unknown: run the same command with the "
-    "printed --request-id, which returns the first outcome and never does it twice", 88)
+    "printed --request-id, which returns the first outcome and never does it twice",
+    88,
+)
 OPTIONS = {  # a request field -> its option, and what it must be
     "symbol": "--symbol must be BASE/QUOTE in capitals, like BTC/USD",
     "request_id": "--request-id must be 8 to 64 of A-Z a-z 0-9 _ -",
@@ -53,25 +55,43 @@ def order_request(args: argparse.Namespace) -> OrderRequest:
     triggers = {"stop_loss": args.stop, "take_profit": args.take_profit}
     trigger = next((name for name, price in triggers.items() if price is not None), None)
     if trigger is None and args.limit is None:
-        raise CliError("give --limit P, --stop P or --take-profit P (see copytrade master order "
-                       "--help)", USAGE)
-    return _convert(OrderRequest, {
-        "symbol": args.symbol, "side": args.side, "size": args.base, "limit_price": args.limit,
-        "trigger": trigger, "trigger_price": None if trigger is None else triggers[trigger],
-        "request_id": _request_id(args), "master_id": args.master})
+        raise CliError(
+            "give --limit P, --stop P or --take-profit P (see copytrade master order --help)", USAGE
+        )
+    return _convert(
+        OrderRequest,
+        {
+            "symbol": args.symbol,
+            "side": args.side,
+            "size": args.base,
+            "limit_price": args.limit,
+            "trigger": trigger,
+            "trigger_price": None if trigger is None else triggers[trigger],
+            "request_id": _request_id(args),
+            "master_id": args.master,
+        },
+    )
 
 
 def amend_request(args: argparse.Namespace) -> AmendRequest:
     if args.price is None and args.base is None:
         raise CliError("give --price P, --base X or both: what the amendment changes", USAGE)
-    return _convert(AmendRequest, {"order_id": args.order_id, "price": args.price,
-                                   "size": args.base, "request_id": _request_id(args),
-                                   "master_id": args.master})
+    return _convert(
+        AmendRequest,
+        {
+            "order_id": args.order_id,
+            "price": args.price,
+            "size": args.base,
+            "request_id": _request_id(args),
+            "master_id": args.master,
+        },
+    )
 
 
 def cancel_request(args: argparse.Namespace) -> CancelRequest:
-    return _convert(CancelRequest, {"order_id": args.order_id, "request_id": _request_id(args),
-                                    "master_id": args.master})
+    return _convert(
+        CancelRequest, {"order_id": args.order_id, "request_id": _request_id(args), "master_id": args.master}
+    )
 
 
 def _request_id(args: argparse.Namespace) -> str:
@@ -92,13 +112,14 @@ def _convert(kind: type[C], data: dict[str, Any]) -> C:
 async def send(settings: CommonSettings, call: OrderCall, timeout_s: float, subject: str) -> int:
     """Send one request to the master service and show its outcome."""
     async with connected(settings) as nc:
-        print(f"request {call.request_id}: {_what(call)} (to send it again: --request-id "
-              f"{call.request_id})", flush=True)
+        print(
+            f"request {call.request_id}: {_what(call)} (to send it again: --request-id {call.request_id})",
+            flush=True,
+        )
         try:
             msg = await nc.request(subject, _encoder.encode(call), timeout=timeout_s)
         except nats.errors.NoRespondersError:
-            raise CliError("no master service answers on NATS: nothing was changed",
-                           FAILED) from None
+            raise CliError("no master service answers on NATS: nothing was changed", FAILED) from None
         except TimeoutError:
             raise _unknown(call, f"no reply within {timeout_s:g}s") from None
     return _show(_reply(msg, call), call)
@@ -112,9 +133,11 @@ def _what(call: OrderCall) -> str:
                 at.insert(0, f"{call.trigger.replace('_', '-')} at {call.trigger_price}")
             return f"{call.side} {call.size} {call.symbol}, {' then '.join(at)}"
         case AmendRequest():
-            changes = [f"{name} {value}" for name, value in (("price", call.price),
-                                                             ("size", call.size))
-                       if value is not None]
+            changes = [
+                f"{name} {value}"
+                for name, value in (("price", call.price), ("size", call.size))
+                if value is not None
+            ]
             return f"amend order {call.order_id}: {', '.join(changes)}"
         case CancelRequest():
             return f"cancel order {call.order_id}"
@@ -141,11 +164,16 @@ def _show(reply: OrderReply, call: OrderCall) -> int:
 
 def _done(reply: OrderReply) -> str:
     order = f"master order {reply.order_id} (client order id {reply.client_order_id})"
-    shown = {"open": f"resting: {order}", "filled": f"filled: {order}; its fills are signalled "
-             "one by one", "canceled": f"canceled: {order}"}.get(reply.status, order)
+    shown = {
+        "open": f"resting: {order}",
+        "filled": f"filled: {order}; its fills are signalled one by one",
+        "canceled": f"canceled: {order}",
+    }.get(reply.status, order)
     if reply.signal is not None:
-        shown += (f"; order event {reply.signal.event} v{reply.signal.version}, signal "
-                  f"{reply.signal.signal_id} published")
+        shown += (
+            f"; order event {reply.signal.event} v{reply.signal.version}, signal "
+            f"{reply.signal.signal_id} published"
+        )
     elif reply.status in ("open", "canceled"):
         shown += "; its order event is published by the open-orders watcher"
     again = " (answered again: this request id was done before)" if reply.replayed else ""
@@ -153,7 +181,9 @@ def _done(reply: OrderReply) -> str:
 
 
 def _unknown(call: OrderCall, why: str) -> CliError:
-    return CliError(f"outcome unknown: {why}; it may be done. Run the same command with "
-                    f"--request-id {call.request_id}: it returns the first outcome and never "
-                    "does it twice", UNKNOWN)
-
+    return CliError(
+        f"outcome unknown: {why}; it may be done. Run the same command with "
+        f"--request-id {call.request_id}: it returns the first outcome and never "
+        "does it twice",
+        UNKNOWN,
+    )

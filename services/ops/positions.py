@@ -74,8 +74,7 @@ async def positions(settings: CommonSettings, scope: Scope) -> Positions:
         reports = await latest(kv, f"report.{f}.{m}.>")
         master_entries = await latest(kv, f"master.{m}.>")
     now = time.time()
-    return Positions(holdings=_holdings(held, reports, now),
-                     masters=_masters(master_entries, scope.masters))
+    return Positions(holdings=_holdings(held, reports, now), masters=_masters(master_entries, scope.masters))
 
 
 async def _ledger_bucket(js: JetStreamContext) -> KeyValue | None:
@@ -91,8 +90,11 @@ async def latest(kv: KeyValue, pattern: str) -> dict[str, bytes]:
     watcher = await kv.watch(pattern, ignore_deletes=True)
     found: dict[str, bytes] = {}
     try:
-        while (entry := await watcher.updates(  # type: ignore[no-untyped-call]
-                timeout=READ_TIMEOUT_S)) is not None:
+        while (
+            entry := await watcher.updates(  # type: ignore[no-untyped-call]
+                timeout=READ_TIMEOUT_S
+            )
+        ) is not None:
             if entry.value:
                 found[entry.key] = entry.value
     finally:
@@ -117,15 +119,19 @@ def _holdings(held: dict[str, bytes], reports: dict[str, bytes], now: float) -> 
     return [r for r in rows if r.holding > 0 or (r.target or 0) > 0]
 
 
-def _row(where: tuple[str, str, str], entry: Entry, report: PositionReport | None,
-         now: float) -> Holding:
+def _row(where: tuple[str, str, str], entry: Entry, report: PositionReport | None, now: float) -> Holding:
     follower, master, symbol = where
     return Holding(
-        follower=follower, master=master, symbol=symbol, holding=entry.amount,
-        sold_by_hand=entry.clipped, real=None if report is None else report.real,
+        follower=follower,
+        master=master,
+        symbol=symbol,
+        holding=entry.amount,
+        sold_by_hand=entry.clipped,
+        real=None if report is None else report.real,
         target=None if report is None else report.target,
         reconciled_at=None if report is None else report.at,
-        age_s=None if report is None else max(0.0, now - report.at))
+        age_s=None if report is None else max(0.0, now - report.at),
+    )
 
 
 def _masters(entries: dict[str, bytes], shown: frozenset[str] | None) -> list[MasterPosition]:
@@ -136,8 +142,11 @@ def _masters(entries: dict[str, bytes], shown: frozenset[str] | None) -> list[Ma
         if len(parts) != 3 or entry is None or entry.amount <= 0:
             continue
         if shown is None or parts[1] in shown:
-            found.append(MasterPosition(master=parts[1], symbol=parts[2].replace("_", "/"),
-                                        copied_position=entry.amount))
+            found.append(
+                MasterPosition(
+                    master=parts[1], symbol=parts[2].replace("_", "/"), copied_position=entry.amount
+                )
+            )
     return found
 
 
@@ -145,8 +154,7 @@ def _decode(decoder: msgspec.json.Decoder[T], key: str, value: bytes) -> T | Non
     try:
         return decoder.decode(value)
     except msgspec.DecodeError:  # written by another version: said, not fatal
-        print(f"warning: ledger entry {key} cannot be read by this version: left out",
-              file=sys.stderr)
+        print(f"warning: ledger entry {key} cannot be read by this version: left out", file=sys.stderr)
         return None
 
 
@@ -159,15 +167,20 @@ def as_json(found: Positions) -> str:
 
 def as_table(found: Positions) -> str:
     if found.holdings:
-        lines = table(["follower", "master", "symbol", "holding", "real", "target", "reconciled"],
-                      [_cells(h) for h in found.holdings], numeric={3, 4, 5})
+        lines = table(
+            ["follower", "master", "symbol", "holding", "real", "target", "reconciled"],
+            [_cells(h) for h in found.holdings],
+            numeric={3, 4, 5},
+        )
     else:
         lines = ["no copied holdings"]
     lines.append("")
     if found.masters:
-        lines += table(["master", "symbol", "copied position"],
-                       [[p.master, p.symbol, _number(p.copied_position)] for p in found.masters],
-                       numeric={2})
+        lines += table(
+            ["master", "symbol", "copied position"],
+            [[p.master, p.symbol, _number(p.copied_position)] for p in found.masters],
+            numeric={2},
+        )
     else:
         lines.append("no master copied positions")
     return "\n".join(lines)
@@ -184,15 +197,18 @@ def table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> list[
     """Aligned columns, numbers lined up on their decimal point. A row with fewer cells than
     headers ends with one cell spanning the rest (it does not widen its column)."""
     filled = [len(r) if len(r) == len(headers) else len(r) - 1 for r in rows]
-    columns = [[r[i] if i < filled[n] else None for n, r in enumerate(rows)]
-               for i in range(len(headers))]
+    columns = [[r[i] if i < filled[n] else None for n, r in enumerate(rows)] for i in range(len(headers))]
     aligned = [_points(c) if i in numeric else c for i, c in enumerate(columns)]
-    widths = [max([len(headers[i]), *(len(v) for v in col if v is not None)])
-              for i, col in enumerate(aligned)]
+    widths = [
+        max([len(headers[i]), *(len(v) for v in col if v is not None)]) for i, col in enumerate(aligned)
+    ]
     out = ["  ".join(_pad(h, widths[i], i in numeric) for i, h in enumerate(headers)).rstrip()]
     for n, row in enumerate(rows):
-        cells = [_pad(cell, widths[i], i in numeric) for i, col in enumerate(aligned)
-                 if (cell := col[n]) is not None]
+        cells = [
+            _pad(cell, widths[i], i in numeric)
+            for i, col in enumerate(aligned)
+            if (cell := col[n]) is not None
+        ]
         if len(row) < len(headers):
             cells.append(row[-1])
         out.append("  ".join(cells).rstrip())
@@ -203,8 +219,9 @@ def _points(column: list[str | None]) -> list[str | None]:
     """Numbers padded so that their decimal points line up."""
     shown = [v for v in column if v is not None]
     decimals = max((len(v.partition(".")[2]) + ("." in v) for v in shown), default=0)
-    return [None if v is None else v + " " * (decimals - len(v.partition(".")[2]) - ("." in v))
-            for v in column]
+    return [
+        None if v is None else v + " " * (decimals - len(v.partition(".")[2]) - ("." in v)) for v in column
+    ]
 
 
 def _pad(text: str, width: int, right: bool) -> str:

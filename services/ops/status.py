@@ -28,18 +28,26 @@ async def status(settings: CommonSettings, config: CopytradeConfig) -> str:
     async with connected(settings) as nc:
         js = nc.jetstream()
         control, drifts = await _control(js)
-        lines = [f"kill switch: {'ON' if control.killed else 'off'}",
-                 f"{'follower':<20} {'exchange':<9} {'state':<11} {'last outcome':<34} "
-                 f"{'age':>6}  drift"]
+        lines = [
+            f"kill switch: {'ON' if control.killed else 'off'}",
+            f"{'follower':<20} {'exchange':<9} {'state':<11} {'last outcome':<34} {'age':>6}  drift",
+        ]
         for follower in config.followers:
             configured = follower.state if follower.enabled else "paused"
             state = control.state_of(follower.id, configured)
             last = await _last_result(js, follower.group or follower.exchange, follower.id)
-            outcome = "-" if last is None else (
-                f"{last.outcome} {last.reason_code}" + (f" ({last.master_id})" if last.master_id else ""))
+            outcome = (
+                "-"
+                if last is None
+                else (
+                    f"{last.outcome} {last.reason_code}" + (f" ({last.master_id})" if last.master_id else "")
+                )
+            )
             age = "-" if last is None else f"{time.time() - last.received_at:.0f}s"
-            lines.append(f"{follower.id:<20} {follower.exchange:<9} {state:<11} {outcome:<34} "
-                         f"{age:>6}  {drifts.get(follower.id, '-')}")
+            lines.append(
+                f"{follower.id:<20} {follower.exchange:<9} {state:<11} {outcome:<34} "
+                f"{age:>6}  {drifts.get(follower.id, '-')}"
+            )
     return "\n".join(lines)
 
 
@@ -47,8 +55,9 @@ async def history(settings: CommonSettings, follower_id: str, limit: int) -> lis
     """The follower's most recent outcomes from the RESULTS stream, oldest first."""
     found: list[CopyResult] = []
     async with connected(settings) as nc:
-        sub = await nc.jetstream().subscribe(bus.results_of(follower_id), ordered_consumer=True,
-                                             deliver_policy=DeliverPolicy.ALL)
+        sub = await nc.jetstream().subscribe(
+            bus.results_of(follower_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
         with contextlib.suppress(nats.errors.TimeoutError):
             while True:
                 msg = await sub.next_msg(timeout=1.0)
@@ -65,8 +74,10 @@ def format_history(results: list[CopyResult]) -> str:
     for r in results:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.received_at))
         order = "" if r.size is None else f"{r.side} {r.size} {r.size_type}"
-        lines.append(f"{when:<20} {r.master_id or '-':<12} {r.signal_id[:12]:<14} {r.outcome:<9} "
-                     f"{order:>18}  {r.reason}")
+        lines.append(
+            f"{when:<20} {r.master_id or '-':<12} {r.signal_id[:12]:<14} {r.outcome:<9} "
+            f"{order:>18}  {r.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -85,7 +96,8 @@ async def _control(js: JetStreamContext) -> tuple[Control, dict[str, str]]:
                     if drift is not None:
                         drifts[drift.follower_id] = (
                             f"{drift.symbol} holds {drift.actual}, expected {drift.expected:.8f} "
-                            f"({drift.ratio:.0%} off)")
+                            f"({drift.ratio:.0%} off)"
+                        )
                 else:
                     control.apply(key, value)
             except msgspec.DecodeError:  # a value this version cannot read: shown as unknown

@@ -23,18 +23,21 @@ _decoder = msgspec.json.Decoder(TradeReply)
 
 
 async def master_trade(
-    settings: CommonSettings, request: TradeRequest, timeout_s: float,
+    settings: CommonSettings,
+    request: TradeRequest,
+    timeout_s: float,
     subject: str = bus.MASTER_TRADE_SUBJECT,
 ) -> int:
     async with connected(settings) as nc:
-        print(f"request {request.request_id}: {request.side} {request.size} {request.size_type} "
-              f"{request.symbol} (to send it again: --request-id {request.request_id})", flush=True)
+        print(
+            f"request {request.request_id}: {request.side} {request.size} {request.size_type} "
+            f"{request.symbol} (to send it again: --request-id {request.request_id})",
+            flush=True,
+        )
         try:
-            msg = await nc.request(subject, _encoder.encode(request),
-                                   timeout=timeout_s)
+            msg = await nc.request(subject, _encoder.encode(request), timeout=timeout_s)
         except nats.errors.NoRespondersError:
-            raise CliError("no master service answers on NATS: nothing was placed",
-                           FAILED) from None
+            raise CliError("no master service answers on NATS: nothing was placed", FAILED) from None
         except TimeoutError:
             raise _unknown(request, f"no reply within {timeout_s:g}s") from None
     return _show(_reply(msg, request), request)
@@ -61,6 +64,9 @@ def _show(reply: TradeReply, request: TradeRequest) -> int:
 
 
 def _unknown(request: TradeRequest, why: str) -> CliError:
-    return CliError(f"outcome unknown: {why}; the order may be placed. Run the same command "
-                    f"with --request-id {request.request_id}: it returns the first outcome and "
-                    "never places a second order", UNKNOWN)
+    return CliError(
+        f"outcome unknown: {why}; the order may be placed. Run the same command "
+        f"with --request-id {request.request_id}: it returns the first outcome and "
+        "never places a second order",
+        UNKNOWN,
+    )

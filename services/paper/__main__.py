@@ -42,10 +42,13 @@ async def serve_venue(nc: Client, venue: PaperVenue) -> Service:
             return
         await request.respond(encoder.encode(await venue.handle(call)))
 
-    service = await add_service(nc, name=bus.PAPER_SERVICE, version="1.0.0",
-                                description="Simulated exchange for demo, dry runs and tests")
-    await service.add_group(name=bus.PAPER_GROUP).add_endpoint(name=bus.PAPER_ENDPOINT,
-                                                                handler=handle)
+    service = await add_service(
+        nc,
+        name=bus.PAPER_SERVICE,
+        version="1.0.0",
+        description="Simulated exchange for demo, dry runs and tests",
+    )
+    await service.add_group(name=bus.PAPER_GROUP).add_endpoint(name=bus.PAPER_ENDPOINT, handler=handle)
     return service
 
 
@@ -62,8 +65,9 @@ def _observed(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
 
 async def run(settings: PaperSettings) -> None:
     async with service_runtime("paper-exchange", settings) as rt:
-        service = await serve_venue(rt.nc, PaperVenue(
-            latency_s=settings.paper_latency_ms / 1000, seed_cash=settings.paper_seed_cash))
+        service = await serve_venue(
+            rt.nc, PaperVenue(latency_s=settings.paper_latency_ms / 1000, seed_cash=settings.paper_seed_cash)
+        )
         rt.mark_started()
         await rt.wait_stopped()
         await service.stop()

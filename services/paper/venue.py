@@ -59,12 +59,20 @@ class PaperRefusal(Exception):
 # ---- the venue engine --------------------------------------------------------------------------
 
 DEFAULT_RULES = {
-    "BTC/USD": MarketRules(symbol="BTC/USD", amount_step=Decimal("0.00000001"),
-                           min_amount=Decimal("0.00001"), min_cost=Decimal("0.5"),
-                           price_step=Decimal("0.1")),
-    "ETH/USD": MarketRules(symbol="ETH/USD", amount_step=Decimal("0.00000001"),
-                           min_amount=Decimal("0.0001"), min_cost=Decimal("0.5"),
-                           price_step=Decimal("0.01")),
+    "BTC/USD": MarketRules(
+        symbol="BTC/USD",
+        amount_step=Decimal("0.00000001"),
+        min_amount=Decimal("0.00001"),
+        min_cost=Decimal("0.5"),
+        price_step=Decimal("0.1"),
+    ),
+    "ETH/USD": MarketRules(
+        symbol="ETH/USD",
+        amount_step=Decimal("0.00000001"),
+        min_amount=Decimal("0.0001"),
+        min_cost=Decimal("0.5"),
+        price_step=Decimal("0.01"),
+    ),
 }
 DEFAULT_PRICES = {"BTC/USD": Decimal("45000"), "ETH/USD": Decimal("3000")}
 
@@ -91,11 +99,23 @@ class PaperVenue:
         self.timeout_hold_s = timeout_hold_s
         self._accounts: dict[str, _Account] = {}
         self._handlers: dict[type[Call], Callable[..., Awaitable[Ok]]] = {
-            Snapshot: self._snapshot, Position: self._position, Rules: self._rules, Price: self._price,
-            Place: self._place, Find: self._find, Fills: self._fills, Fund: self._fund,
-            SetPrice: self._set_price, InjectFault: self._fault, Orders: self._orders,
-            PlaceResting: self._rest, FillPart: self._fill_part, Submit: self._submit,
-            Cancel: self._cancel, Amend: self._amend, OpenOrders: self._open_orders,
+            Snapshot: self._snapshot,
+            Position: self._position,
+            Rules: self._rules,
+            Price: self._price,
+            Place: self._place,
+            Find: self._find,
+            Fills: self._fills,
+            Fund: self._fund,
+            SetPrice: self._set_price,
+            InjectFault: self._fault,
+            Orders: self._orders,
+            PlaceResting: self._rest,
+            FillPart: self._fill_part,
+            Submit: self._submit,
+            Cancel: self._cancel,
+            Amend: self._amend,
+            OpenOrders: self._open_orders,
         }
 
     async def handle(self, call: Call) -> Reply:
@@ -118,8 +138,9 @@ class PaperVenue:
 
     async def _snapshot(self, call: Snapshot) -> Ok:
         acc = self._account(call.account)
-        value = sum((q * self.prices.get(f"{a}/USD", Decimal(0)) for a, q in acc.holdings.items()),
-                    Decimal(0))
+        value = sum(
+            (q * self.prices.get(f"{a}/USD", Decimal(0)) for a, q in acc.holdings.items()), Decimal(0)
+        )
         return Ok(snapshot=AccountSnapshot(equity=acc.cash + value, cash=acc.cash))
 
     async def _position(self, call: Position) -> Ok:
@@ -168,15 +189,32 @@ class PaperVenue:
         if amount < rules.min_amount or amount * at < rules.min_cost:
             raise PaperRefusal("below_minimum", f"order minimum not met: {amount} {cmd.symbol}")
         self._afford(acc, cmd.symbol, cmd.side, amount, at)
-        order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
-                           symbol=cmd.symbol, side=cmd.side, amount=Decimal(0), cost=Decimal(0),
-                           price=Decimal(0), at=time.time(), status="open",
-                           limit_price=cmd.limit_price, ordered=amount, trigger=cmd.trigger,
-                           trigger_price=cmd.trigger_price)
+        order = PaperOrder(
+            order_id=uuid.uuid4().hex,
+            client_order_id=cmd.client_order_id,
+            symbol=cmd.symbol,
+            side=cmd.side,
+            amount=Decimal(0),
+            cost=Decimal(0),
+            price=Decimal(0),
+            at=time.time(),
+            status="open",
+            limit_price=cmd.limit_price,
+            ordered=amount,
+            trigger=cmd.trigger,
+            trigger_price=cmd.trigger_price,
+        )
         return self._work(acc, order)
 
-    def _afford(self, acc: _Account, symbol: str, side: Side, amount: Decimal, price: Decimal,
-                excluding: str | None = None) -> None:
+    def _afford(
+        self,
+        acc: _Account,
+        symbol: str,
+        side: Side,
+        amount: Decimal,
+        price: Decimal,
+        excluding: str | None = None,
+    ) -> None:
         """Refuse what the account's cash (a buy) or holding (a sell) cannot cover, net of what
         its open orders (but `excluding`, a client order id) hold."""
         held = _held(acc, symbol, side, excluding)
@@ -220,14 +258,21 @@ class PaperVenue:
         reserved = cost if cmd.limit_price is None or cmd.side == "sell" else amount * cmd.limit_price
         if (cmd.side == "buy" and reserved > cash) or (cmd.side == "sell" and amount > held):
             raise PaperRefusal("insufficient_funds", "insufficient funds")
-        order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
-                           symbol=cmd.symbol, side=cmd.side, amount=amount, cost=cost,
-                           price=price, at=time.time(), limit_price=cmd.limit_price)
+        order = PaperOrder(
+            order_id=uuid.uuid4().hex,
+            client_order_id=cmd.client_order_id,
+            symbol=cmd.symbol,
+            side=cmd.side,
+            amount=amount,
+            cost=cost,
+            price=price,
+            at=time.time(),
+            limit_price=cmd.limit_price,
+        )
         if _within_limit(cmd.side, cmd.limit_price, price):
             _book(acc, order, amount, cost, price)
         else:
-            order = msgspec.structs.replace(order, amount=Decimal(0), cost=Decimal(0),
-                                            status="expired")
+            order = msgspec.structs.replace(order, amount=Decimal(0), cost=Decimal(0), status="expired")
         acc.orders[cmd.client_order_id] = order
         return order
 
@@ -243,10 +288,19 @@ class PaperVenue:
         amount = cmd.size.quantize(rules.amount_step, rounding=ROUND_DOWN)
         if amount < rules.min_amount or cmd.client_order_id in acc.orders:
             raise PaperRefusal("invalid_order", "order minimum not met or duplicate client id")
-        order = PaperOrder(order_id=uuid.uuid4().hex, client_order_id=cmd.client_order_id,
-                           symbol=cmd.symbol, side=cmd.side, amount=Decimal(0), cost=Decimal(0),
-                           price=Decimal(0), at=time.time(), status="open",
-                           limit_price=cmd.limit_price, ordered=amount)
+        order = PaperOrder(
+            order_id=uuid.uuid4().hex,
+            client_order_id=cmd.client_order_id,
+            symbol=cmd.symbol,
+            side=cmd.side,
+            amount=Decimal(0),
+            cost=Decimal(0),
+            price=Decimal(0),
+            at=time.time(),
+            status="open",
+            limit_price=cmd.limit_price,
+            ordered=amount,
+        )
         acc.orders[cmd.client_order_id] = order
         return Ok(order=order)
 
@@ -268,8 +322,7 @@ class PaperVenue:
         acc = self._account(call.account)
         order = acc.orders.get(call.client_order_id)
         if order is not None and order.status == "open":
-            order = acc.orders[order.client_order_id] = msgspec.structs.replace(
-                order, status="canceled")
+            order = acc.orders[order.client_order_id] = msgspec.structs.replace(order, status="canceled")
         return Ok(order=order)
 
     async def _amend(self, call: Amend) -> Ok:
@@ -282,21 +335,25 @@ class PaperVenue:
             raise PaperRefusal("not_native", "only resting limit orders are amended")
         rules = self.rules[order.symbol]
         price = order.limit_price if call.price is None else call.price
-        size = order.ordered if call.size is None else call.size.quantize(rules.amount_step,
-                                                                          rounding=ROUND_DOWN)
-        assert price is not None and size is not None
+        size = (
+            order.ordered if call.size is None else call.size.quantize(rules.amount_step, rounding=ROUND_DOWN)
+        )
+        assert price is not None
+        assert size is not None
         _check_tick(price, rules)
         if size <= order.amount:
             raise PaperRefusal("invalid_order", f"size {size} is not above what filled")
-        self._afford(acc, order.symbol, order.side, size - order.amount, price,
-                     excluding=order.client_order_id)
+        self._afford(
+            acc, order.symbol, order.side, size - order.amount, price, excluding=order.client_order_id
+        )
         order = msgspec.structs.replace(order, limit_price=price, ordered=size)
         return Ok(order=self._work(acc, order))
 
     async def _open_orders(self, call: OpenOrders) -> Ok:
         acc = self._account(call.account)
-        return Ok(orders=[o for o in acc.orders.values() if o.status == "open"
-                          and call.symbol in (None, o.symbol)])
+        return Ok(
+            orders=[o for o in acc.orders.values() if o.status == "open" and call.symbol in (None, o.symbol)]
+        )
 
     async def _find(self, call: Find) -> Ok:
         return Ok(order=self._account(call.account).orders.get(call.client_order_id))
@@ -304,8 +361,10 @@ class PaperVenue:
     async def _fills(self, call: Fills) -> Ok:
         acc = self._account(call.account)
         # orders: what an adapter from before fill-by-fill reads (one fill per filled order)
-        return Ok(orders=[o for o in acc.orders.values() if o.at > call.since and o.status == "filled"],
-                  fills=[f for f in acc.fills if f.at > call.since])
+        return Ok(
+            orders=[o for o in acc.orders.values() if o.at > call.since and o.status == "filled"],
+            fills=[f for f in acc.fills if f.at > call.since],
+        )
 
     async def _orders(self, call: Orders) -> Ok:
         return Ok(orders=list(self._account(call.account).orders.values()))
@@ -375,8 +434,12 @@ def _book_part(acc: _Account, order: PaperOrder, amount: Decimal, price: Decimal
     _book(acc, order, amount, cost, price)
     filled, total = order.amount + amount, order.cost + cost
     return msgspec.structs.replace(
-        order, amount=filled, cost=total, status="filled" if filled == order.ordered else "open",
-        price=(total / filled).quantize(Decimal("0.00000001")))
+        order,
+        amount=filled,
+        cost=total,
+        status="filled" if filled == order.ordered else "open",
+        price=(total / filled).quantize(Decimal("0.00000001")),
+    )
 
 
 def _within_limit(side: Side, limit: Decimal | None, price: Decimal) -> bool:
@@ -389,10 +452,18 @@ def _book(acc: _Account, order: PaperOrder, amount: Decimal, cost: Decimal, pric
     sign = 1 if order.side == "buy" else -1
     acc.holdings[base] = acc.holdings.get(base, Decimal(0)) + sign * amount
     acc.cash -= sign * cost
-    acc.fills.append(Fill(order_id=order.order_id, symbol=order.symbol, side=order.side,
-                          amount=amount, price=price, at=time.time(),
-                          client_order_id=order.client_order_id, trade_id=uuid.uuid4().hex))
+    acc.fills.append(
+        Fill(
+            order_id=order.order_id,
+            symbol=order.symbol,
+            side=order.side,
+            amount=amount,
+            price=price,
+            at=time.time(),
+            client_order_id=order.client_order_id,
+            trade_id=uuid.uuid4().hex,
+        )
+    )
 
 
 # ---- transports ------------------------------------------------------------------------------
-

@@ -29,14 +29,18 @@ PRICE_STEP_UNPUBLISHED = Decimal("0.00000001")
 
 
 def size_all(
-    signal: TradeSignal, followers: list[FollowerSnapshot], min_notional: Decimal,
+    signal: TradeSignal,
+    followers: list[FollowerSnapshot],
+    min_notional: Decimal,
     now: float | None = None,
 ) -> list[Decision]:
     return [size_follower(signal, f, min_notional, now) for f in followers]
 
 
 def size_follower(
-    signal: TradeSignal, follower: FollowerSnapshot, min_notional: Decimal,
+    signal: TradeSignal,
+    follower: FollowerSnapshot,
+    min_notional: Decimal,
     now: float | None = None,
 ) -> Decision:
     """One follower's order for this signal, or a skip saying why not."""
@@ -45,8 +49,11 @@ def size_follower(
         if problem is not None:
             return _skip(follower, *problem)
     if follower.rules is None:
-        return _skip(follower, "unsupported_symbol",
-                     f"Symbol {signal.symbol} is not supported on the follower's exchange")
+        return _skip(
+            follower,
+            "unsupported_symbol",
+            f"Symbol {signal.symbol} is not supported on the follower's exchange",
+        )
     if signal.side == "sell":
         return _size_exit(signal, follower, follower.rules, min_notional)
     return _size_entry(signal, follower, follower.rules, min_notional)
@@ -80,8 +87,7 @@ def _gate_slippage(signal: TradeSignal, follower: FollowerSnapshot, _: float | N
         return None  # the order's limit price holds the bound at the venue
     deviation = abs(price - signal.price) / signal.price * 100
     if deviation > tolerance:
-        return ("slippage", f"Price moved {deviation:.2f}% from the master's fill "
-                            f"(limit {tolerance}%)")
+        return ("slippage", f"Price moved {deviation:.2f}% from the master's fill (limit {tolerance}%)")
     return None
 
 
@@ -95,8 +101,12 @@ def _master_notional(signal: TradeSignal) -> Decimal:
 
 def _scale(signal: TradeSignal, follower: FollowerSnapshot) -> Fraction:
     """Follower size / master size before caps, by sizing mode (exact: no rounding yet)."""
-    return order_scale(follower.sizing, equity=follower.equity, master_equity=signal.master_equity,
-                       master_notional=_master_notional(signal))
+    return order_scale(
+        follower.sizing,
+        equity=follower.equity,
+        master_equity=signal.master_equity,
+        master_notional=_master_notional(signal),
+    )
 
 
 def _size_entry(
@@ -120,12 +130,19 @@ def _size_entry(
     size_type: SizeType = "quote" if by_quote else "base"
     worst_cost = notional if limit is None else base * limit  # a limit buy may pay up to its limit
     problem = _check_minimums(notional, base, rules, min_notional) or _check_affordable(
-        worst_cost, follower.cash)
+        worst_cost, follower.cash
+    )
     if problem is not None:
         return _skip(follower, *problem)
-    return SizedOrder(follower_id=follower.follower_id, side="buy", size=size,
-                      size_type=size_type, notional=notional, scale=_decimal(scale),
-                      limit_price=limit)
+    return SizedOrder(
+        follower_id=follower.follower_id,
+        side="buy",
+        size=size,
+        size_type=size_type,
+        notional=notional,
+        scale=_decimal(scale),
+        limit_price=limit,
+    )
 
 
 def _limit_price(signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules) -> Decimal | None:
@@ -151,8 +168,11 @@ def _size_exit(
     signal: TradeSignal, follower: FollowerSnapshot, rules: MarketRules, min_notional: Decimal
 ) -> Decision:
     if signal.sell_base <= ZERO:
-        return _skip(follower, "master_own_holdings",
-                     "The master sold coins it held before it was followed: not copied")
+        return _skip(
+            follower,
+            "master_own_holdings",
+            "The master sold coins it held before it was followed: not copied",
+        )
     held = follower.position if follower.holding is None else min(follower.holding, follower.position)
     if held <= ZERO:
         what = "copied holding" if follower.holding is not None else "position"
@@ -164,8 +184,14 @@ def _size_exit(
     problem = _check_minimums(notional, base, rules, min_notional)
     if problem is not None:
         return _skip(follower, *problem)
-    return SizedOrder(follower_id=follower.follower_id, side="sell", size=base, size_type="base",
-                      notional=notional, scale=_decimal(fraction))
+    return SizedOrder(
+        follower_id=follower.follower_id,
+        side="sell",
+        size=base,
+        size_type="base",
+        notional=notional,
+        scale=_decimal(fraction),
+    )
 
 
 def _base_size(signal: TradeSignal) -> Fraction:
@@ -177,21 +203,29 @@ def _check_minimums(
     notional: Decimal, base: Decimal, rules: MarketRules, min_notional: Decimal
 ) -> tuple[str, str] | None:
     if notional < min_notional:
-        return ("position_too_small",
-                f"Position too small: ${_money(notional)} < ${_money(min_notional)} minimum")
+        return (
+            "position_too_small",
+            f"Position too small: ${_money(notional)} < ${_money(min_notional)} minimum",
+        )
     if base < rules.min_amount or base <= ZERO:
-        return ("below_exchange_minimum",
-                f"Below exchange minimum amount: {base.normalize()} < {rules.min_amount.normalize()}")
+        return (
+            "below_exchange_minimum",
+            f"Below exchange minimum amount: {base.normalize()} < {rules.min_amount.normalize()}",
+        )
     if notional < rules.min_cost:
-        return ("below_exchange_minimum",
-                f"Below exchange minimum cost: ${_money(notional)} < ${_money(rules.min_cost)}")
+        return (
+            "below_exchange_minimum",
+            f"Below exchange minimum cost: ${_money(notional)} < ${_money(rules.min_cost)}",
+        )
     return None
 
 
 def _check_affordable(notional: Decimal, cash: Decimal) -> tuple[str, str] | None:
     if notional > cash:
-        return ("insufficient_balance",
-                f"Insufficient balance: ${_money(notional)} needed, ${_money(cash)} available")
+        return (
+            "insufficient_balance",
+            f"Insufficient balance: ${_money(notional)} needed, ${_money(cash)} available",
+        )
     return None
 
 

@@ -56,8 +56,15 @@ async def connect(settings: CommonSettings, name: str) -> Client:
         log.warning("event=nats_error service=%s error=%s", name, type(exc).__name__)
 
     return await nats.connect(
-        servers(settings.nats_url), name=name, user=settings.nats_user,
-        password=nats_password(settings), tls=tls_context(settings),
-        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
-        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
+        servers(settings.nats_url),
+        name=name,
+        user=settings.nats_user,
+        password=nats_password(settings),
+        tls=tls_context(settings),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
     )

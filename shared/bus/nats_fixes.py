@@ -21,8 +21,10 @@ def install() -> None:
 
 
 def installed() -> bool:
-    return all(getattr(fixed, _MARK, False) for fixed in (
-        JetStreamContext._handle_async_reply, Client._attempt_reconnect))
+    return all(
+        getattr(fixed, _MARK, False)
+        for fixed in (JetStreamContext._handle_async_reply, Client._attempt_reconnect)
+    )
 
 
 def require() -> None:

@@ -49,9 +49,14 @@ async def retry_forever(
 
 
 async def retry(
-    what: str, action: Callable[[], Awaitable[T]], *, within_s: float | None = OUTAGE_S,
-    attempts: int | None = None, attempt_s: float | None = WRITE_TIMEOUT_S,
-    base_s: float = 0.05, cap_s: float = 0.5,
+    what: str,
+    action: Callable[[], Awaitable[T]],
+    *,
+    within_s: float | None = OUTAGE_S,
+    attempts: int | None = None,
+    attempt_s: float | None = WRITE_TIMEOUT_S,
+    base_s: float = 0.05,
+    cap_s: float = 0.5,
 ) -> T:
     """Run action, retrying transient NATS errors with a short backoff for `within_s` seconds
     (and at most `attempts` times, if given; None for both: never give up), then re-raise.
@@ -68,9 +73,11 @@ async def retry(
                 raise  # an answer, not an outage: a claim that exists, a key not found
             attempt += 1
             if (attempts is not None and attempt >= attempts) or (
-                    deadline is not None and time.monotonic() + delay > deadline):
-                log.error("event=retry_exhausted what=%s attempts=%d error=%s", what, attempt,
-                          type(exc).__name__)
+                deadline is not None and time.monotonic() + delay > deadline
+            ):
+                log.error(
+                    "event=retry_exhausted what=%s attempts=%d error=%s", what, attempt, type(exc).__name__
+                )
                 raise
             log.warning("event=retry what=%s attempt=%d error=%s", what, attempt, type(exc).__name__)
             await asyncio.sleep(delay)
@@ -103,8 +110,9 @@ async def confirm(js: JetStreamContext, sent: Sequence[Sent], *, within_s: float
     refused: list[BaseException] = []
     try:
         while waiting:
-            done, _ = await asyncio.wait(waiting, timeout=WRITE_TIMEOUT_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiting, timeout=WRITE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:  # no ack for a while: the rest went down with a node
                 again.extend(waiting.values())
                 break
@@ -122,14 +130,15 @@ async def confirm(js: JetStreamContext, sent: Sequence[Sent], *, within_s: float
         raise refused[0]
     if again:
         log.warning("event=writes_resent count=%d subject=%s", len(again), again[0].subject)
-        results = await asyncio.gather(*(_resend(js, w, within_s) for w in again),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(_resend(js, w, within_s) for w in again), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
 
 
 async def _resend(js: JetStreamContext, write: Sent, within_s: float) -> PubAck:
-    return await retry(f"resend {write.subject}", lambda: js.publish(
-        write.subject, write.data, timeout=WRITE_TIMEOUT_S, headers=write.headers),
-        within_s=within_s)
+    return await retry(
+        f"resend {write.subject}",
+        lambda: js.publish(write.subject, write.data, timeout=WRITE_TIMEOUT_S, headers=write.headers),
+        within_s=within_s,
+    )

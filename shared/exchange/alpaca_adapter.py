@@ -89,7 +89,11 @@ _BY_TEXT: tuple[tuple[frozenset[int], str, type[ExchangeError]], ...] = (
     (frozenset({400, 422}), "invalid symbol", UnsupportedSymbol),
 )
 _BY_STATUS: dict[int, type[ExchangeError]] = {
-    400: InvalidOrder, 401: AuthError, 403: AuthError, 422: InvalidOrder, 429: RateLimited,
+    400: InvalidOrder,
+    401: AuthError,
+    403: AuthError,
+    422: InvalidOrder,
+    429: RateLimited,
 }
 
 
@@ -117,10 +121,13 @@ def _message_and_code(exc: APIError) -> tuple[str, str]:
 
 def _crypto_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
     tick = raw.get("price_increment")
-    return MarketRules(symbol=symbol, cost_step=NOTIONAL_STEP,
-                       amount_step=Decimal(str(raw.get("min_trade_increment") or "0.000000001")),
-                       min_amount=Decimal(str(raw.get("min_order_size") or 0)),
-                       price_step=Decimal(str(tick)) if tick else None)
+    return MarketRules(
+        symbol=symbol,
+        cost_step=NOTIONAL_STEP,
+        amount_step=Decimal(str(raw.get("min_trade_increment") or "0.000000001")),
+        min_amount=Decimal(str(raw.get("min_order_size") or 0)),
+        price_step=Decimal(str(tick)) if tick else None,
+    )
 
 
 def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
@@ -128,28 +135,53 @@ def _stock_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
     other stocks trade whole shares only, and never by notional."""
     fractionable = bool(raw.get("fractionable"))
     step = Decimal("0.000000001") if fractionable else Decimal(1)
-    return MarketRules(symbol=symbol, amount_step=step, min_amount=step,
-                       min_cost=Decimal(1) if fractionable else Decimal(0),
-                       cost_step=NOTIONAL_STEP, quote_orders=fractionable,
-                       price_step=STOCK_PRICE_STEP)
+    return MarketRules(
+        symbol=symbol,
+        amount_step=step,
+        min_amount=step,
+        min_cost=Decimal(1) if fractionable else Decimal(0),
+        cost_step=NOTIONAL_STEP,
+        quote_orders=fractionable,
+        price_step=STOCK_PRICE_STEP,
+    )
 
 
 # Alpaca's order type for each resting kind it has: no standalone take-profit order (only a
 # bracket's leg), and crypto takes no stop-market order
-_ORDER_TYPES: dict[RestingKind, str] = {"limit": "limit", "stop_loss": "stop",
-                                        "stop_loss_limit": "stop_limit"}
+_ORDER_TYPES: dict[RestingKind, str] = {
+    "limit": "limit",
+    "stop_loss": "stop",
+    "stop_loss_limit": "stop_limit",
+}
 _KINDS = {v: k for k, v in _ORDER_TYPES.items()}
-_REPLACE = ("PATCH /v2/orders/{id} replaces: a new order (new id) for what is left, under a "
-            "derived client order id",)
+_REPLACE = (
+    "PATCH /v2/orders/{id} replaces: a new order (new id) for what is left, under a derived client order id",
+)
 CRYPTO_CAPABILITIES = OrderCapabilities(
-    native=frozenset({"limit", "stop_loss_limit"}), amend="replace", amend_keeps_client_id=False,
-    notes=("crypto orders: market, limit, stop_limit; no take-profit order", *_REPLACE))
+    native=frozenset({"limit", "stop_loss_limit"}),
+    amend="replace",
+    amend_keeps_client_id=False,
+    notes=("crypto orders: market, limit, stop_limit; no take-profit order", *_REPLACE),
+)
 STOCK_CAPABILITIES = OrderCapabilities(
-    native=frozenset({"limit", "stop_loss", "stop_loss_limit"}), amend="replace",
-    amend_keeps_client_id=False, notes=("no standalone take-profit order", *_REPLACE))
+    native=frozenset({"limit", "stop_loss", "stop_loss_limit"}),
+    amend="replace",
+    amend_keeps_client_id=False,
+    notes=("no standalone take-profit order", *_REPLACE),
+)
 # Alpaca's statuses of an order still working
-_OPEN = frozenset({"new", "partially_filled", "accepted", "pending_new", "accepted_for_bidding",
-                   "held", "pending_replace", "pending_cancel"})
+_OPEN = frozenset(
+    {
+        "new",
+        "partially_filled",
+        "accepted",
+        "pending_new",
+        "accepted_for_bidding",
+        "held",
+        "pending_replace",
+        "pending_cancel",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -192,12 +224,16 @@ class AlpacaShare:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.request = functools.partial(  # type: ignore[method-assign]
-            self.session.request, timeout=timeout_s)
+            self.session.request, timeout=timeout_s
+        )
         self.assets: dict[str, _Asset | None] = {}
         self.lookups: dict[str, asyncio.Task[_Asset | None]] = {}  # in flight, one per symbol
 
-    def lookup(self, symbol: str, read: Callable[[], Coroutine[Any, Any, _Asset | None]],
-               ) -> asyncio.Task[_Asset | None]:
+    def lookup(
+        self,
+        symbol: str,
+        read: Callable[[], Coroutine[Any, Any, _Asset | None]],
+    ) -> asyncio.Task[_Asset | None]:
         """The symbol's lookup in flight, or a new one with `read`."""
         task = self.lookups.get(symbol)
         if task is None:
@@ -256,13 +292,14 @@ def _ack(order: dict[str, Any]) -> OrderAck:
     filled = _dec(order.get("filled_qty"))
     price = order.get("filled_avg_price")
     ended = order.get("status") in _ENDED or order.get("status") == "replaced"
-    return OrderAck(exchange_order_id=str(order["id"]),
-                    client_order_id=str(order["client_order_id"]),
-                    status=order_status(done=order.get("status") == "filled",
-                                        ended=ended, filled=filled),
-                    filled_base=filled if filled > 0 else None,
-                    avg_price=_dec(price) if price is not None and filled > 0 else None,
-                    ordered_base=None if order.get("qty") is None else _dec(order["qty"]))
+    return OrderAck(
+        exchange_order_id=str(order["id"]),
+        client_order_id=str(order["client_order_id"]),
+        status=order_status(done=order.get("status") == "filled", ended=ended, filled=filled),
+        filled_base=filled if filled > 0 else None,
+        avg_price=_dec(price) if price is not None and filled > 0 else None,
+        ordered_base=None if order.get("qty") is None else _dec(order["qty"]),
+    )
 
 
 def _open_order(order: dict[str, Any]) -> OpenOrder | None:
@@ -270,12 +307,17 @@ def _open_order(order: dict[str, Any]) -> OpenOrder | None:
     if kind is None or order.get("status") not in _OPEN or order.get("time_in_force") == "ioc":
         return None
     limit, stop = order.get("limit_price"), order.get("stop_price")
-    return OpenOrder(client_order_id=order.get("client_order_id") or None,
-                     exchange_order_id=str(order["id"]), symbol=_canonical(str(order["symbol"])),
-                     kind=kind, side=order["side"], size=_dec(order.get("qty")),
-                     filled=_dec(order.get("filled_qty")),
-                     price=None if limit is None else _dec(limit),
-                     trigger_price=None if stop is None else _dec(stop))
+    return OpenOrder(
+        client_order_id=order.get("client_order_id") or None,
+        exchange_order_id=str(order["id"]),
+        symbol=_canonical(str(order["symbol"])),
+        kind=kind,
+        side=order["side"],
+        size=_dec(order.get("qty")),
+        filled=_dec(order.get("filled_qty")),
+        price=None if limit is None else _dec(limit),
+        trigger_price=None if stop is None else _dec(stop),
+    )
 
 
 def _canonical(symbol: str) -> str:
@@ -284,10 +326,15 @@ def _canonical(symbol: str) -> str:
 
 def _fill(activity: dict[str, Any]) -> Fill:
     at = datetime.fromisoformat(str(activity["transaction_time"])).timestamp()
-    return Fill(order_id=str(activity["order_id"]), symbol=_canonical(str(activity["symbol"])),
-                side=activity["side"], amount=_dec(activity["qty"]),
-                price=_dec(activity["price"]), at=at,
-                trade_id=None if activity.get("id") is None else str(activity["id"]))
+    return Fill(
+        order_id=str(activity["order_id"]),
+        symbol=_canonical(str(activity["symbol"])),
+        side=activity["side"],
+        amount=_dec(activity["qty"]),
+        price=_dec(activity["price"]),
+        at=at,
+        trade_id=None if activity.get("id") is None else str(activity["id"]),
+    )
 
 
 class AlpacaAccount:
@@ -298,14 +345,19 @@ class AlpacaAccount:
         self._ctx = ctx
         self._share = _share(ctx, account.base_url, account.paper)
         _threads(ctx)
-        self._client = TradingClient(credentials.api_key, credentials.secret, paper=account.paper,
-                                     url_override=account.base_url or None)
+        self._client = TradingClient(
+            credentials.api_key,
+            credentials.secret,
+            paper=account.paper,
+            url_override=account.base_url or None,
+        )
         self._client._retry = 0  # the constructor takes 0 as "default" (3)
         own, self._client._session = self._client._session, self._share.session
         own.close()
         # its own rate limiter: a minute's calls at once, then Alpaca's rate
-        self._throttle = (BurstThrottle(60_000 / CALLS_PER_MINUTE, CALLS_PER_MINUTE)
-                          if ctx.rate_limit else None)
+        self._throttle = (
+            BurstThrottle(60_000 / CALLS_PER_MINUTE, CALLS_PER_MINUTE) if ctx.rate_limit else None
+        )
 
     def spare_budget(self) -> bool:
         """Whether a background call may go now and leave half the minute's budget for the
@@ -322,8 +374,9 @@ class AlpacaAccount:
         """The HTTP session this account's requests go through (shared by Alpaca accounts)."""
         return self._share.session
 
-    async def _call(self, method: str, path: str, data: dict[str, Any] | None = None, *,
-                    missing_ok: bool = False) -> Any:
+    async def _call(
+        self, method: str, path: str, data: dict[str, Any] | None = None, *, missing_ok: bool = False
+    ) -> Any:
         """One API call in an Alpaca thread; with `missing_ok`, 404 (no such position, order or
         asset) is None."""
         if self._throttle is not None:
@@ -379,8 +432,9 @@ class AlpacaAccount:
         asset = await self._asset(symbol)
         if asset is None:
             return Decimal(0)
-        held = await self._call("get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}",
-                                missing_ok=True)
+        held = await self._call(
+            "get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}", missing_ok=True
+        )
         return Decimal(0) if held is None else _dec(held.get("qty"))
 
     async def market_rules(self, symbol: str) -> MarketRules | None:
@@ -393,8 +447,9 @@ class AlpacaAccount:
         asset = await self._asset(symbol)
         if asset is None:
             return None
-        held = await self._call("get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}",
-                                missing_ok=True)
+        held = await self._call(
+            "get", f"/positions/{asset.kind.position_symbol(asset.order_symbol)}", missing_ok=True
+        )
         return None if held is None or not held.get("current_price") else _dec(held["current_price"])
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
@@ -403,12 +458,19 @@ class AlpacaAccount:
             raise UnsupportedSymbol(f"alpaca: {order.symbol} is not a tradable asset")
         if resting_kind(order) is not None:
             return await self._place_resting(order, asset)
-        body = {"symbol": asset.order_symbol, "side": order.side, "type": "market",
-                "time_in_force": asset.kind.time_in_force,
-                "client_order_id": order.client_order_id} | _size(order, asset.rules)
+        body = {
+            "symbol": asset.order_symbol,
+            "side": order.side,
+            "type": "market",
+            "time_in_force": asset.kind.time_in_force,
+            "client_order_id": order.client_order_id,
+        } | _size(order, asset.rules)
         if order.limit_price is not None:  # immediate-or-cancel: it never rests on the book
-            body |= {"type": "limit", "time_in_force": "ioc",
-                     "limit_price": format(order.limit_price.normalize(), "f")}
+            body |= {
+                "type": "limit",
+                "time_in_force": "ioc",
+                "limit_price": format(order.limit_price.normalize(), "f"),
+            }
         try:
             placed = await self._call("post", "/orders", body)
         except _AlreadyPlaced:
@@ -431,15 +493,20 @@ class AlpacaAccount:
             try:
                 found = await self.find_order(order.client_order_id, order.symbol)
             except ExchangeError as exc:
-                log.warning("event=order_fill_unread venue=alpaca account=%s client_order_id=%s "
-                            "error=%s", self.account_id, order.client_order_id, type(exc).__name__)
+                log.warning(
+                    "event=order_fill_unread venue=alpaca account=%s client_order_id=%s error=%s",
+                    self.account_id,
+                    order.client_order_id,
+                    type(exc).__name__,
+                )
                 break
             ack = found or ack
         return ack
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
-        found = await self._call("get", "/orders:by_client_order_id",
-                                 {"client_order_id": client_order_id}, missing_ok=True)
+        found = await self._call(
+            "get", "/orders:by_client_order_id", {"client_order_id": client_order_id}, missing_ok=True
+        )
         return None if found is None else _ack(found)
 
     # --- resting orders ---------------------------------------------------------------------
@@ -455,9 +522,13 @@ class AlpacaAccount:
         kind = resting_kind(order)
         if kind is None or kind not in asset.kind.capabilities.native:
             raise NotNative(f"alpaca: no native {kind} order for {order.symbol}")
-        body = {"symbol": asset.order_symbol, "side": order.side, "type": _ORDER_TYPES[kind],
-                "time_in_force": "gtc", "client_order_id": order.client_order_id,
-                } | _size(order, asset.rules)
+        body = {
+            "symbol": asset.order_symbol,
+            "side": order.side,
+            "type": _ORDER_TYPES[kind],
+            "time_in_force": "gtc",
+            "client_order_id": order.client_order_id,
+        } | _size(order, asset.rules)
         if order.limit_price is not None:
             body["limit_price"] = format(order.limit_price.normalize(), "f")
         if order.trigger_price is not None:
@@ -473,8 +544,9 @@ class AlpacaAccount:
         return msgspec.structs.replace(_ack(found), accepted_at=accepted_at)
 
     async def _raw_order(self, client_order_id: str) -> dict[str, Any] | None:
-        found = await self._call("get", "/orders:by_client_order_id",
-                                 {"client_order_id": client_order_id}, missing_ok=True)
+        found = await self._call(
+            "get", "/orders:by_client_order_id", {"client_order_id": client_order_id}, missing_ok=True
+        )
         return None if found is None else dict(found)
 
     async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
@@ -489,8 +561,9 @@ class AlpacaAccount:
             raise ExchangeError(f"alpaca: order {found['id']} is still {found.get('status')}")
         return _ack(found)
 
-    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
-                          size: Decimal | None = None) -> OrderAck:
+    async def amend_order(
+        self, client_order_id: str, symbol: str, *, price: Decimal | None = None, size: Decimal | None = None
+    ) -> OrderAck:
         """Alpaca replaces: a new order for what is left (size less what filled) under
         `amended_client_id`, found again by it if an earlier call replaced already."""
         found = await self._raw_order(client_order_id)
@@ -549,5 +622,4 @@ def _size(order: OrderCommand, rules: MarketRules) -> dict[str, str]:
 
 def _refuse_zero(size: Decimal, order: OrderCommand) -> None:
     if size <= 0:
-        raise BelowMinimum(f"alpaca: {order.size} {order.size_type} of {order.symbol} "
-                           "rounds to nothing")
+        raise BelowMinimum(f"alpaca: {order.size} {order.size_type} of {order.symbol} rounds to nothing")

@@ -89,8 +89,19 @@ HTTP_CONNECTIONS = 0
 DNS_CACHE_S = 300  # a venue's address, resolved once for the connections a fan-out opens
 # ccxt instance attributes a request may write into; the rest of an instance is the venue's
 # description, read only after construction, and shared by the copies of one prototype
-_PER_CLIENT = ("options", "headers", "balance", "orderbooks", "tickers", "bidsasks", "trades",
-               "transactions", "ohlcvs", "fundingRates", "tokenBucket")
+_PER_CLIENT = (
+    "options",
+    "headers",
+    "balance",
+    "orderbooks",
+    "tickers",
+    "bidsasks",
+    "trades",
+    "transactions",
+    "ohlcvs",
+    "fundingRates",
+    "tokenBucket",
+)
 FILL_READ_DEFER_S = 1.0  # most a fill read waits for the venue's placements in flight
 BALANCE_REUSE_S = 1.0  # a position read reuses the snapshot's balance read this recently
 PRICE_REUSE_S = 1.0  # a venue's price read serves every account of the process this long
@@ -149,23 +160,33 @@ class CcxtShare:
         self._quotes: dict[str, tuple[float, Decimal | None]] = {}  # symbol -> (read at, last)
         self._reading: dict[str, asyncio.Future[None]] = {}  # symbol -> its read in flight
         budget = venue.per_ip  # one bucket for every account of the venue in the process
-        self.ip_throttle = (BurstThrottle(budget.rate_limit_ms, budget.burst)
-                            if budget is not None and self._rate_limit else None)
+        self.ip_throttle = (
+            BurstThrottle(budget.rate_limit_ms, budget.burst)
+            if budget is not None and self._rate_limit
+            else None
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                ssl=self._ssl, limit=HTTP_CONNECTIONS, ttl_dns_cache=DNS_CACHE_S,
-                keepalive_timeout=self.venue.keepalive_s)
+                ssl=self._ssl,
+                limit=HTTP_CONNECTIONS,
+                ttl_dns_cache=DNS_CACHE_S,
+                keepalive_timeout=self.venue.keepalive_s,
+            )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     def _construct(self) -> Any:
         """A ccxt instance built from the venue's description, on the shared session."""
         config: dict[str, Any] = copy.deepcopy(dict(self.venue.config)) | {
-            "session": self.session, "ssl_context": self._ssl, "timeout": self._timeout_ms,
-            "enableRateLimit": self._rate_limit, "timeout_on_exit": 0, "logger": _VENDOR_LOG,
+            "session": self.session,
+            "ssl_context": self._ssl,
+            "timeout": self._timeout_ms,
+            "enableRateLimit": self._rate_limit,
+            "timeout_on_exit": 0,
+            "logger": _VENDOR_LOG,
         }
         if self.venue.nonce is not None:
             config["nonce"] = self.venue.nonce
@@ -217,16 +238,18 @@ class CcxtShare:
                     await loader.close()
                     raise
                 self._markets = loader
-                log.info("event=markets_loaded venue=%s markets=%d", self.venue.name,
-                         len(loader.markets))
+                log.info("event=markets_loaded venue=%s markets=%d", self.venue.name, len(loader.markets))
         return self._markets
 
     async def prices(self, symbols: list[str]) -> dict[str, Decimal | None]:
         """The last price of each symbol, read once for all accounts asking within
         PRICE_REUSE_S (a read in flight is joined, not repeated)."""
         now = time.monotonic()
-        stale = [s for s in dict.fromkeys(symbols) if s not in self._reading
-                 and (s not in self._quotes or now - self._quotes[s][0] > PRICE_REUSE_S)]
+        stale = [
+            s
+            for s in dict.fromkeys(symbols)
+            if s not in self._reading and (s not in self._quotes or now - self._quotes[s][0] > PRICE_REUSE_S)
+        ]
         if stale:
             read = asyncio.ensure_future(self._read_prices(stale, now))
             self._reading.update(dict.fromkeys(stale, read))
@@ -238,8 +261,9 @@ class CcxtShare:
         try:
             ex = await self.markets()
             with vendor_calls(self.venue):
-                tickers = await (ex.fetch_tickers(symbols) if len(symbols) > 1
-                                 else _one_ticker(ex, symbols[0]))
+                tickers = await (
+                    ex.fetch_tickers(symbols) if len(symbols) > 1 else _one_ticker(ex, symbols[0])
+                )
             for symbol in symbols:
                 ticker = tickers.get(symbol) or {}
                 last = ticker.get("last") or ticker.get("close")
@@ -318,11 +342,14 @@ def _ack(order: dict[str, Any], client_order_id: str) -> OrderAck:
     if average is None and filled > 0 and order.get("cost") is not None:
         average = _dec(order["cost"]) / filled
     return OrderAck(
-        exchange_order_id=str(order["id"]), client_order_id=client_order_id,
-        status=order_status(done=order.get("status") == "closed",
-                            ended=order.get("status") in _ENDED, filled=filled),
+        exchange_order_id=str(order["id"]),
+        client_order_id=client_order_id,
+        status=order_status(
+            done=order.get("status") == "closed", ended=order.get("status") in _ENDED, filled=filled
+        ),
         filled_base=filled if filled > 0 else None,
-        avg_price=_dec(average) if average is not None and filled > 0 else None)
+        avg_price=_dec(average) if average is not None and filled > 0 else None,
+    )
 
 
 def _precision_step(ex: Any, market: dict[str, Any], of: str) -> Decimal | None:
@@ -333,9 +360,14 @@ def _precision_step(ex: Any, market: dict[str, Any], of: str) -> Decimal | None:
 
 
 def _fill(trade: dict[str, Any]) -> Fill:
-    return Fill(order_id=str(trade["order"]), symbol=str(trade["symbol"]), side=trade["side"],
-                amount=_dec(trade["amount"]), price=_dec(trade["price"]),
-                at=int(trade["timestamp"]) / 1000)
+    return Fill(
+        order_id=str(trade["order"]),
+        symbol=str(trade["symbol"]),
+        side=trade["side"],
+        amount=_dec(trade["amount"]),
+        price=_dec(trade["price"]),
+        at=int(trade["timestamp"]) / 1000,
+    )
 
 
 async def _open_then_closed(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
@@ -426,11 +458,13 @@ class CcxtAccount:
         quote = self._venue.quote_currency
         balance = await self._fetch_balance(ex)
         total, free = balance.get("total") or {}, balance.get("free") or {}
-        held = {f"{c}/{quote}": _dec(n) for c, n in total.items()
-                if c != quote and n and f"{c}/{quote}" in ex.markets}
+        held = {
+            f"{c}/{quote}": _dec(n)
+            for c, n in total.items()
+            if c != quote and n and f"{c}/{quote}" in ex.markets
+        }
         prices = await self._share.prices(list(held)) if held else {}
-        value = sum((amount * (prices.get(s) or Decimal(0)) for s, amount in held.items()),
-                    Decimal(0))
+        value = sum((amount * (prices.get(s) or Decimal(0)) for s, amount in held.items()), Decimal(0))
         return AccountSnapshot(equity=_dec(total.get(quote)) + value, cash=_dec(free.get(quote)))
 
     async def price(self, symbol: str) -> Decimal | None:
@@ -465,11 +499,14 @@ class CcxtAccount:
             return None
         limits = market.get("limits") or {}
         return MarketRules(
-            symbol=symbol, amount_step=self._step(ex, market),
+            symbol=symbol,
+            amount_step=self._step(ex, market),
             min_amount=_dec((limits.get("amount") or {}).get("min")),
             min_cost=_dec((limits.get("cost") or {}).get("min")),  # OKX publishes none: 0
-            cost_step=self._venue.cost_step, quote_orders=self._venue.quote_orders,
-            price_step=_precision_step(ex, market, "price"))
+            cost_step=self._venue.cost_step,
+            quote_orders=self._venue.quote_orders,
+            price_step=_precision_step(ex, market, "price"),
+        )
 
     def _step(self, ex: Any, market: dict[str, Any]) -> Decimal:
         step = _precision_step(ex, market, "amount")
@@ -489,8 +526,7 @@ class CcxtAccount:
         with vendor_calls(self._venue):
             try:
                 with self._share.placing():
-                    placed = await ex.create_order(order.symbol, kind, order.side, amount, price,
-                                                   params)
+                    placed = await ex.create_order(order.symbol, kind, order.side, amount, price, params)
                 accepted_at = time.time()
             except ccxt.DuplicateOrderId:  # placed before: report that order
                 found = await self.find_order(order.client_order_id, order.symbol)
@@ -508,9 +544,13 @@ class CcxtAccount:
         try:
             return dict(await ex.fetch_order(placed["id"], order.symbol))
         except ccxt.BaseError as exc:
-            log.warning("event=order_fill_unread venue=%s account=%s client_order_id=%s error=%s",
-                        self._venue.name, self.account_id, order.client_order_id,
-                        type(exc).__name__)
+            log.warning(
+                "event=order_fill_unread venue=%s account=%s client_order_id=%s error=%s",
+                self._venue.name,
+                self.account_id,
+                order.client_order_id,
+                type(exc).__name__,
+            )
             return placed
 
     def _order_args(self, ex: Any, order: OrderCommand) -> tuple[float, dict[str, Any]]:
@@ -523,8 +563,7 @@ class CcxtAccount:
         if order.size_type == "quote" and market_buy and venue.quote_orders:
             cost = order.size.quantize(venue.cost_step, rounding=ROUND_DOWN)
             _refuse_zero(venue, cost, order)
-            return float(cost), params | dict(venue.quote_buy_params) | {
-                venue.quote_cost_param: float(cost)}
+            return float(cost), params | dict(venue.quote_buy_params) | {venue.quote_cost_param: float(cost)}
         base = order.size if order.size_type == "base" else order.size / order.reference_price
         step = self._step(ex, ex.markets[order.symbol])
         base = (base / step).to_integral_value(rounding=ROUND_DOWN) * step
@@ -574,12 +613,14 @@ class CcxtAccount:
         with vendor_calls(self._venue):
             return await ccxt_orders.cancel(ex, self._venue, client_order_id, symbol, self._lookup)
 
-    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
-                          size: Decimal | None = None) -> OrderAck:
+    async def amend_order(
+        self, client_order_id: str, symbol: str, *, price: Decimal | None = None, size: Decimal | None = None
+    ) -> OrderAck:
         ex = await self._client()
         with vendor_calls(self._venue):
-            return await ccxt_orders.amend(ex, self._venue, client_order_id, symbol, price, size,
-                                           self._lookup)
+            return await ccxt_orders.amend(
+                ex, self._venue, client_order_id, symbol, price, size, self._lookup
+            )
 
     async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
         ex = await self._client()
@@ -592,5 +633,6 @@ class CcxtAccount:
 
 def _refuse_zero(venue: CcxtVenue, size: Decimal, order: OrderCommand) -> None:
     if size <= 0:
-        raise BelowMinimum(f"{venue.name}: {order.size} {order.size_type} of {order.symbol} "
-                           "rounds to nothing")
+        raise BelowMinimum(
+            f"{venue.name}: {order.size} {order.size_type} of {order.symbol} rounds to nothing"
+        )

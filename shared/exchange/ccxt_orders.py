@@ -108,30 +108,56 @@ _ALL = frozenset(RESTING_KINDS)
 
 RESTING: Mapping[str, Resting] = {
     "kraken": Resting(
-        OrderCapabilities(native=_ALL, amend="in_place", amend_keeps_client_id=True, notes=(
-            "AmendOrder keeps txid, cl_ord_id, fills and (where possible) queue priority",)),
-        _kraken_kind),
+        OrderCapabilities(
+            native=_ALL,
+            amend="in_place",
+            amend_keeps_client_id=True,
+            notes=("AmendOrder keeps txid, cl_ord_id, fills and (where possible) queue priority",),
+        ),
+        _kraken_kind,
+    ),
     "coinbase": Resting(
         OrderCapabilities(
             native=frozenset({"limit", "stop_loss_limit", "take_profit_limit"}),
-            amend="in_place", amend_keeps_client_id=True, notes=(
+            amend="in_place",
+            amend_keeps_client_id=True,
+            notes=(
                 "Advanced Trade has no stop-market order: stop_limit_stop_limit_gtc only",
-                "orders/edit changes a limit_limit_gtc order's price and size in place")),
-        _coinbase_kind, edit_needs_both=True, open_first=True,
-        refused_because="Advanced Trade's stops are stop-limit orders only"),
+                "orders/edit changes a limit_limit_gtc order's price and size in place",
+            ),
+        ),
+        _coinbase_kind,
+        edit_needs_both=True,
+        open_first=True,
+        refused_because="Advanced Trade's stops are stop-limit orders only",
+    ),
     "binance": Resting(
-        OrderCapabilities(native=_ALL, amend="replace", amend_keeps_client_id=False, notes=(
-            "edit_order is order/cancelReplace (STOP_ON_FAILURE): a new order for what is "
-            "left, under a derived client order id",)),
-        _binance_kind, open_orders_need_symbol=True),
+        OrderCapabilities(
+            native=_ALL,
+            amend="replace",
+            amend_keeps_client_id=False,
+            notes=(
+                "edit_order is order/cancelReplace (STOP_ON_FAILURE): a new order for what is "
+                "left, under a derived client order id",
+            ),
+        ),
+        _binance_kind,
+        open_orders_need_symbol=True,
+    ),
     "okx": Resting(
-        OrderCapabilities(native=frozenset({"limit"}), amend="in_place",
-                          amend_keeps_client_id=True, notes=(
-                              "amend-order keeps ordId and clOrdId",
-                              "stop-loss and take-profit are OKX algo orders (order-algo, "
-                              "algoClOrdId): not wired, refused")),
-        _okx_kind, refused_because="OKX's are algo orders (order-algo), not wired: "
-        "find_order cannot find them again by client order id yet"),
+        OrderCapabilities(
+            native=frozenset({"limit"}),
+            amend="in_place",
+            amend_keeps_client_id=True,
+            notes=(
+                "amend-order keeps ordId and clOrdId",
+                "stop-loss and take-profit are OKX algo orders (order-algo, algoClOrdId): not wired, refused",
+            ),
+        ),
+        _okx_kind,
+        refused_because="OKX's are algo orders (order-algo), not wired: "
+        "find_order cannot find them again by client order id yet",
+    ),
 }
 
 
@@ -175,30 +201,39 @@ def ack_of(order: dict[str, Any], client_order_id: str) -> OrderAck:
         average = _dec(order["cost"]) / filled
     status = order.get("status")
     return OrderAck(
-        exchange_order_id=str(order["id"]), client_order_id=client_order_id,
+        exchange_order_id=str(order["id"]),
+        client_order_id=client_order_id,
         status=order_status(done=status == "closed", ended=status in _ENDED, filled=filled),
         filled_base=filled if filled > 0 else None,
         avg_price=_dec(average) if average is not None and filled > 0 else None,
-        ordered_base=None if order.get("amount") is None else _dec(order["amount"]))
+        ordered_base=None if order.get("amount") is None else _dec(order["amount"]),
+    )
 
 
 def open_order_of(order: dict[str, Any], kind_of: KindOf) -> OpenOrder | None:
     kind = kind_of(order)
     if kind is None or order.get("status") != "open":
         return None
-    trigger = next((order[k] for k in ("triggerPrice", "stopLossPrice", "takeProfitPrice")
-                    if order.get(k)), None)
+    trigger = next(
+        (order[k] for k in ("triggerPrice", "stopLossPrice", "takeProfitPrice") if order.get(k)), None
+    )
     limit = kind == "limit" or kind.endswith("_limit")
     return OpenOrder(
-        client_order_id=order.get("clientOrderId") or None, exchange_order_id=str(order["id"]),
-        symbol=str(order["symbol"]), kind=kind, side=order["side"], size=_dec(order["amount"]),
+        client_order_id=order.get("clientOrderId") or None,
+        exchange_order_id=str(order["id"]),
+        symbol=str(order["symbol"]),
+        kind=kind,
+        side=order["side"],
+        size=_dec(order["amount"]),
         filled=_dec(order.get("filled")),
         price=_dec(order["price"]) if limit and order.get("price") else None,
-        trigger_price=None if trigger is None else _dec(trigger))
+        trigger_price=None if trigger is None else _dec(trigger),
+    )
 
 
-async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
-                params: dict[str, Any], find: Find) -> OrderAck:
+async def place(
+    ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float, params: dict[str, Any], find: Find
+) -> OrderAck:
     """Place a resting order (`refuse_unless_native` first); the ack as the venue then shows
     it (a limit crossing the price may have filled). `params` carry the client order id."""
     kind = refuse_unless_native(venue, order)
@@ -207,8 +242,7 @@ async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
         params = params | {_TRIGGER_PARAM[order.trigger]: float(order.trigger_price or 0)}
     kind_type = "limit" if price is not None else "market"
     try:
-        placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price,
-                                            params))
+        placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price, params))
     except ccxt.DuplicateOrderId:  # placed before: report that order
         placed = {}
     try:
@@ -222,8 +256,7 @@ async def place(ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float,
     return ack_of(found or placed, order.client_order_id)
 
 
-async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
-                 find: Find) -> OrderAck | None:
+async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str, find: Find) -> OrderAck | None:
     """Cancel the order if it is open; the order as it ended, or None if the venue knows none."""
     find = _finder(venue, find)
     found = await find(ex, client_order_id, symbol)
@@ -241,8 +274,15 @@ async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
     return ack_of(found, client_order_id)
 
 
-async def amend(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str,
-                price: Decimal | None, size: Decimal | None, find: Find) -> OrderAck:
+async def amend(
+    ex: Any,
+    venue: CcxtVenue,
+    client_order_id: str,
+    symbol: str,
+    price: Decimal | None,
+    size: Decimal | None,
+    find: Find,
+) -> OrderAck:
     """Amend an open resting limit order's price and/or size (its new total): in place, or
     where the venue replaces, as a new order for what is left under a derived client id."""
     quirks = resting(venue)
@@ -275,16 +315,31 @@ def _check_amended(venue: CcxtVenue, order: dict[str, Any], price: Decimal, size
         raise InvalidOrder(f"{venue.name}: amend of {order.get('id')} not applied")
 
 
-async def _replace(ex: Any, venue: CcxtVenue, found: dict[str, Any], client_order_id: str,
-                   symbol: str, price: Decimal, size: Decimal, find: Find) -> OrderAck:
+async def _replace(
+    ex: Any,
+    venue: CcxtVenue,
+    found: dict[str, Any],
+    client_order_id: str,
+    symbol: str,
+    price: Decimal,
+    size: Decimal,
+    find: Find,
+) -> OrderAck:
     new_id = amended_client_id(client_order_id, price, size)
     replacement = await find(ex, new_id, symbol)  # a retried amend: replaced already
     if replacement is None:
         left = size - _dec(found.get("filled"))
         if left <= 0:
             raise InvalidOrder(f"{venue.name}: size {size} is not above what filled")
-        await ex.edit_order(found["id"], symbol, "limit", found["side"], float(left),
-                            float(price), {venue.client_id_param: new_id})
+        await ex.edit_order(
+            found["id"],
+            symbol,
+            "limit",
+            found["side"],
+            float(left),
+            float(price),
+            {venue.client_id_param: new_id},
+        )
         replacement = await find(ex, new_id, symbol)
     if replacement is None:
         raise InvalidOrder(f"{venue.name}: replacement {new_id} not found")
@@ -295,8 +350,9 @@ async def open_orders(ex: Any, venue: CcxtVenue, symbol: str | None) -> list[Ope
     quirks = resting(venue)
     symbols: list[str | None] = [symbol]
     if symbol is None and quirks.open_orders_need_symbol:
-        symbols = [s for s, m in ex.markets.items()
-                   if m.get("spot") and m.get("quote") == venue.quote_currency]
+        symbols = [
+            s for s, m in ex.markets.items() if m.get("spot") and m.get("quote") == venue.quote_currency
+        ]
     found: list[OpenOrder] = []
     for one in symbols:
         for order in await ex.fetch_open_orders(one):

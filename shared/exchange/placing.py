@@ -16,7 +16,11 @@ log = logging.getLogger("copytrade.placing")
 
 
 async def place_idempotently(
-    account: ExchangeAccount, order: OrderCommand, *, timeout_s: float, attempts: int = 4,
+    account: ExchangeAccount,
+    order: OrderCommand,
+    *,
+    timeout_s: float,
+    attempts: int = 4,
     backoff_s: float = 0.2,
 ) -> OrderAck:
     """Place `order` or find it placed; raise the last error when attempts run out."""
@@ -27,15 +31,20 @@ async def place_idempotently(
         try:
             if attempt:  # only an order the venue says it does not know is sent again
                 found = await asyncio.wait_for(
-                    account.find_order(order.client_order_id, order.symbol), timeout_s)
+                    account.find_order(order.client_order_id, order.symbol), timeout_s
+                )
                 if found is not None:
                     return found
             return await asyncio.wait_for(account.place_order(order), timeout_s)
         except (TemporaryError, TimeoutError) as exc:
             last = exc if isinstance(exc, TemporaryError) else TemporaryError("order timed out")
-            log.warning("event=order_retry account=%s client_order_id=%s attempt=%d error=%s",
-                        account.account_id, order.client_order_id, attempt + 1,
-                        type(exc).__name__)
+            log.warning(
+                "event=order_retry account=%s client_order_id=%s attempt=%d error=%s",
+                account.account_id,
+                order.client_order_id,
+                attempt + 1,
+                type(exc).__name__,
+            )
     # the last attempt may itself have been accepted before it timed out: look once more
     found = await _final_lookup(account, order, timeout_s)
     if found is not None:
@@ -45,8 +54,6 @@ async def place_idempotently(
 
 async def _final_lookup(account: ExchangeAccount, order: OrderCommand, timeout_s: float) -> OrderAck | None:
     try:
-        return await asyncio.wait_for(
-            account.find_order(order.client_order_id, order.symbol), timeout_s)
+        return await asyncio.wait_for(account.find_order(order.client_order_id, order.symbol), timeout_s)
     except (TemporaryError, TimeoutError):
         return None  # still unknown: the claim stays, and a redelivery looks again
-

@@ -35,12 +35,14 @@ def order_status(*, done: bool, ended: bool, filled: Decimal) -> OrderStatus:
 #   stop_loss_limit    the same, then a limit order at limit_price
 #   take_profit        trigger "take_profit": a sell when the price rises to it, a buy when it falls
 #   take_profit_limit  the same, then a limit order at limit_price
-OrderKind = Literal["market", "limit_ioc", "limit", "stop_loss", "stop_loss_limit", "take_profit",
-                    "take_profit_limit"]
+OrderKind = Literal[
+    "market", "limit_ioc", "limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"
+]
 # the kinds that rest at the venue: what open_orders lists and cancel_order / amend_order act on
 RestingKind = Literal["limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"]
 RESTING_KINDS: frozenset[RestingKind] = frozenset(
-    {"limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"})
+    {"limit", "stop_loss", "stop_loss_limit", "take_profit", "take_profit_limit"}
+)
 Trigger = Literal["stop_loss", "take_profit"]
 TimeInForce = Literal["ioc", "gtc"]
 
@@ -71,8 +73,10 @@ class OrderCommand(Struct, frozen=True, kw_only=True):
 
 
 _TRIGGERED: dict[tuple[Trigger, bool], OrderKind] = {
-    ("stop_loss", False): "stop_loss", ("stop_loss", True): "stop_loss_limit",
-    ("take_profit", False): "take_profit", ("take_profit", True): "take_profit_limit",
+    ("stop_loss", False): "stop_loss",
+    ("stop_loss", True): "stop_loss_limit",
+    ("take_profit", False): "take_profit",
+    ("take_profit", True): "take_profit_limit",
 }
 
 
@@ -217,8 +221,9 @@ class ExchangeAccount(Protocol):
         already is reported filled; None when the venue knows no such order."""
         ...
 
-    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
-                          size: Decimal | None = None) -> OrderAck:
+    async def amend_order(
+        self, client_order_id: str, symbol: str, *, price: Decimal | None = None, size: Decimal | None = None
+    ) -> OrderAck:
         """Change a resting limit order's price and/or size (base, the order's new total,
         filled part included), where `order_capabilities(symbol).amend` is not "none"; the ack
         names the order as it now is (`amend_keeps_client_id` False: under a new client id).

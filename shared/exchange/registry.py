@@ -19,14 +19,17 @@ class Venue:
     paper_switch: bool = False
 
 
-VENUES: dict[str, Venue] = {v.name: v for v in (
-    Venue("paper", "paper", needs_credentials=False),
-    Venue("kraken", "ccxt"),
-    Venue("coinbase", "ccxt"),
-    Venue("binance", "ccxt"),
-    Venue("okx", "ccxt"),
-    Venue("alpaca", "alpaca", paper_switch=True),
-)}
+VENUES: dict[str, Venue] = {
+    v.name: v
+    for v in (
+        Venue("paper", "paper", needs_credentials=False),
+        Venue("kraken", "ccxt"),
+        Venue("coinbase", "ccxt"),
+        Venue("binance", "ccxt"),
+        Venue("okx", "ccxt"),
+        Venue("alpaca", "alpaca", paper_switch=True),
+    )
+}
 
 
 def venue(name: str) -> Venue:

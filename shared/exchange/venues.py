@@ -34,8 +34,10 @@ def microsecond_nonce() -> int:
 
 def coinbase_base_size(amount: str) -> dict[str, Any]:
     """Coinbase turns every spot market buy into quote_size: base_size needs the raw config."""
-    return {"createMarketBuyOrderRequiresPrice": False,
-            "order_configuration": {"market_market_ioc": {"base_size": amount}}}
+    return {
+        "createMarketBuyOrderRequiresPrice": False,
+        "order_configuration": {"market_market_ioc": {"base_size": amount}},
+    }
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,10 @@ KRAKEN = CcxtVenue(
     burst=45,
     nonce=microsecond_nonce,
     keepalive_s=300.0,  # api.kraken.com is behind Cloudflare: idle HTTP/1.1 closed after 400 s
-    notes=("create_order's reply has the txid only: the fill is read with fetch_order",
-           "a quote-sized (viqc) order's amount is in USD but its filled is in the base"),
+    notes=(
+        "create_order's reply has the txid only: the fill is read with fetch_order",
+        "a quote-sized (viqc) order's amount is in USD but its filled is in the base",
+    ),
 )
 
 COINBASE = CcxtVenue(
@@ -122,8 +126,10 @@ COINBASE = CcxtVenue(
     quote_cost_param="cost",  # -> market_market_ioc.quote_size
     quote_buy_params={},
     base_buy_params=coinbase_base_size,
-    config={"has": {"fetchCurrencies": False},  # skips three throttled v2 calls
-            "options": {"fetchBalance": "v3PrivateGetBrokerageAccounts"}},  # Advanced Trade
+    config={
+        "has": {"fetchCurrencies": False},  # skips three throttled v2 calls
+        "options": {"fetchBalance": "v3PrivateGetBrokerageAccounts"},
+    },  # Advanced Trade
     url_keys=("rest",),
     lookup="recent_orders",  # no filter by client order id: scan the latest page of orders
     fills_need_symbol=False,
@@ -144,8 +150,9 @@ BINANCE = CcxtVenue(
     quote_cost_param="quoteOrderQty",
     quote_buy_params={},
     base_buy_params=None,
-    config={"options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
-                        "fetchMargins": False}},  # load_markets: /api/v3/exchangeInfo only
+    config={
+        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
+    },  # load_markets: /api/v3/exchangeInfo only
     url_keys=None,  # some 30 API roots: each keeps its path under base_url
     lookup="by_client_id",  # sent as origClientOrderId
     fills_need_symbol=True,
@@ -181,8 +188,10 @@ OKX = CcxtVenue(
     error_patterns=(re.compile(r'"s?[Cc]ode"\s*:\s*"(\d{5})"'),),  # 5xxxx; not "1" (all failed)
     reclassify={"51020": BelowMinimum},  # ccxt: InvalidOrder
     burst=10,  # balance: 10 requests per 2 s (ccxt cost 2 at 110 ms); orders 60 per 2 s
-    notes=("instruments publish no minimum notional: min_cost is 0",
-           "create_order's reply has ordId only: the fill is read with fetch_order"),
+    notes=(
+        "instruments publish no minimum notional: min_cost is 0",
+        "create_order's reply has ordId only: the fill is read with fetch_order",
+    ),
 )
 
 VENUES: Mapping[str, CcxtVenue] = {v.name: v for v in (KRAKEN, COINBASE, BINANCE, OKX)}

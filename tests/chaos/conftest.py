@@ -54,11 +54,23 @@ def signed_signal(order_id: str, quote: str = "100") -> TradeSignal:
     """The master's market buy of `quote` USD of BTC, signed with the test key: a follower with
     1,000 USD of equity copies a tenth of it."""
     size = Decimal(quote)
-    return SIGNER.sign(TradeSignal(
-        signal_id=signal_id_for("paper", order_id), master_id=MASTER, exchange="paper",
-        symbol="BTC/USD", side="buy", price=PRICE, size=size, size_type="quote",
-        filled_base=(size / PRICE).quantize(Decimal("0.00000001")), order_id=order_id,
-        master_equity=MASTER_EQUITY, master_position_before=Decimal(0), executed_at=time.time()))
+    return SIGNER.sign(
+        TradeSignal(
+            signal_id=signal_id_for("paper", order_id),
+            master_id=MASTER,
+            exchange="paper",
+            symbol="BTC/USD",
+            side="buy",
+            price=PRICE,
+            size=size,
+            size_type="quote",
+            filled_base=(size / PRICE).quantize(Decimal("0.00000001")),
+            order_id=order_id,
+            master_equity=MASTER_EQUITY,
+            master_position_before=Decimal(0),
+            executed_at=time.time(),
+        )
+    )
 
 
 class Publisher:
@@ -76,8 +88,12 @@ class Publisher:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await self.js.publish(bus.signal_subject(MASTER), ENCODER.encode(signal),
-                                      timeout=1.0, headers={"Nats-Msg-Id": signal.signal_id})
+                await self.js.publish(
+                    bus.signal_subject(MASTER),
+                    ENCODER.encode(signal),
+                    timeout=1.0,
+                    headers={"Nats-Msg-Id": signal.signal_id},
+                )
                 return
             except (nats.errors.Error, TimeoutError):
                 self.failures += 1
@@ -97,8 +113,10 @@ async def publish_until_stored(js: JetStreamContext, signal: TradeSignal) -> Non
 def chaos_config_data(followers: Iterable[str], **follower_settings: Any) -> dict[str, Any]:
     """Config file content for paper followers. Scenarios outlast the default 60 s signal age
     limit: a signal skipped as stale would hide a lost copy, so the limit is an hour here."""
-    return config_data(paper_followers(dict.fromkeys(followers, 0), **follower_settings),
-                       signals={"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600})
+    return config_data(
+        paper_followers(dict.fromkeys(followers, 0), **follower_settings),
+        signals={"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600},
+    )
 
 
 def chaos_config(followers: Iterable[str], **follower_settings: Any) -> CopytradeConfig:
@@ -112,8 +130,11 @@ def chaos_config(followers: Iterable[str], **follower_settings: Any) -> Copytrad
 def jetstream_unavailable(server: NatsServer, timeout_s: float = 10.0) -> Iterator[None]:
     """nats-server back on its port with JetStream not answering yet, as while a restarted server
     recovers its store: clients reconnect, and every JetStream request gets a 503."""
-    proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(server.port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(server.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -171,10 +192,12 @@ def count_orders(expected: dict[str, set[str]], held: dict[str, list[str]]) -> O
     seen = Counter((account, cid) for account, cids in held.items() for cid in cids)
     wanted = {(account, cid) for account, cids in expected.items() for cid in cids}
     return OrderCount(
-        expected=len(wanted), found=sum(seen.values()),
+        expected=len(wanted),
+        found=sum(seen.values()),
         lost=len(wanted - set(seen)),
         duplicated=sum(n - 1 for key, n in seen.items() if key in wanted),
-        unexpected=sum(n for key, n in seen.items() if key not in wanted))
+        unexpected=sum(n for key, n in seen.items() if key not in wanted),
+    )
 
 
 # ---- figures ---------------------------------------------------------------------------------------
@@ -202,14 +225,12 @@ class Figures:
         self.notes.append(line)
 
     def table(self) -> list[str]:
-        header = ("scenario", "faults", "expected", "found", "lost", "duplicated", "unexpected",
-                  "seconds")
+        header = ("scenario", "faults", "expected", "found", "lost", "duplicated", "unexpected", "seconds")
         lines = [f"{header[0]:<56}" + "".join(f"{h:>11}" for h in header[1:])]
         for row in self.rows:
             c = row.count
             cells = (row.faults, c.expected, c.found, c.lost, c.duplicated, c.unexpected)
-            lines.append(f"{row.scenario:<56}" + "".join(f"{v:>11}" for v in cells)
-                         + f"{row.seconds:>11.1f}")
+            lines.append(f"{row.scenario:<56}" + "".join(f"{v:>11}" for v in cells) + f"{row.seconds:>11.1f}")
         return lines + self.notes
 
 

@@ -88,7 +88,9 @@ PATHS = {"direct": {}, "spread": {"COPYTRADE_SPREAD_THRESHOLD": "0", "COPYTRADE_
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 async def test_copier_sigkilled_twenty_times_loses_and_doubles_nothing(
-    system: System, figures: Figures, path: str,
+    system: System,
+    figures: Figures,
+    path: str,
 ) -> None:
     started = time.monotonic()
     followers = [f"k{i:02d}" for i in range(50)]
@@ -101,8 +103,9 @@ async def test_copier_sigkilled_twenty_times_loses_and_doubles_nothing(
     progress: list[int] = []
 
     for round_ in range(20):
-        proc = system.spawn_copier(config_path, instance=f"doomed-{round_:02d}",
-                                   COPYTRADE_CONCURRENCY="4", **PATHS[path])
+        proc = system.spawn_copier(
+            config_path, instance=f"doomed-{round_:02d}", COPYTRADE_CONCURRENCY="4", **PATHS[path]
+        )
         if round_ == 0:
             await eventually(lambda: _consumer_exists(system), timeout=30)
             await Publisher(system.js).publish_all(sent)
@@ -121,7 +124,8 @@ async def test_copier_sigkilled_twenty_times_loses_and_doubles_nothing(
     figures.add(f"copier SIGKILLed 20x mid fan-out ({path})", len(progress), count, started)
     figures.note(f"SIGKILL ({path}): {recovered} copies recovered (found at the venue or claim taken over)")
 
-    assert len(progress) == 20 and min(progress) >= 5
+    assert len(progress) == 20
+    assert min(progress) >= 5
     assert placed_by_the_doomed < len(sent) * len(followers)  # the survivor had work left
     assert (count.expected, count.found) == (1_200, 1_200)
     assert (count.lost, count.duplicated, count.unexpected) == (0, 0, 0)
@@ -138,7 +142,10 @@ REFUSED_WHILE_RECOVERING = 30  # publishes JetStream refuses (503) before it is 
 
 
 async def _restart_nats_while_publishing(
-    system: System, copier: CopierHandle, publisher: Publisher, batch: list[TradeSignal],
+    system: System,
+    copier: CopierHandle,
+    publisher: Publisher,
+    batch: list[TradeSignal],
 ) -> asyncio.Task[None]:
     """Stop nats-server and publish `batch` into the outage. Bring the server back on the same
     port first without JetStream, as while a restarted server recovers its store (clients
@@ -158,7 +165,8 @@ async def _restart_nats_while_publishing(
 
 
 async def test_nats_restart_during_burst_loses_and_doubles_nothing(
-    system: System, figures: Figures,
+    system: System,
+    figures: Figures,
 ) -> None:
     started = time.monotonic()
     followers = [f"n{i:02d}" for i in range(20)]
@@ -183,7 +191,8 @@ async def test_nats_restart_during_burst_loses_and_doubles_nothing(
         figures.add("nats-server restarted 2x during a burst", len(placed_at_stops), count, started)
     records = await system.audit()
 
-    assert len(placed_at_stops) == 2 and max(placed_at_stops) < len(sent) * len(followers)
+    assert len(placed_at_stops) == 2
+    assert max(placed_at_stops) < len(sent) * len(followers)
     assert publisher.failures >= 2 * (REFUSED_WHILE_RECOVERING + 1)  # the master saw each outage
     assert (count.expected, count.found) == (600, 600)
     assert (count.lost, count.duplicated, count.unexpected) == (0, 0, 0)
@@ -204,7 +213,8 @@ def _pick(rng: random.Random, followers: list[str], faults: Counter[str], count:
 
 
 async def test_paper_exchange_faults_across_a_burst_double_nothing_and_record_every_outcome(
-    system: System, figures: Figures,
+    system: System,
+    figures: Figures,
 ) -> None:
     started = time.monotonic()
     followers = [f"x{i:02d}" for i in range(40)]
@@ -234,20 +244,22 @@ async def test_paper_exchange_faults_across_a_burst_double_nothing_and_record_ev
     for r in failed:  # an injected exchange error refuses the order: nothing is expected of it
         expected[r.follower_id].discard(client_order_id_for(r.signal_id, r.follower_id))
     count = count_orders(expected, held)
-    figures.add("paper venue: exchange error, 429, timeout-after-accept", injected.total(), count,
-                started)
+    figures.add("paper venue: exchange error, 429, timeout-after-accept", injected.total(), count, started)
 
     assert injected.total() == 8 * 12
     assert outcomes(records) == _every_pair(sent, followers)
     assert {r.outcome for r in results} == {"filled", "failed"}
     assert Counter(r.follower_id for r in failed) == Counter(
-        {f: n for (f, kind), n in injected.items() if kind == "exchange_error"})
+        {f: n for (f, kind), n in injected.items() if kind == "exchange_error"}
+    )
     assert {(r.reason_code, r.reason) for r in failed} == {
-        ("exchange_error", "ExchangeError: paper: injected fault: exchange_error")}
+        ("exchange_error", "ExchangeError: paper: injected fault: exchange_error")
+    }
     assert (count.lost, count.duplicated, count.unexpected) == (0, 0, 0)
     assert count.found == len(sent) * len(followers) - len(failed)
     assert {(r.follower_id, r.client_order_id) for r in results if r.outcome == "filled"} == {
-        (f, cid) for f, cids in held.items() for cid in cids}
+        (f, cid) for f, cids in held.items() for cid in cids
+    }
 
 
 async def test_order_accepted_on_the_last_attempt_is_recorded_as_filled(system: System) -> None:
@@ -283,7 +295,8 @@ def _kraken_accounts(emulator: KrakenEmulator, followers: list[str]) -> dict[str
 
 
 async def test_kraken_faults_across_a_burst_double_nothing_and_fill_every_copy(
-    system: System, figures: Figures,
+    system: System,
+    figures: Figures,
 ) -> None:
     started = time.monotonic()
     followers = [f"kr{i:02d}" for i in range(16)]
@@ -297,8 +310,9 @@ async def test_kraken_faults_across_a_burst_double_nothing_and_fill_every_copy(
         secrets = _kraken_accounts(emulator, followers)
         config = chaos_config(followers, exchange="kraken", base_url=emulator.url)
         ctx = AdapterContext(http_timeout_s=0.5, rate_limit=False)  # loopback: no leaky bucket
-        copier = await system.start_copier(config, exchange="kraken", secrets=secrets, ctx=ctx,
-                                           order_timeout_s=1.0)
+        copier = await system.start_copier(
+            config, exchange="kraken", secrets=secrets, ctx=ctx, order_timeout_s=1.0
+        )
         publisher = Publisher(system.js)
 
         for number, signal in enumerate(sent):
@@ -311,15 +325,18 @@ async def test_kraken_faults_across_a_burst_double_nothing_and_fill_every_copy(
             await publisher.publish(signal)
         await eventually(lambda: _all_recorded(system, len(sent) * len(followers)), timeout=180)
         records = await system.audit()
-        held = {f: [o.client_order_id or "" for o in emulator.state.accounts[f"key-{f}"].orders]
-                for f in followers}
+        held = {
+            f: [o.client_order_id or "" for o in emulator.state.accounts[f"key-{f}"].orders]
+            for f in followers
+        }
         left = sum(len(emulator.state.accounts[f"key-{f}"].faults) for f in followers)
         await copier.stop()
         await ctx.close()  # the shared HTTP session and market loader: the process closes them
     count = count_orders(expected_orders(sent, followers), held)
     figures.add("kraken emulator: 5xx, 429, timeout-after-accept", injected.total(), count, started)
 
-    assert injected.total() == 5 * 6 and left == 0
+    assert injected.total() == 5 * 6
+    assert left == 0
     assert outcomes(records) == _every_pair(sent, followers)
     assert {r.outcome for r in records if isinstance(r, CopyResult)} == {"filled"}
     assert (count.expected, count.found) == (128, 128)

@@ -75,8 +75,9 @@ _replies = msgspec.json.Decoder(TradeReply)
 
 def _config(path: Path) -> None:
     followers = [{"id": f, "exchange": "paper", "group": g} for g, fs in FOLLOWERS.items() for f in fs]
-    path.write_text(yaml.safe_dump(config_data(
-        followers, signals={"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600})))
+    path.write_text(
+        yaml.safe_dump(config_data(followers, signals={"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600}))
+    )
 
 
 @contextlib.contextmanager
@@ -92,8 +93,7 @@ def _stack(cluster: NatsCluster, workdir: Path) -> Iterator[LocalStack]:
         stack.start("master", "master", **common)
         for group, env in GROUPS.items():
             for replica in (1, 2):
-                stack.start(f"copier-{group}-{replica}", "copier", COPYTRADE_GROUP=group,
-                            **common, **env)
+                stack.start(f"copier-{group}-{replica}", "copier", COPYTRADE_GROUP=group, **common, **env)
         stack.wait_ready(timeout_s=90)
         yield stack
     finally:
@@ -124,8 +124,9 @@ async def _send(nc: Client, trade: Trade) -> None:
     """Send until it fills, with the same request id (never a second order)."""
     while trade.reply is None:
         try:
-            msg = await nc.request(bus.MASTER_TRADE_SUBJECT, _encoder.encode(trade.request),
-                                   timeout=REPLY_TIMEOUT_S)
+            msg = await nc.request(
+                bus.MASTER_TRADE_SUBJECT, _encoder.encode(trade.request), timeout=REPLY_TIMEOUT_S
+            )
         except (TimeoutError, nats.errors.Error):
             trade.no_replies += 1
             await asyncio.sleep(0.2)
@@ -142,8 +143,7 @@ async def _burst(nc: Client, burst: Burst, faults: asyncio.Task[int]) -> None:
     """Master trades one after another until the faults are over and BETWEEN more filled."""
     after = 0
     while after < BETWEEN and len(burst.trades) < MAX_TRADES:
-        trade = Trade(TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(100),
-                                   size_type="quote"))
+        trade = Trade(TradeRequest(symbol="BTC/USD", side="buy", size=Decimal(100), size_type="quote"))
         burst.trades.append(trade)
         await _send(nc, trade)
         after += faults.done()
@@ -157,8 +157,8 @@ async def _leaders(js: JetStreamContext) -> Counter[str]:
     """How many streams and copier consumers each node leads ($JS.API.STREAM.INFO cluster.leader)."""
     led: Counter[str] = Counter()
     names = [bus.SIGNALS_STREAM, bus.RESULTS_STREAM, bus.WORK_STREAM] + [
-        f"KV_{b}" for b in (bus.CLAIMS_BUCKET, bus.CONTROL_BUCKET, bus.FILLS_BUCKET,
-                            bus.LEDGER_BUCKET)]
+        f"KV_{b}" for b in (bus.CLAIMS_BUCKET, bus.CONTROL_BUCKET, bus.FILLS_BUCKET, bus.LEDGER_BUCKET)
+    ]
     for name in names:
         with contextlib.suppress(TimeoutError, nats.errors.Error):
             info = await js.stream_info(name)
@@ -178,8 +178,9 @@ async def _kill_busiest(cluster: NatsCluster, js: JetStreamContext, spare: str |
     running = [n.name or "" for n in cluster.nodes if n.running and n.name != spare]
     victim = max(running, key=lambda name: led[name])
     await asyncio.to_thread(cluster.node(victim).kill)
-    print(f"{time.strftime('%X')} SIGKILL {victim} (leading {led[victim]} of "
-          f"{sum(led.values())}: {dict(led)})")
+    print(
+        f"{time.strftime('%X')} SIGKILL {victim} (leading {led[victim]} of {sum(led.values())}: {dict(led)})"
+    )
     return victim
 
 
@@ -210,8 +211,7 @@ async def _trades_after(burst: Burst) -> None:
 async def _copying(js: JetStreamContext, burst: Burst) -> bool:
     """Every group has copied WARM_SIGNALS signals: the copiers are consuming."""
     for group, followers in FOLLOWERS.items():
-        info = await js.stream_info(bus.RESULTS_STREAM,
-                                    subjects_filter=bus.result_subject(group, "*"))
+        info = await js.stream_info(bus.RESULTS_STREAM, subjects_filter=bus.result_subject(group, "*"))
         if sum((info.state.subjects or {}).values()) < WARM_SIGNALS * len(followers):
             return False
     return True
@@ -226,7 +226,9 @@ async def _stored(js: JetStreamContext, stream: str) -> list[tuple[str, float, b
     found = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(stream, seq)
-        assert msg.time is not None and msg.subject is not None and msg.data is not None
+        assert msg.time is not None
+        assert msg.subject is not None
+        assert msg.data is not None
         found.append((msg.subject, msg.time.timestamp(), msg.data))
     return found
 
@@ -250,15 +252,13 @@ async def _all_recorded(js: JetStreamContext, burst: Burst) -> bool:
     return sum((info.state.subjects or {}).values()) >= wanted
 
 
-def longest_stall(
-    pending: list[tuple[float, float]], progress: list[float]
-) -> tuple[float, float]:
+def longest_stall(pending: list[tuple[float, float]], progress: list[float]) -> tuple[float, float]:
     """The longest stretch inside a pending interval (a signal stored, its last copy recorded)
     with no progress (a result stored) at all: (seconds, when it began)."""
     events = sorted(progress)
     longest = (0.0, 0.0)
     for start, end in pending:
-        inside = events[bisect.bisect_right(events, start):bisect.bisect_right(events, end)]
+        inside = events[bisect.bisect_right(events, start) : bisect.bisect_right(events, end)]
         for a, b in itertools.pairwise([start, *inside]):
             longest = max(longest, (b - a, a))
     return longest
@@ -282,7 +282,8 @@ def _stalls(
 
 
 async def test_cluster_losing_nodes_under_a_burst_loses_and_doubles_no_order(
-    figures: Figures, tmp_path: Path,
+    figures: Figures,
+    tmp_path: Path,
 ) -> None:
     started, wall_started = time.monotonic(), time.time()
     with running_cluster() as cluster:
@@ -299,12 +300,16 @@ async def test_cluster_losing_nodes_under_a_burst_loses_and_doubles_no_order(
             await _burst(nc, burst, faults)
             injected = await faults
             await eventually(lambda: _all_recorded(js, burst), timeout=180)
-            held = {f: [o.client_order_id for o in getattr(await venue(Orders(f)), "orders", [])]
-                    for fs in FOLLOWERS.values() for f in fs}
-            master_orders = {o.client_order_id for o in
-                             getattr(await venue(Orders(MASTER)), "orders", [])}
-            signals = {msgspec.json.decode(data, type=TradeSignal).signal_id: at
-                       for _, at, data in await _stored(js, bus.SIGNALS_STREAM)}
+            held = {
+                f: [o.client_order_id for o in getattr(await venue(Orders(f)), "orders", [])]
+                for fs in FOLLOWERS.values()
+                for f in fs
+            }
+            master_orders = {o.client_order_id for o in getattr(await venue(Orders(MASTER)), "orders", [])}
+            signals = {
+                msgspec.json.decode(data, type=TradeSignal).signal_id: at
+                for _, at, data in await _stored(js, bus.SIGNALS_STREAM)
+            }
             results = await _results(js)
             alive = {name: proc.poll() is None for name, proc in stack.procs.items()}
         await nc.close()
@@ -313,17 +318,20 @@ async def test_cluster_losing_nodes_under_a_burst_loses_and_doubles_no_order(
     expected = {f: {client_order_id_for(sid, f) for sid in sent} for fs in FOLLOWERS.values() for f in fs}
     count = count_orders(expected, held)
     stalls = _stalls(signals, results)
-    filled_anyway = [t for t in burst.trades
-                     if master_client_order_id(MASTER, t.request.request_id) in master_orders]
+    filled_anyway = [
+        t for t in burst.trades if master_client_order_id(MASTER, t.request.request_id) in master_orders
+    ]
     error_replies = sum(1 for t in filled_anyway if t.error_replies)
     no_replies = sum(1 for t in filled_anyway if t.no_replies)
-    figures.add("3-node cluster: busiest node killed, restarted, another killed", injected, count,
-                started)
+    figures.add("3-node cluster: busiest node killed, restarted, another killed", injected, count, started)
     lines = [
         f"cluster: orders expected {count.expected} found {count.found} lost {count.lost} "
         f"duplicated {count.duplicated}",
-        *(f"cluster: group {g} longest without progress {s:.1f} s (target <= {STALL_TARGET_S:g} s)"
-          f", from {at - wall_started:.1f} s into the run" for g, (s, at) in stalls.items()),
+        *(
+            f"cluster: group {g} longest without progress {s:.1f} s (target <= {STALL_TARGET_S:g} s)"
+            f", from {at - wall_started:.1f} s into the run"
+            for g, (s, at) in stalls.items()
+        ),
         f"cluster: master trades with an error reply although they filled {error_replies} "
         f"(target 0); with no reply in {REPLY_TIMEOUT_S:g} s although they filled {no_replies} "
         f"(target 0)",
@@ -337,11 +345,16 @@ async def test_cluster_losing_nodes_under_a_burst_loses_and_doubles_no_order(
     assert all(alive.values()), alive
 
 
-@pytest.mark.parametrize(("pending", "progress", "stall"), [
-    ([(0.0, 10.0)], [1.0, 2.0, 8.0, 10.0], (6.0, 2.0)),
-    ([(0.0, 1.0), (5.0, 6.0)], [1.0, 6.0], (1.0, 5.0)),
-])
+@pytest.mark.parametrize(
+    ("pending", "progress", "stall"),
+    [
+        ([(0.0, 10.0)], [1.0, 2.0, 8.0, 10.0], (6.0, 2.0)),
+        ([(0.0, 1.0), (5.0, 6.0)], [1.0, 6.0], (1.0, 5.0)),
+    ],
+)
 def test_longest_stall_counts_only_time_a_signal_waited(
-    pending: list[tuple[float, float]], progress: list[float], stall: tuple[float, float],
+    pending: list[tuple[float, float]],
+    progress: list[float],
+    stall: tuple[float, float],
 ) -> None:
     assert longest_stall(pending, progress) == stall

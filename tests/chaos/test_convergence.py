@@ -73,13 +73,38 @@ FAULT_KINDS = ("exchange_error", "rate_limited", "timeout_after_accept")
 FAULTS_PER_ROUND = 8
 MAX_PENDING = 2  # faults queued per account: a copy makes 4 attempts, so one may still land
 # one fault per master trade: the last ones land while the masters' last trades are copied
-SCHEDULE = ("venue", "kill", "venue", "venue", "nats", "venue", "venue", "kill", "venue", "venue",
-            "venue", "nats", "venue", "kill", "venue", "venue", "venue", "nats", "venue", "kill",
-            "venue", "venue", "venue")
+SCHEDULE = (
+    "venue",
+    "kill",
+    "venue",
+    "venue",
+    "nats",
+    "venue",
+    "venue",
+    "kill",
+    "venue",
+    "venue",
+    "venue",
+    "nats",
+    "venue",
+    "kill",
+    "venue",
+    "venue",
+    "venue",
+    "nats",
+    "venue",
+    "kill",
+    "venue",
+    "venue",
+    "venue",
+)
 CONVERGE_S = 30.0
 STABLE_S = 3.0  # converged means: still converged this long after
-COPIER_ENV = {"COPYTRADE_RECONCILE_INTERVAL_S": "1", "COPYTRADE_RECONCILE_HEAL": "true",
-              "COPYTRADE_RECONCILE_THRESHOLD": "0"}
+COPIER_ENV = {
+    "COPYTRADE_RECONCILE_INTERVAL_S": "1",
+    "COPYTRADE_RECONCILE_HEAL": "true",
+    "COPYTRADE_RECONCILE_THRESHOLD": "0",
+}
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _replies = msgspec.json.Decoder(TradeReply)
@@ -126,15 +151,22 @@ async def system(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Syste
 
 def _follower(number: int, follower_id: str) -> dict[str, Any]:
     multiplier = MULTIPLIERS[number % len(MULTIPLIERS)]
-    return {"id": follower_id, "exchange": "paper", "subscriptions": [
-        {"master": "alpha"},
-        {"master": "beta", "sizing": {"mode": "multiplier", "multiplier": multiplier}}]}
+    return {
+        "id": follower_id,
+        "exchange": "paper",
+        "subscriptions": [
+            {"master": "alpha"},
+            {"master": "beta", "sizing": {"mode": "multiplier", "multiplier": multiplier}},
+        ],
+    }
 
 
 def _config_data() -> dict[str, Any]:
-    return {"masters": [{"id": m, "exchange": "paper"} for m in MASTERS],
-            "signals": {"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600},
-            "followers": [_follower(i, f) for i, f in enumerate(FOLLOWERS)]}
+    return {
+        "masters": [{"id": m, "exchange": "paper"} for m in MASTERS],
+        "signals": {"public_keys": [CHAOS_PUBLIC_KEY], "max_age_s": 3600},
+        "followers": [_follower(i, f) for i, f in enumerate(FOLLOWERS)],
+    }
 
 
 def _equity(follower_id: str) -> int:
@@ -146,14 +178,20 @@ def _spawn_master(system: System, config_path: Path, master_id: str) -> subproce
     secrets = system.tmp_path / "master-secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "MASTER_SIGNING_KEY").write_text(CHAOS_SEED)
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("COPYTRADE_")},
-               "COPYTRADE_NATS_URL": system.server.url, "COPYTRADE_CONFIG": str(config_path),
-               "COPYTRADE_SECRETS_DIR": str(secrets), "COPYTRADE_HTTP_PORT": "0",
-               "COPYTRADE_INSTANCE": f"master-{master_id}", "COPYTRADE_MASTER": master_id,
-               "COPYTRADE_ORDER_TIMEOUT_S": "2"}
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("COPYTRADE_")},
+        "COPYTRADE_NATS_URL": system.server.url,
+        "COPYTRADE_CONFIG": str(config_path),
+        "COPYTRADE_SECRETS_DIR": str(secrets),
+        "COPYTRADE_HTTP_PORT": "0",
+        "COPYTRADE_INSTANCE": f"master-{master_id}",
+        "COPYTRADE_MASTER": master_id,
+        "COPYTRADE_ORDER_TIMEOUT_S": "2",
+    }
     log = (system.tmp_path / f"master-{master_id}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "services.master"], cwd=ROOT, env=environ,
-                            stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.master"], cwd=ROOT, env=environ, stdout=log, stderr=log
+    )
     system.processes.append(proc)  # killed at teardown
     return proc
 
@@ -172,8 +210,7 @@ class Copiers:
     def start(self) -> None:
         self.started += 1
         instance = f"copier-{self.started}"
-        self.running[instance] = self.system.spawn_copier(self.config_path, instance=instance,
-                                                          **COPIER_ENV)
+        self.running[instance] = self.system.spawn_copier(self.config_path, instance=instance, **COPIER_ENV)
 
     async def kill_and_replace(self) -> None:
         proc = self.running.pop(next(iter(self.running)))  # the oldest
@@ -224,8 +261,9 @@ async def _send(nc: Client, master_id: str, request: TradeRequest, trading: Trad
     """Send until it fills, with the same request id (never a second master order)."""
     while True:
         try:
-            msg = await nc.request(bus.master_trade_subject(master_id), _encoder.encode(request),
-                                   timeout=REPLY_TIMEOUT_S)
+            msg = await nc.request(
+                bus.master_trade_subject(master_id), _encoder.encode(request), timeout=REPLY_TIMEOUT_S
+            )
             if _replies.decode(msg.data).ok:
                 trading.filled[master_id] += 1
                 return
@@ -237,8 +275,13 @@ async def _send(nc: Client, master_id: str, request: TradeRequest, trading: Trad
 
 async def _trade(nc: Client, master_id: str, plan: list[tuple[str, Decimal]], trading: Trading) -> None:
     for side, size in plan:
-        request = TradeRequest(symbol=SYMBOL, side=side, size=size,  # type: ignore[arg-type]
-                               size_type="base", master_id=master_id)
+        request = TradeRequest(
+            symbol=SYMBOL,
+            side=side,
+            size=size,  # type: ignore[arg-type]
+            size_type="base",
+            master_id=master_id,
+        )
         await _send(nc, master_id, request, trading)
         await asyncio.sleep(TRADE_GAP_S)
 
@@ -289,8 +332,11 @@ async def _faults(system: System, copiers: Copiers, trading: Trading, faults: Fa
 
 def _scale(follower_id: str, master_id: str) -> Fraction:
     number = FOLLOWERS.index(follower_id)
-    spec = (SizingSpec() if master_id == "alpha" else
-            SizingSpec(mode="multiplier", multiplier=Decimal(MULTIPLIERS[number % len(MULTIPLIERS)])))
+    spec = (
+        SizingSpec()
+        if master_id == "alpha"
+        else SizingSpec(mode="multiplier", multiplier=Decimal(MULTIPLIERS[number % len(MULTIPLIERS)]))
+    )
     scale = position_scale(spec, equity=Decimal(_equity(follower_id)), master_equity=MASTER_EQUITY)
     assert scale is not None
     return scale
@@ -310,18 +356,20 @@ class Drift:
 
 async def _drifts(ledger: Ledger) -> list[Drift]:
     positions = {m: (await ledger.read(master_key(m, SYMBOL))).amount for m in MASTERS}
-    return [Drift(f, m, (await ledger.read(holding_key(f, m, SYMBOL))).amount,
-                  Fraction(positions[m]) * _scale(f, m))
-            for f in FOLLOWERS for m in MASTERS]
+    return [
+        Drift(
+            f, m, (await ledger.read(holding_key(f, m, SYMBOL))).amount, Fraction(positions[m]) * _scale(f, m)
+        )
+        for f in FOLLOWERS
+        for m in MASTERS
+    ]
 
 
 def _largest(drifts: list[Drift]) -> Fraction:
     return max(d.steps for d in drifts)
 
 
-async def _converge(
-    ledger: Ledger, copiers: Copiers, deadline_s: float
-) -> tuple[float | None, list[Drift]]:
+async def _converge(ledger: Ledger, copiers: Copiers, deadline_s: float) -> tuple[float | None, list[Drift]]:
     """Seconds until every holding is within one lot step of its target and stays so for
     STABLE_S (None: not by the deadline); the drifts last read."""
     started = time.monotonic()
@@ -372,8 +420,11 @@ async def _ledger_off_venue(venue: PaperVenue, ledger: Ledger, copies: set[str])
             continue
         applied = {cid for e in entries for cid in e.applied}
         orders = getattr(await venue.handle(Orders(follower)), "orders", [])
-        missing = [f"{'copy' if o.client_order_id in copies else 'heal'} {o.side} {o.amount} "
-                   f"{o.client_order_id}" for o in orders if o.amount and o.client_order_id not in applied]
+        missing = [
+            f"{'copy' if o.client_order_id in copies else 'heal'} {o.side} {o.amount} {o.client_order_id}"
+            for o in orders
+            if o.amount and o.client_order_id not in applied
+        ]
         off.append(f"{follower}: venue {real} ledger {held}; not in the ledger: {missing}")
     return off
 
@@ -392,7 +443,8 @@ async def _copy_ids(system: System) -> tuple[int, set[str]]:
 
 
 async def test_two_masters_through_kills_restarts_and_venue_faults_converge_without_duplicates(
-    system: System, figures: Figures,
+    system: System,
+    figures: Figures,
 ) -> None:
     venue = system.venue
     assert isinstance(venue, CountingVenue)
@@ -437,9 +489,9 @@ async def test_two_masters_through_kills_restarts_and_venue_faults_converge_with
         f"({', '.join(f'{k} {n}' for k, n in sorted(fills.items()))})",
         f"convergence: max drift when the faults stopped {float(stopped_drift):.0f} lot steps; "
         f"after {float(_largest(drifts)) if drifts else float('nan'):.0f} lot steps",
-        "convergence: time to converge " + (f"{seconds:.1f} s" if seconds is not None else
-                                            f"not within {CONVERGE_S:g} s") +
-        f" (target <= {CONVERGE_S:g} s); duplicates {duplicates}; ledger off the venue "
+        "convergence: time to converge "
+        + (f"{seconds:.1f} s" if seconds is not None else f"not within {CONVERGE_S:g} s")
+        + f" (target <= {CONVERGE_S:g} s); duplicates {duplicates}; ledger off the venue "
         f"{len(off_venue)}",
     ]
     for line in lines:
@@ -451,6 +503,7 @@ async def test_two_masters_through_kills_restarts_and_venue_faults_converge_with
 
     assert trading.total == len(MASTERS) * TRADES_PER_MASTER
     assert duplicates == 0, venue.resent
-    assert seconds is not None, [f"{d.follower_id}/{d.master_id}: holding {d.holding} target "
-                                 f"{float(d.target):.8f}" for d in gaps]
+    assert seconds is not None, [
+        f"{d.follower_id}/{d.master_id}: holding {d.holding} target {float(d.target):.8f}" for d in gaps
+    ]
     assert off_venue == [], off_venue

@@ -112,12 +112,23 @@ symbols = st.sampled_from(("BTC/USD", "ETH/USD", "SOL/USDT", "XBT/EUR"))
 def genuine_signals(draw: st.DrawFn) -> TradeSignal:
     exchange = draw(st.sampled_from(("paper", "kraken", "coinbase", "binance", "okx")))
     order_id = draw(ids)
-    return SIGNER.sign(TradeSignal(
-        signal_id=signal_id_for(exchange, order_id), master_id=draw(ids), exchange=exchange,
-        symbol=draw(symbols), side=draw(st.sampled_from(("buy", "sell"))), price=draw(money),
-        size=draw(money), size_type=draw(st.sampled_from(("quote", "base"))),
-        filled_base=draw(money), order_id=order_id, master_equity=draw(money),
-        master_position_before=draw(money | st.just(Decimal(0))), executed_at=draw(timestamps)))
+    return SIGNER.sign(
+        TradeSignal(
+            signal_id=signal_id_for(exchange, order_id),
+            master_id=draw(ids),
+            exchange=exchange,
+            symbol=draw(symbols),
+            side=draw(st.sampled_from(("buy", "sell"))),
+            price=draw(money),
+            size=draw(money),
+            size_type=draw(st.sampled_from(("quote", "base"))),
+            filled_base=draw(money),
+            order_id=order_id,
+            master_equity=draw(money),
+            master_position_before=draw(money | st.just(Decimal(0))),
+            executed_at=draw(timestamps),
+        )
+    )
 
 
 def to_doc(signal: TradeSignal) -> dict[str, Any]:
@@ -141,25 +152,68 @@ def sign_doc(doc: dict[str, Any], key: SigningKey = MASTER_KEY) -> str:
 # ---- hostile values ------------------------------------------------------------------------------
 
 json_junk = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 HUGE = ("1e999", "-1e999", "1E+400", "1" + "0" * 400, "-" + "9" * 400, "1E+14", "10000000000000.01")
 NON_FINITE = ("NaN", "nan", "-NaN", "sNaN", "-sNaN", "Infinity", "-Infinity", "inf", "-inf", "INF")
 NEGATIVE = ("-1", "-0.00000001", "-45000", "-1e-8")
 ZERO = ("0", "-0", "0.0", "0E-8", "0.00000000", "0e5")
 OUT_OF_RANGE: list[tuple[str, object]] = [
-    *(("huge", v) for v in HUGE), *(("huge", raw(v)) for v in HUGE),
+    *(("huge", v) for v in HUGE),
+    *(("huge", raw(v)) for v in HUGE),
     *(("non_finite", v) for v in NON_FINITE),
-    *(("negative", v) for v in NEGATIVE), *(("negative", raw(v)) for v in NEGATIVE),
-    *(("zero", v) for v in ZERO), *(("zero", raw(v)) for v in ZERO[:3]),
+    *(("negative", v) for v in NEGATIVE),
+    *(("negative", raw(v)) for v in NEGATIVE),
+    *(("zero", v) for v in ZERO),
+    *(("zero", raw(v)) for v in ZERO[:3]),
 ]
-INVALID_TOKENS = ("NaN", "-NaN", "Infinity", "-Infinity", "+1", "01", ".5", "1.", "0x10", "1e", "--1",
-                  "1_000", "undefined", "'1'", "True", "None")
-ODD_STRINGS = ("", " ", "1,000", "0x10", "½", "e1", "١٢٣", "\x00", "BTC/USD\n", "BTC/USD ", "*", ">",
-               "copytrade.signals.>", "btc/usd", "../../etc/passwd", "\u202eDSU/CTB", "A" * 65,
-               "signal", "buy", "quote", "x" * 5000)
+INVALID_TOKENS = (
+    "NaN",
+    "-NaN",
+    "Infinity",
+    "-Infinity",
+    "+1",
+    "01",
+    ".5",
+    "1.",
+    "0x10",
+    "1e",
+    "--1",
+    "1_000",
+    "undefined",
+    "'1'",
+    "True",
+    "None",
+)
+ODD_STRINGS = (
+    "",
+    " ",
+    "1,000",
+    "0x10",
+    "½",
+    "e1",
+    "١٢٣",
+    "\x00",
+    "BTC/USD\n",
+    "BTC/USD ",
+    "*",
+    ">",
+    "copytrade.signals.>",
+    "btc/usd",
+    "../../etc/passwd",
+    "\u202eDSU/CTB",
+    "A" * 65,
+    "signal",
+    "buy",
+    "quote",
+    "x" * 5000,
+)
 wrong_values = st.one_of(
     st.sampled_from([v for _, v in OUT_OF_RANGE]),
     st.sampled_from(INVALID_TOKENS).map(raw),
@@ -175,20 +229,23 @@ wrong_values = st.one_of(
 # ---- hostile payloads by kind ----------------------------------------------------------------------
 
 
-def from_genuine(kind: str, mutate: Callable[[st.DrawFn, TradeSignal], bytes | dict[str, Any]]
-                 ) -> st.SearchStrategy[Hostile]:
+def from_genuine(
+    kind: str, mutate: Callable[[st.DrawFn, TradeSignal], bytes | dict[str, Any]]
+) -> st.SearchStrategy[Hostile]:
     """Payloads made by mutating a genuinely signed signal (its JSON document or its bytes)."""
+
     @st.composite
     def build(draw: st.DrawFn) -> Hostile:
         genuine = draw(genuine_signals())
         made = mutate(draw, genuine)
         return Hostile(kind, made if isinstance(made, bytes) else encode(made), genuine)
+
     return build()
 
 
 def _truncated(draw: st.DrawFn, genuine: TradeSignal) -> bytes:
     data = ENCODER.encode(genuine)
-    return data[:draw(st.integers(0, len(data) - 1))]
+    return data[: draw(st.integers(0, len(data) - 1))]
 
 
 def _byte_flipped(draw: st.DrawFn, genuine: TradeSignal) -> bytes:
@@ -208,8 +265,9 @@ def _non_utf8(draw: st.DrawFn, genuine: TradeSignal) -> bytes:
     field = draw(st.sampled_from(("master_id", "symbol", "order_id", "signature")))
     doc = to_doc(genuine)
     token = encode(doc[field])
-    return encode(doc).replace(token, b'"' + draw(st.sampled_from((b"\xff\xfe", b"\xc3", b"\xed\xa0\x80")))
-                               + b'"', 1)
+    return encode(doc).replace(
+        token, b'"' + draw(st.sampled_from((b"\xff\xfe", b"\xc3", b"\xed\xa0\x80"))) + b'"', 1
+    )
 
 
 def _deep(draw: st.DrawFn, genuine: TradeSignal) -> bytes:
@@ -246,14 +304,31 @@ def _unknown_field(draw: st.DrawFn, genuine: TradeSignal) -> dict[str, Any]:
     return dict(items)
 
 
-WRONG_TAGS = ("result", "rejected", "deadletter", "order", "skip", "size_request", "trade",
-              "trade_reply", "Signal", "SIGNAL", " signal", "signal ", "signal\x00", "")
+WRONG_TAGS = (
+    "result",
+    "rejected",
+    "deadletter",
+    "order",
+    "skip",
+    "size_request",
+    "trade",
+    "trade_reply",
+    "Signal",
+    "SIGNAL",
+    " signal",
+    "signal ",
+    "signal\x00",
+    "",
+)
 
 
 def _wrong_tag(draw: st.DrawFn, genuine: TradeSignal) -> dict[str, Any]:
     doc = to_doc(genuine)
-    doc["type"] = draw(st.sampled_from(WRONG_TAGS) | st.text().filter(lambda t: t != "signal")
-                       | json_junk.filter(lambda v: v != "signal"))
+    doc["type"] = draw(
+        st.sampled_from(WRONG_TAGS)
+        | st.text().filter(lambda t: t != "signal")
+        | json_junk.filter(lambda v: v != "signal")
+    )
     return doc
 
 
@@ -270,8 +345,9 @@ def _lying_signal_id(draw: st.DrawFn, genuine: TradeSignal) -> dict[str, Any]:
     doc = to_doc(genuine)
     lie = draw(st.sampled_from(("signal_id", "order_id", "exchange")))
     if lie == "signal_id":
-        doc["signal_id"] = draw(st.from_regex(r"[0-9a-f]{32}", fullmatch=True)
-                                .filter(lambda s: s != genuine.signal_id))
+        doc["signal_id"] = draw(
+            st.from_regex(r"[0-9a-f]{32}", fullmatch=True).filter(lambda s: s != genuine.signal_id)
+        )
     else:
         doc[lie] = draw(ids.filter(lambda v: v != doc[lie]))
     doc["signature"] = sign_doc(doc)
@@ -306,8 +382,11 @@ def _not_base64(draw: st.DrawFn, genuine: TradeSignal) -> dict[str, Any]:
 
 
 TAMPERABLE: dict[str, st.SearchStrategy[Any]] = {
-    "master_id": ids, "symbol": symbols, "side": st.sampled_from(("buy", "sell")),
-    "size_type": st.sampled_from(("quote", "base")), "executed_at": timestamps,
+    "master_id": ids,
+    "symbol": symbols,
+    "side": st.sampled_from(("buy", "sell")),
+    "size_type": st.sampled_from(("quote", "base")),
+    "executed_at": timestamps,
     **dict.fromkeys(MONEY_FIELDS, money.map(str)),
 }
 
@@ -347,30 +426,50 @@ random_text = st.text(max_size=500).map(lambda t: Hostile("random_text", t.encod
 junk_documents = json_junk.map(lambda v: Hostile("junk_document", encode(v)))
 
 MALFORMED = st.one_of(
-    from_genuine("truncated", _truncated), from_genuine("byte_flipped", _byte_flipped),
-    from_genuine("trailing_garbage", _trailing_garbage), from_genuine("non_utf8", _non_utf8),
-    from_genuine("deep_nesting", _deep), random_bytes, random_text, junk_documents)
-WRONG_VALUES = st.one_of(from_genuine("wrong_value", _wrong_value),
-                         from_genuine("out_of_range", _out_of_range))
+    from_genuine("truncated", _truncated),
+    from_genuine("byte_flipped", _byte_flipped),
+    from_genuine("trailing_garbage", _trailing_garbage),
+    from_genuine("non_utf8", _non_utf8),
+    from_genuine("deep_nesting", _deep),
+    random_bytes,
+    random_text,
+    junk_documents,
+)
+WRONG_VALUES = st.one_of(
+    from_genuine("wrong_value", _wrong_value), from_genuine("out_of_range", _out_of_range)
+)
 WRONG_SHAPES = st.one_of(
-    from_genuine("unknown_field", _unknown_field), from_genuine("wrong_tag", _wrong_tag),
-    from_genuine("missing_fields", _missing_fields), from_genuine("lying_signal_id", _lying_signal_id))
+    from_genuine("unknown_field", _unknown_field),
+    from_genuine("wrong_tag", _wrong_tag),
+    from_genuine("missing_fields", _missing_fields),
+    from_genuine("lying_signal_id", _lying_signal_id),
+)
 BAD_SIGNATURES = st.one_of(
-    from_genuine("unsigned", _unsigned), from_genuine("other_key", _other_key),
-    from_genuine("random_signature", _random_signature), from_genuine("not_base64", _not_base64),
-    from_genuine("tampered", _tampered), from_genuine("borrowed_signature", _borrowed_signature),
-    from_genuine("signed_other_spelling", _signed_other_spelling))
+    from_genuine("unsigned", _unsigned),
+    from_genuine("other_key", _other_key),
+    from_genuine("random_signature", _random_signature),
+    from_genuine("not_base64", _not_base64),
+    from_genuine("tampered", _tampered),
+    from_genuine("borrowed_signature", _borrowed_signature),
+    from_genuine("signed_other_spelling", _signed_other_spelling),
+)
 EVERY_KIND = st.one_of(MALFORMED, WRONG_VALUES, WRONG_SHAPES, BAD_SIGNATURES)
 
 # What each kind must be refused as (default: malformed). A flipped byte may land anywhere and a
 # missing field may be the signature. Nothing may raise past the copier's judgement.
 EXPECTED: dict[str, set[str]] = {
-    "byte_flipped": REFUSALS, "non_utf8": {"malformed"},
-    "random_bytes": {"malformed"}, "wrong_value": REFUSALS,
-    "missing_fields": {"malformed", "unsigned"}, "unsigned": {"unsigned"},
-    "other_key": {"bad_signature"}, "random_signature": {"bad_signature"},
-    "not_base64": {"bad_signature"}, "tampered": {"bad_signature"},
-    "borrowed_signature": {"bad_signature"}, "signed_other_spelling": {"bad_signature"},
+    "byte_flipped": REFUSALS,
+    "non_utf8": {"malformed"},
+    "random_bytes": {"malformed"},
+    "wrong_value": REFUSALS,
+    "missing_fields": {"malformed", "unsigned"},
+    "unsigned": {"unsigned"},
+    "other_key": {"bad_signature"},
+    "random_signature": {"bad_signature"},
+    "not_base64": {"bad_signature"},
+    "tampered": {"bad_signature"},
+    "borrowed_signature": {"bad_signature"},
+    "signed_other_spelling": {"bad_signature"},
 }
 
 
@@ -378,8 +477,13 @@ def judged(payloads: st.SearchStrategy[Hostile], examples: int) -> Counter[tuple
     """Judge `examples` hostile payloads drawn by hypothesis: (kind, verdict) -> how many."""
     verdicts: Counter[tuple[str, str]] = Counter()
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(payloads)
     def judge_each(hostile: Hostile) -> None:
         verdict = judge(hostile)
@@ -397,10 +501,12 @@ def report(verdicts: Counter[tuple[str, str]], figures: Figures, what: str) -> d
     by_verdict = Counter[str]()
     for (_, verdict), n in verdicts.items():
         by_verdict[verdict] += n
-    figures.note(f"in-process {what}: {verdicts.total()} judged, {by_verdict[ACCEPTED]} accepted, "
-                 f"{sum(by_verdict[r] for r in REFUSALS)} refused with a reason code, "
-                 f"{by_verdict[DECODER_RAISED]} decoder raised, {by_verdict[VERIFIER_RAISED]} "
-                 "verifier raised (known bugs)")
+    figures.note(
+        f"in-process {what}: {verdicts.total()} judged, {by_verdict[ACCEPTED]} accepted, "
+        f"{sum(by_verdict[r] for r in REFUSALS)} refused with a reason code, "
+        f"{by_verdict[DECODER_RAISED]} decoder raised, {by_verdict[VERIFIER_RAISED]} "
+        "verifier raised (known bugs)"
+    )
     return {f"{k}->{v}": n for (k, v), n in verdicts.items() if v not in EXPECTED.get(k, {"malformed"})}
 
 
@@ -468,8 +574,13 @@ def hostile_sample(size: int) -> list[Hostile]:
     sample: list[Hostile] = []
 
     @seed(SAMPLE_SEED)
-    @settings(max_examples=size, phases=[Phase.generate], deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=size,
+        phases=[Phase.generate],
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(EVERY_KIND)
     def draw(hostile: Hostile) -> None:
         if judge(hostile) in RAISED | {RESPELLED}:
@@ -493,7 +604,9 @@ async def _recorded(system: System, subjects: str) -> int:
 
 async def _all_in(system: System, rejects: int, copies: int) -> bool:
     return (await _recorded(system, "copytrade.rejects.>"), await results_recorded(system.js)) == (
-        rejects, copies)
+        rejects,
+        copies,
+    )
 
 
 async def _copied(system: System) -> bool:
@@ -502,15 +615,17 @@ async def _copied(system: System) -> bool:
 
 async def _sizer_answers(system: System, signal: TradeSignal) -> SizeReply:
     rules = MarketRules(symbol="BTC/USD", amount_step=Decimal("0.00000001"))
-    follower = FollowerSnapshot(follower_id="probe", equity=Decimal(1_000), cash=Decimal(1_000),
-                                position=Decimal(0), rules=rules)
+    follower = FollowerSnapshot(
+        follower_id="probe", equity=Decimal(1_000), cash=Decimal(1_000), position=Decimal(0), rules=rules
+    )
     request = SizeRequest(signal=signal, min_notional=Decimal(1), now=time.time(), followers=[follower])
     reply = await system.nc.request(bus.SIZER_SUBJECT, ENCODER.encode(request), timeout=5)
     return msgspec.json.decode(reply.data, type=SizeReply)
 
 
 async def test_hostile_payloads_on_the_bus_are_recorded_as_rejected_and_trade_nothing(
-    system: System, figures: Figures,
+    system: System,
+    figures: Figures,
 ) -> None:
     started = time.monotonic()
     sample = hostile_sample(600)
@@ -532,7 +647,8 @@ async def test_hostile_payloads_on_the_bus_are_recorded_as_rejected_and_trade_no
     assert len(sample) == 600
     assert len(rejected) == len(sample)
     assert Counter((r.size, r.excerpt) for r in rejected) == Counter(
-        (len(h.data), repr(h.data[:120])[:500]) for h in sample)
+        (len(h.data), repr(h.data[:120])[:500]) for h in sample
+    )
     assert Counter(r.reason_code for r in rejected) == Counter(judge(h) for h in sample)
     assert {f: r.outcome for f, r in results.items()} == dict.fromkeys(followers, "filled")
     assert held == {f: [client_order_id_for(genuine.signal_id, f)] for f in followers}
@@ -543,14 +659,21 @@ async def test_hostile_payloads_on_the_bus_are_recorded_as_rejected_and_trade_no
 
 BUGGY_PAYLOADS: dict[str, tuple[Callable[[], bytes], str]] = {
     "invalid_utf8": (lambda: with_invalid_utf8("bad-utf8-on-bus", b"\xff"), "malformed"),
-    "wrong_length_signature": (lambda: ENCODER.encode(msgspec.structs.replace(
-        signed_signal("wrong-length-on-bus"), signature=WRONG_LENGTH_SIGNATURES[0])), "bad_signature"),
+    "wrong_length_signature": (
+        lambda: ENCODER.encode(
+            msgspec.structs.replace(
+                signed_signal("wrong-length-on-bus"), signature=WRONG_LENGTH_SIGNATURES[0]
+            )
+        ),
+        "bad_signature",
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BUGGY_PAYLOADS))
 async def test_payload_hitting_an_escaping_exception_is_recorded_as_rejected(
-    system: System, kind: str,
+    system: System,
+    kind: str,
 ) -> None:
     make, reason = BUGGY_PAYLOADS[kind]
     await _copier_and_followers(system, ["w0"])

@@ -48,9 +48,11 @@ register(KEY, SECRET, PASSPHRASE)
 # The paper venue's fault kinds for the emulators' faults. "temporary" and "below_minimum" are
 # kinds the paper engine raises (its _ERRORS table) but PaperFaultKind does not list yet.
 PAPER_FAULTS = {
-    Fault.HTTP_500.value: "temporary", Fault.RATE_LIMIT.value: "rate_limited",
+    Fault.HTTP_500.value: "temporary",
+    Fault.RATE_LIMIT.value: "rate_limited",
     Fault.TIMEOUT_AFTER_ACCEPT.value: "timeout_after_accept",
-    Fault.INSUFFICIENT_FUNDS.value: "insufficient_funds", Fault.INVALID_KEY.value: "auth_error",
+    Fault.INSUFFICIENT_FUNDS.value: "insufficient_funds",
+    Fault.INVALID_KEY.value: "auth_error",
     Fault.MIN_NOT_MET.value: "below_minimum",
 }
 
@@ -102,27 +104,48 @@ class Emulated:
 
 
 EMULATED = {
-    "kraken": Emulated(KrakenEmulator, base64.b64encode(SECRET.encode() * 3).decode(),
-                       base64.b64encode(b"not-the-secret" * 4).decode(),
-                       lambda p: p in {"/0/public/Assets", "/0/public/AssetPairs"}, Decimal("0.5")),
-    "coinbase": Emulated(CoinbaseEmulator, SECRET, "not-the-secret",
-                         lambda p: p in {"/api/v3/brokerage/market/products", "/v2/currencies"},
-                         Decimal("0.5")),
-    "binance": Emulated(BinanceEmulator, SECRET, "not-the-secret",
-                        lambda p: p == "/api/v3/exchangeInfo", Decimal("0.5")),
-    "okx": Emulated(OkxEmulator, SECRET, "not-the-secret",
-                    lambda p: p == "/api/v5/public/instruments", Decimal(0), PASSPHRASE),
+    "kraken": Emulated(
+        KrakenEmulator,
+        base64.b64encode(SECRET.encode() * 3).decode(),
+        base64.b64encode(b"not-the-secret" * 4).decode(),
+        lambda p: p in {"/0/public/Assets", "/0/public/AssetPairs"},
+        Decimal("0.5"),
+    ),
+    "coinbase": Emulated(
+        CoinbaseEmulator,
+        SECRET,
+        "not-the-secret",
+        lambda p: p in {"/api/v3/brokerage/market/products", "/v2/currencies"},
+        Decimal("0.5"),
+    ),
+    "binance": Emulated(
+        BinanceEmulator, SECRET, "not-the-secret", lambda p: p == "/api/v3/exchangeInfo", Decimal("0.5")
+    ),
+    "okx": Emulated(
+        OkxEmulator,
+        SECRET,
+        "not-the-secret",
+        lambda p: p == "/api/v5/public/instruments",
+        Decimal(0),
+        PASSPHRASE,
+    ),
     # Alpaca publishes crypto size rules on the asset, but no minimum notional; AAPL is a stock,
     # "AAPL/USD" to copytrade and "AAPL" to Alpaca
-    "alpaca": Emulated(AlpacaEmulator, SECRET, "not-the-secret",
-                       lambda p: p.startswith("/v2/assets/"), Decimal(0),
-                       listed=(("ETH/USD", Decimal(3000)), ("AAPL/USD", Decimal(190)))),
+    "alpaca": Emulated(
+        AlpacaEmulator,
+        SECRET,
+        "not-the-secret",
+        lambda p: p.startswith("/v2/assets/"),
+        Decimal(0),
+        listed=(("ETH/USD", Decimal(3000)), ("AAPL/USD", Decimal(190))),
+    ),
 }
 
 
 def _rules(min_cost: Decimal) -> MarketRules:
-    return MarketRules(symbol="BTC/USD", amount_step=STEP, min_amount=MIN_AMOUNT, min_cost=min_cost,
-                       price_step=PRICE_STEP)
+    return MarketRules(
+        symbol="BTC/USD", amount_step=STEP, min_amount=MIN_AMOUNT, min_cost=min_cost, price_step=PRICE_STEP
+    )
 
 
 def recorded_paths(emulator: EmulatorServer) -> list[str]:
@@ -130,9 +153,10 @@ def recorded_paths(emulator: EmulatorServer) -> list[str]:
     paths: list[str] = []
 
     @web.middleware
-    async def record(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                     ) -> web.StreamResponse:
+    async def record(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         paths.append(request.path)
         return await handler(request)
 
@@ -160,8 +184,10 @@ async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
             return handle.build(f"{ACCOUNT_ID}-{suffix}", credentials, emulator.url)
 
         def impostor(kind: str) -> ExchangeAccount:
-            key, secret = {"unknown_key": ("unknown-key", spec.secret),
-                           "wrong_secret": (KEY, spec.wrong_secret)}[kind]
+            key, secret = {
+                "unknown_key": ("unknown-key", spec.secret),
+                "wrong_secret": (KEY, spec.wrong_secret),
+            }[kind]
             credentials = Credentials(key, secret, spec.passphrase)
             return handle.build(f"impostor-{kind}".replace("_", "-"), credentials, emulator.url)
 
@@ -184,13 +210,22 @@ async def emulated(name: str) -> AsyncIterator[VenueUnderTest]:
             state.set_price(symbol, price)
 
         handle = VenueUnderTest(
-            name=name, ctx=AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=False),
-            credentials=credentials, rules=_rules(spec.min_cost), inject=inject, orders=orders,
+            name=name,
+            ctx=AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=False),
+            credentials=credentials,
+            rules=_rules(spec.min_cost),
+            inject=inject,
+            orders=orders,
             set_timeout_hold=set_timeout_hold,
-            market_loads=lambda: sum(map(spec.market_loading, paths)), requests=lambda: len(paths),
-            add_follower=add_follower, impostor=impostor,
+            market_loads=lambda: sum(map(spec.market_loading, paths)),
+            requests=lambda: len(paths),
+            add_follower=add_follower,
+            impostor=impostor,
             session_of=lambda account: getattr(account, "http_session", None),
-            fill_resting=fill_resting, move_price=move_price, listed=dict(spec.listed))
+            fill_resting=fill_resting,
+            move_price=move_price,
+            listed=dict(spec.listed),
+        )
         handle.account = handle.build(ACCOUNT_ID, credentials, emulator.url)
         try:
             yield handle
@@ -231,7 +266,8 @@ async def paper() -> AsyncIterator[VenueUnderTest]:
     async def fill_resting(client_order_id: str, amount: Decimal) -> None:
         found = await engine.handle(Find(ACCOUNT_ID, client_order_id))
         order = getattr(found, "order", None)
-        assert order is not None and order.limit_price is not None
+        assert order is not None
+        assert order.limit_price is not None
         reply = await engine.handle(FillPart(ACCOUNT_ID, order.order_id, amount, order.limit_price))
         assert not isinstance(reply, Failure), reply
 
@@ -240,14 +276,22 @@ async def paper() -> AsyncIterator[VenueUnderTest]:
 
     ctx = AdapterContext(paper_transport=transport, http_timeout_s=HTTP_TIMEOUT_S)
     handle = VenueUnderTest(
-        name="paper", ctx=ctx, credentials=Credentials(KEY, SECRET, PASSPHRASE),
+        name="paper",
+        ctx=ctx,
+        credentials=Credentials(KEY, SECRET, PASSPHRASE),
         rules=_rules(Decimal("0.5")),
-        inject=inject, orders=orders, set_timeout_hold=set_timeout_hold,
+        inject=inject,
+        orders=orders,
+        set_timeout_hold=set_timeout_hold,
         market_loads=lambda: 0,  # the paper venue's rules live in the process: nothing loads
-        requests=lambda: len(calls), zero_size_requests=1,
-        add_follower=add_follower, impostor=impostor,
+        requests=lambda: len(calls),
+        zero_size_requests=1,
+        add_follower=add_follower,
+        impostor=impostor,
         session_of=lambda _account: ctx.paper_transport,  # paper's "session" is its transport
-        fill_resting=fill_resting, move_price=move_price)
+        fill_resting=fill_resting,
+        move_price=move_price,
+    )
     await fund(ACCOUNT_ID)
     handle.account = handle.build(ACCOUNT_ID, handle.credentials, None)
     try:

@@ -55,17 +55,30 @@ async def ctx() -> AsyncIterator[AdapterContext]:
 
 
 def accounts(emulator: AlpacaEmulator, ctx: AdapterContext, count: int) -> list[ExchangeAccount]:
-    return [build_account(AccountConfig(id=f"f{i}", exchange="alpaca", base_url=emulator.url),
-                          Credentials(f"key-{i}", SECRET), ctx) for i in range(count)]
+    return [
+        build_account(
+            AccountConfig(id=f"f{i}", exchange="alpaca", base_url=emulator.url),
+            Credentials(f"key-{i}", SECRET),
+            ctx,
+        )
+        for i in range(count)
+    ]
 
 
 def buy(symbol: str, quote: str = "10") -> OrderCommand:
-    return OrderCommand(client_order_id=uuid.uuid4().hex, symbol=symbol, side="buy",
-                        size=Decimal(quote), size_type="quote", reference_price=Decimal(45_000))
+    return OrderCommand(
+        client_order_id=uuid.uuid4().hex,
+        symbol=symbol,
+        side="buy",
+        size=Decimal(quote),
+        size_type="quote",
+        reference_price=Decimal(45_000),
+    )
 
 
 async def test_forty_accounts_placing_at_once_have_more_than_six_requests_in_flight(
-    emulator: AlpacaEmulator, ctx: AdapterContext,
+    emulator: AlpacaEmulator,
+    ctx: AdapterContext,
 ) -> None:
     followers = accounts(emulator, ctx, ACCOUNTS)
 
@@ -75,12 +88,18 @@ async def test_forty_accounts_placing_at_once_have_more_than_six_requests_in_fli
     assert emulator.max_in_flight > 6
 
 
-@pytest.mark.parametrize(("symbol", "lookups"), [
-    ("AAPL/USD", {"/v2/assets/AAPL/USD": 1, "/v2/assets/AAPL": 1}),  # a stock: pair, then base
-    ("BTC/USD", {"/v2/assets/BTC/USD": 1}),
-])
+@pytest.mark.parametrize(
+    ("symbol", "lookups"),
+    [
+        ("AAPL/USD", {"/v2/assets/AAPL/USD": 1, "/v2/assets/AAPL": 1}),  # a stock: pair, then base
+        ("BTC/USD", {"/v2/assets/BTC/USD": 1}),
+    ],
+)
 async def test_first_orders_of_many_followers_look_the_asset_up_once_per_kind(
-    emulator: Recorded, ctx: AdapterContext, symbol: str, lookups: dict[str, int],
+    emulator: Recorded,
+    ctx: AdapterContext,
+    symbol: str,
+    lookups: dict[str, int],
 ) -> None:
     followers = accounts(emulator, ctx, 20)
 
@@ -92,14 +111,19 @@ async def test_first_orders_of_many_followers_look_the_asset_up_once_per_kind(
 
 
 async def test_bad_keys_starting_the_shared_asset_lookup_fail_only_their_own_order(
-    emulator: AlpacaEmulator, ctx: AdapterContext,
+    emulator: AlpacaEmulator,
+    ctx: AdapterContext,
 ) -> None:
-    revoked = build_account(AccountConfig(id="revoked", exchange="alpaca", base_url=emulator.url),
-                            Credentials("revoked-key", SECRET), ctx)
+    revoked = build_account(
+        AccountConfig(id="revoked", exchange="alpaca", base_url=emulator.url),
+        Credentials("revoked-key", SECRET),
+        ctx,
+    )
     followers = accounts(emulator, ctx, 10)
 
-    results = await asyncio.gather(*(f.place_order(buy("BTC/USD")) for f in [revoked, *followers]),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(f.place_order(buy("BTC/USD")) for f in [revoked, *followers]), return_exceptions=True
+    )
 
     assert isinstance(results[0], AuthError)
     assert all(isinstance(r, OrderAck) and r.status == "filled" for r in results[1:])

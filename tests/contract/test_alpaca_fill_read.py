@@ -36,9 +36,11 @@ async def alpaca() -> AsyncIterator[Alpaca]:
     emulator.state.add_account(KEY, SECRET, {"USD": Decimal(10000)})
     ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S)  # with its rate limiter, as in production
     async with emulator:
-        account = build_account(AccountConfig(id="follower-1", exchange="alpaca",
-                                              base_url=emulator.url),
-                                Credentials(KEY, SECRET, None), ctx)
+        account = build_account(
+            AccountConfig(id="follower-1", exchange="alpaca", base_url=emulator.url),
+            Credentials(KEY, SECRET, None),
+            ctx,
+        )
         try:
             yield Alpaca(emulator, account)
         finally:
@@ -47,8 +49,14 @@ async def alpaca() -> AsyncIterator[Alpaca]:
 
 
 def buy(label: str) -> OrderCommand:
-    return OrderCommand(client_order_id=f"ct-{label}", symbol="BTC/USD", side="buy",
-                        size=Decimal("0.001"), size_type="base", reference_price=PRICE)
+    return OrderCommand(
+        client_order_id=f"ct-{label}",
+        symbol="BTC/USD",
+        side="buy",
+        size=Decimal("0.001"),
+        size_type="base",
+        reference_price=PRICE,
+    )
 
 
 async def test_pending_new_order_is_reported_with_the_fill_read_back(alpaca: Alpaca) -> None:
@@ -56,7 +64,8 @@ async def test_pending_new_order_is_reported_with_the_fill_read_back(alpaca: Alp
 
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.001"), PRICE)
     assert ack.accepted_at is not None
-    assert isinstance(alpaca.account, AlpacaAccount) and alpaca.account.rate_limit_waits == 0
+    assert isinstance(alpaca.account, AlpacaAccount)
+    assert alpaca.account.rate_limit_waits == 0
 
 
 async def test_order_shown_working_for_a_while_is_read_until_it_fills(alpaca: Alpaca) -> None:
@@ -76,5 +85,6 @@ async def test_order_still_working_after_the_last_read_is_submitted_and_placed_o
     later = await alpaca.account.find_order("ct-waiting", "BTC/USD")
 
     assert (ack.status, ack.filled_base, ack.accepted_at is not None) == ("submitted", None, True)
-    assert later is not None and later.status == "filled"
+    assert later is not None
+    assert later.status == "filled"
     assert len(alpaca.emulator.state.accounts[KEY].orders) == 1

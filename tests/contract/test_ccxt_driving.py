@@ -54,9 +54,11 @@ class Venue:
         key = f"key-{endpoint}-{n}"
         target = self.endpoints[endpoint]
         target.emulator.state.add_account(key, SECRET, {"USD": Decimal(10000)})
-        account = build_account(AccountConfig(id=f"f{endpoint}-{n}", exchange="kraken",
-                                              base_url=target.url), Credentials(key, SECRET),
-                                self.ctx)
+        account = build_account(
+            AccountConfig(id=f"f{endpoint}-{n}", exchange="kraken", base_url=target.url),
+            Credentials(key, SECRET),
+            self.ctx,
+        )
         assert isinstance(account, CcxtAccount)
         self.built.append(account)
         return account
@@ -64,9 +66,10 @@ class Venue:
 
 def _recorder(endpoint: Endpoint) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def record(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                     ) -> web.StreamResponse:
+    async def record(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         endpoint.paths.append(request.path)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer:
@@ -94,8 +97,14 @@ async def venue() -> AsyncIterator[Venue]:
 
 
 def buy() -> OrderCommand:
-    return OrderCommand(client_order_id=uuid.uuid4().hex, symbol="BTC/USD", side="buy",
-                        size=Decimal(10), size_type="quote", reference_price=Decimal(45000))
+    return OrderCommand(
+        client_order_id=uuid.uuid4().hex,
+        symbol="BTC/USD",
+        side="buy",
+        size=Decimal(10),
+        size_type="quote",
+        reference_price=Decimal(45000),
+    )
 
 
 async def test_placing_an_order_sends_the_order_and_one_fill_read(venue: Venue) -> None:
@@ -119,8 +128,7 @@ async def test_many_followers_load_markets_once_per_endpoint(venue: Venue) -> No
     assert [e.market_loads() for e in venue.endpoints] == [2, 2]  # Assets + AssetPairs, once
 
 
-async def test_followers_of_one_endpoint_share_one_session_and_its_connections(
-        venue: Venue) -> None:
+async def test_followers_of_one_endpoint_share_one_session_and_its_connections(venue: Venue) -> None:
     first, second, elsewhere = venue.follower(1), venue.follower(2), venue.follower(3, 1)
     await first.place_order(buy())
     ports = set(venue.endpoints[0].ports)
@@ -144,14 +152,16 @@ async def test_each_follower_trades_with_its_own_key(venue: Venue) -> None:
     assert [a.rate_limit_waits for a in accounts] == [0, 0, 0, 0]
 
 
-async def test_follower_clients_share_the_venue_description_but_not_their_state(
-        venue: Venue) -> None:
+async def test_follower_clients_share_the_venue_description_but_not_their_state(venue: Venue) -> None:
     first, second = venue.follower(1), venue.follower(2)
     await asyncio.gather(first.connect(), second.connect())
     a, b = first._ex, second._ex  # the ccxt instances: copies of the share's one prototype
 
-    assert a.api is b.api and a.has is b.has and a.markets is b.markets  # built once, read only
-    assert a.options is not b.options and a.headers is not b.headers  # ccxt writes into these
+    assert a.api is b.api
+    assert a.has is b.has
+    assert a.markets is b.markets
+    assert a.options is not b.options
+    assert a.headers is not b.headers
     assert a.throttler is not b.throttler
     assert (a.apiKey, b.apiKey) == ("key-0-1", "key-0-2")
 
@@ -165,4 +175,5 @@ async def test_closing_one_follower_leaves_the_others_trading(venue: Venue) -> N
     reopened = await first.place_order(buy())
 
     assert (ack.status, reopened.status) == ("filled", "filled")
-    assert first.http_session is second.http_session and not second.http_session.closed
+    assert first.http_session is second.http_session
+    assert not second.http_session.closed

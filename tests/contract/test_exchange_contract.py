@@ -46,18 +46,30 @@ def client_id(label: str) -> str:
     return uuid.uuid5(NS, label).hex
 
 
-def market(side: Side, size: str, size_type: SizeType = "base", label: str = "",
-           symbol: str = "BTC/USD") -> OrderCommand:
-    return OrderCommand(client_order_id=client_id(label or f"{side}-{size}-{size_type}-{symbol}"),
-                        symbol=symbol, side=side, size=Decimal(size), size_type=size_type,
-                        reference_price=PRICE)
+def market(
+    side: Side, size: str, size_type: SizeType = "base", label: str = "", symbol: str = "BTC/USD"
+) -> OrderCommand:
+    return OrderCommand(
+        client_order_id=client_id(label or f"{side}-{size}-{size_type}-{symbol}"),
+        symbol=symbol,
+        side=side,
+        size=Decimal(size),
+        size_type=size_type,
+        reference_price=PRICE,
+    )
 
 
 def limit(side: Side, size: str, price: str, label: str = "") -> OrderCommand:
     """An immediate-or-cancel limit order for BTC/USD (the venue's price is 45,000)."""
-    return OrderCommand(client_order_id=client_id(label or f"limit-{side}-{size}-{price}"),
-                        symbol="BTC/USD", side=side, size=Decimal(size), size_type="base",
-                        reference_price=PRICE, limit_price=Decimal(price))
+    return OrderCommand(
+        client_order_id=client_id(label or f"limit-{side}-{size}-{price}"),
+        symbol="BTC/USD",
+        side=side,
+        size=Decimal(size),
+        size_type="base",
+        reference_price=PRICE,
+        limit_price=Decimal(price),
+    )
 
 
 async def raised(call: Awaitable[object]) -> ExchangeError:
@@ -100,7 +112,9 @@ async def test_quote_sized_buy_spends_about_the_quote_amount(venue: VenueUnderTe
     ack = await venue.account.place_order(market("buy", "90", "quote"))
     position = await venue.account.position("BTC/USD")
 
-    assert ack.status == "filled" and ack.filled_base is not None and ack.avg_price is not None
+    assert ack.status == "filled"
+    assert ack.filled_base is not None
+    assert ack.avg_price is not None
     assert Decimal("89.99") <= ack.filled_base * ack.avg_price <= Decimal("90")
     assert ack.avg_price == PRICE
     assert position == Decimal(1) + ack.filled_base
@@ -130,8 +144,10 @@ async def test_placed_order_carries_its_acceptance_time_and_a_found_one_none(
     placed = await venue.account.place_order(market("buy", "0.001", label="accepted"))
     found = await venue.account.find_order(placed.client_order_id, "BTC/USD")
 
-    assert placed.accepted_at is not None and before <= placed.accepted_at <= time.time()
-    assert found is not None and found.accepted_at is None
+    assert placed.accepted_at is not None
+    assert before <= placed.accepted_at <= time.time()
+    assert found is not None
+    assert found.accepted_at is None
 
 
 async def test_base_sized_sell_fills_and_credits_cash(venue: VenueUnderTest) -> None:
@@ -150,8 +166,10 @@ async def test_find_order_returns_the_placed_order(venue: VenueUnderTest) -> Non
     found = await venue.account.find_order(order.client_order_id, "BTC/USD")
 
     assert found is not None
-    assert (found.exchange_order_id, found.client_order_id) == (placed.exchange_order_id,
-                                                                order.client_order_id)
+    assert (found.exchange_order_id, found.client_order_id) == (
+        placed.exchange_order_id,
+        order.client_order_id,
+    )
     assert (found.status, found.filled_base, found.avg_price) == ("filled", Decimal("0.002"), PRICE)
 
 
@@ -170,7 +188,9 @@ async def test_fills_since_lists_fills_after_the_cursor(venue: VenueUnderTest) -
     later = await venue.account.fills_since(max(f.at for f in fills))
 
     assert sorted((f.side, f.amount, f.symbol) for f in fills) == [
-        ("buy", Decimal("0.002"), "BTC/USD"), ("sell", Decimal("0.001"), "BTC/USD")]
+        ("buy", Decimal("0.002"), "BTC/USD"),
+        ("sell", Decimal("0.001"), "BTC/USD"),
+    ]
     assert {f.order_id for f in fills} == {buy.exchange_order_id, sell.exchange_order_id}
     assert later == []
 
@@ -185,8 +205,7 @@ async def test_place_idempotently_after_timeout_places_exactly_one_order(
     await venue.inject("timeout_after_accept")
     order = market("buy", "0.001", label="timeout")
 
-    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
-                                   backoff_s=0.01)
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S, backoff_s=0.01)
 
     assert ack.client_order_id == order.client_order_id
     assert len(await venue.orders()) == 1
@@ -204,7 +223,8 @@ async def test_server_error_is_temporary_and_retry_places_one_order(venue: Venue
 
     assert type(error) is TemporaryError
     assert orders_after_error == 0
-    assert ack.client_order_id == order.client_order_id and len(await venue.orders()) == 1
+    assert ack.client_order_id == order.client_order_id
+    assert len(await venue.orders()) == 1
 
 
 async def test_rate_limit_raises_rate_limited(venue: VenueUnderTest) -> None:
@@ -231,13 +251,18 @@ async def test_insufficient_funds_fault_raises_insufficient_funds(venue: VenueUn
     assert type(error) is InsufficientFunds
 
 
-@pytest.mark.parametrize(("size", "size_type"), [
-    ("0.000001", "base"),  # under the 0.00001 BTC minimum
-    ("0.00001", "base"),  # 0.45 USD: under the 0.5 USD minimum cost
-    ("0.25", "quote"),
-])
+@pytest.mark.parametrize(
+    ("size", "size_type"),
+    [
+        ("0.000001", "base"),  # under the 0.00001 BTC minimum
+        ("0.00001", "base"),  # 0.45 USD: under the 0.5 USD minimum cost
+        ("0.25", "quote"),
+    ],
+)
 async def test_order_below_venue_minimum_raises_below_minimum(
-    venue: VenueUnderTest, size: str, size_type: SizeType,
+    venue: VenueUnderTest,
+    size: str,
+    size_type: SizeType,
 ) -> None:
     error = await raised(venue.account.place_order(market("buy", size, size_type)))
 
@@ -255,7 +280,9 @@ async def test_minimum_fault_raises_below_minimum(venue: VenueUnderTest) -> None
 
 @pytest.mark.parametrize(("size", "size_type"), [("0.000000001", "base"), ("0.004", "quote")])
 async def test_size_rounding_to_nothing_is_refused_unsent(
-    venue: VenueUnderTest, size: str, size_type: SizeType,
+    venue: VenueUnderTest,
+    size: str,
+    size_type: SizeType,
 ) -> None:
     await venue.account.market_rules("BTC/USD")  # markets or assets loaded
     before = venue.requests()
@@ -287,8 +314,7 @@ async def test_key_refused_after_a_successful_call_raises_auth_error(venue: Venu
 
 
 async def test_translated_errors_carry_no_credentials(venue: VenueUnderTest) -> None:
-    errors = [await raised(venue.impostor(kind).snapshot())
-              for kind in ("unknown_key", "wrong_secret")]
+    errors = [await raised(venue.impostor(kind).snapshot()) for kind in ("unknown_key", "wrong_secret")]
     for fault in ("http_500", "rate_limit", "insufficient_funds", "invalid_key", "min_not_met"):
         await venue.inject(fault)
         errors.append(await raised(venue.account.place_order(market("buy", "0.001"))))
@@ -297,8 +323,7 @@ async def test_translated_errors_carry_no_credentials(venue: VenueUnderTest) -> 
     secrets = [*venue.credentials.values(), SIGNATURE_WORD]
     assert [t for t in texts if any(s.lower() in t.lower() for s in secrets)] == []
     # nor would a traceback show the vendor exception they were translated from
-    assert all(e.__cause__ is None and (e.__context__ is None or e.__suppress_context__)
-               for e in errors)
+    assert all(e.__cause__ is None and (e.__context__ is None or e.__suppress_context__) for e in errors)
 
 
 SIGNATURE_WORD = "signature="  # a signed query string, as ccxt's messages quote URLs
@@ -363,12 +388,12 @@ async def test_expired_limit_order_after_timeout_is_found_not_placed_again(
     await venue.inject("timeout_after_accept")
     order = limit("buy", "0.001", "44000", label="expired-timeout")
 
-    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
-                                   backoff_s=0.01)
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S, backoff_s=0.01)
     found = await venue.account.find_order(order.client_order_id, "BTC/USD")
 
     assert ack.status == "expired"
-    assert found is not None and found.status == "expired"
+    assert found is not None
+    assert found.status == "expired"
     assert len(await venue.orders()) == 1
 
 
@@ -386,26 +411,42 @@ async def test_limit_buy_needs_funds_at_its_limit_price(venue: VenueUnderTest) -
 REST_PRICE = Decimal("44000")
 
 
-def resting(side: Side, size: str, price: str | None, label: str, trigger: Trigger | None = None,
-            trigger_price: str | None = None) -> OrderCommand:
-    return OrderCommand(client_order_id=client_id(label), symbol="BTC/USD", side=side,
-                        size=Decimal(size), size_type="base", reference_price=PRICE,
-                        limit_price=None if price is None else Decimal(price),
-                        time_in_force="gtc", trigger=trigger,
-                        trigger_price=None if trigger_price is None else Decimal(trigger_price))
+def resting(
+    side: Side,
+    size: str,
+    price: str | None,
+    label: str,
+    trigger: Trigger | None = None,
+    trigger_price: str | None = None,
+) -> OrderCommand:
+    return OrderCommand(
+        client_order_id=client_id(label),
+        symbol="BTC/USD",
+        side=side,
+        size=Decimal(size),
+        size_type="base",
+        reference_price=PRICE,
+        limit_price=None if price is None else Decimal(price),
+        time_in_force="gtc",
+        trigger=trigger,
+        trigger_price=None if trigger_price is None else Decimal(trigger_price),
+    )
 
 
-async def amend_or_replace(account: ExchangeAccount, order: OrderCommand, *, price: Decimal,
-                           size: Decimal | None = None) -> OrderAck:
+async def amend_or_replace(
+    account: ExchangeAccount, order: OrderCommand, *, price: Decimal, size: Decimal | None = None
+) -> OrderAck:
     """What a caller does: amend where the venue can, else cancel, then place what is left."""
     if (await account.order_capabilities(order.symbol)).amend != "none":
-        return await account.amend_order(order.client_order_id, order.symbol, price=price,
-                                         size=size)
+        return await account.amend_order(order.client_order_id, order.symbol, price=price, size=size)
     ended = await account.cancel_order(order.client_order_id, order.symbol)
     filled = (ended.filled_base if ended else None) or Decimal(0)
     new_id = amended_client_id(order.client_order_id, price, size)
-    return await account.place_order(msgspec.structs.replace(
-        order, client_order_id=new_id, limit_price=price, size=(size or order.size) - filled))
+    return await account.place_order(
+        msgspec.structs.replace(
+            order, client_order_id=new_id, limit_price=price, size=(size or order.size) - filled
+        )
+    )
 
 
 async def test_resting_limit_rests_and_is_listed_in_open_orders(venue: VenueUnderTest) -> None:
@@ -416,10 +457,21 @@ async def test_resting_limit_rests_and_is_listed_in_open_orders(venue: VenueUnde
     everything = await venue.account.open_orders()
 
     assert (ack.status, ack.filled_base, ack.ordered_base) == ("submitted", None, Decimal("0.01"))
-    assert [(o.client_order_id, o.exchange_order_id, o.kind, o.side, o.size, o.filled, o.price,
-             o.trigger_price) for o in listed] == [
-        (order.client_order_id, ack.exchange_order_id, "limit", "buy", Decimal("0.01"),
-         Decimal(0), REST_PRICE, None)]
+    assert [
+        (o.client_order_id, o.exchange_order_id, o.kind, o.side, o.size, o.filled, o.price, o.trigger_price)
+        for o in listed
+    ] == [
+        (
+            order.client_order_id,
+            ack.exchange_order_id,
+            "limit",
+            "buy",
+            Decimal("0.01"),
+            Decimal(0),
+            REST_PRICE,
+            None,
+        )
+    ]
     assert everything == listed
 
 
@@ -440,8 +492,7 @@ async def test_resting_limit_filled_in_part_reports_the_part(venue: VenueUnderTe
     position = await venue.account.position("BTC/USD")
 
     assert found is not None
-    assert (found.status, found.filled_base, found.avg_price) == (
-        "submitted", Decimal("0.004"), REST_PRICE)
+    assert (found.status, found.filled_base, found.avg_price) == ("submitted", Decimal("0.004"), REST_PRICE)
     assert [(o.filled, o.size) for o in listed] == [(Decimal("0.004"), Decimal("0.01"))]
     assert position == Decimal("1.004")
 
@@ -454,9 +505,9 @@ async def test_amend_moves_the_price_leaving_one_live_order(venue: VenueUnderTes
     ack = await amend_or_replace(venue.account, order, price=Decimal("44100"))
     listed = await venue.account.open_orders("BTC/USD")
 
-    assert [(o.client_order_id, o.exchange_order_id, o.price, o.size - o.filled)
-            for o in listed] == [
-        (ack.client_order_id, ack.exchange_order_id, Decimal("44100"), Decimal("0.01"))]
+    assert [(o.client_order_id, o.exchange_order_id, o.price, o.size - o.filled) for o in listed] == [
+        (ack.client_order_id, ack.exchange_order_id, Decimal("44100"), Decimal("0.01"))
+    ]
     assert (ack.client_order_id == order.client_order_id) is capabilities.amend_keeps_client_id
     assert (ack.exchange_order_id == placed.exchange_order_id) is (capabilities.amend == "in_place")
 
@@ -467,19 +518,20 @@ async def test_amend_of_a_part_filled_order_keeps_what_filled(venue: VenueUnderT
     await venue.fill_resting(order.client_order_id, Decimal("0.004"))
 
     # the new total 0.012, of which 0.004 filled: 0.008 left to buy, at 44,100
-    ack = await amend_or_replace(venue.account, order, price=Decimal("44100"),
-                                 size=Decimal("0.012"))
+    ack = await amend_or_replace(venue.account, order, price=Decimal("44100"), size=Decimal("0.012"))
     listed = await venue.account.open_orders("BTC/USD")
     position = await venue.account.position("BTC/USD")
 
     assert [(o.client_order_id, o.price, o.size - o.filled) for o in listed] == [
-        (ack.client_order_id, Decimal("44100"), Decimal("0.008"))]
+        (ack.client_order_id, Decimal("44100"), Decimal("0.008"))
+    ]
     assert position == Decimal("1.004")
 
 
 async def test_amend_of_an_unknown_order_is_refused(venue: VenueUnderTest) -> None:
-    error = await raised(venue.account.amend_order(client_id("never-placed"), "BTC/USD",
-                                                   price=Decimal("44100")))
+    error = await raised(
+        venue.account.amend_order(client_id("never-placed"), "BTC/USD", price=Decimal("44100"))
+    )
 
     assert isinstance(error, InvalidOrder)
 
@@ -492,7 +544,8 @@ async def test_cancel_ends_a_resting_order_with_what_filled(venue: VenueUnderTes
     ack = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
     found = await venue.account.find_order(order.client_order_id, "BTC/USD")
 
-    assert ack is not None and found is not None
+    assert ack is not None
+    assert found is not None
     assert (ack.status, ack.filled_base, ack.avg_price) == ("filled", Decimal("0.004"), REST_PRICE)
     assert (found.status, found.filled_base) == ("filled", Decimal("0.004"))
     assert await venue.account.open_orders("BTC/USD") == []
@@ -508,7 +561,8 @@ async def test_cancel_of_an_unfilled_resting_order_reports_it_expired(
     again = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
     snapshot = await venue.account.snapshot()
 
-    assert first is not None and again is not None
+    assert first is not None
+    assert again is not None
     assert [(a.status, a.filled_base) for a in (first, again)] == [("expired", None)] * 2
     assert await venue.account.open_orders() == []
     assert snapshot.cash == Decimal("10000")
@@ -527,7 +581,11 @@ async def test_cancel_of_a_filled_order_reports_it_filled(venue: VenueUnderTest)
 
     assert ack is not None
     assert (ack.exchange_order_id, ack.status, ack.filled_base, ack.avg_price) == (
-        placed.exchange_order_id, "filled", Decimal("0.001"), PRICE)
+        placed.exchange_order_id,
+        "filled",
+        Decimal("0.001"),
+        PRICE,
+    )
 
 
 # (trigger, trigger price, limit price, a price short of the trigger, a price past it)
@@ -541,7 +599,12 @@ TRIGGERED = [
 
 @pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
 async def test_trigger_order_executes_when_the_price_reaches_it(
-    venue: VenueUnderTest, trigger: Trigger, at: str, limit: str | None, short: str, past: str,
+    venue: VenueUnderTest,
+    trigger: Trigger,
+    at: str,
+    limit: str | None,
+    short: str,
+    past: str,
 ) -> None:
     order = resting("sell", "0.01", limit, f"{trigger}-{limit}", trigger, at)
     if kind_of(order) not in (await venue.account.order_capabilities("BTC/USD")).native:
@@ -556,20 +619,24 @@ async def test_trigger_order_executes_when_the_price_reaches_it(
     position = await venue.account.position("BTC/USD")
 
     assert (ack.status, ack.filled_base) == ("submitted", None)
-    assert [(o.client_order_id, o.kind, o.side, o.size, o.trigger_price, o.price)
-            for o in waiting] == [(order.client_order_id, kind_of(order), "sell", Decimal("0.01"),
-                                   Decimal(at), order.limit_price)]
+    assert [(o.client_order_id, o.kind, o.side, o.size, o.trigger_price, o.price) for o in waiting] == [
+        (order.client_order_id, kind_of(order), "sell", Decimal("0.01"), Decimal(at), order.limit_price)
+    ]
     assert still == waiting
     assert found is not None
-    assert (found.status, found.filled_base, found.avg_price) == (
-        "filled", Decimal("0.01"), Decimal(past))
+    assert (found.status, found.filled_base, found.avg_price) == ("filled", Decimal("0.01"), Decimal(past))
     assert await venue.account.open_orders("BTC/USD") == []
     assert position == Decimal("0.99")
 
 
 @pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
 async def test_trigger_order_the_venue_lacks_is_refused_unsent(
-    venue: VenueUnderTest, trigger: Trigger, at: str, limit: str | None, short: str, past: str,
+    venue: VenueUnderTest,
+    trigger: Trigger,
+    at: str,
+    limit: str | None,
+    short: str,
+    past: str,
 ) -> None:
     order = resting("sell", "0.01", limit, f"lacking-{trigger}-{limit}", trigger, at)
     if kind_of(order) in (await venue.account.order_capabilities("BTC/USD")).native:
@@ -578,7 +645,8 @@ async def test_trigger_order_the_venue_lacks_is_refused_unsent(
 
     error = await raised(venue.account.place_order(order))
 
-    assert type(error) is NotNative and str(error)
+    assert type(error) is NotNative
+    assert str(error)
     assert venue.requests() == before
     assert await venue.orders() == []
 
@@ -594,7 +662,8 @@ async def test_cancel_of_a_stop_before_its_trigger_reports_it_expired(
     ack = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
     await venue.move_price("BTC/USD", Decimal("43900"))
 
-    assert ack is not None and (ack.status, ack.filled_base) == ("expired", None)
+    assert ack is not None
+    assert (ack.status, ack.filled_base) == ("expired", None)
     assert await venue.account.position("BTC/USD") == Decimal(1)
 
 
@@ -605,8 +674,7 @@ async def test_place_idempotently_after_timeout_places_one_resting_order(
     await venue.inject("timeout_after_accept")
     order = resting("buy", "0.01", "44000", "rest-timeout")
 
-    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S,
-                                   backoff_s=0.01)
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S, backoff_s=0.01)
     listed = await venue.account.open_orders("BTC/USD")
 
     assert (ack.client_order_id, ack.status) == (order.client_order_id, "submitted")
@@ -620,13 +688,11 @@ async def test_amend_of_a_trigger_order_is_refused_as_not_native(venue: VenueUnd
         pytest.skip(f"{venue.name} has no native stop_loss_limit order")
     await venue.account.place_order(order)
 
-    error = await raised(venue.account.amend_order(order.client_order_id, "BTC/USD",
-                                                   price=Decimal("43700")))
+    error = await raised(venue.account.amend_order(order.client_order_id, "BTC/USD", price=Decimal("43700")))
     listed = await venue.account.open_orders("BTC/USD")
 
     assert type(error) is NotNative
-    assert [(o.client_order_id, o.price) for o in listed] == [
-        (order.client_order_id, Decimal("43800"))]
+    assert [(o.client_order_id, o.price) for o in listed] == [(order.client_order_id, Decimal("43800"))]
 
 
 async def test_order_capabilities_name_resting_kinds_and_an_amend_mode(
@@ -634,6 +700,7 @@ async def test_order_capabilities_name_resting_kinds_and_an_amend_mode(
 ) -> None:
     capabilities = await venue.account.order_capabilities("BTC/USD")
 
-    assert "limit" in capabilities.native and capabilities.native <= RESTING_KINDS
+    assert "limit" in capabilities.native
+    assert capabilities.native <= RESTING_KINDS
     assert capabilities.amend in ("in_place", "replace", "none")
     assert capabilities.amend_keeps_client_id is (capabilities.amend == "in_place")

@@ -29,8 +29,12 @@ from tests.harness import eventually
 MANY_TIMEOUT_S = 10  # tens of accounts at once share the loop with their emulator: no timeouts
 ACCOUNT_READ_UNITS = 4  # Binance /api/v3/account: weight 20, ccxt cost 4
 # the venue call that reads an account's balances
-BALANCE_PATH = {"kraken": "/0/private/BalanceEx", "coinbase": "/api/v3/brokerage/accounts",
-                "binance": "/api/v3/account", "okx": "/api/v5/account/balance"}
+BALANCE_PATH = {
+    "kraken": "/0/private/BalanceEx",
+    "coinbase": "/api/v3/brokerage/accounts",
+    "binance": "/api/v3/account",
+    "okx": "/api/v5/account/balance",
+}
 
 
 @dataclass
@@ -46,14 +50,17 @@ class Limited:
 async def limited(request: pytest.FixtureRequest) -> AsyncIterator[Limited]:
     spec = EMULATED[request.param]
     emulator = spec.emulator()
-    emulator.state.add_account(KEY, spec.secret, {"USD": Decimal(10000), "BTC": Decimal(1)},
-                               passphrase=spec.passphrase)
+    emulator.state.add_account(
+        KEY, spec.secret, {"USD": Decimal(10000), "BTC": Decimal(1)}, passphrase=spec.passphrase
+    )
     paths = recorded_paths(emulator)
     ctx = AdapterContext(http_timeout_s=HTTP_TIMEOUT_S, rate_limit=True)
     async with emulator:
-        account = build_account(AccountConfig(id="limited", exchange=request.param,
-                                              base_url=emulator.url),
-                                Credentials(KEY, spec.secret, spec.passphrase), ctx)
+        account = build_account(
+            AccountConfig(id="limited", exchange=request.param, base_url=emulator.url),
+            Credentials(KEY, spec.secret, spec.passphrase),
+            ctx,
+        )
         assert isinstance(account, CcxtAccount)
         try:
             yield Limited(request.param, account, paths)
@@ -63,8 +70,14 @@ async def limited(request: pytest.FixtureRequest) -> AsyncIterator[Limited]:
 
 
 def buy() -> OrderCommand:
-    return OrderCommand(client_order_id=uuid.uuid4().hex, symbol="BTC/USD", side="buy",
-                        size=Decimal("0.001"), size_type="base", reference_price=Decimal(45000))
+    return OrderCommand(
+        client_order_id=uuid.uuid4().hex,
+        symbol="BTC/USD",
+        side="buy",
+        size=Decimal("0.001"),
+        size_type="base",
+        reference_price=Decimal(45000),
+    )
 
 
 async def test_copies_go_out_within_the_followers_burst(limited: Limited) -> None:
@@ -122,12 +135,19 @@ async def test_followers_of_a_venue_share_one_price_read(venue: str) -> None:
     followers = []
     async with emulator:
         for i in range(20):
-            emulator.state.add_account(f"{KEY}-{i}", spec.secret,
-                                       {"USD": Decimal(1000), "BTC": Decimal(i + 1)},
-                                       passphrase=spec.passphrase)
-            followers.append(build_account(
-                AccountConfig(id=f"f{i}", exchange=venue, base_url=emulator.url),  # type: ignore[arg-type]
-                Credentials(f"{KEY}-{i}", spec.secret, spec.passphrase), ctx))
+            emulator.state.add_account(
+                f"{KEY}-{i}",
+                spec.secret,
+                {"USD": Decimal(1000), "BTC": Decimal(i + 1)},
+                passphrase=spec.passphrase,
+            )
+            followers.append(
+                build_account(
+                    AccountConfig(id=f"f{i}", exchange=venue, base_url=emulator.url),  # type: ignore[arg-type]
+                    Credentials(f"{KEY}-{i}", spec.secret, spec.passphrase),
+                    ctx,
+                )
+            )
         try:
             # every follower's snapshot expires at once: each values its BTC at the venue's price
             snapshots = await asyncio.gather(*(f.snapshot() for f in followers))
@@ -159,9 +179,11 @@ async def test_binance_followers_of_a_process_wait_on_one_ip_weight_budget(
     async with emulator:
         for i in range(3):
             emulator.state.add_account(f"{KEY}-{i}", spec.secret, {"USD": Decimal(1000)})
-            account = build_account(AccountConfig(id=f"b{i}", exchange="binance",
-                                                  base_url=emulator.url),
-                                    Credentials(f"{KEY}-{i}", spec.secret), ctx)
+            account = build_account(
+                AccountConfig(id=f"b{i}", exchange="binance", base_url=emulator.url),
+                Credentials(f"{KEY}-{i}", spec.secret),
+                ctx,
+            )
             assert isinstance(account, CcxtAccount)
             followers.append(account)
         try:
@@ -180,8 +202,7 @@ async def test_binance_followers_of_a_process_wait_on_one_ip_weight_budget(
     assert followers[0].ip_limit_waits == 1  # the third waits on the IP's, the others used
 
 
-@pytest.mark.parametrize("venue", [v for v in VENUES.values() if v.per_ip is not None],
-                         ids=lambda v: v.name)
+@pytest.mark.parametrize("venue", [v for v in VENUES.values() if v.per_ip is not None], ids=lambda v: v.name)
 def test_a_per_ip_budget_never_exceeds_the_venue_limit_in_any_window(venue: CcxtVenue) -> None:
     budget = venue.per_ip
     assert budget is not None

@@ -60,9 +60,7 @@ def variable_queries() -> dict[str, str]:
         if variable["type"] == "query":
             match = LABEL_VALUES.match(variable["query"]["query"])
             assert match, f"variable {variable['name']}: expected label_values(metric, label)"
-            queries[f"variable {variable['name']}"] = (
-                f"count by ({match['label']}) ({match['metric']})"
-            )
+            queries[f"variable {variable['name']}"] = f"count by ({match['label']}) ({match['metric']})"
     return queries
 
 

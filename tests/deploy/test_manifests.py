@@ -81,8 +81,14 @@ VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")  # Kubernetes' $(VAR) in
 AUTH_USER = re.compile(r"\{user: ([\w-]+), password: \$(\w+)")  # auth.conf: user and its variable
 CODE_BLOCK = re.compile(r"^ *```[a-z]*\n(.*?)^ *```", re.S | re.M)
 # prometheus-nats-exporter: the collector flag behind each metric family <prefix>_<family>_<field>
-EXPORTER_FLAGS = {"varz": "-varz", "connz": "-connz", "routez": "-routez",
-                  "server": "-jsz", "stream": "-jsz", "consumer": "-jsz"}
+EXPORTER_FLAGS = {
+    "varz": "-varz",
+    "connz": "-connz",
+    "routez": "-routez",
+    "server": "-jsz",
+    "stream": "-jsz",
+    "consumer": "-jsz",
+}
 EXPORTED_METRICS = {  # the services' metrics contract (names fixed)
     "copytrade_master_orders_total",
     "copytrade_signals_published_total",
@@ -205,11 +211,15 @@ def services_refuse(config: str) -> bool:
 def selects(selector: Obj, labels: Mapping[str, str]) -> bool:
     """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
     tests: dict[str, Callable[[str, Any], bool]] = {
-        "In": lambda k, vs: labels.get(k) in vs, "NotIn": lambda k, vs: labels.get(k) not in vs,
-        "Exists": lambda k, _: k in labels, "DoesNotExist": lambda k, _: k not in labels}
+        "In": lambda k, vs: labels.get(k) in vs,
+        "NotIn": lambda k, vs: labels.get(k) not in vs,
+        "Exists": lambda k, _: k in labels,
+        "DoesNotExist": lambda k, _: k not in labels,
+    }
     expressions = selector.get("matchExpressions", [])
     return selector.get("matchLabels", {}).items() <= labels.items() and all(
-        tests[e["operator"]](e["key"], e.get("values", [])) for e in expressions)
+        tests[e["operator"]](e["key"], e.get("values", [])) for e in expressions
+    )
 
 
 def secret_keys_used(objects: list[Obj], secret: str) -> set[str]:
@@ -291,8 +301,9 @@ def route_test_server(
     cluster_conf, nats = rendered_nats
     secrets = container_env(nats, lambda key: password if key == "cluster" else placeholder_secret(key))
     for i, port in enumerate(ports):
-        secrets = {k: v.replace(f"nats-{i}.nats-cluster:6222", f"127.0.0.1:{port}")
-                   for k, v in secrets.items()}
+        secrets = {
+            k: v.replace(f"nats-{i}.nats-cluster:6222", f"127.0.0.1:{port}") for k, v in secrets.items()
+        }
     folder.mkdir()
     (folder / "cluster.conf").write_text(cluster_conf.replace("port: 6222", f"port: {ports[index]}"))
     (folder / "server.conf").write_text(f"server_name: {folder.name}\ninclude ./cluster.conf\n")
@@ -366,9 +377,7 @@ def test_render_overlay_scrapes_every_metrics_service(objects: list[Obj]) -> Non
     (endpoint,) = monitor["spec"]["endpoints"]
     services = of_kind(objects, "Service")
     with_metrics = {
-        n
-        for n, s in services.items()
-        if endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+        n for n, s in services.items() if endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
     }
     selected = {n for n, s in services.items() if wanted <= s["metadata"]["labels"].items()}
 
@@ -388,7 +397,8 @@ def test_render_prod_runs_nats_cluster_and_redundant_workers(
     assert nats["spec"]["replicas"] == 3
     assert all(f"${name}" in cluster_conf for name in routes if name.startswith("NATS_ROUTE_"))
     assert {v.rsplit("@", 1)[-1] for n, v in routes.items() if n.startswith("NATS_ROUTE_")} == {
-        f"nats-{i}.nats-cluster:6222" for i in range(3)}
+        f"nats-{i}.nats-cluster:6222" for i in range(3)
+    }
     assert deployments["sizer"]["spec"]["replicas"] >= 2
     assert {f"copier-{g}" for g in BASE_GROUPS} <= set(copiers(objects))
     assert all(c["spec"]["replicas"] >= 2 for c in copiers(objects).values())
@@ -484,7 +494,10 @@ def _known(kind: type[CommonSettings]) -> set[str]:
 
 
 SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
-    "master": MasterSettings, "sizer": SizerSettings, "paper-exchange": PaperSettings}
+    "master": MasterSettings,
+    "sizer": SizerSettings,
+    "paper-exchange": PaperSettings,
+}
 
 
 def test_render_overlay_sets_only_settings_each_service_knows(objects: list[Obj]) -> None:
@@ -610,7 +623,8 @@ def test_render_dev_funds_every_paper_account(rendered: dict[str, list[Obj]]) ->
     replies = [asyncio.run(venue.handle(Snapshot(account))) for account in accounts]
     equity = [r.snapshot.equity if isinstance(r, Ok) and r.snapshot else r for r in replies]
 
-    assert accounts and settings.paper_seed_cash
+    assert accounts
+    assert settings.paper_seed_cash
     assert equity == [settings.paper_seed_cash] * len(accounts), dict(zip(accounts, equity, strict=True))
 
 
@@ -632,7 +646,8 @@ def test_render_overlay_lets_only_copytrade_pods_reach_nats(objects: list[Obj]) 
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     assert set(peers) == set(ports.values())
     assert all(admits(ports["client"], app) for app in apps)
-    assert not admits(ports["client"], PROMETHEUS_POD) and not admits(ports["client"], {})
+    assert not admits(ports["client"], PROMETHEUS_POD)
+    assert not admits(ports["client"], {})
     assert admits(ports["cluster"], pod_labels(nats))
     assert not any(admits(ports["cluster"], labels) for labels in [*apps, PROMETHEUS_POD])
     assert all(admits(port, PROMETHEUS_POD) for port in monitoring)
@@ -650,7 +665,8 @@ def test_render_overlay_scrapes_nats_through_its_metrics_sidecar(objects: list[O
 
     assert selects(monitor["spec"]["selector"], pod_labels(nats))
     assert pod_labels(nats)[monitor["spec"]["jobLabel"]] == "nats"  # job="nats" on the dashboard
-    assert endpoint["port"] == "metrics" and f"-port={ports['metrics']}" in exporter["args"]
+    assert endpoint["port"] == "metrics"
+    assert f"-port={ports['metrics']}" in exporter["args"]
     assert exporter["args"][-1] == f"http://localhost:{ports['monitor']}"
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
@@ -661,11 +677,15 @@ def test_render_with_every_installed_kubectl_gives_the_same_objects(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     kubectls = installed_kubectls()
-    renders = {v: run(k, "kustomize", ROOT / "deploy/k8s/overlays" / overlay)
-               for v, k in kubectls.items()}
+    renders = {v: run(k, "kustomize", ROOT / "deploy/k8s/overlays" / overlay) for v, k in kubectls.items()}
     failed = {v: r.stderr[-500:] for v, r in renders.items() if r.returncode != 0}
-    differ = [v for v, r in renders.items() if v not in failed and by_kind_and_name(
-        [d for d in yaml.safe_load_all(r.stdout) if d]) != by_kind_and_name(rendered[overlay])]
+    differ = [
+        v
+        for v, r in renders.items()
+        if v not in failed
+        and by_kind_and_name([d for d in yaml.safe_load_all(r.stdout) if d])
+        != by_kind_and_name(rendered[overlay])
+    ]
 
     assert kubectls
     assert not failed, failed
@@ -785,9 +805,7 @@ def test_promtool_test_rules_passes(promtool: Path) -> None:
 
 def test_rules_test_fires_and_quiets_every_alert() -> None:
     cases = [
-        case
-        for test in yaml.safe_load(RULES_TEST.read_text())["tests"]
-        for case in test["alert_rule_test"]
+        case for test in yaml.safe_load(RULES_TEST.read_text())["tests"] for case in test["alert_rule_test"]
     ]
     fired = {c["alertname"] for c in cases if c["exp_alerts"]}
     quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
@@ -804,8 +822,7 @@ def test_dashboard_numbers_panels_uniquely() -> None:
 
     assert len(ids) == len(set(ids))
     assert all(
-        p["gridPos"]["x"] >= 0 and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
-        for p in dashboard_panels()
+        p["gridPos"]["x"] >= 0 and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in dashboard_panels()
     )
 
 
@@ -826,7 +843,8 @@ def test_dashboard_filters_copies_by_follower_variable() -> None:
     queries = dashboard_queries().values()
 
     assert follower["query"]["query"] == "label_values(copytrade_copy_outcomes_total, follower)"
-    assert follower["multi"] is True and follower["includeAll"] is True
+    assert follower["multi"] is True
+    assert follower["includeAll"] is True
     assert all('follower=~"$follower"' in q for q in queries if "copy_outcomes" in q)
 
 
@@ -862,7 +880,7 @@ def test_dashboard_nats_row_queries_what_the_exporter_emits(
     prefix = next(a.removeprefix("-prefix=") for a in args if a.startswith("-prefix="))
     panels = dashboard()["panels"]
     start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "NATS")
-    after = panels[start + 1:]
+    after = panels[start + 1 :]
     row = after[: next((i for i, p in enumerate(after) if p["type"] == "row"), len(after))]
     queries = [t["expr"] for p in row for t in p["targets"]]
     families = {m for q in queries for m in re.findall(rf"\b{prefix}_([a-z]+)_\w+", q)}

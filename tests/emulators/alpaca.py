@@ -37,13 +37,17 @@ from tests.emulators.state import (
 Json = dict[str, Any]
 Private = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
 NS = uuid.UUID("6f1c1f0e-2b1a-4c59-9d0e-0c0ba5e00002")
-AAPL = Market("AAPL", "USD", Decimal("0.000000001"), Decimal("0.01"), Decimal("0.000000001"),
-              Decimal("1"))
+AAPL = Market("AAPL", "USD", Decimal("0.000000001"), Decimal("0.01"), Decimal("0.000000001"), Decimal("1"))
 CRYPTO_TIME_IN_FORCE = {"gtc", "ioc"}
 ORDER_TYPES = {"market", "limit", "stop", "stop_limit"}
 CRYPTO_ORDER_TYPES = {"market", "limit", "stop_limit"}  # no stop-market for crypto
-ORDER_TYPE_OF = {"market": "market", "limit_ioc": "limit", "limit": "limit", "stop_loss": "stop",
-                 "stop_loss_limit": "stop_limit"}
+ORDER_TYPE_OF = {
+    "market": "market",
+    "limit_ioc": "limit",
+    "limit": "limit",
+    "stop_loss": "stop",
+    "stop_loss_limit": "stop_limit",
+}
 
 # kind -> (HTTP status, Alpaca code, message template over the order's context).
 # Keyed by Fault.value and by VenueState.fill's ValueError kinds.
@@ -51,8 +55,11 @@ ERRORS: dict[str, tuple[int, int, str]] = {
     "http_500": (500, 50010000, "internal server error occurred"),
     "rate_limit": (429, 42910000, "rate limit exceeded"),
     "invalid_key": (401, 40110000, "request is not authorized"),
-    "insufficient_funds": (403, 40310000, "insufficient balance for {currency} "
-                           "(requested: {requested}, available: {available})"),
+    "insufficient_funds": (
+        403,
+        40310000,
+        "insufficient balance for {currency} (requested: {requested}, available: {available})",
+    ),
     "min_not_met": (403, 40310000, "cost basis must be >= minimal amount of order {min_cost}"),
     "unknown_symbol": (422, 40010001, "invalid symbol: {symbol}"),
     "unsupported_type": (422, 40010001, "invalid order type for this asset class"),
@@ -60,8 +67,11 @@ ERRORS: dict[str, tuple[int, int, str]] = {
     "stop_fields": (422, 40010001, "stop orders need qty and stop_price"),
     "not_cancelable": (422, 42210000, "order is not cancelable"),
     "not_replaceable": (422, 42210000, "order is not replaceable"),
-    "invalid_price": (422, 42210000, "invalid limit_price {limit_price}. sub-penny increment "
-                      "does not fulfill minimum pricing criteria"),
+    "invalid_price": (
+        422,
+        42210000,
+        "invalid limit_price {limit_price}. sub-penny increment does not fulfill minimum pricing criteria",
+    ),
     "invalid_side": (422, 40010001, "invalid side"),
     "qty_xor_notional": (422, 40010001, "exactly one of qty or notional is required"),
     "invalid_time_in_force": (422, 40010001, "invalid crypto time_in_force"),
@@ -107,7 +117,9 @@ class AlpacaEmulator(EmulatorServer):
     cash is the "USD" balance, every other balance a long position."""
 
     def __init__(
-        self, state: VenueState | None = None, stocks: frozenset[str] = frozenset({"AAPL"}),
+        self,
+        state: VenueState | None = None,
+        stocks: frozenset[str] = frozenset({"AAPL"}),
     ) -> None:
         super().__init__(state or default_state())
         self.app.middlewares.append(self._latency)
@@ -136,7 +148,6 @@ class AlpacaEmulator(EmulatorServer):
         router.add_delete("/v2/orders/{order_id}", self._private(self._cancel))
         router.add_patch("/v2/orders/{order_id}", self._private(self._replace))
 
-
     # -- plumbing ------------------------------------------------------------------------------
 
     @web.middleware
@@ -161,7 +172,6 @@ class AlpacaEmulator(EmulatorServer):
 
         return checked
 
-
     def _uuid(self, *parts: str) -> str:
         return str(uuid.uuid5(NS, ":".join(parts)))
 
@@ -178,8 +188,7 @@ class AlpacaEmulator(EmulatorServer):
     def _market(self, symbol: str) -> Market | None:
         """Accept "BTC/USD", "BTCUSD", "AAPL" or an asset id."""
         for market in self.state.markets.values():
-            names = {self._symbol(market), self._position_symbol(market),
-                     self._uuid("asset", market.symbol)}
+            names = {self._symbol(market), self._position_symbol(market), self._uuid("asset", market.symbol)}
             if symbol.upper() in names or symbol in names:
                 return market
         return None
@@ -190,33 +199,59 @@ class AlpacaEmulator(EmulatorServer):
     # -- account and positions -----------------------------------------------------------------
 
     def _holdings(self, account: Account) -> list[tuple[Market, Decimal]]:
-        return [(m, qty) for m in self.state.markets.values()
-                if (qty := account.balances.get(m.base, Decimal(0))) > 0]
+        return [
+            (m, qty)
+            for m in self.state.markets.values()
+            if (qty := account.balances.get(m.base, Decimal(0))) > 0
+        ]
 
     async def _account(self, _: web.Request, account: Account) -> web.Response:
         cash = account.balances.get("USD", Decimal(0))
-        long_value = sum((q * self.state.prices[m.symbol] for m, q in self._holdings(account)),
-                         Decimal(0))
+        long_value = sum((q * self.state.prices[m.symbol] for m, q in self._holdings(account)), Decimal(0))
         equity = num(cash + long_value)
         zero = "0"
-        return web.json_response({
-            "id": self._uuid("account", account.api_key),
-            "account_number": f"PA{uuid.uuid5(NS, account.api_key).int % 10**10:010d}",
-            "status": "ACTIVE", "crypto_status": "ACTIVE", "currency": "USD",
-            "buying_power": num(cash), "regt_buying_power": num(cash),
-            "daytrading_buying_power": zero, "effective_buying_power": num(cash),
-            "non_marginable_buying_power": num(cash), "options_buying_power": num(cash),
-            "bod_dtbp": zero, "cash": num(cash), "accrued_fees": zero,
-            "pending_transfer_in": zero, "pending_transfer_out": zero,
-            "portfolio_value": equity, "pattern_day_trader": False, "trading_blocked": False,
-            "transfers_blocked": False, "account_blocked": False, "created_at": iso(0),
-            "trade_suspended_by_user": False, "multiplier": "1", "shorting_enabled": False,
-            "equity": equity, "last_equity": equity, "long_market_value": num(long_value),
-            "short_market_value": zero, "position_market_value": num(long_value),
-            "initial_margin": zero, "maintenance_margin": zero,
-            "last_maintenance_margin": zero, "sma": zero, "daytrade_count": 0,
-            "crypto_tier": 1, "options_approved_level": 0, "options_trading_level": 0,
-        })
+        return web.json_response(
+            {
+                "id": self._uuid("account", account.api_key),
+                "account_number": f"PA{uuid.uuid5(NS, account.api_key).int % 10**10:010d}",
+                "status": "ACTIVE",
+                "crypto_status": "ACTIVE",
+                "currency": "USD",
+                "buying_power": num(cash),
+                "regt_buying_power": num(cash),
+                "daytrading_buying_power": zero,
+                "effective_buying_power": num(cash),
+                "non_marginable_buying_power": num(cash),
+                "options_buying_power": num(cash),
+                "bod_dtbp": zero,
+                "cash": num(cash),
+                "accrued_fees": zero,
+                "pending_transfer_in": zero,
+                "pending_transfer_out": zero,
+                "portfolio_value": equity,
+                "pattern_day_trader": False,
+                "trading_blocked": False,
+                "transfers_blocked": False,
+                "account_blocked": False,
+                "created_at": iso(0),
+                "trade_suspended_by_user": False,
+                "multiplier": "1",
+                "shorting_enabled": False,
+                "equity": equity,
+                "last_equity": equity,
+                "long_market_value": num(long_value),
+                "short_market_value": zero,
+                "position_market_value": num(long_value),
+                "initial_margin": zero,
+                "maintenance_margin": zero,
+                "last_maintenance_margin": zero,
+                "sma": zero,
+                "daytrade_count": 0,
+                "crypto_tier": 1,
+                "options_approved_level": 0,
+                "options_trading_level": 0,
+            }
+        )
 
     def _avg_entry(self, account: Account, market: Market, qty: Decimal) -> Decimal:
         """Average cost of the holding; what was held before any order counts at today's price."""
@@ -241,17 +276,25 @@ class AlpacaEmulator(EmulatorServer):
             "asset_id": self._uuid("asset", market.symbol),
             "symbol": self._position_symbol(market),
             "exchange": "NASDAQ" if self._is_stock(market) else "CRYPTO",
-            "asset_class": self._asset_class(market), "asset_marginable": False,
-            "qty": num(qty), "qty_available": num(qty), "avg_entry_price": num(entry),
-            "side": "long", "market_value": num(value), "cost_basis": num(basis),
-            "unrealized_pl": num(pl), "unrealized_plpc": num(plpc),
-            "unrealized_intraday_pl": num(pl), "unrealized_intraday_plpc": num(plpc),
-            "current_price": num(price), "lastday_price": num(price), "change_today": "0",
+            "asset_class": self._asset_class(market),
+            "asset_marginable": False,
+            "qty": num(qty),
+            "qty_available": num(qty),
+            "avg_entry_price": num(entry),
+            "side": "long",
+            "market_value": num(value),
+            "cost_basis": num(basis),
+            "unrealized_pl": num(pl),
+            "unrealized_plpc": num(plpc),
+            "unrealized_intraday_pl": num(pl),
+            "unrealized_intraday_plpc": num(plpc),
+            "current_price": num(price),
+            "lastday_price": num(price),
+            "change_today": "0",
         }
 
     async def _positions(self, _: web.Request, account: Account) -> web.Response:
-        return web.json_response(
-            [self._position_json(account, m, q) for m, q in self._holdings(account)])
+        return web.json_response([self._position_json(account, m, q) for m, q in self._holdings(account)])
 
     async def _position(self, request: web.Request, account: Account) -> web.Response:
         market = self._market(request.match_info["symbol"])
@@ -266,17 +309,26 @@ class AlpacaEmulator(EmulatorServer):
             return not_found("asset not found")
         stock = self._is_stock(market)
         asset: Json = {
-            "id": self._uuid("asset", market.symbol), "class": self._asset_class(market),
-            "exchange": "NASDAQ" if stock else "CRYPTO", "symbol": self._symbol(market),
+            "id": self._uuid("asset", market.symbol),
+            "class": self._asset_class(market),
+            "exchange": "NASDAQ" if stock else "CRYPTO",
+            "symbol": self._symbol(market),
             "name": market.base if stock else f"{market.base} / {market.quote}",
-            "status": "active", "tradable": True, "marginable": stock, "shortable": stock,
-            "easy_to_borrow": stock, "fractionable": True,
-            "maintenance_margin_requirement": 30 if stock else 100, "attributes": [],
+            "status": "active",
+            "tradable": True,
+            "marginable": stock,
+            "shortable": stock,
+            "easy_to_borrow": stock,
+            "fractionable": True,
+            "maintenance_margin_requirement": 30 if stock else 100,
+            "attributes": [],
         }
         if not stock:  # Alpaca gives order size rules for crypto only
-            asset |= {"min_order_size": num(market.min_amount),
-                      "min_trade_increment": num(market.amount_step),
-                      "price_increment": num(market.price_step)}
+            asset |= {
+                "min_order_size": num(market.min_amount),
+                "min_trade_increment": num(market.amount_step),
+                "price_increment": num(market.price_step),
+            }
         return web.json_response(asset)
 
     # -- orders --------------------------------------------------------------------------------
@@ -294,10 +346,14 @@ class AlpacaEmulator(EmulatorServer):
         base_qty = qty if qty is not None else (notional or Decimal(0)) / price
         requested = (notional if notional is not None else base_qty * price) if buy else base_qty
         currency = market.quote if buy else market.base
-        return {"symbol": self._symbol(market), "currency": currency,
-                "requested": num(requested.quantize(market.amount_step)),
-                "available": num(account.balances.get(currency, Decimal(0))),
-                "min_cost": num(market.min_cost), "limit_price": str(body.get("limit_price"))}
+        return {
+            "symbol": self._symbol(market),
+            "currency": currency,
+            "requested": num(requested.quantize(market.amount_step)),
+            "available": num(account.balances.get(currency, Decimal(0))),
+            "min_cost": num(market.min_cost),
+            "limit_price": str(body.get("limit_price")),
+        }
 
     def _refusal(self, account: Account, body: Json, client_order_id: str) -> str | None:
         market = self._market(str(body.get("symbol", "")))
@@ -310,14 +366,21 @@ class AlpacaEmulator(EmulatorServer):
             (kind not in types, "unsupported_type"),
             (body.get("side") not in ("buy", "sell"), "invalid_side"),
             (len(sizes) != 1 or None in sizes, "qty_xor_notional"),
-            (limit and (body.get("qty") is None or parse_decimal(body.get("limit_price")) is None),
-             "limit_fields"),
-            (stop and (body.get("qty") is None or parse_decimal(body.get("stop_price")) is None),
-             "stop_fields"),
-            (market is not None and not self._is_stock(market)
-             and body.get("time_in_force") not in CRYPTO_TIME_IN_FORCE, "invalid_time_in_force"),
-            (account.order_by_client_id(client_order_id) is not None,
-             "duplicate_client_order_id"),
+            (
+                limit and (body.get("qty") is None or parse_decimal(body.get("limit_price")) is None),
+                "limit_fields",
+            ),
+            (
+                stop and (body.get("qty") is None or parse_decimal(body.get("stop_price")) is None),
+                "stop_fields",
+            ),
+            (
+                market is not None
+                and not self._is_stock(market)
+                and body.get("time_in_force") not in CRYPTO_TIME_IN_FORCE,
+                "invalid_time_in_force",
+            ),
+            (account.order_by_client_id(client_order_id) is not None, "duplicate_client_order_id"),
         )
         return next((kind for refused, kind in checks if refused), None)
 
@@ -337,8 +400,8 @@ class AlpacaEmulator(EmulatorServer):
         except ValueError as exc:
             return error(str(exc), context)
         self._submitted[order.order_id] = {
-            k: None if (v := parse_decimal(body.get(k))) is None else num(v)
-            for k in ("qty", "notional")} | {"time_in_force": body.get("time_in_force")}
+            k: None if (v := parse_decimal(body.get(k))) is None else num(v) for k in ("qty", "notional")
+        } | {"time_in_force": body.get("time_in_force")}
         if fault is Fault.TIMEOUT_AFTER_ACCEPT:
             await self._hold()
         return web.json_response(self._order_json(order, final=self.fill_on_submit_reply))
@@ -347,52 +410,89 @@ class AlpacaEmulator(EmulatorServer):
         qty, side = parse_decimal(body.get("qty")), str(body["side"])
         limit, stop = parse_decimal(body.get("limit_price")), parse_decimal(body.get("stop_price"))
         if body["type"] in ("stop", "stop_limit") or (
-                body["type"] == "limit" and body.get("time_in_force") != "ioc"):  # these rest
+            body["type"] == "limit" and body.get("time_in_force") != "ioc"
+        ):  # these rest
             assert qty is not None  # _refusal checked their fields
             return self.state.place_resting(
-                account, market.symbol, side, qty, limit_price=limit,
-                trigger="stop_loss" if stop is not None else None, trigger_price=stop,
-                client_order_id=client_order_id)
+                account,
+                market.symbol,
+                side,
+                qty,
+                limit_price=limit,
+                trigger="stop_loss" if stop is not None else None,
+                trigger_price=stop,
+                client_order_id=client_order_id,
+            )
         if body["type"] == "limit":
             assert qty is not None  # _refusal checked limit orders' fields
-            return self.state.fill_limit_ioc(account, market.symbol, side, qty,
-                                             Decimal(str(body["limit_price"])), client_order_id)
-        return self.state.fill(account, market.symbol, side, amount=qty,
-                               cost=parse_decimal(body.get("notional")),
-                               client_order_id=client_order_id)
+            return self.state.fill_limit_ioc(
+                account, market.symbol, side, qty, Decimal(str(body["limit_price"])), client_order_id
+            )
+        return self.state.fill(
+            account,
+            market.symbol,
+            side,
+            amount=qty,
+            cost=parse_decimal(body.get("notional")),
+            client_order_id=client_order_id,
+        )
 
     def _order_json(self, order: Order, final: bool = True) -> Json:
         """The order as Alpaca shows it; not `final`: as just accepted (pending_new)."""
         market = self.state.markets[order.symbol]
-        sent = self._submitted.get(order.order_id, {"qty": num(order.size), "notional": None,
-                                                    "time_in_force": "gtc"})
+        sent = self._submitted.get(
+            order.order_id, {"qty": num(order.size), "notional": None, "time_in_force": "gtc"}
+        )
         at, filled = iso(order.created), final and bool(order.amount)
         # an ioc limit that did not cross; a resting order canceled or replaced
         canceled = final and order.status in ("canceled", USER_CANCELED)
         limit = None if order.limit_price is None else num(order.limit_price)
-        replaces = next((o.order_id for a in self.state.accounts.values() for o in a.orders
-                         if o.replaced_by == order.order_id), None)
+        replaces = next(
+            (
+                o.order_id
+                for a in self.state.accounts.values()
+                for o in a.orders
+                if o.replaced_by == order.order_id
+            ),
+            None,
+        )
         return {
-            "id": order.order_id, "client_order_id": order.client_order_id,
-            "created_at": at, "updated_at": iso(order.updated or order.created),
-            "submitted_at": at, "filled_at": at if final and order.status == "filled" else None,
-            "expired_at": None, "expires_at": None,
-            "canceled_at": at if canceled and not order.replaced_by else None, "failed_at": None,
+            "id": order.order_id,
+            "client_order_id": order.client_order_id,
+            "created_at": at,
+            "updated_at": iso(order.updated or order.created),
+            "submitted_at": at,
+            "filled_at": at if final and order.status == "filled" else None,
+            "expired_at": None,
+            "expires_at": None,
+            "canceled_at": at if canceled and not order.replaced_by else None,
+            "failed_at": None,
             "replaced_at": at if order.replaced_by else None,
-            "replaced_by": order.replaced_by, "replaces": replaces,
+            "replaced_by": order.replaced_by,
+            "replaces": replaces,
             "asset_id": self._uuid("asset", market.symbol),
-            "symbol": self._symbol(market), "asset_class": self._asset_class(market),
-            "notional": sent["notional"], "qty": sent["qty"],
+            "symbol": self._symbol(market),
+            "asset_class": self._asset_class(market),
+            "notional": sent["notional"],
+            "qty": sent["qty"],
             "filled_qty": num(order.amount) if filled else "0",
             "filled_avg_price": num(order.price) if filled else None,
             "order_class": "simple" if self._is_stock(market) else "",
-            "order_type": ORDER_TYPE_OF[order.kind], "type": ORDER_TYPE_OF[order.kind],
-            "side": order.side, "position_intent": None, "time_in_force": sent["time_in_force"],
+            "order_type": ORDER_TYPE_OF[order.kind],
+            "type": ORDER_TYPE_OF[order.kind],
+            "side": order.side,
+            "position_intent": None,
+            "time_in_force": sent["time_in_force"],
             "limit_price": limit,
             "stop_price": None if order.trigger_price is None else num(order.trigger_price),
-            "status": _status(order) if final else "pending_new", "extended_hours": False,
-            "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
-            "subtag": None, "source": "access_key",
+            "status": _status(order) if final else "pending_new",
+            "extended_hours": False,
+            "legs": None,
+            "trail_percent": None,
+            "trail_price": None,
+            "hwm": None,
+            "subtag": None,
+            "source": "access_key",
         }
 
     async def _get_order(self, request: web.Request, account: Account) -> web.Response:
@@ -437,23 +537,31 @@ class AlpacaEmulator(EmulatorServer):
         if account.order_by_client_id(client_order_id) is not None:
             return error("duplicate_client_order_id")
         try:
-            new = self.state.replace(account, order, price=limit, size=qty or order.remaining,
-                                     client_order_id=client_order_id)
+            new = self.state.replace(
+                account, order, price=limit, size=qty or order.remaining, client_order_id=client_order_id
+            )
         except ValueError as exc:
             kind = {"not_open": "not_replaceable"}.get(str(exc), str(exc))
-            return error(kind, self._context(account, body | {
-                "symbol": self._symbol(self.state.markets[order.symbol]), "side": order.side}))
-        self._submitted[new.order_id] = {"qty": num(new.size), "notional": None,
-                                         "time_in_force": "gtc"}
+            return error(
+                kind,
+                self._context(
+                    account,
+                    body | {"symbol": self._symbol(self.state.markets[order.symbol]), "side": order.side},
+                ),
+            )
+        self._submitted[new.order_id] = {"qty": num(new.size), "notional": None, "time_in_force": "gtc"}
         return web.json_response(self._order_json(new))
 
     async def _list_orders(self, request: web.Request, account: Account) -> web.Response:
         query = request.query
         symbols = set(filter(None, query.get("symbols", "").split(",")))
         status = query.get("status", "open")
-        orders = [o for o in account.orders
-                  if (status == "all" or (status == "open") == o.is_open)
-                  and (not symbols or self._symbol(self.state.markets[o.symbol]) in symbols)]
+        orders = [
+            o
+            for o in account.orders
+            if (status == "all" or (status == "open") == o.is_open)
+            and (not symbols or self._symbol(self.state.markets[o.symbol]) in symbols)
+        ]
         newest_first = query.get("direction", "desc") == "desc"
         orders = (orders[::-1] if newest_first else orders)[: int(query.get("limit", 50))]
         return web.json_response([self._order_json(o) for o in orders])
@@ -465,11 +573,17 @@ class AlpacaEmulator(EmulatorServer):
         stamp = at.strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}"
         return {
             "id": f"{stamp}::{self._uuid('fill', order.trade_id)}",
-            "account_id": self._uuid("account", account.api_key), "activity_type": "FILL",
-            "transaction_time": iso(order.created), "type": "fill", "price": num(order.price),
-            "qty": num(order.amount), "side": order.side,
-            "symbol": self._symbol(self.state.markets[order.symbol]), "leaves_qty": "0",
-            "order_id": order.order_id, "cum_qty": num(order.amount),
+            "account_id": self._uuid("account", account.api_key),
+            "activity_type": "FILL",
+            "transaction_time": iso(order.created),
+            "type": "fill",
+            "price": num(order.price),
+            "qty": num(order.amount),
+            "side": order.side,
+            "symbol": self._symbol(self.state.markets[order.symbol]),
+            "leaves_qty": "0",
+            "order_id": order.order_id,
+            "cum_qty": num(order.amount),
             "order_status": order.status,
         }
 
@@ -478,13 +592,17 @@ class AlpacaEmulator(EmulatorServer):
         query = request.query
         if request.match_info["activity_type"] != "FILL":
             return web.json_response([])
-        after, until = (datetime.fromisoformat(query[k]).timestamp() if k in query else None
-                        for k in ("after", "until"))
-        orders = [o for o in account.trades()
-                  if (after is None or o.created > after) and (until is None or o.created < until)]
+        after, until = (
+            datetime.fromisoformat(query[k]).timestamp() if k in query else None for k in ("after", "until")
+        )
+        orders = [
+            o
+            for o in account.trades()
+            if (after is None or o.created > after) and (until is None or o.created < until)
+        ]
         items = [self._activity_json(account, o) for o in orders]
         items = items if query.get("direction") == "asc" else items[::-1]
         ids = [item["id"] for item in items]
         token = query.get("page_token")
         start = ids.index(token) + 1 if token in ids else 0
-        return web.json_response(items[start:start + int(query.get("page_size", 100))])
+        return web.json_response(items[start : start + int(query.get("page_size", 100))])

@@ -43,8 +43,12 @@ Reply = web.StreamResponse
 Error = tuple[int, int, str]  # (HTTP status, Binance code, msg)
 
 E_INTERNAL = (503, -1001, "Internal error; unable to process your request. Please try again.")
-E_RATE = (429, -1003, "Too much request weight used; current limit is 6000 request weight per "
-          "1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.")
+E_RATE = (
+    429,
+    -1003,
+    "Too much request weight used; current limit is 6000 request weight per "
+    "1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+)
 E_FUNDS = (400, -2010, "Account has insufficient balance for requested action.")
 E_KEY = (401, -2015, "Invalid API-key, IP, or permissions for action.")
 E_NOTIONAL = (400, -1013, "Filter failure: NOTIONAL")
@@ -53,25 +57,42 @@ E_SYMBOL = (400, -1121, "Invalid symbol.")
 E_SIGNATURE = (400, -1022, "Signature for this request is not valid.")
 E_TIMESTAMP = (400, -1021, "Timestamp for this request is outside of the recvWindow.")
 E_NO_ORDER = (400, -2013, "Order does not exist.")
-FAULT_ERRORS = {Fault.HTTP_500: E_INTERNAL, Fault.RATE_LIMIT: E_RATE,
-                Fault.INSUFFICIENT_FUNDS: E_FUNDS, Fault.INVALID_KEY: E_KEY,
-                Fault.MIN_NOT_MET: E_NOTIONAL}
+FAULT_ERRORS = {
+    Fault.HTTP_500: E_INTERNAL,
+    Fault.RATE_LIMIT: E_RATE,
+    Fault.INSUFFICIENT_FUNDS: E_FUNDS,
+    Fault.INVALID_KEY: E_KEY,
+    Fault.MIN_NOT_MET: E_NOTIONAL,
+}
 E_PRICE_FILTER = (400, -1013, "Filter failure: PRICE_FILTER")
 E_ORDER_TYPE = (400, -1116, "Invalid orderType.")
 E_TIF = (400, -1115, "Invalid timeInForce.")
-E_CLIENT_ID = (400, -1100, "Illegal characters found in parameter 'newClientOrderId'; "
-               r"legal range is '^[\.A-Z\:/a-z0-9_-]{1,36}$'.")
-REFUSALS = {"insufficient_funds": E_FUNDS, "unknown_symbol": E_SYMBOL,
-            "invalid_price": E_PRICE_FILTER}
+E_CLIENT_ID = (
+    400,
+    -1100,
+    "Illegal characters found in parameter 'newClientOrderId'; "
+    r"legal range is '^[\.A-Z\:/a-z0-9_-]{1,36}$'.",
+)
+REFUSALS = {"insufficient_funds": E_FUNDS, "unknown_symbol": E_SYMBOL, "invalid_price": E_PRICE_FILTER}
 # an IOC that found no liquidity expires; a resting order is NEW or PARTIALLY_FILLED
 STATUSES = {"filled": "FILLED", "canceled": "EXPIRED", USER_CANCELED: "CANCELED"}
 E_UNKNOWN_ORDER = (400, -2011, "Unknown order sent.")
 # order type -> (trigger, has a limit price)
-TRIGGERS = {"STOP_LOSS": ("stop_loss", False), "STOP_LOSS_LIMIT": ("stop_loss", True),
-            "TAKE_PROFIT": ("take_profit", False), "TAKE_PROFIT_LIMIT": ("take_profit", True)}
-TYPES = {"market": "MARKET", "limit_ioc": "LIMIT", "limit": "LIMIT", "stop_loss": "STOP_LOSS",
-         "stop_loss_limit": "STOP_LOSS_LIMIT", "take_profit": "TAKE_PROFIT",
-         "take_profit_limit": "TAKE_PROFIT_LIMIT"}
+TRIGGERS = {
+    "STOP_LOSS": ("stop_loss", False),
+    "STOP_LOSS_LIMIT": ("stop_loss", True),
+    "TAKE_PROFIT": ("take_profit", False),
+    "TAKE_PROFIT_LIMIT": ("take_profit", True),
+}
+TYPES = {
+    "market": "MARKET",
+    "limit_ioc": "LIMIT",
+    "limit": "LIMIT",
+    "stop_loss": "STOP_LOSS",
+    "stop_loss_limit": "STOP_LOSS_LIMIT",
+    "take_profit": "TAKE_PROFIT",
+    "take_profit_limit": "TAKE_PROFIT_LIMIT",
+}
 CLIENT_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 
 
@@ -81,8 +102,9 @@ def _fmt(value: Decimal) -> str:
 
 def _num(venue_id: str) -> int:
     """Binance ids are integers; ids of orders filled outside the emulator get a stable one."""
-    return int(venue_id) if venue_id.isdigit() else int(hashlib.sha256(venue_id.encode())
-                                                        .hexdigest()[:12], 16)
+    return (
+        int(venue_id) if venue_id.isdigit() else int(hashlib.sha256(venue_id.encode()).hexdigest()[:12], 16)
+    )
 
 
 def _ms(seconds: float) -> int:
@@ -122,7 +144,7 @@ def _invalid(p: Params) -> Error | None:
 
 def _without_signature(raw: str) -> tuple[str, str | None]:
     parts = raw.split("&") if raw else []
-    sig = next((p[len("signature="):] for p in parts if p.startswith("signature=")), None)
+    sig = next((p[len("signature=") :] for p in parts if p.startswith("signature=")), None)
     return "&".join(p for p in parts if not p.startswith("signature=")), sig
 
 
@@ -135,14 +157,19 @@ class BinanceEmulator(EmulatorServer):
 
     def routes(self, router: web.UrlDispatcher) -> None:
         public: dict[tuple[str, str], Callable[[Params], Awaitable[Any]]] = {
-            ("GET", "ping"): self._ping, ("GET", "time"): self._time,
-            ("GET", "exchangeInfo"): self._exchange_info, ("GET", "ticker/24hr"): self._ticker,
+            ("GET", "ping"): self._ping,
+            ("GET", "time"): self._time,
+            ("GET", "exchangeInfo"): self._exchange_info,
+            ("GET", "ticker/24hr"): self._ticker,
             ("GET", "ticker/price"): self._ticker_price,
         }
         signed: dict[tuple[str, str], Callable[[Account, Params], Awaitable[Any]]] = {
-            ("GET", "account"): self._account, ("POST", "order"): self._new_order,
-            ("GET", "order"): self._query_order, ("GET", "openOrders"): self._open_orders,
-            ("GET", "allOrders"): self._all_orders, ("GET", "myTrades"): self._my_trades,
+            ("GET", "account"): self._account,
+            ("POST", "order"): self._new_order,
+            ("GET", "order"): self._query_order,
+            ("GET", "openOrders"): self._open_orders,
+            ("GET", "allOrders"): self._all_orders,
+            ("GET", "myTrades"): self._my_trades,
             ("DELETE", "order"): self._cancel_order,
             ("POST", "order/cancelReplace"): self._cancel_replace,
         }
@@ -153,8 +180,7 @@ class BinanceEmulator(EmulatorServer):
 
     # --- plumbing -------------------------------------------------------------------------
 
-    async def _handle(self, fn: Callable[..., Awaitable[Any]], signed: bool,
-                      request: web.Request) -> Reply:
+    async def _handle(self, fn: Callable[..., Awaitable[Any]], signed: bool, request: web.Request) -> Reply:
         self.state.requests += 1
         query, body = request.rel_url.raw_query_string, await request.text()
         params = dict(parse_qsl(query)) | dict(parse_qsl(body))
@@ -182,11 +208,8 @@ class BinanceEmulator(EmulatorServer):
         expected = hmac.new(account.secret.encode(), (q + b).encode(), hashlib.sha256).hexdigest()
         return None if hmac.compare_digest(expected, signature.lower()) else E_SIGNATURE
 
-
-
     def _market(self, symbol_id: str | None) -> Market | None:
-        return next((m for m in self.state.markets.values() if m.base + m.quote == symbol_id),
-                    None)
+        return next((m for m in self.state.markets.values() if m.base + m.quote == symbol_id), None)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -197,38 +220,76 @@ class BinanceEmulator(EmulatorServer):
         return {"serverTime": _ms(time.time())}
 
     async def _exchange_info(self, _p: Params) -> dict[str, Any]:
-        return {"timezone": "UTC", "serverTime": _ms(time.time()), "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-             "limit": 6000},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-        ], "exchangeFilters": [], "symbols": [self._symbol_info(m)
-                                              for m in self.state.markets.values()]}
+        return {
+            "timezone": "UTC",
+            "serverTime": _ms(time.time()),
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            ],
+            "exchangeFilters": [],
+            "symbols": [self._symbol_info(m) for m in self.state.markets.values()],
+        }
 
     @staticmethod
     def _symbol_info(m: Market) -> dict[str, Any]:
         return {
-            "symbol": m.base + m.quote, "status": "TRADING", "baseAsset": m.base,
-            "baseAssetPrecision": 8, "quoteAsset": m.quote, "quotePrecision": 8,
-            "quoteAssetPrecision": 8, "baseCommissionPrecision": 8,
+            "symbol": m.base + m.quote,
+            "status": "TRADING",
+            "baseAsset": m.base,
+            "baseAssetPrecision": 8,
+            "quoteAsset": m.quote,
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "baseCommissionPrecision": 8,
             "quoteCommissionPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT",
-                           "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"],
-            "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
-            "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True,
-            "cancelReplaceAllowed": True, "isSpotTradingAllowed": True,
+            "orderTypes": [
+                "LIMIT",
+                "LIMIT_MAKER",
+                "MARKET",
+                "STOP_LOSS",
+                "STOP_LOSS_LIMIT",
+                "TAKE_PROFIT",
+                "TAKE_PROFIT_LIMIT",
+            ],
+            "icebergAllowed": True,
+            "ocoAllowed": True,
+            "otoAllowed": True,
+            "quoteOrderQtyMarketAllowed": True,
+            "allowTrailingStop": True,
+            "cancelReplaceAllowed": True,
+            "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
             "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": _fmt(m.price_step),
-                 "maxPrice": "1000000.00000000", "tickSize": _fmt(m.price_step)},
-                {"filterType": "LOT_SIZE", "minQty": _fmt(m.min_amount),
-                 "maxQty": "9000.00000000", "stepSize": _fmt(m.amount_step)},
-                {"filterType": "MARKET_LOT_SIZE", "minQty": _fmt(m.min_amount),
-                 "maxQty": "100.00000000", "stepSize": _fmt(m.amount_step)},
-                {"filterType": "NOTIONAL", "minNotional": _fmt(m.min_cost),
-                 "applyMinToMarket": True, "maxNotional": "9000000.00000000",
-                 "applyMaxToMarket": False, "avgPriceMins": 5},
+                {
+                    "filterType": "PRICE_FILTER",
+                    "minPrice": _fmt(m.price_step),
+                    "maxPrice": "1000000.00000000",
+                    "tickSize": _fmt(m.price_step),
+                },
+                {
+                    "filterType": "LOT_SIZE",
+                    "minQty": _fmt(m.min_amount),
+                    "maxQty": "9000.00000000",
+                    "stepSize": _fmt(m.amount_step),
+                },
+                {
+                    "filterType": "MARKET_LOT_SIZE",
+                    "minQty": _fmt(m.min_amount),
+                    "maxQty": "100.00000000",
+                    "stepSize": _fmt(m.amount_step),
+                },
+                {
+                    "filterType": "NOTIONAL",
+                    "minNotional": _fmt(m.min_cost),
+                    "applyMinToMarket": True,
+                    "maxNotional": "9000000.00000000",
+                    "applyMaxToMarket": False,
+                    "avgPriceMins": 5,
+                },
             ],
-            "permissions": [], "permissionSets": [["SPOT"]],
+            "permissions": [],
+            "permissionSets": [["SPOT"]],
             "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
             "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
         }
@@ -246,23 +307,38 @@ class BinanceEmulator(EmulatorServer):
         tickers = []
         for m in markets:
             last = _fmt(self.state.prices[m.symbol])
-            tickers.append({
-                "symbol": m.base + m.quote, "priceChange": "0.00000000",
-                "priceChangePercent": "0.000", "weightedAvgPrice": last, "prevClosePrice": last,
-                "lastPrice": last, "lastQty": "0.00100000", "bidPrice": last,
-                "bidQty": "1.00000000", "askPrice": last, "askQty": "1.00000000",
-                "openPrice": last, "highPrice": last, "lowPrice": last, "volume": "0.00000000",
-                "quoteVolume": "0.00000000", "openTime": now - 86_400_000, "closeTime": now,
-                "firstId": -1, "lastId": -1, "count": 0,
-            })
+            tickers.append(
+                {
+                    "symbol": m.base + m.quote,
+                    "priceChange": "0.00000000",
+                    "priceChangePercent": "0.000",
+                    "weightedAvgPrice": last,
+                    "prevClosePrice": last,
+                    "lastPrice": last,
+                    "lastQty": "0.00100000",
+                    "bidPrice": last,
+                    "bidQty": "1.00000000",
+                    "askPrice": last,
+                    "askQty": "1.00000000",
+                    "openPrice": last,
+                    "highPrice": last,
+                    "lowPrice": last,
+                    "volume": "0.00000000",
+                    "quoteVolume": "0.00000000",
+                    "openTime": now - 86_400_000,
+                    "closeTime": now,
+                    "firstId": -1,
+                    "lastId": -1,
+                    "count": 0,
+                }
+            )
         return tickers[0] if "symbol" in p else tickers
 
     async def _ticker_price(self, p: Params) -> Any:
         markets = self._tickers(p)
         if isinstance(markets, tuple):
             return markets
-        prices = [{"symbol": m.base + m.quote, "price": _fmt(self.state.prices[m.symbol])}
-                  for m in markets]
+        prices = [{"symbol": m.base + m.quote, "price": _fmt(self.state.prices[m.symbol])} for m in markets]
         return prices[0] if "symbol" in p else prices
 
     # --- signed ---------------------------------------------------------------------------
@@ -271,17 +347,27 @@ class BinanceEmulator(EmulatorServer):
         codes = dict.fromkeys(c for m in self.state.markets.values() for c in (m.base, m.quote))
         balances = {c: Decimal(0) for c in codes} | account.balances
         return {
-            "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0,
-            "sellerCommission": 0, "commissionRates": {"maker": "0.00100000",
-                                                       "taker": "0.00100000",
-                                                       "buyer": "0.00000000",
-                                                       "seller": "0.00000000"},
-            "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
-            "requireSelfTradePrevention": False, "preventSor": False,
-            "updateTime": _ms(time.time()), "accountType": "SPOT",
-            "balances": [{"asset": c, "free": _fmt(v), "locked": "0.00000000"}
-                         for c, v in balances.items()],
-            "permissions": ["SPOT"], "uid": _num(account.api_key) % 10**9,
+            "makerCommission": 10,
+            "takerCommission": 10,
+            "buyerCommission": 0,
+            "sellerCommission": 0,
+            "commissionRates": {
+                "maker": "0.00100000",
+                "taker": "0.00100000",
+                "buyer": "0.00000000",
+                "seller": "0.00000000",
+            },
+            "canTrade": True,
+            "canWithdraw": True,
+            "canDeposit": True,
+            "brokered": False,
+            "requireSelfTradePrevention": False,
+            "preventSor": False,
+            "updateTime": _ms(time.time()),
+            "accountType": "SPOT",
+            "balances": [{"asset": c, "free": _fmt(v), "locked": "0.00000000"} for c, v in balances.items()],
+            "permissions": ["SPOT"],
+            "uid": _num(account.api_key) % 10**9,
         }
 
     async def _new_order(self, account: Account, p: Params) -> Any:
@@ -311,19 +397,32 @@ class BinanceEmulator(EmulatorServer):
         if p["type"] in TRIGGERS:
             trigger, limited = TRIGGERS[p["type"]]
             return self.state.place_resting(
-                account, market.symbol, side, Decimal(p["quantity"]),
-                limit_price=Decimal(p["price"]) if limited else None, trigger=trigger,
-                trigger_price=Decimal(p["stopPrice"]), client_order_id=client_id)
+                account,
+                market.symbol,
+                side,
+                Decimal(p["quantity"]),
+                limit_price=Decimal(p["price"]) if limited else None,
+                trigger=trigger,
+                trigger_price=Decimal(p["stopPrice"]),
+                client_order_id=client_id,
+            )
         if p["type"] == "LIMIT" and p["timeInForce"] == "GTC":
-            return self.state.place_resting(account, market.symbol, side, Decimal(p["quantity"]),
-                                            limit_price=Decimal(p["price"]),
-                                            client_order_id=client_id)
+            return self.state.place_resting(
+                account,
+                market.symbol,
+                side,
+                Decimal(p["quantity"]),
+                limit_price=Decimal(p["price"]),
+                client_order_id=client_id,
+            )
         if p["type"] == "LIMIT":
-            return self.state.fill_limit_ioc(account, market.symbol, side,
-                                             Decimal(p["quantity"]), Decimal(p["price"]), client_id)
+            return self.state.fill_limit_ioc(
+                account, market.symbol, side, Decimal(p["quantity"]), Decimal(p["price"]), client_id
+            )
         amount, cost = parse_decimal(p.get("quantity")), parse_decimal(p.get("quoteOrderQty"))
-        return self.state.fill(account, market.symbol, side, amount=amount, cost=cost,
-                               client_order_id=client_id)
+        return self.state.fill(
+            account, market.symbol, side, amount=amount, cost=cost, client_order_id=client_id
+        )
 
     def _refusal(self, kind: str, m: Market, p: Params) -> Error:
         if kind != "min_not_met":
@@ -334,32 +433,55 @@ class BinanceEmulator(EmulatorServer):
 
     def _order_json(self, o: Order, kind: str = "QUERY") -> dict[str, Any]:
         m = self.state.markets[o.symbol]
-        ack = {"symbol": m.base + m.quote, "orderId": _num(o.order_id), "orderListId": -1,
-               "clientOrderId": o.client_order_id, "transactTime": _ms(o.created)}
+        ack = {
+            "symbol": m.base + m.quote,
+            "orderId": _num(o.order_id),
+            "orderListId": -1,
+            "clientOrderId": o.client_order_id,
+            "transactTime": _ms(o.created),
+        }
         if kind == "ACK":
             return ack
         status = ("PARTIALLY_FILLED" if o.amount else "NEW") if o.is_open else STATUSES[o.status]
         result = ack | {
-            "price": _fmt(o.limit_price or Decimal(0)), "origQty": _fmt(o.size),
+            "price": _fmt(o.limit_price or Decimal(0)),
+            "origQty": _fmt(o.size),
             "executedQty": _fmt(o.amount),
             "origQuoteOrderQty": _fmt(self._quote_qty.get(o.order_id, Decimal(0))),
-            "cummulativeQuoteQty": _fmt(o.cost), "status": status,
+            "cummulativeQuoteQty": _fmt(o.cost),
+            "status": status,
             "timeInForce": "IOC" if o.kind == "limit_ioc" else "GTC",
-            "type": TYPES[o.kind], "side": o.side.upper(), "workingTime": _ms(o.created),
+            "type": TYPES[o.kind],
+            "side": o.side.upper(),
+            "workingTime": _ms(o.created),
             "selfTradePreventionMode": "EXPIRE_MAKER",
         }
         if o.trigger_price is not None:
             result["stopPrice"] = _fmt(o.trigger_price)
         if kind == "FULL":
             trades = o.parts if o.parts is not None else [o] if o.amount else []
-            result["fills"] = [{"price": _fmt(t.price), "qty": _fmt(t.amount),
-                                "commission": "0.00000000", "commissionAsset": m.quote,
-                                "tradeId": _num(t.trade_id)} for t in trades]
+            result["fills"] = [
+                {
+                    "price": _fmt(t.price),
+                    "qty": _fmt(t.amount),
+                    "commission": "0.00000000",
+                    "commissionAsset": m.quote,
+                    "tradeId": _num(t.trade_id),
+                }
+                for t in trades
+            ]
         elif kind == "QUERY":
             del result["transactTime"]
-            result = {"stopPrice": "0.00000000"} | result | {
-                "icebergQty": "0.00000000", "time": _ms(o.created),
-                "updateTime": _ms(o.updated or o.created), "isWorking": not o.waiting}
+            result = (
+                {"stopPrice": "0.00000000"}
+                | result
+                | {
+                    "icebergQty": "0.00000000",
+                    "time": _ms(o.created),
+                    "updateTime": _ms(o.updated or o.created),
+                    "isWorking": not o.waiting,
+                }
+            )
         return result
 
     def _orders_of(self, account: Account, p: Params) -> list[Order]:
@@ -370,12 +492,20 @@ class BinanceEmulator(EmulatorServer):
         if self._market(p.get("symbol")) is None:
             return E_SYMBOL
         if "orderId" not in p and "origClientOrderId" not in p:
-            return (400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both "
-                    "were empty/null!")
-        order = next((o for o in self._orders_of(account, p)
-                      if str(_num(o.order_id)) == p.get("orderId", str(_num(o.order_id)))
-                      and o.client_order_id == p.get("origClientOrderId", o.client_order_id)),
-                     None)
+            return (
+                400,
+                -1102,
+                "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!",
+            )
+        order = next(
+            (
+                o
+                for o in self._orders_of(account, p)
+                if str(_num(o.order_id)) == p.get("orderId", str(_num(o.order_id)))
+                and o.client_order_id == p.get("origClientOrderId", o.client_order_id)
+            ),
+            None,
+        )
         return E_NO_ORDER if order is None else self._order_json(order)
 
     async def _open_orders(self, account: Account, p: Params) -> Any:
@@ -386,9 +516,12 @@ class BinanceEmulator(EmulatorServer):
 
     def _named(self, account: Account, p: Params, id_key: str, client_key: str) -> Order | None:
         """The order named by its id or its client id (the open one, where ids repeat)."""
-        orders = [o for o in self._orders_of(account, p)
-                  if str(_num(o.order_id)) == p.get(id_key, str(_num(o.order_id)))
-                  and o.client_order_id == p.get(client_key, o.client_order_id)]
+        orders = [
+            o
+            for o in self._orders_of(account, p)
+            if str(_num(o.order_id)) == p.get(id_key, str(_num(o.order_id)))
+            and o.client_order_id == p.get(client_key, o.client_order_id)
+        ]
         return next((o for o in orders if o.is_open), orders[-1] if orders else None)
 
     async def _cancel_order(self, account: Account, p: Params) -> Any:
@@ -409,23 +542,45 @@ class BinanceEmulator(EmulatorServer):
             return invalid or _missing("cancelReplaceMode")
         old = self._named(account, p, "cancelOrderId", "cancelOrigClientOrderId")
         if old is None or not self.state.cancel(old):
-            return web.json_response({"code": -2022, "msg": "Order cancel-replace failed.", "data": {
-                "cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED",
-                "cancelResponse": {"code": E_UNKNOWN_ORDER[1], "msg": E_UNKNOWN_ORDER[2]},
-                "newOrderResponse": None}}, status=400)
+            return web.json_response(
+                {
+                    "code": -2022,
+                    "msg": "Order cancel-replace failed.",
+                    "data": {
+                        "cancelResult": "FAILURE",
+                        "newOrderResult": "NOT_ATTEMPTED",
+                        "cancelResponse": {"code": E_UNKNOWN_ORDER[1], "msg": E_UNKNOWN_ORDER[2]},
+                        "newOrderResponse": None,
+                    },
+                },
+                status=400,
+            )
         cancel = self._order_json(old, "RESULT") | {"origClientOrderId": old.client_order_id}
         try:
             new = self._fill(account, market, p)
         except ValueError as refusal:
             _, code, msg = self._refusal(str(refusal), market, p)
-            return web.json_response({"code": -2021, "msg": "Order cancel-replace partially "
-                                      "failed.", "data": {
-                "cancelResult": "SUCCESS", "newOrderResult": "FAILURE", "cancelResponse": cancel,
-                "newOrderResponse": {"code": code, "msg": msg}}}, status=400)
+            return web.json_response(
+                {
+                    "code": -2021,
+                    "msg": "Order cancel-replace partially failed.",
+                    "data": {
+                        "cancelResult": "SUCCESS",
+                        "newOrderResult": "FAILURE",
+                        "cancelResponse": cancel,
+                        "newOrderResponse": {"code": code, "msg": msg},
+                    },
+                },
+                status=400,
+            )
         new.rename(str(self.state.next_id()))
         old.replaced_by = new.order_id
-        return {"cancelResult": "SUCCESS", "newOrderResult": "SUCCESS", "cancelResponse": cancel,
-                "newOrderResponse": self._order_json(new, p.get("newOrderRespType", "FULL"))}
+        return {
+            "cancelResult": "SUCCESS",
+            "newOrderResult": "SUCCESS",
+            "cancelResponse": cancel,
+            "newOrderResponse": self._order_json(new, p.get("newOrderRespType", "FULL")),
+        }
 
     async def _all_orders(self, account: Account, p: Params) -> Any:
         if self._market(p.get("symbol")) is None:
@@ -437,18 +592,34 @@ class BinanceEmulator(EmulatorServer):
         if market is None:
             return E_SYMBOL
         trades = [t for t in account.trades() if t.symbol == market.symbol]
-        orders = [o for o in self._in_window(trades, p)
-                  if o.amount and p.get("orderId", str(_num(o.order_id))) == str(_num(o.order_id))
-                  and _num(o.trade_id) >= int(p.get("fromId") or 0)]
-        return [{"symbol": market.base + market.quote, "id": _num(o.trade_id),
-                 "orderId": _num(o.order_id), "orderListId": -1, "price": _fmt(o.price),
-                 "qty": _fmt(o.amount), "quoteQty": _fmt(o.cost), "commission": "0.00000000",
-                 "commissionAsset": market.quote, "time": _ms(o.created),
-                 "isBuyer": o.side == "buy", "isMaker": False, "isBestMatch": True}
-                for o in orders]
+        orders = [
+            o
+            for o in self._in_window(trades, p)
+            if o.amount
+            and p.get("orderId", str(_num(o.order_id))) == str(_num(o.order_id))
+            and _num(o.trade_id) >= int(p.get("fromId") or 0)
+        ]
+        return [
+            {
+                "symbol": market.base + market.quote,
+                "id": _num(o.trade_id),
+                "orderId": _num(o.order_id),
+                "orderListId": -1,
+                "price": _fmt(o.price),
+                "qty": _fmt(o.amount),
+                "quoteQty": _fmt(o.cost),
+                "commission": "0.00000000",
+                "commissionAsset": market.quote,
+                "time": _ms(o.created),
+                "isBuyer": o.side == "buy",
+                "isMaker": False,
+                "isBestMatch": True,
+            }
+            for o in orders
+        ]
 
     @staticmethod
     def _in_window(orders: list[Order], p: Params) -> list[Order]:
         """startTime/endTime (ms, inclusive) and limit (default 500, oldest first)."""
         start, end = int(p.get("startTime") or 0), int(p.get("endTime") or 2**62)
-        return [o for o in orders if start <= _ms(o.created) <= end][:int(p.get("limit") or 500)]
+        return [o for o in orders if start <= _ms(o.created) <= end][: int(p.get("limit") or 500)]

@@ -53,13 +53,20 @@ FAULT_ERRORS = {
 STATUSES = {"filled": "closed", "canceled": "canceled", OPEN: "open", USER_CANCELED: "canceled"}
 # AddOrder ordertype -> (trigger, has a limit price after the trigger); "price" is the trigger
 # price of a trigger order and "price2" its limit price
-TRIGGERS = {"stop-loss": ("stop_loss", False), "stop-loss-limit": ("stop_loss", True),
-            "take-profit": ("take_profit", False), "take-profit-limit": ("take_profit", True)}
-ORDERTYPES = {"stop_loss": "stop-loss", "stop_loss_limit": "stop-loss-limit",
-              "take_profit": "take-profit", "take_profit_limit": "take-profit-limit"}
+TRIGGERS = {
+    "stop-loss": ("stop_loss", False),
+    "stop-loss-limit": ("stop_loss", True),
+    "take-profit": ("take_profit", False),
+    "take-profit-limit": ("take_profit", True),
+}
+ORDERTYPES = {
+    "stop_loss": "stop-loss",
+    "stop_loss_limit": "stop-loss-limit",
+    "take_profit": "take-profit",
+    "take_profit_limit": "take-profit-limit",
+}
 UNKNOWN_ORDER = "EOrder:Unknown order"
-REFUSALS = {"insufficient_funds": "EOrder:Insufficient funds",
-            "unknown_symbol": "EQuery:Unknown asset pair"}
+REFUSALS = {"insufficient_funds": "EOrder:Insufficient funds", "unknown_symbol": "EQuery:Unknown asset pair"}
 # cl_ord_id: long UUID, short (32 hex) UUID, or free text of up to 18 characters
 CL_ORD_ID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}|[!-~]{1,18}")
 
@@ -101,8 +108,7 @@ def _invalid_argument(p: Params) -> str | None:
         ("cl_ord_id", "cl_ord_id" not in p or CL_ORD_ID.fullmatch(p["cl_ord_id"])),
         ("volume", parse_decimal(p.get("volume")) is not None),
         ("price", not priced or parse_decimal(p.get("price")) is not None),
-        ("price2", not TRIGGERS.get(ordertype, ("", False))[1]
-         or parse_decimal(p.get("price2")) is not None),
+        ("price2", not TRIGGERS.get(ordertype, ("", False))[1] or parse_decimal(p.get("price2")) is not None),
     )
     return next((name for name, valid in checks if not valid), None)
 
@@ -124,14 +130,21 @@ class KrakenEmulator(EmulatorServer):
 
     def routes(self, router: web.UrlDispatcher) -> None:
         self._public: dict[str, Callable[[Params], Awaitable[Reply]]] = {
-            "Time": self._time, "Assets": self._assets, "AssetPairs": self._asset_pairs,
+            "Time": self._time,
+            "Assets": self._assets,
+            "AssetPairs": self._asset_pairs,
             "Ticker": self._ticker,
         }
         self._private: dict[str, Callable[[Account, Params], Awaitable[Reply]]] = {
-            "Balance": self._balance, "BalanceEx": self._balance_ex, "AddOrder": self._add_order,
-            "QueryOrders": self._query_orders, "OpenOrders": self._open_orders,
-            "ClosedOrders": self._closed_orders, "TradesHistory": self._trades_history,
-            "CancelOrder": self._cancel_order, "AmendOrder": self._amend_order,
+            "Balance": self._balance,
+            "BalanceEx": self._balance_ex,
+            "AddOrder": self._add_order,
+            "QueryOrders": self._query_orders,
+            "OpenOrders": self._open_orders,
+            "ClosedOrders": self._closed_orders,
+            "TradesHistory": self._trades_history,
+            "CancelOrder": self._cancel_order,
+            "AmendOrder": self._amend_order,
         }
         router.add_route("*", "/0/public/{method}", self._handle_public)
         router.add_post("/0/private/{method}", self._handle_private)
@@ -164,8 +177,7 @@ class KrakenEmulator(EmulatorServer):
         return reply
 
     @staticmethod
-    def _check_auth(account: Account, request: web.Request, body: str,
-                    params: Params) -> str | None:
+    def _check_auth(account: Account, request: web.Request, body: str, params: Params) -> str | None:
         nonce = params.get("nonce", "")
         try:
             key = base64.b64decode(account.secret, validate=True)
@@ -173,15 +185,12 @@ class KrakenEmulator(EmulatorServer):
             return "EAPI:Invalid key"
         digest = hashlib.sha256((nonce + body).encode()).digest()
         expected = hmac.new(key, request.path.encode() + digest, hashlib.sha512).digest()
-        if not hmac.compare_digest(base64.b64encode(expected).decode(),
-                                   request.headers.get("API-Sign", "")):
+        if not hmac.compare_digest(base64.b64encode(expected).decode(), request.headers.get("API-Sign", "")):
             return "EAPI:Invalid signature"
         if not nonce.isdigit() or int(nonce) <= account.last_nonce:
             return "EAPI:Invalid nonce"
         account.last_nonce = int(nonce)
         return None
-
-
 
     def _pair_id(self, m: Market) -> str:
         return _asset(m.base) + _asset(m.quote)
@@ -190,43 +199,73 @@ class KrakenEmulator(EmulatorServer):
         return ALTNAMES.get(m.base, m.base) + ALTNAMES.get(m.quote, m.quote)
 
     def _market(self, pair: str | None) -> Market | None:
-        return next((m for m in self.state.markets.values()
-                     if pair in (self._pair_id(m), self._altname(m))), None)
+        return next(
+            (m for m in self.state.markets.values() if pair in (self._pair_id(m), self._altname(m))), None
+        )
 
     # --- public ---------------------------------------------------------------------------
 
     async def _time(self, _p: Params) -> Reply:
         now = time.time()
-        return _ok({"unixtime": int(now), "rfc1123": time.strftime("%a, %d %b %y %H:%M:%S +0000",
-                                                                   time.gmtime(now))})
+        return _ok(
+            {"unixtime": int(now), "rfc1123": time.strftime("%a, %d %b %y %H:%M:%S +0000", time.gmtime(now))}
+        )
 
     async def _assets(self, _p: Params) -> Reply:
         codes = {c for m in self.state.markets.values() for c in (m.base, m.quote)}
-        return _ok({_asset(c): {
-            "aclass": "currency", "altname": ALTNAMES.get(c, c),
-            "decimals": 4 if _asset(c).startswith("Z") else 10,
-            "display_decimals": 2 if _asset(c).startswith("Z") else 5, "status": "enabled",
-        } for c in sorted(codes)})
+        return _ok(
+            {
+                _asset(c): {
+                    "aclass": "currency",
+                    "altname": ALTNAMES.get(c, c),
+                    "decimals": 4 if _asset(c).startswith("Z") else 10,
+                    "display_decimals": 2 if _asset(c).startswith("Z") else 5,
+                    "status": "enabled",
+                }
+                for c in sorted(codes)
+            }
+        )
 
     async def _asset_pairs(self, p: Params) -> Reply:
         wanted = p.get("pair", "").split(",") if p.get("pair") else None
-        markets = [m for m in self.state.markets.values()
-                   if wanted is None or self._pair_id(m) in wanted or self._altname(m) in wanted]
-        return _ok({self._pair_id(m): {
-            "altname": self._altname(m), "wsname": f"{ALTNAMES.get(m.base, m.base)}/{m.quote}",
-            "aclass_base": "currency", "base": _asset(m.base), "aclass_quote": "currency",
-            "quote": _asset(m.quote), "lot": "unit", "cost_decimals": 5,
-            "pair_decimals": _decimals(m.price_step), "lot_decimals": _decimals(m.amount_step),
-            "lot_multiplier": 1, "leverage_buy": [], "leverage_sell": [],
-            "fees": [[0, 0.4]], "fees_maker": [[0, 0.25]], "fee_volume_currency": "ZUSD",
-            "margin_call": 80, "margin_stop": 40, "ordermin": format(m.min_amount, "f"),
-            "costmin": format(m.min_cost, "f"), "tick_size": format(m.price_step, "f"),
-            "status": "online",
-        } for m in markets})
+        markets = [
+            m
+            for m in self.state.markets.values()
+            if wanted is None or self._pair_id(m) in wanted or self._altname(m) in wanted
+        ]
+        return _ok(
+            {
+                self._pair_id(m): {
+                    "altname": self._altname(m),
+                    "wsname": f"{ALTNAMES.get(m.base, m.base)}/{m.quote}",
+                    "aclass_base": "currency",
+                    "base": _asset(m.base),
+                    "aclass_quote": "currency",
+                    "quote": _asset(m.quote),
+                    "lot": "unit",
+                    "cost_decimals": 5,
+                    "pair_decimals": _decimals(m.price_step),
+                    "lot_decimals": _decimals(m.amount_step),
+                    "lot_multiplier": 1,
+                    "leverage_buy": [],
+                    "leverage_sell": [],
+                    "fees": [[0, 0.4]],
+                    "fees_maker": [[0, 0.25]],
+                    "fee_volume_currency": "ZUSD",
+                    "margin_call": 80,
+                    "margin_stop": 40,
+                    "ordermin": format(m.min_amount, "f"),
+                    "costmin": format(m.min_cost, "f"),
+                    "tick_size": format(m.price_step, "f"),
+                    "status": "online",
+                }
+                for m in markets
+            }
+        )
 
     async def _ticker(self, p: Params) -> Reply:
         pairs = p.get("pair", "").split(",") if p.get("pair") else None
-        markets = ([self._market(x) for x in pairs] if pairs else list(self.state.markets.values()))
+        markets = [self._market(x) for x in pairs] if pairs else list(self.state.markets.values())
         if any(m is None for m in markets):
             return _err("EQuery:Unknown asset pair")
         result = {}
@@ -234,9 +273,15 @@ class KrakenEmulator(EmulatorServer):
             assert m is not None
             last = _fmt(self.state.prices[m.symbol], _decimals(m.price_step))
             result[self._pair_id(m)] = {
-                "a": [last, "1", "1.000"], "b": [last, "1", "1.000"], "c": [last, "0.00100000"],
-                "v": ["0.00000000", "0.00000000"], "p": [last, last], "t": [0, 0],
-                "l": [last, last], "h": [last, last], "o": last,
+                "a": [last, "1", "1.000"],
+                "b": [last, "1", "1.000"],
+                "c": [last, "0.00100000"],
+                "v": ["0.00000000", "0.00000000"],
+                "p": [last, last],
+                "t": [0, 0],
+                "l": [last, last],
+                "h": [last, last],
+                "o": last,
             }
         return _ok(result)
 
@@ -246,8 +291,12 @@ class KrakenEmulator(EmulatorServer):
         return _ok({_asset(c): _fmt(v, 10) for c, v in account.balances.items()})
 
     async def _balance_ex(self, account: Account, _p: Params) -> Reply:
-        return _ok({_asset(c): {"balance": _fmt(v, 10), "hold_trade": "0.0000000000"}
-                    for c, v in account.balances.items()})
+        return _ok(
+            {
+                _asset(c): {"balance": _fmt(v, 10), "hold_trade": "0.0000000000"}
+                for c, v in account.balances.items()
+            }
+        )
 
     async def _add_order(self, account: Account, p: Params) -> Reply:
         fault = self.state.take_fault(account, *Fault)
@@ -285,32 +334,51 @@ class KrakenEmulator(EmulatorServer):
         if p["ordertype"] in TRIGGERS:
             trigger, limited = TRIGGERS[p["ordertype"]]
             return self.state.place_resting(
-                account, market.symbol, side, volume,
-                limit_price=Decimal(p["price2"]) if limited else None, trigger=trigger,
-                trigger_price=Decimal(p["price"]), client_order_id=client_id)
+                account,
+                market.symbol,
+                side,
+                volume,
+                limit_price=Decimal(p["price2"]) if limited else None,
+                trigger=trigger,
+                trigger_price=Decimal(p["price"]),
+                client_order_id=client_id,
+            )
         if p["ordertype"] == "limit" and p.get("timeinforce") != "IOC":  # GTC: it rests
-            return self.state.place_resting(account, market.symbol, side, volume,
-                                            limit_price=Decimal(p["price"]),
-                                            client_order_id=client_id)
+            return self.state.place_resting(
+                account,
+                market.symbol,
+                side,
+                volume,
+                limit_price=Decimal(p["price"]),
+                client_order_id=client_id,
+            )
         if p["ordertype"] == "limit":
-            return self.state.fill_limit_ioc(account, market.symbol, side, volume,
-                                             Decimal(p["price"]), client_id)
+            return self.state.fill_limit_ioc(
+                account, market.symbol, side, volume, Decimal(p["price"]), client_id
+            )
         viqc = _viqc(p)
-        return self.state.fill(account, market.symbol, side, amount=None if viqc else volume,
-                               cost=volume if viqc else None, client_order_id=client_id)
+        return self.state.fill(
+            account,
+            market.symbol,
+            side,
+            amount=None if viqc else volume,
+            cost=volume if viqc else None,
+            client_order_id=client_id,
+        )
 
     def _refusal(self, kind: str, market: Market, p: Params) -> str:
         if kind == "invalid_price" and p.get("ordertype") in TRIGGERS:
             return "EOrder:Invalid price"
         if kind == "invalid_price":
-            return (f"EOrder:Invalid price:{self._pair_id(market)} price can only be specified up "
-                    f"to {_decimals(market.price_step)} decimals.")
+            return (
+                f"EOrder:Invalid price:{self._pair_id(market)} price can only be specified up "
+                f"to {_decimals(market.price_step)} decimals."
+            )
         if kind != "min_not_met":
             return REFUSALS[kind]
         volume = Decimal(p["volume"])
         base = volume / self.state.prices[market.symbol] if _viqc(p) else volume
-        return ("EOrder:Order minimum not met" if base < market.min_amount
-                else "EOrder:Cost minimum not met")
+        return "EOrder:Order minimum not met" if base < market.min_amount else "EOrder:Cost minimum not met"
 
     def _describe(self, o: Order, vol: str) -> str:
         """Kraken's one-line order description, e.g. "buy 0.00100000 XBTUSD @ limit 45000.0" or
@@ -333,15 +401,33 @@ class KrakenEmulator(EmulatorServer):
         if o.trigger is not None and o.trigger_price is not None:  # price: trigger, price2: limit
             price, price2, ordertype = _fmt(o.trigger_price, places), limit, ORDERTYPES[o.kind]
         info: dict[str, Any] = {
-            "refid": None, "userref": None, "status": STATUSES[o.status], "reason": None,
-            "opentm": o.created, "closetm": 0 if o.is_open else o.updated, "starttm": 0,
+            "refid": None,
+            "userref": None,
+            "status": STATUSES[o.status],
+            "reason": None,
+            "opentm": o.created,
+            "closetm": 0 if o.is_open else o.updated,
+            "starttm": 0,
             "expiretm": 0,
-            "descr": {"pair": self._altname(m), "type": o.side, "ordertype": ordertype,
-                      "price": price, "price2": price2, "leverage": "none",
-                      "order": self._describe(o, vol), "close": ""},
-            "vol": vol, "vol_exec": _fmt(o.amount), "cost": _fmt(o.cost, 5), "fee": "0.00000",
-            "price": _fmt(o.price, 5), "stopprice": "0.00000", "limitprice": "0.00000",
-            "misc": "", "oflags": "fciq,viqc" if o.order_id in self._viqc else "fciq",
+            "descr": {
+                "pair": self._altname(m),
+                "type": o.side,
+                "ordertype": ordertype,
+                "price": price,
+                "price2": price2,
+                "leverage": "none",
+                "order": self._describe(o, vol),
+                "close": "",
+            },
+            "vol": vol,
+            "vol_exec": _fmt(o.amount),
+            "cost": _fmt(o.cost, 5),
+            "fee": "0.00000",
+            "price": _fmt(o.price, 5),
+            "stopprice": "0.00000",
+            "limitprice": "0.00000",
+            "misc": "",
+            "oflags": "fciq,viqc" if o.order_id in self._viqc else "fciq",
         }
         if o.client_order_id is not None:
             info["cl_ord_id"] = o.client_order_id
@@ -359,21 +445,41 @@ class KrakenEmulator(EmulatorServer):
 
     async def _open_orders(self, account: Account, p: Params) -> Reply:
         trades = p.get("trades", "").lower() == "true"
-        return _ok({"open": {o.order_id: self._order_info(o, trades) for o in account.orders
-                             if o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)}})
+        return _ok(
+            {
+                "open": {
+                    o.order_id: self._order_info(o, trades)
+                    for o in account.orders
+                    if o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)
+                }
+            }
+        )
 
     async def _closed_orders(self, account: Account, p: Params) -> Reply:
-        orders = [o for o in reversed(account.orders) if self._in_window(o, p)
-                  and not o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)]
+        orders = [
+            o
+            for o in reversed(account.orders)
+            if self._in_window(o, p) and not o.is_open and p.get("cl_ord_id") in (None, o.client_order_id)
+        ]
         trades = p.get("trades", "").lower() == "true"
-        return _ok({"closed": {o.order_id: self._order_info(o, trades) for o in orders},
-                    "count": len(orders)})
+        return _ok(
+            {"closed": {o.order_id: self._order_info(o, trades) for o in orders}, "count": len(orders)}
+        )
 
     def _open_order(self, account: Account, p: Params) -> Order | None:
         """The open order named by txid (or cl_ord_id), as CancelOrder and AmendOrder take it."""
-        return next((o for o in account.orders if o.is_open and (
-            o.order_id == p.get("txid") or (p.get("cl_ord_id") is not None
-                                            and o.client_order_id == p.get("cl_ord_id")))), None)
+        return next(
+            (
+                o
+                for o in account.orders
+                if o.is_open
+                and (
+                    o.order_id == p.get("txid")
+                    or (p.get("cl_ord_id") is not None and o.client_order_id == p.get("cl_ord_id"))
+                )
+            ),
+            None,
+        )
 
     async def _cancel_order(self, account: Account, p: Params) -> Reply:
         order = self._open_order(account, p)
@@ -396,9 +502,12 @@ class KrakenEmulator(EmulatorServer):
             self.state.amend(account, order, price=price, size=qty)
         except ValueError as refusal:
             market = self.state.markets[order.symbol]
-            return _err({"invalid_size": "EGeneral:Invalid arguments:order_qty",
-                         "not_open": UNKNOWN_ORDER}.get(str(refusal))
-                        or self._refusal(str(refusal), market, {"volume": str(qty)}))
+            return _err(
+                {"invalid_size": "EGeneral:Invalid arguments:order_qty", "not_open": UNKNOWN_ORDER}.get(
+                    str(refusal)
+                )
+                or self._refusal(str(refusal), market, {"volume": str(qty)})
+            )
         return _ok({"amend_id": _kraken_id("T")})
 
     async def _trades_history(self, account: Account, p: Params) -> Reply:
@@ -407,11 +516,19 @@ class KrakenEmulator(EmulatorServer):
             if o.amount and self._in_window(o, p):
                 m = self.state.markets[o.symbol]
                 trades[o.trade_id] = {
-                    "ordertxid": o.order_id, "postxid": "TKH2SE-M7IF5-CFI7LT",
+                    "ordertxid": o.order_id,
+                    "postxid": "TKH2SE-M7IF5-CFI7LT",
                     "pair": self._pair_id(m),
-                    "time": o.created, "type": o.side, "ordertype": o.order_type,
-                    "price": _fmt(o.price, 5), "cost": _fmt(o.cost, 5), "fee": "0.00000",
-                    "vol": _fmt(o.amount), "margin": "0.00000", "leverage": "0", "misc": "",
+                    "time": o.created,
+                    "type": o.side,
+                    "ordertype": o.order_type,
+                    "price": _fmt(o.price, 5),
+                    "cost": _fmt(o.cost, 5),
+                    "fee": "0.00000",
+                    "vol": _fmt(o.amount),
+                    "margin": "0.00000",
+                    "leverage": "0",
+                    "misc": "",
                     "trade_id": int(hashlib.sha256(o.trade_id.encode()).hexdigest()[:8], 16),
                     "maker": False,
                 }
@@ -420,5 +537,4 @@ class KrakenEmulator(EmulatorServer):
     @staticmethod
     def _in_window(o: Order, p: Params) -> bool:
         """Kraken's `start` (exclusive) and `end` (inclusive) in unix seconds."""
-        return (o.created > float(p.get("start") or 0)
-                and o.created <= float(p.get("end") or "inf"))
+        return o.created > float(p.get("start") or 0) and o.created <= float(p.get("end") or "inf")

@@ -75,10 +75,8 @@ def _target(r: Params) -> str:
 
 
 RESTING = ("limit", "post_only")  # ordTypes that rest on the book
-E_CANCEL = ("51400", "Order cancellation failed as the order has been filled, canceled or does "
-            "not exist.")
-E_AMEND = ("51503", "Order modification failed as the order has been filled, canceled or does "
-           "not exist.")
+E_CANCEL = ("51400", "Order cancellation failed as the order has been filled, canceled or does not exist.")
+E_AMEND = ("51503", "Order modification failed as the order has been filled, canceled or does not exist.")
 E_NEW_SZ = ("51512", "Failed to amend: the new size must be greater than the filled size.")
 
 
@@ -97,8 +95,7 @@ def _invalid(r: Params, client_id: str) -> tuple[str, str] | None:
         (r.get("side") not in ("buy", "sell"), ("51000", "Parameter side error")),
         (r.get("ordType") not in ("market", "ioc", *RESTING), ("51000", "Parameter ordType error")),
         (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
-        (bool(client_id) and not CL_ORD_ID.fullmatch(client_id),
-         ("51000", "Parameter clOrdId error")),
+        (bool(client_id) and not CL_ORD_ID.fullmatch(client_id), ("51000", "Parameter clOrdId error")),
         (ioc and parse_decimal(r.get("px")) is None, E_PX),
         (parse_decimal(r.get("sz")) is None, ("51000", "Parameter sz error")),
     )
@@ -133,18 +130,23 @@ class OkxEmulator(EmulatorServer):
 
     def routes(self, router: web.UrlDispatcher) -> None:
         public: dict[tuple[str, str], Callable[[Params], Awaitable[Any]]] = {
-            ("GET", "public/time"): self._time, ("GET", "public/instruments"): self._instruments,
-            ("GET", "market/ticker"): self._ticker, ("GET", "market/tickers"): self._tickers,
+            ("GET", "public/time"): self._time,
+            ("GET", "public/instruments"): self._instruments,
+            ("GET", "market/ticker"): self._ticker,
+            ("GET", "market/tickers"): self._tickers,
         }
         private: dict[tuple[str, str], Callable[[Account, Any], Awaitable[Any]]] = {
             ("GET", "asset/currencies"): self._currencies,
             ("GET", "account/balance"): self._balance,
             ("POST", "trade/order"): partial(self._place, batch=False),
             ("POST", "trade/batch-orders"): partial(self._place, batch=True),
-            ("GET", "trade/order"): self._order, ("GET", "trade/orders-pending"): self._pending,
-            ("GET", "trade/orders-history"): self._history, ("GET", "trade/fills"): self._fills,
+            ("GET", "trade/order"): self._order,
+            ("GET", "trade/orders-pending"): self._pending,
+            ("GET", "trade/orders-history"): self._history,
+            ("GET", "trade/fills"): self._fills,
             ("GET", "trade/fills-history"): self._fills,
-            ("POST", "trade/cancel-order"): self._cancel, ("POST", "trade/amend-order"): self._amend,
+            ("POST", "trade/cancel-order"): self._cancel,
+            ("POST", "trade/amend-order"): self._amend,
         }
         for (method, path), fn in public.items():
             router.add_route(method, f"/api/v5/{path}", partial(self._handle, fn, False))
@@ -153,8 +155,7 @@ class OkxEmulator(EmulatorServer):
 
     # --- plumbing -------------------------------------------------------------------------
 
-    async def _handle(self, fn: Callable[..., Awaitable[Any]], private: bool,
-                      request: web.Request) -> Reply:
+    async def _handle(self, fn: Callable[..., Awaitable[Any]], private: bool, request: web.Request) -> Reply:
         self.state.requests += 1
         body = await request.text()
         params = json.loads(body) if body else dict(request.query)
@@ -185,15 +186,13 @@ class OkxEmulator(EmulatorServer):
         except ValueError:
             return (401, "50112", "Invalid OK-ACCESS-TIMESTAMP.")
         prehash = stamp + request.method + request.raw_path + body
-        expected = base64.b64encode(hmac.new(account.secret.encode(), prehash.encode(),
-                                             hashlib.sha256).digest()).decode()
+        expected = base64.b64encode(
+            hmac.new(account.secret.encode(), prehash.encode(), hashlib.sha256).digest()
+        ).decode()
         return None if hmac.compare_digest(expected, headers.get("OK-ACCESS-SIGN", "")) else E_SIGN
 
-
-
     def _market(self, inst_id: str | None) -> Market | None:
-        return next((m for m in self.state.markets.values() if f"{m.base}-{m.quote}" == inst_id),
-                    None)
+        return next((m for m in self.state.markets.values() if f"{m.base}-{m.quote}" == inst_id), None)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -203,26 +202,64 @@ class OkxEmulator(EmulatorServer):
     async def _instruments(self, p: Params) -> Any:
         if p.get("instType") != "SPOT":
             return []  # no derivatives here
-        markets = [m for m in self.state.markets.values()
-                   if p.get("instId") in (None, f"{m.base}-{m.quote}")]
-        return [{
-            "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "uly": "", "instFamily": "",
-            "baseCcy": m.base, "quoteCcy": m.quote, "settleCcy": "", "ctVal": "", "ctMult": "",
-            "ctValCcy": "", "optType": "", "stk": "", "listTime": "1606468572000", "expTime": "",
-            "lever": "", "tickSz": _s(m.price_step), "lotSz": _s(m.amount_step),
-            "minSz": _s(m.min_amount), "ctType": "", "alias": "", "state": "live",
-            "ruleType": "normal", "maxLmtSz": "9999999999", "maxMktSz": "1000000",
-            "maxLmtAmt": "20000000", "maxMktAmt": "1000000", "maxTwapSz": "9999999999",
-            "maxIcebergSz": "9999999999", "maxTriggerSz": "9999999999", "maxStopSz": "1000000",
-            "tradeQuoteCcyList": [m.quote],
-        } for m in markets]
+        markets = [m for m in self.state.markets.values() if p.get("instId") in (None, f"{m.base}-{m.quote}")]
+        return [
+            {
+                "instType": "SPOT",
+                "instId": f"{m.base}-{m.quote}",
+                "uly": "",
+                "instFamily": "",
+                "baseCcy": m.base,
+                "quoteCcy": m.quote,
+                "settleCcy": "",
+                "ctVal": "",
+                "ctMult": "",
+                "ctValCcy": "",
+                "optType": "",
+                "stk": "",
+                "listTime": "1606468572000",
+                "expTime": "",
+                "lever": "",
+                "tickSz": _s(m.price_step),
+                "lotSz": _s(m.amount_step),
+                "minSz": _s(m.min_amount),
+                "ctType": "",
+                "alias": "",
+                "state": "live",
+                "ruleType": "normal",
+                "maxLmtSz": "9999999999",
+                "maxMktSz": "1000000",
+                "maxLmtAmt": "20000000",
+                "maxMktAmt": "1000000",
+                "maxTwapSz": "9999999999",
+                "maxIcebergSz": "9999999999",
+                "maxTriggerSz": "9999999999",
+                "maxStopSz": "1000000",
+                "tradeQuoteCcyList": [m.quote],
+            }
+            for m in markets
+        ]
 
     def _ticker_json(self, m: Market) -> dict[str, Any]:
         last, now = _s(self.state.prices[m.symbol]), _ms(time.time())
-        return {"instType": "SPOT", "instId": f"{m.base}-{m.quote}", "last": last,
-                "lastSz": "0.001", "askPx": last, "askSz": "1", "bidPx": last, "bidSz": "1",
-                "open24h": last, "high24h": last, "low24h": last, "volCcy24h": "0",
-                "vol24h": "0", "sodUtc0": last, "sodUtc8": last, "ts": now}
+        return {
+            "instType": "SPOT",
+            "instId": f"{m.base}-{m.quote}",
+            "last": last,
+            "lastSz": "0.001",
+            "askPx": last,
+            "askSz": "1",
+            "bidPx": last,
+            "bidSz": "1",
+            "open24h": last,
+            "high24h": last,
+            "low24h": last,
+            "volCcy24h": "0",
+            "vol24h": "0",
+            "sodUtc0": last,
+            "sodUtc8": last,
+            "ts": now,
+        }
 
     async def _ticker(self, p: Params) -> Any:
         market = self._market(p.get("instId"))
@@ -237,23 +274,63 @@ class OkxEmulator(EmulatorServer):
 
     async def _currencies(self, _account: Account, _p: Params) -> list[Any]:
         codes = dict.fromkeys(c for m in self.state.markets.values() for c in (m.base, m.quote))
-        return [{"ccy": c, "name": c, "chain": CHAINS.get(c, ""), "canDep": True, "canWd": True,
-                 "canInternal": True, "minDep": "0.0001", "minWd": "0.0001", "maxWd": "10000",
-                 "wdTickSz": "8", "minFee": "0", "maxFee": "0", "mainNet": True,
-                 "needTag": False, "logoLink": ""} for c in codes]
+        return [
+            {
+                "ccy": c,
+                "name": c,
+                "chain": CHAINS.get(c, ""),
+                "canDep": True,
+                "canWd": True,
+                "canInternal": True,
+                "minDep": "0.0001",
+                "minWd": "0.0001",
+                "maxWd": "10000",
+                "wdTickSz": "8",
+                "minFee": "0",
+                "maxFee": "0",
+                "mainNet": True,
+                "needTag": False,
+                "logoLink": "",
+            }
+            for c in codes
+        ]
 
     async def _balance(self, account: Account, p: Params) -> list[Any]:
         now = _ms(time.time())
         wanted = p.get("ccy", "").split(",") if p.get("ccy") else None
-        details = [{"ccy": c, "eq": _s(v), "cashBal": _s(v), "availBal": _s(v),
-                    "availEq": _s(v), "frozenBal": "0", "ordFrozen": "0", "uTime": now}
-                   for c, v in account.balances.items() if wanted is None or c in wanted]
-        usd = {m.base: self.state.prices[m.symbol] for m in self.state.markets.values()
-               if m.quote == "USD"} | {"USD": Decimal(1)}
+        details = [
+            {
+                "ccy": c,
+                "eq": _s(v),
+                "cashBal": _s(v),
+                "availBal": _s(v),
+                "availEq": _s(v),
+                "frozenBal": "0",
+                "ordFrozen": "0",
+                "uTime": now,
+            }
+            for c, v in account.balances.items()
+            if wanted is None or c in wanted
+        ]
+        usd = {
+            m.base: self.state.prices[m.symbol] for m in self.state.markets.values() if m.quote == "USD"
+        } | {"USD": Decimal(1)}
         total = sum((v * usd.get(c, Decimal(0)) for c, v in account.balances.items()), Decimal(0))
-        return [{"totalEq": _s(total), "isoEq": "0", "adjEq": "", "ordFroz": "", "imr": "",
-                 "mmr": "", "mgnRatio": "", "notionalUsd": "", "upl": "", "uTime": now,
-                 "details": details}]
+        return [
+            {
+                "totalEq": _s(total),
+                "isoEq": "0",
+                "adjEq": "",
+                "ordFroz": "",
+                "imr": "",
+                "mmr": "",
+                "mgnRatio": "",
+                "notionalUsd": "",
+                "upl": "",
+                "uTime": now,
+                "details": details,
+            }
+        ]
 
     async def _place(self, account: Account, body: Any, batch: bool) -> Any:
         fault = self.state.take_fault(account, *Fault)
@@ -295,16 +372,27 @@ class OkxEmulator(EmulatorServer):
     def _fill(self, account: Account, market: Market, r: Params, client_id: str | None) -> Order:
         side, size = str(r["side"]), Decimal(str(r["sz"]))
         if r["ordType"] in RESTING:
-            return self.state.place_resting(account, market.symbol, side, size,
-                                            limit_price=Decimal(str(r["px"])),
-                                            client_order_id=client_id)
+            return self.state.place_resting(
+                account,
+                market.symbol,
+                side,
+                size,
+                limit_price=Decimal(str(r["px"])),
+                client_order_id=client_id,
+            )
         if r["ordType"] == "ioc":
-            return self.state.fill_limit_ioc(account, market.symbol, side, size,
-                                             Decimal(str(r["px"])), client_id)
+            return self.state.fill_limit_ioc(
+                account, market.symbol, side, size, Decimal(str(r["px"])), client_id
+            )
         tgt = _target(r)
-        return self.state.fill(account, market.symbol, side, client_order_id=client_id,
-                               amount=size if tgt == "base_ccy" else None,
-                               cost=size if tgt == "quote_ccy" else None)
+        return self.state.fill(
+            account,
+            market.symbol,
+            side,
+            client_order_id=client_id,
+            amount=size if tgt == "base_ccy" else None,
+            cost=size if tgt == "quote_ccy" else None,
+        )
 
     def _order_json(self, o: Order) -> dict[str, Any]:
         m = self.state.markets[o.symbol]
@@ -318,31 +406,72 @@ class OkxEmulator(EmulatorServer):
             return value if o.amount else ""
 
         return {
-            "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tgtCcy": tgt, "ccy": "",
-            "ordId": o.order_id, "clOrdId": o.client_order_id or "", "tag": tag,
+            "instType": "SPOT",
+            "instId": f"{m.base}-{m.quote}",
+            "tgtCcy": tgt,
+            "ccy": "",
+            "ordId": o.order_id,
+            "clOrdId": o.client_order_id or "",
+            "tag": tag,
             "px": "" if o.limit_price is None else _s(o.limit_price),
-            "pxUsd": "", "pxVol": "", "pxType": "", "sz": size, "pnl": "0",
+            "pxUsd": "",
+            "pxVol": "",
+            "pxType": "",
+            "sz": size,
+            "pnl": "0",
             "ordType": {"market": "market", "limit_ioc": "ioc"}.get(o.kind, "limit"),
-            "side": o.side, "posSide": "net", "tdMode": "cash", "accFillSz": _s(o.amount),
-            "fillPx": filled(_s(last.price)), "tradeId": filled(last.trade_id),
-            "fillSz": _s(last.amount), "fillTime": filled(_ms(last.created)),
-            "avgPx": filled(_s(o.price)), "state": _state(o),
-            "lever": "", "attachAlgoClOrdId": "", "tpTriggerPx": "", "tpTriggerPxType": "",
-            "tpOrdPx": "", "slTriggerPx": "", "slTriggerPxType": "", "slOrdPx": "",
-            "attachAlgoOrds": [], "stpId": "", "stpMode": "cancel_maker",
-            "feeCcy": m.base if o.side == "buy" else m.quote, "fee": "0", "rebateCcy": m.quote,
-            "rebate": "0", "source": "", "category": "normal", "reduceOnly": "false",
-            "isTpLimit": "false", "cancelSource": "", "cancelSourceReason": "",
-            "quickMgnType": "", "algoClOrdId": "", "algoId": "", "tradeQuoteCcy": m.quote,
-            "uTime": _ms(o.updated or o.created), "cTime": ms,
+            "side": o.side,
+            "posSide": "net",
+            "tdMode": "cash",
+            "accFillSz": _s(o.amount),
+            "fillPx": filled(_s(last.price)),
+            "tradeId": filled(last.trade_id),
+            "fillSz": _s(last.amount),
+            "fillTime": filled(_ms(last.created)),
+            "avgPx": filled(_s(o.price)),
+            "state": _state(o),
+            "lever": "",
+            "attachAlgoClOrdId": "",
+            "tpTriggerPx": "",
+            "tpTriggerPxType": "",
+            "tpOrdPx": "",
+            "slTriggerPx": "",
+            "slTriggerPxType": "",
+            "slOrdPx": "",
+            "attachAlgoOrds": [],
+            "stpId": "",
+            "stpMode": "cancel_maker",
+            "feeCcy": m.base if o.side == "buy" else m.quote,
+            "fee": "0",
+            "rebateCcy": m.quote,
+            "rebate": "0",
+            "source": "",
+            "category": "normal",
+            "reduceOnly": "false",
+            "isTpLimit": "false",
+            "cancelSource": "",
+            "cancelSourceReason": "",
+            "quickMgnType": "",
+            "algoClOrdId": "",
+            "algoId": "",
+            "tradeQuoteCcy": m.quote,
+            "uTime": _ms(o.updated or o.created),
+            "cTime": ms,
         }
 
     async def _order(self, account: Account, p: Params) -> Any:
         if self._market(p.get("instId")) is None:
             return E_INSTRUMENT
-        order = next((o for o in account.orders if self._matches(o, p)
-                      and o.order_id == p.get("ordId", o.order_id)
-                      and o.client_order_id == p.get("clOrdId", o.client_order_id)), None)
+        order = next(
+            (
+                o
+                for o in account.orders
+                if self._matches(o, p)
+                and o.order_id == p.get("ordId", o.order_id)
+                and o.client_order_id == p.get("clOrdId", o.client_order_id)
+            ),
+            None,
+        )
         return E_NO_ORDER if order is None else [self._order_json(order)]
 
     async def _pending(self, account: Account, p: Params) -> list[Any]:
@@ -353,18 +482,30 @@ class OkxEmulator(EmulatorServer):
 
     def _named(self, account: Account, r: Params) -> Order | None:
         """The order of instId named by ordId or clOrdId."""
-        return next((o for o in account.orders if self._matches(o, r) and (
-            o.order_id == r.get("ordId") or (r.get("clOrdId") and
-                                             o.client_order_id == r.get("clOrdId")))), None)
+        return next(
+            (
+                o
+                for o in account.orders
+                if self._matches(o, r)
+                and (
+                    o.order_id == r.get("ordId")
+                    or (r.get("clOrdId") and o.client_order_id == r.get("clOrdId"))
+                )
+            ),
+            None,
+        )
 
     def _result(self, r: Params, order: Order | None, failure: tuple[str, str] | None) -> Any:
-        reply = {"clOrdId": r.get("clOrdId", ""), "ordId": r.get("ordId", ""),
-                 "reqId": r.get("reqId", ""), "ts": _ms(time.time())}
+        reply = {
+            "clOrdId": r.get("clOrdId", ""),
+            "ordId": r.get("ordId", ""),
+            "reqId": r.get("reqId", ""),
+            "ts": _ms(time.time()),
+        }
         if order is not None:
             reply |= {"clOrdId": order.client_order_id or "", "ordId": order.order_id}
         if failure is not None:
-            return _data([reply | {"sCode": failure[0], "sMsg": failure[1]}], "1",
-                         "Operation failed.")
+            return _data([reply | {"sCode": failure[0], "sMsg": failure[1]}], "1", "Operation failed.")
         return [reply | {"sCode": "0", "sMsg": ""}]
 
     async def _cancel(self, account: Account, r: Params) -> Any:
@@ -382,15 +523,19 @@ class OkxEmulator(EmulatorServer):
         size, price = parse_decimal(r.get("newSz")), parse_decimal(r.get("newPx"))
         if order is None or not order.is_open:
             return self._result(r, order, E_AMEND)
-        if (size is None and price is None) or ("newSz" in r and size is None) or (
-                "newPx" in r and price is None):
+        if (
+            (size is None and price is None)
+            or ("newSz" in r and size is None)
+            or ("newPx" in r and price is None)
+        ):
             return self._result(r, order, ("51000", "Parameter newSz or newPx error"))
         try:
             self.state.amend(account, order, price=price, size=size)
         except ValueError as exc:
             market = self.state.markets[order.symbol]
             failure = {"invalid_size": E_NEW_SZ, "not_open": E_AMEND}.get(str(exc)) or _refusal(
-                str(exc), market, order.side)
+                str(exc), market, order.side
+            )
             return self._result(r, order, failure)
         return self._result(r, order, None)
 
@@ -398,30 +543,50 @@ class OkxEmulator(EmulatorServer):
         fills = []
         for o in self._window(account, p, account.trades()):
             m = self.state.markets[o.symbol]
-            fills.append({
-                "instType": "SPOT", "instId": f"{m.base}-{m.quote}", "tradeId": o.trade_id,
-                "ordId": o.order_id, "clOrdId": o.client_order_id or "",
-                "billId": o.trade_id, "subType": "1" if o.side == "buy" else "2",
-                "tag": self._asked.get(o.order_id, ("", "", ""))[2], "fillPx": _s(o.price),
-                "fillSz": _s(o.amount), "fillIdxPx": "", "fillPnl": "0", "side": o.side,
-                "posSide": "net", "execType": "T",
-                "feeCcy": m.base if o.side == "buy" else m.quote, "fee": "0",
-                "feeRate": "-0.001", "ts": _ms(o.created), "fillTime": _ms(o.created),
-                "tradeQuoteCcy": m.quote,
-            })
+            fills.append(
+                {
+                    "instType": "SPOT",
+                    "instId": f"{m.base}-{m.quote}",
+                    "tradeId": o.trade_id,
+                    "ordId": o.order_id,
+                    "clOrdId": o.client_order_id or "",
+                    "billId": o.trade_id,
+                    "subType": "1" if o.side == "buy" else "2",
+                    "tag": self._asked.get(o.order_id, ("", "", ""))[2],
+                    "fillPx": _s(o.price),
+                    "fillSz": _s(o.amount),
+                    "fillIdxPx": "",
+                    "fillPnl": "0",
+                    "side": o.side,
+                    "posSide": "net",
+                    "execType": "T",
+                    "feeCcy": m.base if o.side == "buy" else m.quote,
+                    "fee": "0",
+                    "feeRate": "-0.001",
+                    "ts": _ms(o.created),
+                    "fillTime": _ms(o.created),
+                    "tradeQuoteCcy": m.quote,
+                }
+            )
         return fills
 
     def _matches(self, o: Order, p: Params) -> bool:
         m = self.state.markets[o.symbol]
-        return p.get("instId") in (None, f"{m.base}-{m.quote}") and p.get("instType") in (
-            None, "SPOT")
+        return p.get("instId") in (None, f"{m.base}-{m.quote}") and p.get("instType") in (None, "SPOT")
 
-    def _window(self, account: Account, p: Params, orders: list[Order] | None = None,
-                ) -> list[Order]:
+    def _window(
+        self,
+        account: Account,
+        p: Params,
+        orders: list[Order] | None = None,
+    ) -> list[Order]:
         """instType/instId/ordId filters, begin/end in ms, newest first, limit (default 100)."""
         begin, end = int(p.get("begin") or 0), int(p.get("end") or 2**62)
-        orders = [o for o in reversed(account.orders if orders is None else orders)
-                  if self._matches(o, p)
-                  and p.get("ordId", o.order_id) == o.order_id
-                  and begin <= int(_ms(o.created)) <= end]
-        return orders[:int(p.get("limit") or 100)]
+        orders = [
+            o
+            for o in reversed(account.orders if orders is None else orders)
+            if self._matches(o, p)
+            and p.get("ordId", o.order_id) == o.order_id
+            and begin <= int(_ms(o.created)) <= end
+        ]
+        return orders[: int(p.get("limit") or 100)]

@@ -18,8 +18,11 @@ from tests.emulators.okx import OkxEmulator
 from tests.emulators.server import EmulatorServer
 
 EMULATORS: dict[str, type[EmulatorServer]] = {
-    "kraken": KrakenEmulator, "coinbase": CoinbaseEmulator, "binance": BinanceEmulator,
-    "okx": OkxEmulator, "alpaca": AlpacaEmulator,
+    "kraken": KrakenEmulator,
+    "coinbase": CoinbaseEmulator,
+    "binance": BinanceEmulator,
+    "okx": OkxEmulator,
+    "alpaca": AlpacaEmulator,
 }
 
 
@@ -36,8 +39,12 @@ async def serve(venue: str, accounts: int, cash: Decimal, latency_ms: float) -> 
     emulator = EMULATORS[venue]()
     emulator.state.latency_s = latency_ms / 1000
     for i in range(accounts):
-        emulator.state.add_account(key_for(i), secret_for(venue, i), {"USD": cash},
-                                   passphrase="bench-pass" if venue == "okx" else None)
+        emulator.state.add_account(
+            key_for(i),
+            secret_for(venue, i),
+            {"USD": cash},
+            passphrase="bench-pass" if venue == "okx" else None,
+        )
     print(await emulator.start(), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -150,8 +150,12 @@ class Account:
             found += order.parts if order.parts is not None else [order] if order.amount else []
         return sorted(found, key=lambda t: t.created)
 
-    def held(self, currency: str, markets: dict[str, Market], excluding: Order | None = None,
-             ) -> Decimal:
+    def held(
+        self,
+        currency: str,
+        markets: dict[str, Market],
+        excluding: Order | None = None,
+    ) -> Decimal:
         """What the account's open orders (but `excluding`) hold of `currency`: a buy its rest
         at its limit (or trigger) price in the quote, a sell its rest in the base."""
         held = Decimal(0)
@@ -185,7 +189,10 @@ class VenueState:
         self.requests = 0
 
     def add_account(
-        self, api_key: str, secret: str, balances: dict[str, Decimal] | None = None,
+        self,
+        api_key: str,
+        secret: str,
+        balances: dict[str, Decimal] | None = None,
         passphrase: str | None = None,
     ) -> Account:
         account = Account(api_key, secret, passphrase, dict(balances or {}))
@@ -206,8 +213,14 @@ class VenueState:
         return None
 
     def fill(
-        self, account: Account, symbol: str, side: str, *, amount: Decimal | None = None,
-        cost: Decimal | None = None, client_order_id: str | None = None,
+        self,
+        account: Account,
+        symbol: str,
+        side: str,
+        *,
+        amount: Decimal | None = None,
+        cost: Decimal | None = None,
+        client_order_id: str | None = None,
     ) -> Order:
         """Fill a market order at the current price; raise ValueError(kind) on a venue refusal.
 
@@ -223,7 +236,12 @@ class VenueState:
         return self._book(account, market, side, amount, price, client_order_id)
 
     def fill_limit_ioc(
-        self, account: Account, symbol: str, side: str, amount: Decimal, limit_price: Decimal,
+        self,
+        account: Account,
+        symbol: str,
+        side: str,
+        amount: Decimal,
+        limit_price: Decimal,
         client_order_id: str | None = None,
     ) -> Order:
         """Fill an immediate-or-cancel limit order whole at the current price if that is at or
@@ -239,14 +257,30 @@ class VenueState:
         price = self.prices[symbol]
         crosses = price <= limit_price if side == "buy" else price >= limit_price
         if crosses:
-            return self._book(account, market, side, amount, price, client_order_id,
-                              limit_price=limit_price, ordered=amount)
-        return self._book(account, market, side, Decimal(0), Decimal(0), client_order_id,
-                          limit_price=limit_price, ordered=amount, status="canceled")
+            return self._book(
+                account, market, side, amount, price, client_order_id, limit_price=limit_price, ordered=amount
+            )
+        return self._book(
+            account,
+            market,
+            side,
+            Decimal(0),
+            Decimal(0),
+            client_order_id,
+            limit_price=limit_price,
+            ordered=amount,
+            status="canceled",
+        )
 
     def fill_part(
-        self, account: Account, order_id: str, symbol: str, side: str, amount: Decimal,
-        price: Decimal | None = None, client_order_id: str | None = None,
+        self,
+        account: Account,
+        order_id: str,
+        symbol: str,
+        side: str,
+        amount: Decimal,
+        price: Decimal | None = None,
+        client_order_id: str | None = None,
     ) -> Order:
         """Record one fill (trade) of order `order_id`, at `price` (default: the current one):
         e.g. a resting limit order placed on the venue's site that fills in parts. Each call is
@@ -264,9 +298,16 @@ class VenueState:
     # --- resting orders ---------------------------------------------------------------------
 
     def place_resting(
-        self, account: Account, symbol: str, side: str, amount: Decimal, *,
-        limit_price: Decimal | None, trigger: str | None = None,
-        trigger_price: Decimal | None = None, client_order_id: str | None = None,
+        self,
+        account: Account,
+        symbol: str,
+        side: str,
+        amount: Decimal,
+        *,
+        limit_price: Decimal | None,
+        trigger: str | None = None,
+        trigger_price: Decimal | None = None,
+        client_order_id: str | None = None,
     ) -> Order:
         """Place a good-till-canceled limit order (no trigger) or a trigger order: it rests
         (open) until filled, triggered or canceled. A limit order crossing the price fills whole
@@ -282,16 +323,30 @@ class VenueState:
         assert at is not None, "a resting order has a limit or a trigger price"
         self._check(account, market, side, amount, at)
         now = time.time()
-        order = Order(order_id=str(uuid.uuid4()), client_order_id=client_order_id, symbol=symbol,
-                      side=side, amount=Decimal(0), cost=Decimal(0), price=Decimal(0),
-                      created=now, status=OPEN, limit_price=limit_price, ordered=amount,
-                      trigger=trigger, trigger_price=trigger_price, parts=[], updated=now)
+        order = Order(
+            order_id=str(uuid.uuid4()),
+            client_order_id=client_order_id,
+            symbol=symbol,
+            side=side,
+            amount=Decimal(0),
+            cost=Decimal(0),
+            price=Decimal(0),
+            created=now,
+            status=OPEN,
+            limit_price=limit_price,
+            ordered=amount,
+            trigger=trigger,
+            trigger_price=trigger_price,
+            parts=[],
+            updated=now,
+        )
         account.orders.append(order)
         self._work(account, order)
         return order
 
-    def fill_resting(self, account: Account, order: Order, amount: Decimal,
-                     price: Decimal | None = None) -> Order:
+    def fill_resting(
+        self, account: Account, order: Order, amount: Decimal, price: Decimal | None = None
+    ) -> Order:
         """Test control: fill `amount` of an open resting order at `price` (default: its limit
         price), one more trade of it. Raises ValueError if the order is not open, not yet
         triggered, `amount` is more than is left, or `price` is beyond its limit."""
@@ -309,8 +364,12 @@ class VenueState:
         trigger (and execute). Returns them."""
         self._market(symbol)
         self.prices[symbol] = price
-        reached = [(a, o) for a in self.accounts.values() for o in a.orders
-                   if o.symbol == symbol and o.waiting and _reached(o, price)]
+        reached = [
+            (a, o)
+            for a in self.accounts.values()
+            for o in a.orders
+            if o.symbol == symbol and o.waiting and _reached(o, price)
+        ]
         for account, order in reached:
             self._work(account, order)
         return [o for _, o in reached]
@@ -322,8 +381,7 @@ class VenueState:
         order.status, order.updated = USER_CANCELED, time.time()
         return True
 
-    def amend(self, account: Account, order: Order, *, price: Decimal | None,
-              size: Decimal | None) -> None:
+    def amend(self, account: Account, order: Order, *, price: Decimal | None, size: Decimal | None) -> None:
         """Amend an open resting limit order in place (ids and fills kept): `size` is its new
         total, filled part included. A new price that crosses fills the rest at once.
         Raises ValueError: "not_open", "invalid_price", "invalid_size" (not above what
@@ -342,8 +400,15 @@ class VenueState:
         order.ordered, order.limit_price, order.updated = new_size, new_price, time.time()
         self._work(account, order)
 
-    def replace(self, account: Account, order: Order, *, price: Decimal | None,
-                size: Decimal, client_order_id: str | None) -> Order:
+    def replace(
+        self,
+        account: Account,
+        order: Order,
+        *,
+        price: Decimal | None,
+        size: Decimal,
+        client_order_id: str | None,
+    ) -> Order:
         """Cancel an open resting limit order and place a new one for `size` (base) in one step
         (Binance cancelReplace, Alpaca's PATCH): the new order, or ValueError with nothing
         changed."""
@@ -352,10 +417,15 @@ class VenueState:
         status, order.status = order.status, USER_CANCELED  # its hold is freed for the check
         try:
             new = self.place_resting(
-                account, order.symbol, order.side, size,
+                account,
+                order.symbol,
+                order.side,
+                size,
                 limit_price=order.limit_price if price is None else price,
-                trigger=order.trigger, trigger_price=order.trigger_price,
-                client_order_id=client_order_id)
+                trigger=order.trigger,
+                trigger_price=order.trigger_price,
+                client_order_id=client_order_id,
+            )
         except ValueError:
             order.status = status
             raise
@@ -376,8 +446,7 @@ class VenueState:
         except ValueError:
             order.status = USER_CANCELED if order.limit_price is None else order.status
 
-    def _fill_part(self, account: Account, order: Order, amount: Decimal,
-                   price: Decimal) -> Order:
+    def _fill_part(self, account: Account, order: Order, amount: Decimal, price: Decimal) -> Order:
         market = self._market(order.symbol)
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
         currency = market.quote if order.side == "buy" else market.base
@@ -388,9 +457,18 @@ class VenueState:
         balances[market.base] = balances.get(market.base, Decimal(0)) + sign * amount
         balances[market.quote] = balances.get(market.quote, Decimal(0)) - sign * cost
         now = time.time()
-        part = Order(order_id=order.order_id, client_order_id=order.client_order_id,
-                     symbol=order.symbol, side=order.side, amount=amount, cost=cost, price=price,
-                     created=now, limit_price=order.limit_price, ordered=amount)
+        part = Order(
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            amount=amount,
+            cost=cost,
+            price=price,
+            created=now,
+            limit_price=order.limit_price,
+            ordered=amount,
+        )
         assert order.parts is not None
         order.parts.append(part)
         order.amount += amount
@@ -406,8 +484,7 @@ class VenueState:
             raise ValueError("unknown_symbol")
         return market
 
-    def _check(self, account: Account, market: Market, side: str, amount: Decimal,
-               price: Decimal) -> None:
+    def _check(self, account: Account, market: Market, side: str, amount: Decimal, price: Decimal) -> None:
         """Refuse an order of `amount` base at `price` below the minimums or beyond the funds
         (net of what open orders hold)."""
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
@@ -415,8 +492,15 @@ class VenueState:
             raise ValueError("min_not_met")
         self._afford(account, market, side, amount, price)
 
-    def _afford(self, account: Account, market: Market, side: str, amount: Decimal,
-                price: Decimal, excluding: Order | None = None) -> None:
+    def _afford(
+        self,
+        account: Account,
+        market: Market,
+        side: str,
+        amount: Decimal,
+        price: Decimal,
+        excluding: Order | None = None,
+    ) -> None:
         currency = market.base if side == "sell" else market.quote
         available = account.balances.get(currency, Decimal(0))
         available -= account.held(currency, self.markets, excluding)
@@ -425,9 +509,16 @@ class VenueState:
 
     @staticmethod
     def _book(
-        account: Account, market: Market, side: str, amount: Decimal, price: Decimal,
-        client_order_id: str | None, *, limit_price: Decimal | None = None,
-        ordered: Decimal | None = None, status: str = "filled",
+        account: Account,
+        market: Market,
+        side: str,
+        amount: Decimal,
+        price: Decimal,
+        client_order_id: str | None,
+        *,
+        limit_price: Decimal | None = None,
+        ordered: Decimal | None = None,
+        status: str = "filled",
     ) -> Order:
         """Keep the order and move the balances by what it filled."""
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
@@ -437,9 +528,18 @@ class VenueState:
             balances[market.quote] = balances.get(market.quote, Decimal(0)) - sign * cost
         now = time.time()
         order = Order(
-            order_id=str(uuid.uuid4()), client_order_id=client_order_id, symbol=market.symbol,
-            side=side, amount=amount, cost=cost, price=price, created=now,
-            status=status, limit_price=limit_price, ordered=ordered, updated=now,
+            order_id=str(uuid.uuid4()),
+            client_order_id=client_order_id,
+            symbol=market.symbol,
+            side=side,
+            amount=amount,
+            cost=cost,
+            price=price,
+            created=now,
+            status=status,
+            limit_price=limit_price,
+            ordered=ordered,
+            updated=now,
         )
         account.orders.append(order)
         return order

@@ -50,15 +50,28 @@ def kraken_client(url: str, key: str, secret: str, passphrase: str | None) -> An
 
 
 def binance_client(url: str, key: str, secret: str, passphrase: str | None) -> Any:
-    ex = ccxt.binance({"apiKey": key, "secret": secret, **LOOPBACK, "options": {
-        "fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}})
+    ex = ccxt.binance(
+        {
+            "apiKey": key,
+            "secret": secret,
+            **LOOPBACK,
+            "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},
+        }
+    )
     ex.urls["api"] = {name: url + urlparse(u).path for name, u in ex.urls["api"].items()}
     return ex
 
 
 def okx_client(url: str, key: str, secret: str, passphrase: str | None) -> Any:
-    ex = ccxt.okx({"apiKey": key, "secret": secret, "password": passphrase,
-                   **LOOPBACK, "options": {"fetchMarkets": {"types": ["spot"]}}})
+    ex = ccxt.okx(
+        {
+            "apiKey": key,
+            "secret": secret,
+            "password": passphrase,
+            **LOOPBACK,
+            "options": {"fetchMarkets": {"types": ["spot"]}},
+        }
+    )
     ex.urls["api"] = {"rest": url}
     return ex
 
@@ -102,16 +115,22 @@ class Venue:
 
 VENUES = [
     Venue(
-        "kraken", KrakenEmulator, kraken_client, base64.b64encode(b"kraken-secret" * 5).decode(),
+        "kraken",
+        KrakenEmulator,
+        kraken_client,
+        base64.b64encode(b"kraken-secret" * 5).decode(),
         kraken_find,
         # Kraken: {"cost": x} -> volume=x, oflags=viqc
-        lambda ex, cost, cid: ex.create_order("BTC/USD", "market", "buy", cost, None,
-                                              {"cost": cost, "clientOrderId": cid}),
-        {Fault.HTTP_500: ccxt.ExchangeNotAvailable,  # 503 EService:Unavailable
-         Fault.RATE_LIMIT: ccxt.DDoSProtection,  # EAPI:Rate limit exceeded (not RateLimitExceeded)
-         Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,
-         Fault.INVALID_KEY: ccxt.AuthenticationError,  # EAPI:Invalid key
-         Fault.MIN_NOT_MET: ccxt.InvalidOrder},  # EOrder:Order minimum not met
+        lambda ex, cost, cid: ex.create_order(
+            "BTC/USD", "market", "buy", cost, None, {"cost": cost, "clientOrderId": cid}
+        ),
+        {
+            Fault.HTTP_500: ccxt.ExchangeNotAvailable,  # 503 EService:Unavailable
+            Fault.RATE_LIMIT: ccxt.DDoSProtection,  # EAPI:Rate limit exceeded (not RateLimitExceeded)
+            Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,
+            Fault.INVALID_KEY: ccxt.AuthenticationError,  # EAPI:Invalid key
+            Fault.MIN_NOT_MET: ccxt.InvalidOrder,
+        },  # EOrder:Order minimum not met
         wrong_secret_error=ccxt.ExchangeError,  # coarse: EAPI:Invalid signature is unmapped
         below_min_amount_error=ccxt.InvalidOrder,  # EOrder:Order minimum not met
         below_min_cost_error=ccxt.ExchangeError,  # coarse: EOrder:Cost minimum not met unmapped
@@ -120,15 +139,22 @@ VENUES = [
         off_tick_error=ccxt.ExchangeError,  # coarse: EOrder:Invalid price:... unmapped
     ),
     Venue(
-        "binance", BinanceEmulator, binance_client, "binance-secret", by_client_order_id,
-        lambda ex, cost, cid: ex.create_order("BTC/USD", "market", "buy", cost, None,
-                                              {"quoteOrderQty": cost, "clientOrderId": cid}),
-        {Fault.HTTP_500: ccxt.OperationFailed,  # 503 -1001: ccxt maps it to the base of
-         # NetworkError, not to a NetworkError itself
-         Fault.RATE_LIMIT: ccxt.DDoSProtection,  # any 429 is DDoSProtection before -1003 is read
-         Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,  # -2010, matched on its message
-         Fault.INVALID_KEY: ccxt.AuthenticationError,  # -2015, on a client's first private call
-         Fault.MIN_NOT_MET: ccxt.BadRequest},  # -1013 Filter failure: NOTIONAL
+        "binance",
+        BinanceEmulator,
+        binance_client,
+        "binance-secret",
+        by_client_order_id,
+        lambda ex, cost, cid: ex.create_order(
+            "BTC/USD", "market", "buy", cost, None, {"quoteOrderQty": cost, "clientOrderId": cid}
+        ),
+        {
+            Fault.HTTP_500: ccxt.OperationFailed,  # 503 -1001: ccxt maps it to the base of
+            # NetworkError, not to a NetworkError itself
+            Fault.RATE_LIMIT: ccxt.DDoSProtection,  # any 429 is DDoSProtection before -1003 is read
+            Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,  # -2010, matched on its message
+            Fault.INVALID_KEY: ccxt.AuthenticationError,  # -2015, on a client's first private call
+            Fault.MIN_NOT_MET: ccxt.BadRequest,
+        },  # -1013 Filter failure: NOTIONAL
         wrong_secret_error=ccxt.AuthenticationError,  # -1022
         below_min_amount_error=ccxt.InvalidOrder,  # -1013 Filter failure: LOT_SIZE (by text)
         below_min_cost_error=ccxt.BadRequest,  # -1013 Filter failure: NOTIONAL
@@ -137,14 +163,21 @@ VENUES = [
         off_tick_error=ccxt.InvalidOrder,  # -1013 Filter failure: PRICE_FILTER (by text)
     ),
     Venue(
-        "okx", OkxEmulator, okx_client, "okx-secret", by_client_order_id,
-        lambda ex, cost, cid: ex.create_order("BTC/USD", "market", "buy", cost, None,
-                                              {"tgtCcy": "quote_ccy", "clientOrderId": cid}),
-        {Fault.HTTP_500: ccxt.ExchangeNotAvailable,  # 500 code 50026
-         Fault.RATE_LIMIT: ccxt.RateLimitExceeded,  # 429 code 50011
-         Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,  # sCode 51008
-         Fault.INVALID_KEY: ccxt.AuthenticationError,  # 401 code 50111
-         Fault.MIN_NOT_MET: ccxt.InvalidOrder},  # sCode 51020
+        "okx",
+        OkxEmulator,
+        okx_client,
+        "okx-secret",
+        by_client_order_id,
+        lambda ex, cost, cid: ex.create_order(
+            "BTC/USD", "market", "buy", cost, None, {"tgtCcy": "quote_ccy", "clientOrderId": cid}
+        ),
+        {
+            Fault.HTTP_500: ccxt.ExchangeNotAvailable,  # 500 code 50026
+            Fault.RATE_LIMIT: ccxt.RateLimitExceeded,  # 429 code 50011
+            Fault.INSUFFICIENT_FUNDS: ccxt.InsufficientFunds,  # sCode 51008
+            Fault.INVALID_KEY: ccxt.AuthenticationError,  # 401 code 50111
+            Fault.MIN_NOT_MET: ccxt.InvalidOrder,
+        },  # sCode 51020
         wrong_secret_error=ccxt.AuthenticationError,  # 50113 Invalid Sign
         below_min_amount_error=ccxt.InvalidOrder,
         below_min_cost_error=ccxt.InvalidOrder,
@@ -190,8 +223,12 @@ async def ex(venue: Venue, emulator: EmulatorServer, account: Account) -> AsyncI
 
 def limit_ioc(ex: Any, side: str, amount: float, price: float, cid: str) -> Awaitable[Any]:
     """A limit IOC order as the adapters send it through ccxt's unified API."""
-    return cast(Awaitable[Any], ex.create_order("BTC/USD", "limit", side, amount, price,
-                                                {"timeInForce": "IOC", "clientOrderId": cid}))
+    return cast(
+        Awaitable[Any],
+        ex.create_order(
+            "BTC/USD", "limit", side, amount, price, {"timeInForce": "IOC", "clientOrderId": cid}
+        ),
+    )
 
 
 async def _raises(expected: type[Exception], call: Awaitable[Any]) -> Exception:
@@ -238,18 +275,20 @@ async def test_latency_delays_every_reply(ex: Any, emulator: EmulatorServer) -> 
 
 
 async def test_market_buy_by_amount_fills_with_client_order_id(
-    venue: Venue, ex: Any, account: Account,
+    venue: Venue,
+    ex: Any,
+    account: Account,
 ) -> None:
     cid = client_id("buy-by-amount")
     placed = await ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid})
     order = account.order_by_client_id(cid)
-    assert order is not None and placed["id"] == order.order_id
+    assert order is not None
+    assert placed["id"] == order.order_id
     assert (order.amount, order.cost) == (Decimal("0.001"), Decimal("45"))
     assert account.balances == {"USD": Decimal("9955"), "BTC": Decimal("1.001")}
     found = await venue.find(ex, cid)
     assert found is not None
-    assert (found["id"], found["clientOrderId"], found["status"]) == (order.order_id, cid,
-                                                                       "closed")
+    assert (found["id"], found["clientOrderId"], found["status"]) == (order.order_id, cid, "closed")
     assert (found["filled"], found["average"], found["side"]) == (0.001, 45000, "buy")
 
 
@@ -261,14 +300,18 @@ async def test_market_buy_with_cost_spends_the_quote_amount(ex: Any, account: Ac
 
 
 async def test_market_buy_with_venue_native_cost_param_spends_the_quote_amount(
-    venue: Venue, ex: Any, account: Account,
+    venue: Venue,
+    ex: Any,
+    account: Account,
 ) -> None:
     cid = client_id("buy-by-cost")
     await venue.buy_with_cost(ex, 90, cid)
     order = account.order_by_client_id(cid)
-    assert order is not None and (order.amount, order.cost) == (Decimal("0.002"), Decimal("90"))
+    assert order is not None
+    assert (order.amount, order.cost) == (Decimal("0.002"), Decimal("90"))
     found = await venue.find(ex, cid)
-    assert found is not None and found["filled"] == 0.002  # filled is base even for quote orders
+    assert found is not None
+    assert found["filled"] == 0.002
 
 
 async def test_market_sell_by_amount_credits_quote(venue: Venue, ex: Any, account: Account) -> None:
@@ -276,21 +319,22 @@ async def test_market_sell_by_amount_credits_quote(venue: Venue, ex: Any, accoun
     await ex.create_order("BTC/USD", "market", "sell", 0.01, None, {"clientOrderId": cid})
     assert account.balances == {"USD": Decimal("10450"), "BTC": Decimal("0.99")}
     found = await venue.find(ex, cid)
-    assert found is not None and (found["side"], found["filled"]) == ("sell", 0.01)
+    assert found is not None
+    assert (found["side"], found["filled"]) == ("sell", 0.01)
 
 
 async def test_fetch_order_by_venue_order_id_returns_the_fill(ex: Any) -> None:
     # kraken: QueryOrders by txid; binance: GET /api/v3/order?orderId; okx: GET trade/order?ordId
-    placed = await ex.create_order("BTC/USD", "market", "buy", 0.001, None,
-                                   {"clientOrderId": client_id("by-id")})
+    placed = await ex.create_order(
+        "BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": client_id("by-id")}
+    )
     fetched = await ex.fetch_order(placed["id"], "BTC/USD")
     assert (fetched["id"], fetched["clientOrderId"]) == (placed["id"], client_id("by-id"))
     assert (fetched["status"], fetched["filled"], fetched["cost"]) == ("closed", 0.001, 45)
 
 
 async def test_find_order_by_unknown_client_order_id_finds_nothing(venue: Venue, ex: Any) -> None:
-    await ex.create_order("BTC/USD", "market", "buy", 0.001, None,
-                          {"clientOrderId": client_id("other")})
+    await ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": client_id("other")})
     assert await venue.find(ex, client_id("never-placed")) is None
 
 
@@ -300,7 +344,9 @@ async def test_fetch_my_trades_lists_fills_since_a_time(ex: Any, account: Accoun
     account.orders[0].created -= 10  # two distinct fill times, whatever the clock resolution
     trades = await ex.fetch_my_trades("BTC/USD")
     assert [(t["side"], t["amount"], t["price"]) for t in trades] == [
-        ("buy", 0.002, 45000), ("sell", 0.001, 45000)]
+        ("buy", 0.002, 45000),
+        ("sell", 0.001, 45000),
+    ]
     assert [t["order"] for t in trades] == [o.order_id for o in account.orders]
     since = trades[-1]["timestamp"]
     later = await ex.fetch_my_trades("BTC/USD", since)
@@ -309,7 +355,11 @@ async def test_fetch_my_trades_lists_fills_since_a_time(ex: Any, account: Accoun
 
 @pytest.mark.parametrize(("amount", "kind"), [(0.000001, "amount"), (0.00001, "cost")])
 async def test_order_below_venue_minimum_raises_venue_error(
-    venue: Venue, ex: Any, account: Account, amount: float, kind: str,
+    venue: Venue,
+    ex: Any,
+    account: Account,
+    amount: float,
+    kind: str,
 ) -> None:
     # 0.000001 BTC is under the 0.00001 minimum; 0.00001 BTC = 0.45 USD is under the 0.5 minimum
     expected = venue.below_min_amount_error if kind == "amount" else venue.below_min_cost_error
@@ -319,51 +369,66 @@ async def test_order_below_venue_minimum_raises_venue_error(
 
 async def test_buy_beyond_balance_raises_insufficient_funds(ex: Any, account: Account) -> None:
     await _raises(ccxt.InsufficientFunds, ex.create_order("BTC/USD", "market", "buy", 1, None))
-    assert account.orders == [] and account.balances == BALANCES
+    assert account.orders == []
+    assert account.balances == BALANCES
 
 
 # --- limit IOC orders ------------------------------------------------------------------------
 
 
 async def test_limit_ioc_buy_at_or_above_the_price_fills_whole_at_the_venue_price(
-    venue: Venue, ex: Any, account: Account,
+    venue: Venue,
+    ex: Any,
+    account: Account,
 ) -> None:
     cid = client_id("limit-buy")
     placed = await limit_ioc(ex, "buy", 0.001, 45450, cid)
     found = await venue.find(ex, cid)
     order = account.order_by_client_id(cid)
-    assert order is not None and placed["id"] == order.order_id
+    assert order is not None
+    assert placed["id"] == order.order_id
     assert account.balances == {"USD": Decimal("9955"), "BTC": Decimal("1.001")}
-    assert found is not None and (found["id"], found["status"]) == (order.order_id, "closed")
+    assert found is not None
+    assert (found["id"], found["status"]) == (order.order_id, "closed")
     assert (found["type"], found["side"], found["price"]) == ("limit", "buy", 45450)
     assert (found["amount"], found["filled"], found["average"]) == (0.001, 0.001, 45000)
 
 
 async def test_limit_ioc_buy_below_the_price_ends_unfilled_and_moves_no_funds(
-    venue: Venue, ex: Any, account: Account,
+    venue: Venue,
+    ex: Any,
+    account: Account,
 ) -> None:
     cid = client_id("limit-buy-unfilled")
     await limit_ioc(ex, "buy", 0.001, 44000, cid)
     found = await venue.find(ex, cid)
-    assert account.balances == BALANCES and account.orders[0].status == "canceled"
-    assert found is not None and found["status"] == venue.unfilled_ioc_status
+    assert account.balances == BALANCES
+    assert account.orders[0].status == "canceled"
+    assert found is not None
+    assert found["status"] == venue.unfilled_ioc_status
     assert (found["type"], found["price"], found["amount"]) == ("limit", 44000, 0.001)
     assert (found["filled"], found["average"]) == (0, None)
     assert await ex.fetch_open_orders("BTC/USD") == []  # an IOC never rests
 
 
 async def test_limit_ioc_sell_fills_at_or_below_the_price_and_not_above_it(
-    venue: Venue, ex: Any, account: Account,
+    venue: Venue,
+    ex: Any,
+    account: Account,
 ) -> None:
     await limit_ioc(ex, "sell", 0.01, 44550, client_id("sell-fills"))
     await limit_ioc(ex, "sell", 0.01, 46000, client_id("sell-unfilled"))
     fills = await venue.find(ex, client_id("sell-fills"))
     unfilled = await venue.find(ex, client_id("sell-unfilled"))
     assert account.balances == {"USD": Decimal("10450"), "BTC": Decimal("0.99")}
-    assert fills is not None and (fills["status"], fills["filled"], fills["average"]) == (
-        "closed", 0.01, 45000)
-    assert unfilled is not None and (unfilled["status"], unfilled["filled"]) == (
-        venue.unfilled_ioc_status, 0)
+    assert fills is not None
+    assert (fills["status"], fills["filled"], fills["average"]) == (
+        "closed",
+        0.01,
+        45000,
+    )
+    assert unfilled is not None
+    assert (unfilled["status"], unfilled["filled"]) == (venue.unfilled_ioc_status, 0)
     assert [t["order"] for t in await ex.fetch_my_trades("BTC/USD")] == [fills["id"]]
 
 
@@ -371,24 +436,32 @@ async def test_limit_ioc_order_is_fetched_by_venue_order_id(ex: Any) -> None:
     placed = await limit_ioc(ex, "buy", 0.001, 45000, client_id("limit-by-id"))
     fetched = await ex.fetch_order(placed["id"], "BTC/USD")
     assert (fetched["clientOrderId"], fetched["status"], fetched["type"]) == (
-        client_id("limit-by-id"), "closed", "limit")
+        client_id("limit-by-id"),
+        "closed",
+        "limit",
+    )
     assert (fetched["price"], fetched["filled"], fetched["cost"]) == (45000, 0.001, 45)
 
 
 async def test_limit_price_off_the_venue_tick_is_refused_and_places_nothing(
-    venue: Venue, ex: Any, emulator: EmulatorServer, account: Account,
+    venue: Venue,
+    ex: Any,
+    emulator: EmulatorServer,
+    account: Account,
 ) -> None:
     # the venue coarsened its tick after the client cached markets: ccxt still rounds to 0.1
     market = emulator.state.markets["BTC/USD"]
     emulator.state.markets["BTC/USD"] = replace(market, price_step=Decimal(1))
     await _raises(venue.off_tick_error, limit_ioc(ex, "buy", 0.001, 45000.5, client_id("tick")))
-    assert account.orders == [] and account.balances == BALANCES
+    assert account.orders == []
+    assert account.balances == BALANCES
 
 
 async def test_limit_buy_needs_funds_at_its_limit_price(ex: Any, account: Account) -> None:
     # 0.222 BTC: $9,990 at the venue's price, $10,089.90 at the limit, with $10,000 of cash
     await _raises(ccxt.InsufficientFunds, limit_ioc(ex, "buy", 0.222, 45450, client_id("funds")))
-    assert account.orders == [] and account.balances == BALANCES
+    assert account.orders == []
+    assert account.balances == BALANCES
 
 
 async def test_limit_order_resting_on_the_book_is_listed_open(ex: Any, account: Account) -> None:
@@ -397,8 +470,9 @@ async def test_limit_order_resting_on_the_book_is_listed_open(ex: Any, account: 
 
     listed = await ex.fetch_open_orders("BTC/USD")
 
-    assert [(o["clientOrderId"], o["status"], o["filled"], o["amount"], o["price"])
-            for o in listed] == [(cid, "open", 0.0, 0.001, 44000.0)]
+    assert [(o["clientOrderId"], o["status"], o["filled"], o["amount"], o["price"]) for o in listed] == [
+        (cid, "open", 0.0, 0.001, 44000.0)
+    ]
     assert [(o.status, o.amount) for o in account.orders] == [("open", Decimal(0))]
     assert account.balances == BALANCES
 
@@ -406,35 +480,50 @@ async def test_limit_order_resting_on_the_book_is_listed_open(ex: Any, account: 
 # --- faults ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", [f for f in Fault if f is not Fault.TIMEOUT_AFTER_ACCEPT],
-                         ids=lambda f: f.value)
+@pytest.mark.parametrize(
+    "fault", [f for f in Fault if f is not Fault.TIMEOUT_AFTER_ACCEPT], ids=lambda f: f.value
+)
 async def test_order_fault_raises_venue_error_class_and_places_nothing(
-    venue: Venue, ex: Any, account: Account, fault: Fault,
+    venue: Venue,
+    ex: Any,
+    account: Account,
+    fault: Fault,
 ) -> None:
     account.faults.append(fault)
     cid = client_id(f"fault-{fault.value}")
-    error = await _raises(venue.fault_errors[fault], ex.create_order(
-        "BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid}))
+    error = await _raises(
+        venue.fault_errors[fault],
+        ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid}),
+    )
     if fault in (Fault.HTTP_500, Fault.RATE_LIMIT):
         assert isinstance(error, ccxt.OperationFailed)  # the retryable family
-    assert account.orders == [] and account.faults == []
+    assert account.orders == []
+    assert account.faults == []
     assert await venue.find(ex, cid) is None
     await ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid})
     assert account.order_by_client_id(cid) is not None  # the fault hit one request only
 
 
-@pytest.mark.parametrize("fault", [f for f in Fault if f is not Fault.TIMEOUT_AFTER_ACCEPT],
-                         ids=lambda f: f.value)
+@pytest.mark.parametrize(
+    "fault", [f for f in Fault if f is not Fault.TIMEOUT_AFTER_ACCEPT], ids=lambda f: f.value
+)
 async def test_limit_order_fault_raises_the_market_order_error_and_places_nothing(
-    venue: Venue, ex: Any, account: Account, fault: Fault,
+    venue: Venue,
+    ex: Any,
+    account: Account,
+    fault: Fault,
 ) -> None:
     account.faults.append(fault)
     await _raises(venue.fault_errors[fault], limit_ioc(ex, "buy", 0.001, 45450, client_id("f")))
-    assert account.orders == [] and account.faults == []
+    assert account.orders == []
+    assert account.faults == []
 
 
 async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
-    venue: Venue, ex: Any, emulator: EmulatorServer, account: Account,
+    venue: Venue,
+    ex: Any,
+    emulator: EmulatorServer,
+    account: Account,
 ) -> None:
     emulator.state.timeout_hold_s = 2.0
     ex.timeout = 500  # ms
@@ -442,21 +531,26 @@ async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
     cid = client_id("limit-timeout")
     await _raises(ccxt.RequestTimeout, limit_ioc(ex, "buy", 0.001, 44000, cid))
     found = await venue.find(ex, cid)
-    assert found is not None and (found["status"], found["filled"]) == (
-        venue.unfilled_ioc_status, 0)
+    assert found is not None
+    assert (found["status"], found["filled"]) == (venue.unfilled_ioc_status, 0)
 
 
 async def test_timeout_after_accept_raises_request_timeout_and_order_exists(
-    venue: Venue, ex: Any, emulator: EmulatorServer, account: Account,
+    venue: Venue,
+    ex: Any,
+    emulator: EmulatorServer,
+    account: Account,
 ) -> None:
     emulator.state.timeout_hold_s = 2.0
     ex.timeout = 500  # ms
     account.faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
     cid = client_id("timeout")
-    await _raises(ccxt.RequestTimeout, ex.create_order("BTC/USD", "market", "buy", 0.001, None,
-                                                       {"clientOrderId": cid}))
+    await _raises(
+        ccxt.RequestTimeout, ex.create_order("BTC/USD", "market", "buy", 0.001, None, {"clientOrderId": cid})
+    )
     found = await venue.find(ex, cid)  # what an adapter must do before any retry
-    assert found is not None and found["filled"] == 0.001
+    assert found is not None
+    assert found["filled"] == 0.001
     assert account.order_by_client_id(cid) is not None
 
 
@@ -464,7 +558,9 @@ async def test_timeout_after_accept_raises_request_timeout_and_order_exists(
 
 
 async def test_unknown_api_key_raises_authentication_error(
-    venue: Venue, emulator: EmulatorServer, account: Account,
+    venue: Venue,
+    emulator: EmulatorServer,
+    account: Account,
 ) -> None:
     stranger = venue.connect(emulator.url, "unknown-key", venue.secret, venue.passphrase)
     try:
@@ -474,7 +570,9 @@ async def test_unknown_api_key_raises_authentication_error(
 
 
 async def test_wrong_secret_raises_venue_auth_error(
-    venue: Venue, emulator: EmulatorServer, account: Account,
+    venue: Venue,
+    emulator: EmulatorServer,
+    account: Account,
 ) -> None:
     wrong = base64.b64encode(b"not-the-secret" * 4).decode()
     impostor = venue.connect(emulator.url, KEY, wrong, venue.passphrase)
@@ -486,7 +584,9 @@ async def test_wrong_secret_raises_venue_auth_error(
 
 @only("okx")
 async def test_okx_wrong_passphrase_raises_authentication_error(
-    emulator: EmulatorServer, venue: Venue, account: Account,
+    emulator: EmulatorServer,
+    venue: Venue,
+    account: Account,
 ) -> None:
     client = okx_client(emulator.url, KEY, venue.secret, "wrong-passphrase")
     try:
@@ -497,7 +597,8 @@ async def test_okx_wrong_passphrase_raises_authentication_error(
 
 @only("binance")
 async def test_binance_invalid_key_after_a_successful_call_raises_ddos_protection(
-    ex: Any, account: Account,
+    ex: Any,
+    account: Account,
 ) -> None:
     # ccxt reads -2015 on a client that already authenticated once as a temporary ban
     await ex.fetch_balance()

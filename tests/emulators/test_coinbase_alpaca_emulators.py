@@ -39,8 +39,15 @@ def coinbase_client(url: str, secret: str = CB_SECRET, **config: Any) -> ccxt.co
         "has": {"fetchCurrencies": False},  # skips 3 throttled v2 calls in load_markets
         "options": {"fetchBalance": "v3PrivateGetBrokerageAccounts"},  # Advanced Trade, not v2
     }
-    exchange = ccxt.coinbase({"apiKey": CB_KEY, "secret": secret, "timeout_on_exit": 0,  # no TLS
-                              **lean, **config})
+    exchange = ccxt.coinbase(
+        {
+            "apiKey": CB_KEY,
+            "secret": secret,
+            "timeout_on_exit": 0,  # no TLS
+            **lean,
+            **config,
+        }
+    )
     exchange.urls["api"] = {"rest": url}
     return exchange
 
@@ -50,7 +57,8 @@ def trading_client(url: str, secret: str = AP_SECRET, timeout_s: float = 5.0) ->
     client._retry = 0  # alpaca-py retries 429/504 itself, 3 times 3 s apart
     # alpaca-py sets no HTTP timeout: bind one onto its requests session
     client._session.request = functools.partial(  # type: ignore[method-assign]
-        client._session.request, timeout=timeout_s)
+        client._session.request, timeout=timeout_s
+    )
     return client
 
 
@@ -92,20 +100,30 @@ def market_order(symbol: str, side: OrderSide, **size: Any) -> MarketOrderReques
     return MarketOrderRequest(symbol=symbol, side=side, time_in_force=tif, **size)
 
 
-def limit_ioc(symbol: str, side: OrderSide, qty: float, price: float,
-              client_order_id: str | None = None) -> LimitOrderRequest:
-    return LimitOrderRequest(symbol=symbol, side=side, qty=qty, limit_price=price,
-                             time_in_force=TimeInForce.IOC, client_order_id=client_order_id)
+def limit_ioc(
+    symbol: str, side: OrderSide, qty: float, price: float, client_order_id: str | None = None
+) -> LimitOrderRequest:
+    return LimitOrderRequest(
+        symbol=symbol,
+        side=side,
+        qty=qty,
+        limit_price=price,
+        time_in_force=TimeInForce.IOC,
+        client_order_id=client_order_id,
+    )
 
 
 def cb_limit_ioc(cb: ccxt.coinbase, side: str, amount: float, price: float, cid: str) -> Any:
     # ccxt drops the unified clientOrderId for coinbase: the raw client_order_id param is kept
-    return cb.create_order("BTC/USD", "limit", side, amount, price,
-                           {"timeInForce": "IOC", "client_order_id": cid})
+    return cb.create_order(
+        "BTC/USD", "limit", side, amount, price, {"timeInForce": "IOC", "client_order_id": cid}
+    )
 
 
-async def submit(client: TradingClient, order: MarketOrderRequest | LimitOrderRequest,
-                 ) -> AlpacaOrder:
+async def submit(
+    client: TradingClient,
+    order: MarketOrderRequest | LimitOrderRequest,
+) -> AlpacaOrder:
     return await model(AlpacaOrder, client.submit_order, order)
 
 
@@ -161,11 +179,16 @@ async def test_fetch_ticker_returns_state_price(cb: ccxt.coinbase) -> None:
     ticker = await cb.fetch_ticker("ETH/USD")
 
     assert (ticker["symbol"], ticker["last"], ticker["bid"], ticker["ask"]) == (
-        "ETH/USD", 3000.0, 3000.0, 3000.0)
+        "ETH/USD",
+        3000.0,
+        3000.0,
+        3000.0,
+    )
 
 
 async def test_market_buy_by_base_fills_exact_base_size(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     # ccxt turns every spot market buy into quote_size; base_size needs the raw configuration
     config = {"market_market_ioc": {"base_size": cb.amount_to_precision("BTC/USD", 0.01)}}
@@ -175,12 +198,17 @@ async def test_market_buy_by_base_fills_exact_base_size(
     order = await cb.fetch_order(placed["id"])
 
     assert (order["status"], order["amount"], order["filled"], order["average"]) == (
-        "closed", 0.01, 0.01, 45000.0)
+        "closed",
+        0.01,
+        0.01,
+        45000.0,
+    )
     assert coinbase.state.accounts[CB_KEY].balances["USD"] == Decimal("9550")
 
 
 async def test_market_buy_by_cost_spends_quote_size(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     placed = await cb.create_market_buy_order_with_cost("BTC/USD", 100)
     order = await cb.fetch_order(placed["id"])
@@ -191,21 +219,20 @@ async def test_market_buy_by_cost_spends_quote_size(
 
 
 async def test_market_sell_by_base_credits_quote(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     placed = await cb.create_order("BTC/USD", "market", "sell", 0.5)
     order = await cb.fetch_order(placed["id"])
 
     assert (order["side"], order["filled"], order["cost"]) == ("sell", 0.5, 22500.0)
-    assert coinbase.state.accounts[CB_KEY].balances == {
-        "USD": Decimal("32500"), "BTC": Decimal("0.5")}
+    assert coinbase.state.accounts[CB_KEY].balances == {"USD": Decimal("32500"), "BTC": Decimal("0.5")}
 
 
 async def test_client_order_id_is_recorded_and_found_in_order_history(
     cb: ccxt.coinbase,
 ) -> None:
-    placed = await cb.create_order("BTC/USD", "market", "sell", 0.1,
-                                   params={"client_order_id": "cid-sell-1"})
+    placed = await cb.create_order("BTC/USD", "market", "sell", 0.1, params={"client_order_id": "cid-sell-1"})
     await cb.create_market_buy_order_with_cost("ETH/USD", 30, {"client_order_id": "cid-buy-2"})
 
     history = await cb.fetch_orders()
@@ -217,7 +244,8 @@ async def test_client_order_id_is_recorded_and_found_in_order_history(
 
 
 async def test_reused_client_order_id_returns_first_order_without_second_fill(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     first = await cb.create_order("BTC/USD", "market", "sell", 0.1, params={"client_order_id": "x"})
     again = await cb.create_order("BTC/USD", "market", "sell", 0.1, params={"client_order_id": "x"})
@@ -247,18 +275,24 @@ async def test_wrong_secret_is_refused_with_authentication_error(
         await exchange.close()
 
 
-CB_FAULTS = pytest.mark.parametrize(("fault", "error"), [
-    (Fault.HTTP_500, ccxt.ExchangeError),  # ccxt maps Coinbase's JSON 5xx to plain ExchangeError
-    (Fault.RATE_LIMIT, ccxt.RateLimitExceeded),
-    (Fault.INSUFFICIENT_FUNDS, ccxt.InsufficientFunds),
-    (Fault.INVALID_KEY, ccxt.AuthenticationError),
-    (Fault.MIN_NOT_MET, ccxt.ExchangeError),  # PREVIEW_INVALID_*_SIZE_TOO_SMALL is unmapped
-])
+CB_FAULTS = pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.HTTP_500, ccxt.ExchangeError),  # ccxt maps Coinbase's JSON 5xx to plain ExchangeError
+        (Fault.RATE_LIMIT, ccxt.RateLimitExceeded),
+        (Fault.INSUFFICIENT_FUNDS, ccxt.InsufficientFunds),
+        (Fault.INVALID_KEY, ccxt.AuthenticationError),
+        (Fault.MIN_NOT_MET, ccxt.ExchangeError),  # PREVIEW_INVALID_*_SIZE_TOO_SMALL is unmapped
+    ],
+)
 
 
 @CB_FAULTS
 async def test_order_fault_raises_ccxt_error_and_places_nothing(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase, fault: Fault, error: type[Exception],
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
+    fault: Fault,
+    error: type[Exception],
 ) -> None:
     account = coinbase.state.accounts[CB_KEY]
     account.faults.append(fault)
@@ -270,12 +304,18 @@ async def test_order_fault_raises_ccxt_error_and_places_nothing(
     assert (account.orders, account.faults, account.balances["BTC"]) == ([], [], Decimal(1))
 
 
-@pytest.mark.parametrize(("size", "error", "text"), [
-    (50, ccxt.InsufficientFunds, "PREVIEW_INSUFFICIENT_FUND"),
-    (0.000001, ccxt.ExchangeError, "PREVIEW_INVALID_BASE_SIZE_TOO_SMALL"),
-])
+@pytest.mark.parametrize(
+    ("size", "error", "text"),
+    [
+        (50, ccxt.InsufficientFunds, "PREVIEW_INSUFFICIENT_FUND"),
+        (0.000001, ccxt.ExchangeError, "PREVIEW_INVALID_BASE_SIZE_TOO_SMALL"),
+    ],
+)
 async def test_sell_refused_by_state_raises_venue_error(
-    cb: ccxt.coinbase, size: float, error: type[Exception], text: str,
+    cb: ccxt.coinbase,
+    size: float,
+    error: type[Exception],
+    text: str,
 ) -> None:
     with pytest.raises(ccxt.BaseError) as raised:
         await cb.create_order("BTC/USD", "market", "sell", size)
@@ -285,7 +325,8 @@ async def test_sell_refused_by_state_raises_venue_error(
 
 
 async def test_timeout_after_accept_raises_request_timeout_but_order_exists(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     coinbase.state.accounts[CB_KEY].faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
     cb.timeout = 300  # ms
@@ -295,30 +336,35 @@ async def test_timeout_after_accept_raises_request_timeout_but_order_exists(
     cb.timeout = 10_000
     history = await cb.fetch_orders("BTC/USD")
 
-    assert [(o["clientOrderId"], o["status"], o["filled"]) for o in history] == [
-        ("t-1", "closed", 0.1)]
+    assert [(o["clientOrderId"], o["status"], o["filled"]) for o in history] == [("t-1", "closed", 0.1)]
 
 
 # -- Coinbase limit IOC (sor_limit_ioc) --------------------------------------------------------
 
 
 async def test_limit_ioc_buy_at_or_above_the_price_fills_at_the_venue_price(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     placed = await cb_limit_ioc(cb, "buy", 0.001, 45450, "lim-buy")
     order = await cb.fetch_order(placed["id"])
 
     assert order["info"]["order_configuration"] == {
-        "sor_limit_ioc": {"base_size": "0.001", "limit_price": "45450"}}
+        "sor_limit_ioc": {"base_size": "0.001", "limit_price": "45450"}
+    }
     assert (order["status"], order["type"], order["timeInForce"], order["price"]) == (
-        "closed", "limit", "IOC", 45450.0)
+        "closed",
+        "limit",
+        "IOC",
+        45450.0,
+    )
     assert (order["amount"], order["filled"], order["average"]) == (0.001, 0.001, 45000.0)
-    assert coinbase.state.accounts[CB_KEY].balances == {
-        "USD": Decimal("9955"), "BTC": Decimal("1.001")}
+    assert coinbase.state.accounts[CB_KEY].balances == {"USD": Decimal("9955"), "BTC": Decimal("1.001")}
 
 
 async def test_limit_ioc_buy_below_the_price_is_cancelled_unfilled(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     await cb_limit_ioc(cb, "buy", 0.001, 44000, "lim-unfilled")
     history = await cb.fetch_orders("BTC/USD")
@@ -331,21 +377,21 @@ async def test_limit_ioc_buy_below_the_price_is_cancelled_unfilled(
 
 
 async def test_limit_ioc_sell_fills_at_or_below_the_price_and_not_above_it(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     await cb_limit_ioc(cb, "sell", 0.1, 44550, "sell-fills")
     await cb_limit_ioc(cb, "sell", 0.1, 46000, "sell-unfilled")
     found = {o["clientOrderId"]: o for o in await cb.fetch_orders("BTC/USD")}
 
     assert (found["sell-fills"]["status"], found["sell-fills"]["filled"]) == ("closed", 0.1)
-    assert (found["sell-unfilled"]["status"], found["sell-unfilled"]["filled"]) == (
-        "canceled", 0.0)
-    assert coinbase.state.accounts[CB_KEY].balances == {
-        "USD": Decimal("14500"), "BTC": Decimal("0.9")}
+    assert (found["sell-unfilled"]["status"], found["sell-unfilled"]["filled"]) == ("canceled", 0.0)
+    assert coinbase.state.accounts[CB_KEY].balances == {"USD": Decimal("14500"), "BTC": Decimal("0.9")}
 
 
 async def test_limit_price_off_the_product_increment_is_refused(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     # the product's increment grew after ccxt cached markets: it still rounds to 0.1
     market = coinbase.state.markets["BTC/USD"]
@@ -360,7 +406,8 @@ async def test_limit_price_off_the_product_increment_is_refused(
 
 
 async def test_limit_buy_needs_funds_at_its_limit_price(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     with pytest.raises(ccxt.InsufficientFunds):  # $9,990 at the price, $10,089.90 at the limit
         await cb_limit_ioc(cb, "buy", 0.222, 45450, "lim-funds")
@@ -370,7 +417,10 @@ async def test_limit_buy_needs_funds_at_its_limit_price(
 
 @CB_FAULTS
 async def test_limit_order_fault_raises_the_market_order_error(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase, fault: Fault, error: type[Exception],
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
+    fault: Fault,
+    error: type[Exception],
 ) -> None:
     account = coinbase.state.accounts[CB_KEY]
     account.faults.append(fault)
@@ -383,7 +433,8 @@ async def test_limit_order_fault_raises_the_market_order_error(
 
 
 async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
-    coinbase: CoinbaseEmulator, cb: ccxt.coinbase,
+    coinbase: CoinbaseEmulator,
+    cb: ccxt.coinbase,
 ) -> None:
     coinbase.state.accounts[CB_KEY].faults.append(Fault.TIMEOUT_AFTER_ACCEPT)
     cb.timeout = 300  # ms
@@ -394,7 +445,8 @@ async def test_timeout_after_accept_on_a_limit_order_leaves_it_findable(
     history = await cb.fetch_orders("BTC/USD")
 
     assert [(o["clientOrderId"], o["status"], o["filled"]) for o in history] == [
-        ("lim-timeout", "canceled", 0.0)]
+        ("lim-timeout", "canceled", 0.0)
+    ]
 
 
 # -- Alpaca ------------------------------------------------------------------------------------
@@ -405,9 +457,16 @@ async def test_get_asset_reports_crypto_order_rules(client: TradingClient) -> No
     stock = await model(Asset, client.get_asset, "AAPL")
 
     assert (raw["symbol"], raw["class"], raw["tradable"], raw["fractionable"]) == (
-        "BTC/USD", "crypto", True, True)
+        "BTC/USD",
+        "crypto",
+        True,
+        True,
+    )
     assert (raw["min_order_size"], raw["min_trade_increment"], raw["price_increment"]) == (
-        "0.00001", "0.00000001", "0.1")
+        "0.00001",
+        "0.00000001",
+        "0.1",
+    )
     assert (stock.symbol, stock.asset_class, stock.fractionable) == ("AAPL", "us_equity", True)
 
 
@@ -415,8 +474,7 @@ async def test_get_account_values_holdings_at_state_price(client: TradingClient)
     account = await model(TradeAccount, client.get_account)
 
     assert (account.cash, account.buying_power) == ("10000", "10000")
-    assert (account.equity, account.portfolio_value, account.long_market_value) == (
-        "32500", "32500", "22500")
+    assert (account.equity, account.portfolio_value, account.long_market_value) == ("32500", "32500", "22500")
 
 
 async def test_market_buy_by_qty_fills_and_opens_stock_position(client: TradingClient) -> None:
@@ -424,17 +482,26 @@ async def test_market_buy_by_qty_fills_and_opens_stock_position(client: TradingC
     position = await model(Position, client.get_open_position, "AAPL")
 
     assert (order.status, order.qty, order.filled_qty, order.filled_avg_price) == (
-        OrderStatus.FILLED, "1.5", "1.5", "190")
+        OrderStatus.FILLED,
+        "1.5",
+        "1.5",
+        "190",
+    )
     assert (position.qty, position.market_value, position.current_price) == ("1.5", "285", "190")
 
 
 async def test_market_buy_by_notional_fills_crypto(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
     order = await submit(client, market_order("BTC/USD", OrderSide.BUY, notional=100))
 
     assert (order.symbol, order.notional, order.qty, order.filled_qty) == (
-        "BTC/USD", "100", None, "0.00222222")
+        "BTC/USD",
+        "100",
+        None,
+        "0.00222222",
+    )
     assert alpaca.state.accounts[AP_KEY].balances["USD"] == Decimal("9900.0001")
 
 
@@ -449,30 +516,33 @@ async def test_market_sell_closes_crypto_position(client: TradingClient) -> None
 
 
 async def test_client_order_id_finds_order_and_refuses_reuse(client: TradingClient) -> None:
-    placed = await submit(client, market_order("ETH/USD", OrderSide.BUY, notional=50,
-                                               client_order_id="cid-1"))
+    placed = await submit(
+        client, market_order("ETH/USD", OrderSide.BUY, notional=50, client_order_id="cid-1")
+    )
     found = await model(AlpacaOrder, client.get_order_by_client_id, "cid-1")
-    reused = await api_error(client.submit_order, market_order(
-        "ETH/USD", OrderSide.BUY, notional=50, client_order_id="cid-1"))
+    reused = await api_error(
+        client.submit_order, market_order("ETH/USD", OrderSide.BUY, notional=50, client_order_id="cid-1")
+    )
 
-    assert (found.id, found.client_order_id, found.status) == (
-        placed.id, "cid-1", OrderStatus.FILLED)
+    assert (found.id, found.client_order_id, found.status) == (placed.id, "cid-1", OrderStatus.FILLED)
     assert (reused.status_code, reused.code, reused.message) == (
-        422, 40010001, "client_order_id must be unique")
+        422,
+        40010001,
+        "client_order_id must be unique",
+    )
 
 
 async def test_pending_submit_reply_shows_fill_only_on_later_get(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
     alpaca.fill_on_submit_reply = False
 
     reply = await submit(client, market_order("BTC/USD", OrderSide.BUY, qty=0.01))
     later = await model(AlpacaOrder, client.get_order_by_id, reply.id)
 
-    assert (reply.status, reply.filled_qty, reply.filled_avg_price) == (
-        OrderStatus.PENDING_NEW, "0", None)
-    assert (later.status, later.filled_qty, later.filled_avg_price) == (
-        OrderStatus.FILLED, "0.01", "45000")
+    assert (reply.status, reply.filled_qty, reply.filled_avg_price) == (OrderStatus.PENDING_NEW, "0", None)
+    assert (later.status, later.filled_qty, later.filled_avg_price) == (OrderStatus.FILLED, "0.01", "45000")
 
 
 async def test_fill_activities_list_fills_newest_first_with_paging(
@@ -482,8 +552,9 @@ async def test_fill_activities_list_fills_newest_first_with_paging(
     second = await submit(client, market_order("AAPL", OrderSide.BUY, notional=190))
 
     page: Any = await asyncio.to_thread(client.get, "/account/activities/FILL", {"page_size": 1})
-    rest: Any = await asyncio.to_thread(client.get, "/account/activities/FILL",
-                                        {"page_size": 1, "page_token": page[0]["id"]})
+    rest: Any = await asyncio.to_thread(
+        client.get, "/account/activities/FILL", {"page_size": 1, "page_token": page[0]["id"]}
+    )
     fills = [TradeActivity(**item) for item in page + rest]
 
     assert [(str(f.order_id), f.symbol, f.side, f.qty) for f in fills] == [
@@ -498,21 +569,31 @@ async def test_wrong_secret_is_refused_with_401(alpaca: AlpacaEmulator) -> None:
     refused = await api_error(stranger.get_account)
 
     assert (refused.status_code, refused.code, refused.message) == (
-        401, 40110000, "request is not authorized")
+        401,
+        40110000,
+        "request is not authorized",
+    )
 
 
-AP_FAULTS = pytest.mark.parametrize(("fault", "status", "code"), [
-    (Fault.HTTP_500, 500, 50010000),
-    (Fault.RATE_LIMIT, 429, 42910000),
-    (Fault.INSUFFICIENT_FUNDS, 403, 40310000),
-    (Fault.INVALID_KEY, 401, 40110000),
-    (Fault.MIN_NOT_MET, 403, 40310000),
-])
+AP_FAULTS = pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (Fault.HTTP_500, 500, 50010000),
+        (Fault.RATE_LIMIT, 429, 42910000),
+        (Fault.INSUFFICIENT_FUNDS, 403, 40310000),
+        (Fault.INVALID_KEY, 401, 40110000),
+        (Fault.MIN_NOT_MET, 403, 40310000),
+    ],
+)
 
 
 @AP_FAULTS
 async def test_order_fault_raises_api_error_and_places_nothing(
-    alpaca: AlpacaEmulator, client: TradingClient, fault: Fault, status: int, code: int,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
+    fault: Fault,
+    status: int,
+    code: int,
 ) -> None:
     account = alpaca.state.accounts[AP_KEY]
     account.faults.append(fault)
@@ -523,12 +604,17 @@ async def test_order_fault_raises_api_error_and_places_nothing(
     assert (account.orders, account.faults, account.balances["BTC"]) == ([], [], Decimal("0.5"))
 
 
-@pytest.mark.parametrize(("size", "message"), [
-    ({"notional": 20000}, "insufficient balance for USD (requested: 20000, available: 10000)"),
-    ({"notional": 0.25}, "cost basis must be >= minimal amount of order 0.5"),
-])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ({"notional": 20000}, "insufficient balance for USD (requested: 20000, available: 10000)"),
+        ({"notional": 0.25}, "cost basis must be >= minimal amount of order 0.5"),
+    ],
+)
 async def test_buy_refused_by_state_raises_403(
-    client: TradingClient, size: dict[str, float], message: str,
+    client: TradingClient,
+    size: dict[str, float],
+    message: str,
 ) -> None:
     refused = await api_error(client.submit_order, market_order("BTC/USD", OrderSide.BUY, **size))
 
@@ -553,68 +639,97 @@ async def test_timeout_after_accept_times_out_client_but_order_exists(
 
 
 async def test_limit_ioc_crypto_buy_within_its_price_fills_at_the_venue_price(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
     order = await submit(client, limit_ioc("BTC/USD", OrderSide.BUY, 0.001, 45450, "lim-1"))
     found = await model(AlpacaOrder, client.get_order_by_client_id, "lim-1")
 
-    assert (order.status, order.filled_qty, order.filled_avg_price) == (
-        OrderStatus.FILLED, "0.001", "45000")
+    assert (order.status, order.filled_qty, order.filled_avg_price) == (OrderStatus.FILLED, "0.001", "45000")
     assert (found.id, found.type, found.time_in_force, found.limit_price) == (
-        order.id, OrderType.LIMIT, TimeInForce.IOC, "45450")
+        order.id,
+        OrderType.LIMIT,
+        TimeInForce.IOC,
+        "45450",
+    )
     assert alpaca.state.accounts[AP_KEY].balances["USD"] == Decimal("9955")
 
 
 async def test_limit_ioc_stock_buy_beyond_its_price_is_canceled_unfilled(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
     order = await submit(client, limit_ioc("AAPL", OrderSide.BUY, 2, 189.5, "lim-2"))
     found = await model(AlpacaOrder, client.get_order_by_client_id, "lim-2")
     fills = await asyncio.to_thread(client.get, "/account/activities/FILL")
 
-    assert (order.status, order.filled_qty, order.filled_avg_price) == (
-        OrderStatus.CANCELED, "0", None)
+    assert (order.status, order.filled_qty, order.filled_avg_price) == (OrderStatus.CANCELED, "0", None)
     assert (found.status, found.qty, found.limit_price, found.canceled_at is not None) == (
-        OrderStatus.CANCELED, "2", "189.5", True)
+        OrderStatus.CANCELED,
+        "2",
+        "189.5",
+        True,
+    )
     assert fills == []
     assert alpaca.state.accounts[AP_KEY].balances == {"USD": Decimal(10000), "BTC": Decimal("0.5")}
 
 
 async def test_limit_ioc_sell_credits_cash_only_when_it_crosses(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
     filled = await submit(client, limit_ioc("BTC/USD", OrderSide.SELL, 0.1, 44550))
     unfilled = await submit(client, limit_ioc("BTC/USD", OrderSide.SELL, 0.1, 46000))
 
-    assert (filled.status, filled.filled_qty, filled.filled_avg_price) == (
-        OrderStatus.FILLED, "0.1", "45000")
+    assert (filled.status, filled.filled_qty, filled.filled_avg_price) == (OrderStatus.FILLED, "0.1", "45000")
     assert (unfilled.status, unfilled.filled_qty) == (OrderStatus.CANCELED, "0")
-    assert alpaca.state.accounts[AP_KEY].balances == {
-        "USD": Decimal("14500"), "BTC": Decimal("0.4")}
+    assert alpaca.state.accounts[AP_KEY].balances == {"USD": Decimal("14500"), "BTC": Decimal("0.4")}
 
 
 @pytest.mark.parametrize(("symbol", "price"), [("AAPL", 190.005), ("BTC/USD", 45000.05)])
 async def test_limit_price_off_the_tick_is_refused_with_422(
-    alpaca: AlpacaEmulator, client: TradingClient, symbol: str, price: float,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
+    symbol: str,
+    price: float,
 ) -> None:
     refused = await api_error(client.submit_order, limit_ioc(symbol, OrderSide.BUY, 1, price))
 
     assert (refused.status_code, refused.code, refused.message) == (
-        422, 42210000, f"invalid limit_price {price}. sub-penny increment does not fulfill "
-        "minimum pricing criteria")
+        422,
+        42210000,
+        f"invalid limit_price {price}. sub-penny increment does not fulfill minimum pricing criteria",
+    )
     assert alpaca.state.accounts[AP_KEY].orders == []
 
 
-@pytest.mark.parametrize(("order", "status", "message"), [
-    (limit_ioc("BTC/USD", OrderSide.BUY, 0.222, 45450), 403,
-     "insufficient balance for USD (requested: 10089.9, available: 10000)"),  # at the limit
-    (StopOrderRequest(symbol="BTC/USD", side=OrderSide.SELL, qty=0.001, stop_price=44000,
-                      time_in_force=TimeInForce.GTC), 422,
-     "invalid order type for this asset class"),  # crypto takes no stop-market order
-])
+@pytest.mark.parametrize(
+    ("order", "status", "message"),
+    [
+        (
+            limit_ioc("BTC/USD", OrderSide.BUY, 0.222, 45450),
+            403,
+            "insufficient balance for USD (requested: 10089.9, available: 10000)",
+        ),  # at the limit
+        (
+            StopOrderRequest(
+                symbol="BTC/USD",
+                side=OrderSide.SELL,
+                qty=0.001,
+                stop_price=44000,
+                time_in_force=TimeInForce.GTC,
+            ),
+            422,
+            "invalid order type for this asset class",
+        ),  # crypto takes no stop-market order
+    ],
+)
 async def test_limit_order_refused_by_the_venue_places_nothing(
-    alpaca: AlpacaEmulator, client: TradingClient, order: LimitOrderRequest | StopOrderRequest,
-    status: int, message: str,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
+    order: LimitOrderRequest | StopOrderRequest,
+    status: int,
+    message: str,
 ) -> None:
     refused = await api_error(client.submit_order, order)
 
@@ -623,23 +738,30 @@ async def test_limit_order_refused_by_the_venue_places_nothing(
 
 
 async def test_gtc_limit_order_rests_open_with_nothing_filled(
-    alpaca: AlpacaEmulator, client: TradingClient,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
 ) -> None:
-    placed = await asyncio.to_thread(client.submit_order, LimitOrderRequest(
-        symbol="BTC/USD", side=OrderSide.BUY, qty=0.001, limit_price=44000,
-        time_in_force=TimeInForce.GTC))
+    placed = await asyncio.to_thread(
+        client.submit_order,
+        LimitOrderRequest(
+            symbol="BTC/USD", side=OrderSide.BUY, qty=0.001, limit_price=44000, time_in_force=TimeInForce.GTC
+        ),
+    )
     listed = await asyncio.to_thread(client.get_orders)
 
     assert isinstance(placed, AlpacaOrder)
-    assert (placed.status, placed.filled_qty, placed.type) == (OrderStatus.NEW, "0",
-                                                               OrderType.LIMIT)
+    assert (placed.status, placed.filled_qty, placed.type) == (OrderStatus.NEW, "0", OrderType.LIMIT)
     assert [o.id for o in listed] == [placed.id]  # type: ignore[union-attr]
     assert alpaca.state.accounts[AP_KEY].balances == {"USD": Decimal(10000), "BTC": Decimal("0.5")}
 
 
 @AP_FAULTS
 async def test_limit_order_fault_raises_the_same_api_error(
-    alpaca: AlpacaEmulator, client: TradingClient, fault: Fault, status: int, code: int,
+    alpaca: AlpacaEmulator,
+    client: TradingClient,
+    fault: Fault,
+    status: int,
+    code: int,
 ) -> None:
     account = alpaca.state.accounts[AP_KEY]
     account.faults.append(fault)

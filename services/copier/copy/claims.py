@@ -74,8 +74,8 @@ class Claims:
 
     async def _create_once(self, key: str, data: bytes) -> bool:
         ack = await self._js.publish_async(
-            bus.kv_subject(bus.CLAIMS_BUCKET, key), data,
-            headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            bus.kv_subject(bus.CLAIMS_BUCKET, key), data, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
+        )
         try:
             await asyncio.wait_for(ack, self._timeout_s)
         except BadRequestError as exc:

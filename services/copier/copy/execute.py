@@ -52,8 +52,9 @@ STORE_TIMEOUT_S = 30.0
 class FillRouter(Protocol):
     """Takes the master fills that followers' linked orders carry (services/copier/orders)."""
 
-    async def take_fills(self, signal: TradeSignal, followers: list[Follower],
-                         received_at: float) -> list[Follower]: ...
+    async def take_fills(
+        self, signal: TradeSignal, followers: list[Follower], received_at: float
+    ) -> list[Follower]: ...
 
 
 class CopyExecutor:
@@ -61,9 +62,18 @@ class CopyExecutor:
     replica's concurrency limit bounds all of its orders."""
 
     def __init__(
-        self, *, nc: Client, js: JetStreamContext, claims: KeyValue, book: FollowerBook,
-        metrics: CopierMetrics, settings: CopierSettings, instance: str, policy: Policy,
-        ledger: Ledger, reconciler: Reconciler | None = None,
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        claims: KeyValue,
+        book: FollowerBook,
+        metrics: CopierMetrics,
+        settings: CopierSettings,
+        instance: str,
+        policy: Policy,
+        ledger: Ledger,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self._book, self._metrics, self._settings, self._instance = book, metrics, settings, instance
         self._group = book.group
@@ -71,8 +81,9 @@ class CopyExecutor:
         self.policy = policy
         self.claims = Claims(js, claims, timeout_s=settings.order_timeout_s)
         self.holdings = Holdings(ledger)
-        self._figures = FigureReader(book=book, policy=self.policy, holdings=self.holdings,
-                                     settings=settings, limit=self._limit)
+        self._figures = FigureReader(
+            book=book, policy=self.policy, holdings=self.holdings, settings=settings, limit=self._limit
+        )
         self._sizer = SizerClient(nc, book, metrics)
         self._results = ResultLog(js, metrics, self._group)
         self._reconciler = reconciler
@@ -81,8 +92,14 @@ class CopyExecutor:
         self.mirroring: FillRouter | None = None  # set by the service: mirrored fills go there
 
     async def execute(
-        self, signal: TradeSignal, followers: list[Follower], received_at: float, *,
-        redelivered: bool, lineage: Lineage, shard: int | None = None,
+        self,
+        signal: TradeSignal,
+        followers: list[Follower],
+        received_at: float,
+        *,
+        redelivered: bool,
+        lineage: Lineage,
+        shard: int | None = None,
     ) -> None:
         """Copy `signal` for `followers`; return once every outcome is stored, raise if one
         could not be (the message is then retried, and claims make the retry safe)."""
@@ -92,20 +109,29 @@ class CopyExecutor:
             followers = await self.mirroring.take_fills(signal, followers, received_at)
         decisions = await self._decide(signal, followers)
         recording = Recording()
-        outcomes = await asyncio.gather(*(
-            self._copy_one(Copy(signal, f, self._group, received_at), decisions[f.id],
-                           redelivered, recording)
-            for f in followers), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(
+                self._copy_one(
+                    Copy(signal, f, self._group, received_at), decisions[f.id], redelivered, recording
+                )
+                for f in followers
+            ),
+            return_exceptions=True,
+        )
         await self._results.stored(recording, STORE_TIMEOUT_S)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise failures[0]
         self._observe(signal)
         where = "" if shard is None else f" shard={shard}"
-        log.info("event=signal_copied signal_id=%s%s followers=%d %s seconds=%.3f",
-                 signal.signal_id, where, len(followers),
-                 " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
-                 time.time() - received_at)
+        log.info(
+            "event=signal_copied signal_id=%s%s followers=%d %s seconds=%.3f",
+            signal.signal_id,
+            where,
+            len(followers),
+            " ".join(f"{k}={v}" for k, v in sorted(recording.tally.items())),
+            time.time() - received_at,
+        )
 
     def _observe(self, signal: TradeSignal) -> None:
         """Show the reconciler the master's newest position (shards may finish out of order)."""
@@ -121,7 +147,8 @@ class CopyExecutor:
         """Each follower's figures, then the sizer's decision for those that could be read."""
         figures = await self._figures.read_all(signal, followers)
         decided: dict[str, Decision | ReadFailed] = {
-            f.follower_id: f for f in figures if not isinstance(f, FollowerSnapshot)}
+            f.follower_id: f for f in figures if not isinstance(f, FollowerSnapshot)
+        }
         ready = [f for f in figures if isinstance(f, FollowerSnapshot)]
         decided.update(await self._sizer.size(signal, ready))
         return decided
@@ -171,31 +198,32 @@ class CopyExecutor:
             await self._results.record(copy.skipped(verdict), recording)
             return
         command = OrderCommand(
-            client_order_id=claim.client_order_id, symbol=copy.symbol, side=order.side,
-            size=order.size, size_type=order.size_type, reference_price=copy.signal.price,
-            limit_price=order.limit_price)
+            client_order_id=claim.client_order_id,
+            symbol=copy.symbol,
+            side=order.side,
+            size=order.size,
+            size_type=order.size_type,
+            reference_price=copy.signal.price,
+            limit_price=order.limit_price,
+        )
         sent_at = time.time()
         self._metrics.internal_latency.observe(sent_at - copy.received_at)
         self._metrics.in_flight.inc()
         try:
-            ack = await place_idempotently(follower.account, command,
-                                           timeout_s=self._settings.order_timeout_s)
+            ack = await place_idempotently(
+                follower.account, command, timeout_s=self._settings.order_timeout_s
+            )
             follower.apply_fill(command.symbol, order.side, ack)
-            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol,
-                                       order.side, ack)
-            self._metrics.copy_latency.observe((ack.accepted_at or time.time())
-                                               - copy.signal.executed_at)
+            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol, order.side, ack)
+            self._metrics.copy_latency.observe((ack.accepted_at or time.time()) - copy.signal.executed_at)
             result = copy.placed(order, ack, sent_at, recovered=recovered)
         except ExchangeError as exc:
-            result = copy.failed(exc, order=order, client_order_id=claim.client_order_id,
-                                 sent_at=sent_at)
+            result = copy.failed(exc, order=order, client_order_id=claim.client_order_id, sent_at=sent_at)
         finally:
             self._metrics.in_flight.dec()
         await self._results.record(result, recording)
 
-    async def _recover(
-        self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording
-    ) -> None:
+    async def _recover(self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording) -> None:
         """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
         claim, revision = entry
         follower = copy.follower
@@ -205,15 +233,19 @@ class CopyExecutor:
             return
         found = await follower.account.find_order(claim.client_order_id, copy.symbol)
         if found is not None:
-            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol,
-                                       claim.order.side, found)
-            await self._results.record(copy.placed(claim.order, found, None, recovered=True),
-                                       recording)
+            await self.holdings.record(
+                follower, copy.signal.master_id, copy.signal.symbol, claim.order.side, found
+            )
+            await self._results.record(copy.placed(claim.order, found, None, recovered=True), recording)
             return
         if time.time() - claim.at < self._settings.order_timeout_s * 2:
             raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
         taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
         await self.claims.take_over(key, taken, revision)
-        log.info("event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
-                 copy.signal.signal_id, follower.id, claim.client_order_id)
+        log.info(
+            "event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
+            copy.signal.signal_id,
+            follower.id,
+            claim.client_order_id,
+        )
         await self._place(copy, taken, recording, recovered=True)

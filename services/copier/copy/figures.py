@@ -37,7 +37,12 @@ Figures = FollowerSnapshot | Skip | ReadFailed
 
 class FigureReader:
     def __init__(
-        self, *, book: FollowerBook, policy: Policy, holdings: Holdings, settings: CopierSettings,
+        self,
+        *,
+        book: FollowerBook,
+        policy: Policy,
+        holdings: Holdings,
+        settings: CopierSettings,
         limit: asyncio.Semaphore,
     ) -> None:
         self._book, self._policy, self._settings, self._limit = book, policy, settings, limit
@@ -54,8 +59,7 @@ class FigureReader:
             async with self._limit:
                 snapshot = await self._read_with_retries(signal, follower)
         except ExchangeError as exc:
-            log.warning("event=account_read_failed follower=%s error=%s", follower.id,
-                        type(exc).__name__)
+            log.warning("event=account_read_failed follower=%s error=%s", follower.id, type(exc).__name__)
             return ReadFailed(follower.id, exc)
         state = await self._policy.after_reading(follower, snapshot.equity)
         if state == "paused":
@@ -65,8 +69,9 @@ class FigureReader:
             # sells read the ledger itself (an operator may have adopted coins); the sizer never
             # sells more than the real balance, and only reconciliation clips the ledger, once
             # a discrepancy has settled (a cached balance may lag a copy made elsewhere)
-            holding = await self._holdings.of(follower, signal.master_id, signal.symbol,
-                                              fresh=signal.side == "sell")
+            holding = await self._holdings.of(
+                follower, signal.master_id, signal.symbol, fresh=signal.side == "sell"
+            )
         return msgspec.structs.replace(snapshot, state=state, holding=holding)
 
     async def _read_with_retries(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot:
@@ -81,16 +86,24 @@ class FigureReader:
                 delay = READ_BACKOFF_S * 2**attempt
                 if attempt + 1 == READ_ATTEMPTS or time.time() + delay > deadline:
                     raise
-                log.info("event=account_read_retry follower=%s attempt=%d error=%s",
-                         follower.id, attempt + 1, type(exc).__name__)
+                log.info(
+                    "event=account_read_retry follower=%s attempt=%d error=%s",
+                    follower.id,
+                    attempt + 1,
+                    type(exc).__name__,
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _read(self, signal: TradeSignal, follower: Follower) -> FollowerSnapshot:
         rules = await self._book.rules(follower, signal.symbol)
         return await follower.snapshot(
-            signal, rules, self._settings.snapshot_ttl_s, state=self._policy.state(follower),
-            max_signal_age_s=self._book.signals.max_age_s)
+            signal,
+            rules,
+            self._settings.snapshot_ttl_s,
+            state=self._policy.state(follower),
+            max_signal_age_s=self._book.signals.max_age_s,
+        )
 
 
 class FigureRefresher:
@@ -124,8 +137,7 @@ class FigureRefresher:
                 await follower.refresh()
             except ExchangeError as exc:  # kept figures age; past the TTL the copy path reads
                 self._metrics.figure_refresh_failures.inc()
-                log.info("event=figures_refresh_failed follower=%s error=%s", follower.id,
-                         type(exc).__name__)
+                log.info("event=figures_refresh_failed follower=%s error=%s", follower.id, type(exc).__name__)
 
 
 def _due(age: float | None, interval_s: float, include_unread: bool) -> bool:

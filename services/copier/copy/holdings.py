@@ -19,9 +19,7 @@ class Holdings:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def of(
-        self, follower: Follower, master_id: str, symbol: str, *, fresh: bool = False
-    ) -> Decimal:
+    async def of(self, follower: Follower, master_id: str, symbol: str, *, fresh: bool = False) -> Decimal:
         """The follower's copied holding for this master and (canonical) symbol; `fresh` reads
         the ledger rather than this replica's copy of it."""
         key = holding_key(follower.id, master_id, symbol)
@@ -34,9 +32,7 @@ class Holdings:
     async def entry(self, follower: Follower, master_id: str, symbol: str) -> Entry:
         return await self._ledger.read(holding_key(follower.id, master_id, symbol))
 
-    async def clip(
-        self, follower: Follower, master_id: str, symbol: str, real_balance: Decimal
-    ) -> Decimal:
+    async def clip(self, follower: Follower, master_id: str, symbol: str, real_balance: Decimal) -> Decimal:
         """The holding, lowered to the real balance when the follower holds less."""
         holding = await self.of(follower, master_id, symbol)
         if holding <= real_balance:
@@ -54,8 +50,9 @@ class Holdings:
         key = holding_key(follower.id, master_id, symbol)
         if ack.status == "submitted" or not ack.filled_base:
             if ack.status == "submitted":
-                log.info("event=holding_pending follower=%s client_order_id=%s", follower.id,
-                         ack.client_order_id)
+                log.info(
+                    "event=holding_pending follower=%s client_order_id=%s", follower.id, ack.client_order_id
+                )
             return
         delta = ack.filled_base if side == "buy" else -ack.filled_base
         _, after = await self._ledger.apply(key, ack.client_order_id, delta)

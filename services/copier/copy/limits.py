@@ -41,11 +41,13 @@ class EquityGuard:
         base = await self._update(follower.id, equity)
         drawdown, daily = risk.max_drawdown_pct, risk.daily_loss_pct
         if drawdown is not None and equity < base.peak * (1 - drawdown / 100):
-            return "paused", (f"max_drawdown: equity {equity:.2f} is over {drawdown}% below "
-                              f"peak {base.peak:.2f}")
+            return "paused", (
+                f"max_drawdown: equity {equity:.2f} is over {drawdown}% below peak {base.peak:.2f}"
+            )
         if daily is not None and equity < base.day_start * (1 - daily / 100):
-            return "close_only", (f"daily_loss: equity {equity:.2f} is over {daily}% below today's "
-                                  f"opening {base.day_start:.2f}")
+            return "close_only", (
+                f"daily_loss: equity {equity:.2f} is over {daily}% below today's opening {base.day_start:.2f}"
+            )
         return None
 
     async def _update(self, follower_id: str, equity: Decimal) -> Baseline:

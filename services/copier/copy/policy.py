@@ -46,10 +46,10 @@ class Policy:
         if trip is not None:
             state, reason = trip
             if await self._control.restrict(follower.id, state, reason):
-                self._metrics.risk_trips.labels(self._metrics.group, follower.id,
-                                                reason.split(":")[0]).inc()
-                log.warning("event=risk_limit_tripped follower=%s state=%s reason=%r",
-                            follower.id, state, reason)
+                self._metrics.risk_trips.labels(self._metrics.group, follower.id, reason.split(":")[0]).inc()
+                log.warning(
+                    "event=risk_limit_tripped follower=%s state=%s reason=%r", follower.id, state, reason
+                )
         return self.state(follower)
 
     def admit(
@@ -71,9 +71,7 @@ class Policy:
             return _refuse(follower, "kill_switch", "Kill switch is on: no new orders")
         return None
 
-    def _follower_state(
-        self, follower: Follower, order: SizedOrder, _h: Decimal | None
-    ) -> Skip | None:
+    def _follower_state(self, follower: Follower, order: SizedOrder, _h: Decimal | None) -> Skip | None:
         state = self.state(follower)
         if state == "paused":
             return _refuse(follower, "paused", "Follower is paused")
@@ -84,8 +82,11 @@ class Policy:
     def _order_cap(self, follower: Follower, order: SizedOrder, _h: Decimal | None) -> Skip | None:
         cap = follower.config.sizing.max_order_notional
         if order.side == "buy" and cap is not None and order.notional > cap:
-            return _refuse(follower, "max_order_notional",
-                           f"Order ${order.notional:.2f} is over max_order_notional ${cap}")
+            return _refuse(
+                follower,
+                "max_order_notional",
+                f"Order ${order.notional:.2f} is over max_order_notional ${cap}",
+            )
         return None
 
     def _position_cap(

@@ -31,8 +31,14 @@ def silence_reason(master_id: str) -> str:
 
 class MasterSilence:
     def __init__(
-        self, *, fills: KeyValue, book: FollowerBook, control: Control, policy: Policy,
-        subscriptions: Subscriptions, metrics: CopierMetrics,
+        self,
+        *,
+        fills: KeyValue,
+        book: FollowerBook,
+        control: Control,
+        policy: Policy,
+        subscriptions: Subscriptions,
+        metrics: CopierMetrics,
     ) -> None:
         self._fills, self._book, self._control, self._policy = fills, book, control, policy
         self._subscriptions, self._metrics = subscriptions, metrics
@@ -70,7 +76,8 @@ class MasterSilence:
                 await self._control.restrict(follower.id, "close_only", silence_reason(master))
             elif action == "flatten":
                 await self._subscriptions.sell_holdings(
-                    follower, master, f"silence:{episode}", redelivered=True)
+                    follower, master, f"silence:{episode}", redelivered=True
+                )
 
     async def _came_back(self, master: str) -> None:
         del self.silent[master]

@@ -25,14 +25,16 @@ class SizerClient:
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(SizeReply)
 
-    async def size(
-        self, signal: TradeSignal, snapshots: list[FollowerSnapshot]
-    ) -> dict[str, Decision]:
+    async def size(self, signal: TradeSignal, snapshots: list[FollowerSnapshot]) -> dict[str, Decision]:
         """Each follower's decision, by follower id; raise if the sizer answers with an error."""
         decisions: dict[str, Decision] = {}
         for start in range(0, len(snapshots), SIZER_CHUNK):
-            request = SizeRequest(signal=signal, min_notional=self._book.min_notional,
-                                  now=time.time(), followers=snapshots[start : start + SIZER_CHUNK])
+            request = SizeRequest(
+                signal=signal,
+                min_notional=self._book.min_notional,
+                now=time.time(),
+                followers=snapshots[start : start + SIZER_CHUNK],
+            )
             with self._metrics.sizer_latency.time():
                 reply = await self._ask(self._encoder.encode(request))
             if reply.headers and reply.headers.get("Nats-Service-Error-Code"):

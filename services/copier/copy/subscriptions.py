@@ -57,8 +57,14 @@ def record_key(follower_id: str, master_id: str) -> str:
 
 class Subscriptions:
     def __init__(
-        self, *, js: JetStreamContext, kv: KeyValue, book: FollowerBook, policy: Policy,
-        executor: CopyExecutor, lease_s: float,
+        self,
+        *,
+        js: JetStreamContext,
+        kv: KeyValue,
+        book: FollowerBook,
+        policy: Policy,
+        executor: CopyExecutor,
+        lease_s: float,
     ) -> None:
         self._js, self._kv, self._book, self._policy = js, kv, book, policy
         self._executor, self._lease_s = executor, lease_s
@@ -116,18 +122,27 @@ class Subscriptions:
         subscription = follower.subscriptions[master]
         opening = subscription.on_subscribe == "copy_open"
         now = time.time()
-        record = Record(state="opening" if opening else "active", since=now, at=now,
-                        on_unsubscribe=subscription.on_unsubscribe)
+        record = Record(
+            state="opening" if opening else "active",
+            since=now,
+            at=now,
+            on_unsubscribe=subscription.on_unsubscribe,
+        )
         try:
             await self._kv.create(record_key(follower.id, master), self._encoder.encode(record))
         except KeyWrongLastSequenceError:
             return 0  # another replica began it: the next sync sees its record
-        log.info("event=subscribed follower=%s master=%s on_subscribe=%s", follower.id, master,
-                 subscription.on_subscribe)
+        log.info(
+            "event=subscribed follower=%s master=%s on_subscribe=%s",
+            follower.id,
+            master,
+            subscription.on_subscribe,
+        )
         if opening:
             await self._open(follower, master, record, redelivered=False)
-            await self._write(follower.id, master, msgspec.structs.replace(
-                record, state="active", at=time.time()), None)
+            await self._write(
+                follower.id, master, msgspec.structs.replace(record, state="active", at=time.time()), None
+            )
         self._settled.add((follower.id, master))
         return 1
 
@@ -137,13 +152,13 @@ class Subscriptions:
         closing = msgspec.structs.replace(record, state="closing", close=close, at=time.time())
         if not await self._write(follower.id, master, closing, revision):
             return 0
-        log.info("event=unsubscribed follower=%s master=%s on_unsubscribe=%s", follower.id,
-                 master, close)
+        log.info("event=unsubscribed follower=%s master=%s on_unsubscribe=%s", follower.id, master, close)
         await self._close(follower, master, closing, redelivered=False)
         return 1
 
-    async def _retry(self, follower: Follower, master: str, record: Record, revision: int,
-                     action: _Action) -> int:
+    async def _retry(
+        self, follower: Follower, master: str, record: Record, revision: int, action: _Action
+    ) -> int:
         """A record left opening/closing (its replica died): past the lease, take it over."""
         if time.time() - record.at < self._lease_s:
             return 0
@@ -152,25 +167,30 @@ class Subscriptions:
             return 0
         await action(follower, master, taken, redelivered=True)
         if taken.state == "opening":
-            await self._write(follower.id, master, msgspec.structs.replace(
-                taken, state="active", at=time.time()), None)
+            await self._write(
+                follower.id, master, msgspec.structs.replace(taken, state="active", at=time.time()), None
+            )
         return 1
 
-    async def _open(self, follower: Follower, master: str, record: Record, *,
-                    redelivered: bool) -> None:
+    async def _open(self, follower: Follower, master: str, record: Record, *, redelivered: bool) -> None:
         """Buy the master's copied position in every symbol, scaled like a copy."""
         last = await self._last_signal(master)
         prefix = f"master.{master}."
         for key, entry in (await self._ledger.entries(prefix)).items():
             if entry.amount > 0 and last is not None:
-                await self._copy(follower, last, key[len(prefix):], "buy", entry.amount,
-                                 f"open:{record.since!r}", redelivered=redelivered)
+                await self._copy(
+                    follower,
+                    last,
+                    key[len(prefix) :],
+                    "buy",
+                    entry.amount,
+                    f"open:{record.since!r}",
+                    redelivered=redelivered,
+                )
 
-    async def _close(self, follower: Follower, master: str, record: Record, *,
-                     redelivered: bool) -> None:
+    async def _close(self, follower: Follower, master: str, record: Record, *, redelivered: bool) -> None:
         if record.close == "close":
-            await self.sell_holdings(follower, master, f"close:{record.since!r}",
-                                     redelivered=redelivered)
+            await self.sell_holdings(follower, master, f"close:{record.since!r}", redelivered=redelivered)
         await self._kv.delete(record_key(follower.id, master))
         self._settled.discard((follower.id, master))
 
@@ -183,31 +203,50 @@ class Subscriptions:
         prefix = f"hold.{follower.id}.{master}."
         for key, entry in (await self._ledger.entries(prefix)).items():
             if entry.amount > 0 and last is not None:
-                await self._copy(follower, last, key[len(prefix):], "sell", entry.amount, episode,
-                                 redelivered=redelivered)
+                await self._copy(
+                    follower, last, key[len(prefix) :], "sell", entry.amount, episode, redelivered=redelivered
+                )
 
     async def _copy(
-        self, follower: Follower, last: AnySignal, symbol_key: str, side: Side, amount: Decimal,
-        episode: str, *, redelivered: bool,
+        self,
+        follower: Follower,
+        last: AnySignal,
+        symbol_key: str,
+        side: Side,
+        amount: Decimal,
+        episode: str,
+        *,
+        redelivered: bool,
     ) -> None:
         """Copy an internal signal of `amount` for this follower alone, through the whole path."""
         symbol = symbol_key.replace("_", "/")
         fill = isinstance(last, TradeSignal) and last.symbol == symbol  # a fill's price, else the venue's
-        price = last.price if fill else await follower.account.price(
-            follower.venue_symbol(symbol))
+        price = last.price if fill else await follower.account.price(follower.venue_symbol(symbol))
         if price is None:
             log.warning("event=subscription_no_price follower=%s symbol=%s", follower.id, symbol)
             return
-        order_id = "internal-" + uuid.uuid5(
-            _NAMESPACE, f"{follower.id}:{last.master_id}:{symbol}:{episode}").hex
+        order_id = (
+            "internal-" + uuid.uuid5(_NAMESPACE, f"{follower.id}:{last.master_id}:{symbol}:{episode}").hex
+        )
         signal = TradeSignal(
-            signal_id=signal_id_for(INTERNAL, order_id), master_id=last.master_id,
-            exchange=INTERNAL, symbol=symbol, side=side, price=price, size=amount,
-            size_type="base", filled_base=amount, order_id=order_id,
-            master_equity=last.master_equity, master_position_before=amount,
-            copied_position_before=amount, executed_at=time.time())
-        await self._executor.execute(signal, [follower], time.time(), redelivered=redelivered,
-                                     lineage=("", 0))
+            signal_id=signal_id_for(INTERNAL, order_id),
+            master_id=last.master_id,
+            exchange=INTERNAL,
+            symbol=symbol,
+            side=side,
+            price=price,
+            size=amount,
+            size_type="base",
+            filled_base=amount,
+            order_id=order_id,
+            master_equity=last.master_equity,
+            master_position_before=amount,
+            copied_position_before=amount,
+            executed_at=time.time(),
+        )
+        await self._executor.execute(
+            signal, [follower], time.time(), redelivered=redelivered, lineage=("", 0)
+        )
 
     async def _last_signal(self, master: str) -> AnySignal | None:
         """The master's newest signal: its equity (the ratio) and a price to check against."""
@@ -226,8 +265,7 @@ class Subscriptions:
             return None, entry.revision or 0
         return self._decoder.decode(entry.value), entry.revision or 0
 
-    async def _write(self, follower_id: str, master: str, record: Record,
-                     revision: int | None) -> bool:
+    async def _write(self, follower_id: str, master: str, record: Record, revision: int | None) -> bool:
         key, data = record_key(follower_id, master), self._encoder.encode(record)
         try:
             if revision is None:

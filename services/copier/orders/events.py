@@ -33,8 +33,12 @@ from shared.exchange.port import NotNative, amended_client_id
 from shared.messages import Decision, OrderSignal, Outcome, Skip, linked_client_order_id
 
 log = logging.getLogger("copytrade.mirroring")
-_KIND_SWITCH = {"stop_loss": "stop_loss", "stop_loss_limit": "stop_loss",
-                "take_profit": "take_profit", "take_profit_limit": "take_profit"}
+_KIND_SWITCH = {
+    "stop_loss": "stop_loss",
+    "stop_loss_limit": "stop_loss",
+    "take_profit": "take_profit",
+    "take_profit_limit": "take_profit",
+}
 
 
 async def all_done(*work: Awaitable[Any]) -> None:
@@ -46,10 +50,21 @@ async def all_done(*work: Awaitable[Any]) -> None:
 
 
 def base_link(follower: Follower, event: OrderSignal) -> Link:
-    return Link(follower_id=follower.id, master_id=event.master_id, exchange=event.exchange,
-                order_id=event.order_id, kind=event.kind, symbol=event.symbol, side=event.side,
-                state="unlinked", version=event.version, master_size=event.size,
-                master_filled=event.filled, price=event.price, trigger_price=event.trigger_price)
+    return Link(
+        follower_id=follower.id,
+        master_id=event.master_id,
+        exchange=event.exchange,
+        order_id=event.order_id,
+        kind=event.kind,
+        symbol=event.symbol,
+        side=event.side,
+        state="unlinked",
+        version=event.version,
+        master_size=event.size,
+        master_filled=event.filled,
+        price=event.price,
+        trigger_price=event.trigger_price,
+    )
 
 
 def kind_refusal(follower: Follower, event: OrderSignal, config: OrdersConfig) -> Skip | None:
@@ -57,8 +72,11 @@ def kind_refusal(follower: Follower, event: OrderSignal, config: OrdersConfig) -
     switch = _KIND_SWITCH.get(event.kind)
     if switch is None or getattr(config, switch):
         return None
-    return Skip(follower_id=follower.id, reason_code=f"{switch}_off",
-                reason=f"{switch}: false for this subscription: {event.kind} orders not mirrored")
+    return Skip(
+        follower_id=follower.id,
+        reason_code=f"{switch}_off",
+        reason=f"{switch}: false for this subscription: {event.kind} orders not mirrored",
+    )
 
 
 def _amend_code(link: Link, follower: Follower) -> str:
@@ -75,11 +93,20 @@ class OrderEvents:
     async def handle(self, event: OrderSignal, received_at: float) -> None:
         """Mirror one master order event for every follower whose subscription mirrors orders."""
         room = self._room
-        followers = [f for f in room.book.subscribers(event.master_id)
-                     if room.orders_config(f, event.master_id) is not None]
-        log.info("event=order_event_received signal_id=%s master=%s order_id=%s event=%s "
-                 "version=%d followers=%d", event.signal_id, event.master_id, event.order_id,
-                 event.event, event.version, len(followers))
+        followers = [
+            f
+            for f in room.book.subscribers(event.master_id)
+            if room.orders_config(f, event.master_id) is not None
+        ]
+        log.info(
+            "event=order_event_received signal_id=%s master=%s order_id=%s event=%s version=%d followers=%d",
+            event.signal_id,
+            event.master_id,
+            event.order_id,
+            event.event,
+            event.version,
+            len(followers),
+        )
         handlers = {"new": self._new, "amend": self._amend, "cancel": self._cancel}
         if followers:
             await handlers[event.event](event, followers, received_at)
@@ -91,54 +118,70 @@ class OrderEvents:
 
     async def _new(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
         fresh, known = await self._split(event, followers)
-        await all_done(self._open_all(event, fresh, received_at),
-                       *(self._resume(f, event, received_at) for f in known))
+        await all_done(
+            self._open_all(event, fresh, received_at), *(self._resume(f, event, received_at) for f in known)
+        )
 
-    async def _split(self, event: OrderSignal, followers: list[Follower],
-                     ) -> tuple[list[Follower], list[Follower]]:
+    async def _split(
+        self,
+        event: OrderSignal,
+        followers: list[Follower],
+    ) -> tuple[list[Follower], list[Follower]]:
         """Followers without a link for this master order, and those with one."""
         links = await asyncio.gather(*(self._room.links.get(self._key(f, event)) for f in followers))
-        return ([f for f, got in zip(followers, links, strict=True) if got is None],
-                [f for f, got in zip(followers, links, strict=True) if got is not None])
+        return (
+            [f for f, got in zip(followers, links, strict=True) if got is None],
+            [f for f, got in zip(followers, links, strict=True) if got is not None],
+        )
 
-    async def _open_all(self, event: OrderSignal, followers: list[Follower],
-                        received_at: float) -> None:
+    async def _open_all(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
         if not followers:
             return
         refusals = await asyncio.gather(*(self._unmirrored(f, event) for f in followers))
         decisions: dict[str, Decision | ReadFailed] = {
-            f.id: r for f, r in zip(followers, refusals, strict=True) if r is not None}
+            f.id: r for f, r in zip(followers, refusals, strict=True) if r is not None
+        }
         to_size = [f for f in followers if f.id not in decisions]
         if to_size:
             decisions.update(await self._sizer.size(event, to_size))
         await all_done(*(self._open(f, event, decisions[f.id], received_at) for f in followers))
 
-    async def _open(self, follower: Follower, event: OrderSignal, decision: Decision | ReadFailed,
-                    received_at: float) -> None:
+    async def _open(
+        self, follower: Follower, event: OrderSignal, decision: Decision | ReadFailed, received_at: float
+    ) -> None:
         room, key = self._room, self._key(follower, event)
         async with room.locks.hold(key):
             if await room.links.get(key) is not None:
                 return  # another attempt opened it
             link = base_link(follower, event)
             if isinstance(decision, ReadFailed):
-                await self._unlinked(key, link, decision.error.reason_code,
-                                     f"{type(decision.error).__name__}: {decision.error}",
-                                     event, received_at, outcome="failed")
+                await self._unlinked(
+                    key,
+                    link,
+                    decision.error.reason_code,
+                    f"{type(decision.error).__name__}: {decision.error}",
+                    event,
+                    received_at,
+                    outcome="failed",
+                )
                 return
             if isinstance(decision, Skip):
-                await self._unlinked(key, link, decision.reason_code, decision.reason, event,
-                                     received_at)
+                await self._unlinked(key, link, decision.reason_code, decision.reason, event, received_at)
                 return
             rules = await room.rules(follower, event.symbol)
             link = msgspec.structs.replace(
-                link, size=decision.size, price=on_tick(event.price, event.side, rules),
+                link,
+                size=decision.size,
+                price=on_tick(event.price, event.side, rules),
                 trigger_price=on_tick(event.trigger_price, event.side, rules),
-                client_order_id=linked_client_order_id(event.order_id, follower.id, event.version))
+                client_order_id=linked_client_order_id(event.order_id, follower.id, event.version),
+            )
             refusal = self._refusal(follower, link)
             if refusal is not None:
                 outcome: Outcome = "dry_run" if refusal.reason_code == "dry_run" else "skipped"
-                await self._unlinked(key, link, refusal.reason_code, refusal.reason, event,
-                                     received_at, outcome=outcome)
+                await self._unlinked(
+                    key, link, refusal.reason_code, refusal.reason, event, received_at, outcome=outcome
+                )
                 return
             await self._place(follower, key, link, event, received_at)
 
@@ -155,9 +198,12 @@ class OrderEvents:
         except NotNative as exc:  # the venue takes no resting orders at all
             return Skip(follower_id=follower.id, reason_code=exc.reason_code, reason=str(exc))
         if event.kind not in capabilities.native:
-            return Skip(follower_id=follower.id, reason_code=NotNative.reason_code,
-                        reason=f"{follower.config.exchange}: no native {event.kind} order for "
-                               f"{symbol}; never emulated")
+            return Skip(
+                follower_id=follower.id,
+                reason_code=NotNative.reason_code,
+                reason=f"{follower.config.exchange}: no native {event.kind} order for "
+                f"{symbol}; never emulated",
+            )
         return None
 
     def _refusal(self, follower: Follower, link: Link) -> Skip | None:
@@ -166,50 +212,87 @@ class OrderEvents:
         if isinstance(verdict, Skip):
             return verdict
         if verdict == "dry_run":
-            return Skip(follower_id=follower.id, reason_code="dry_run",
-                        reason="Dry run: decision recorded, no linked order")
+            return Skip(
+                follower_id=follower.id,
+                reason_code="dry_run",
+                reason="Dry run: decision recorded, no linked order",
+            )
         return None
 
-    async def _place(self, follower: Follower, key: str, link: Link, event: OrderSignal,
-                     received_at: float) -> None:
+    async def _place(
+        self, follower: Follower, key: str, link: Link, event: OrderSignal, received_at: float
+    ) -> None:
         room = self._room
         intent = msgspec.structs.replace(link, state="placing", owner=room.instance)
         revision = await room.links.create(key, intent)
         if revision is None:
             return
-        link, revision = await settle(room, follower, key, intent, revision, may_place=True,
-                                      fresh=True)
+        link, revision = await settle(room, follower, key, intent, revision, may_place=True, fresh=True)
         await self._placed(link, event, received_at)
 
-    async def _placed(self, link: Link, event: OrderSignal, received_at: float,
-                      code: str = "mirrored") -> None:
+    async def _placed(
+        self, link: Link, event: OrderSignal, received_at: float, code: str = "mirrored"
+    ) -> None:
         """The outcome of a linked order placed (or replaced) for this event."""
         outcomes, price = self._room.outcomes, link.price or link.trigger_price
         if link.state == "live":
-            await outcomes.record(link, event.signal_id, "submitted", code,
-                                  f"Linked {link.kind} {link.side} order for master order "
-                                  f"{link.order_id} v{link.version}: {link.order_size} at {price}",
-                                  executed_at=event.executed_at, received_at=received_at)
+            await outcomes.record(
+                link,
+                event.signal_id,
+                "submitted",
+                code,
+                f"Linked {link.kind} {link.side} order for master order "
+                f"{link.order_id} v{link.version}: {link.order_size} at {price}",
+                executed_at=event.executed_at,
+                received_at=received_at,
+            )
         elif link.placed:
-            await outcomes.record(link, event.signal_id, "filled", "linked_order_filled",
-                                  f"Linked order filled at once ({link.filled} at {price})",
-                                  filled=link.filled, executed_at=event.executed_at,
-                                  received_at=received_at)
+            await outcomes.record(
+                link,
+                event.signal_id,
+                "filled",
+                "linked_order_filled",
+                f"Linked order filled at once ({link.filled} at {price})",
+                filled=link.filled,
+                executed_at=event.executed_at,
+                received_at=received_at,
+            )
         else:
-            await outcomes.record(link, event.signal_id, "failed" if link.failed else "skipped",
-                                  link.reason_code or "refused",
-                                  link.reason or "No linked order placed",
-                                  executed_at=event.executed_at, received_at=received_at)
+            await outcomes.record(
+                link,
+                event.signal_id,
+                "failed" if link.failed else "skipped",
+                link.reason_code or "refused",
+                link.reason or "No linked order placed",
+                executed_at=event.executed_at,
+                received_at=received_at,
+            )
 
-    async def _unlinked(self, key: str, link: Link, code: str, reason: str, event: OrderSignal,
-                        received_at: float, outcome: Outcome = "skipped") -> None:
+    async def _unlinked(
+        self,
+        key: str,
+        link: Link,
+        code: str,
+        reason: str,
+        event: OrderSignal,
+        received_at: float,
+        outcome: Outcome = "skipped",
+    ) -> None:
         """No follower order for this master order: recorded, and its fills copied as fills."""
-        unlinked = msgspec.structs.replace(link, state="unlinked", client_order_id=None,
-                                           reason_code=code, reason=reason[:500])
+        unlinked = msgspec.structs.replace(
+            link, state="unlinked", client_order_id=None, reason_code=code, reason=reason[:500]
+        )
         if await self._room.links.create(key, unlinked) is None:
             return
-        await self._room.outcomes.record(unlinked, event.signal_id, outcome, code, reason,
-                                         executed_at=event.executed_at, received_at=received_at)
+        await self._room.outcomes.record(
+            unlinked,
+            event.signal_id,
+            outcome,
+            code,
+            reason,
+            executed_at=event.executed_at,
+            received_at=received_at,
+        )
 
     async def _resume(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
         """A `new` seen again: carry out its intent if it was left half done, record again
@@ -221,18 +304,18 @@ class OrderEvents:
                 return
             link, revision = got
             if link.state == "placing" and link.version == event.version:
-                link, revision = await settle(room, follower, key, link, revision,
-                                              may_place=link.master_open)
+                link, revision = await settle(room, follower, key, link, revision, may_place=link.master_open)
             if link.version == event.version:
                 await self._placed(link, event, received_at)
 
     # ---- amend -------------------------------------------------------------------------------
 
-    async def _amend(self, event: OrderSignal, followers: list[Follower],
-                     received_at: float) -> None:
+    async def _amend(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
         fresh, known = await self._split(event, followers)  # fresh: mirrored from this version on
-        await all_done(self._open_all(event, fresh, received_at),
-                       *(self._amend_one(f, event, received_at) for f in known))
+        await all_done(
+            self._open_all(event, fresh, received_at),
+            *(self._amend_one(f, event, received_at) for f in known),
+        )
 
     async def _amend_one(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
         room, key = self._room, self._key(follower, event)
@@ -243,8 +326,7 @@ class OrderEvents:
             link, revision = got
             if link.state in ("placing", "replacing"):
                 done = link.version >= event.version
-                link, revision = await settle(room, follower, key, link, revision,
-                                              may_place=link.master_open)
+                link, revision = await settle(room, follower, key, link, revision, may_place=link.master_open)
                 if done:  # this very amend, left half done: carried out now
                     await self._placed(link, event, received_at, "replaced")
                     return
@@ -258,44 +340,67 @@ class OrderEvents:
                 return
             await self._amend_live(follower, key, link, revision, event, received_at)
 
-    async def _not_amended(self, key: str, link: Link, revision: int, event: OrderSignal,
-                           received_at: float) -> None:
+    async def _not_amended(
+        self, key: str, link: Link, revision: int, event: OrderSignal, received_at: float
+    ) -> None:
         moved = msgspec.structs.replace(link, version=event.version, master_size=event.size)
         await self._room.links.update(key, moved, revision)
-        code, reason = ("not_mirrored", link.reason) if link.state == "unlinked" else (
-            "linked_order_ended", "The linked order had ended (filled or cancelled): "
-                                  "nothing to amend")
-        await self._room.outcomes.record(moved, event.signal_id, "skipped", code, reason,
-                                         executed_at=event.executed_at, received_at=received_at)
+        code, reason = (
+            ("not_mirrored", link.reason)
+            if link.state == "unlinked"
+            else ("linked_order_ended", "The linked order had ended (filled or cancelled): nothing to amend")
+        )
+        await self._room.outcomes.record(
+            moved,
+            event.signal_id,
+            "skipped",
+            code,
+            reason,
+            executed_at=event.executed_at,
+            received_at=received_at,
+        )
 
-    async def _amend_live(self, follower: Follower, key: str, link: Link, revision: int,
-                          event: OrderSignal, received_at: float) -> None:
+    async def _amend_live(
+        self, follower: Follower, key: str, link: Link, revision: int, event: OrderSignal, received_at: float
+    ) -> None:
         room = self._room
         rules = await room.rules(follower, link.symbol)
         target = msgspec.structs.replace(
-            link, version=event.version, master_size=event.size,
+            link,
+            version=event.version,
+            master_size=event.size,
             size=on_step(link.size * event.size / link.master_size, rules),
             price=on_tick(event.price, link.side, rules),
-            trigger_price=on_tick(event.trigger_price, link.side, rules))
-        verdict = room.admit(follower, link.side, target.order_size,
-                             target.price or target.trigger_price)
+            trigger_price=on_tick(event.trigger_price, link.side, rules),
+        )
+        verdict = room.admit(follower, link.side, target.order_size, target.price or target.trigger_price)
         if isinstance(verdict, Skip) or verdict == "dry_run":
-            skip = verdict if isinstance(verdict, Skip) else Skip(
-                follower_id=follower.id, reason_code="dry_run", reason="Dry run")
-            await self._sides.withdraw(follower, key, link, revision, skip, event.signal_id,
-                                       received_at)
+            skip = (
+                verdict
+                if isinstance(verdict, Skip)
+                else Skip(follower_id=follower.id, reason_code="dry_run", reason="Dry run")
+            )
+            await self._sides.withdraw(follower, key, link, revision, skip, event.signal_id, received_at)
             return
         capabilities = await follower.account.order_capabilities(follower.venue_symbol(link.symbol))
-        in_place = link.kind == "limit" and capabilities.amend == "in_place" and \
-            capabilities.amend_keeps_client_id
-        if in_place and await self._amend_in_place(follower, key, link, revision, target, event,
-                                                   received_at):
+        in_place = (
+            link.kind == "limit" and capabilities.amend == "in_place" and capabilities.amend_keeps_client_id
+        )
+        if in_place and await self._amend_in_place(follower, key, link, revision, target, event, received_at):
             return
         by_venue = link.kind == "limit" and capabilities.amend == "replace"
         await self._replace(follower, key, link, revision, target, event, received_at, by_venue)
 
-    async def _amend_in_place(self, follower: Follower, key: str, link: Link, revision: int,
-                              target: Link, event: OrderSignal, received_at: float) -> bool:
+    async def _amend_in_place(
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        target: Link,
+        event: OrderSignal,
+        received_at: float,
+    ) -> bool:
         """True when handled here; False: the venue cannot (the caller replaces)."""
         assert link.client_order_id is not None
         room, symbol = self._room, follower.venue_symbol(link.symbol)
@@ -306,8 +411,7 @@ class OrderEvents:
             await self._placed(target, event, received_at, "amended")
             return True
         try:
-            ack = await follower.account.amend_order(link.client_order_id, symbol, price=price,
-                                                     size=size)
+            ack = await follower.account.amend_order(link.client_order_id, symbol, price=price, size=size)
         except NotNative:
             return False
         except InvalidOrder as exc:  # not open any more: it ended meanwhile (filled, cancelled)
@@ -316,59 +420,86 @@ class OrderEvents:
                 await self._amend_refused(link, exc, event, received_at)
                 return True
             ended = await room.apply(follower, link, found)
-            await self._not_amended(key, msgspec.structs.replace(ended, state="ended"), revision,
-                                    event, received_at)
+            await self._not_amended(
+                key, msgspec.structs.replace(ended, state="ended"), revision, event, received_at
+            )
             return True
         except ExchangeError as exc:  # refused (funds, limits): the order stays as it was
             await self._amend_refused(link, exc, event, received_at)
             return True
         amended = msgspec.structs.replace(
-            await room.apply(follower, target, ack),
-            state="live" if ack.status == "submitted" else "ended")
+            await room.apply(follower, target, ack), state="live" if ack.status == "submitted" else "ended"
+        )
         await room.links.update(key, amended, revision)
         await self._placed(amended, event, received_at, "amended")
         return True
 
-    async def _replace(self, follower: Follower, key: str, link: Link, revision: int,
-                       target: Link, event: OrderSignal, received_at: float, by_venue: bool) -> None:
+    async def _replace(
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        target: Link,
+        event: OrderSignal,
+        received_at: float,
+        by_venue: bool,
+    ) -> None:
         """Replace: by the venue in one request where it does (its new id derived from ours),
         else cancel (confirmed), then place under the next version's linked id."""
         assert link.client_order_id is not None
         room, symbol = self._room, follower.venue_symbol(link.symbol)
         price = target.price if target.price is not None else link.price
-        next_id = (amended_client_id(link.client_order_id, price, target.order_size) if by_venue
-                   else linked_client_order_id(link.order_id, follower.id, event.version))
-        intent = msgspec.structs.replace(target, state="replacing", previous=link.client_order_id,
-                                         client_order_id=next_id, owner=room.instance)
+        next_id = (
+            amended_client_id(link.client_order_id, price, target.order_size)
+            if by_venue
+            else linked_client_order_id(link.order_id, follower.id, event.version)
+        )
+        intent = msgspec.structs.replace(
+            target,
+            state="replacing",
+            previous=link.client_order_id,
+            client_order_id=next_id,
+            owner=room.instance,
+        )
         revision = await room.links.update(key, intent, revision)
         if by_venue:
             try:
-                await follower.account.amend_order(link.client_order_id, symbol, price=price,
-                                                   size=target.order_size)
+                await follower.account.amend_order(
+                    link.client_order_id, symbol, price=price, size=target.order_size
+                )
             except (NotNative, InvalidOrder) as exc:  # then cancelled and placed by us
-                log.info("event=venue_replace_refused follower=%s client_order_id=%s error=%s",
-                         follower.id, link.client_order_id, type(exc).__name__)
+                log.info(
+                    "event=venue_replace_refused follower=%s client_order_id=%s error=%s",
+                    follower.id,
+                    link.client_order_id,
+                    type(exc).__name__,
+                )
             except ExchangeError as exc:  # refused as a whole (the venue stops on failure)
                 if await room.find(follower, intent, next_id) is None:
                     await room.links.update(key, link, revision)  # nothing changed: as it was
                     await self._amend_refused(link, exc, event, received_at)
                     return
-        replaced, _ = await settle(room, follower, key, intent, revision, may_place=True,
-                                   fresh=True)
+        replaced, _ = await settle(room, follower, key, intent, revision, may_place=True, fresh=True)
         await self._placed(replaced, event, received_at, "replaced")
 
-    async def _amend_refused(self, link: Link, error: ExchangeError, event: OrderSignal,
-                             received_at: float) -> None:
+    async def _amend_refused(
+        self, link: Link, error: ExchangeError, event: OrderSignal, received_at: float
+    ) -> None:
         await self._room.outcomes.record(
-            link, event.signal_id, "failed", error.reason_code,
+            link,
+            event.signal_id,
+            "failed",
+            error.reason_code,
             f"Amend refused ({type(error).__name__}: {error}): the linked order stays at "
             f"{link.price or link.trigger_price} for {link.order_size}",
-            executed_at=event.executed_at, received_at=received_at)
+            executed_at=event.executed_at,
+            received_at=received_at,
+        )
 
     # ---- cancel ------------------------------------------------------------------------------
 
-    async def _cancel(self, event: OrderSignal, followers: list[Follower],
-                      received_at: float) -> None:
+    async def _cancel(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
         await all_done(*(self._cancel_one(f, event, received_at) for f in followers))
 
     async def _cancel_one(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
@@ -376,16 +507,25 @@ class OrderEvents:
         async with room.locks.hold(key):
             got = await room.links.get(key)
             if got is None:
-                await room.outcomes.record(base_link(follower, event), event.signal_id, "skipped",
-                                           "not_mirrored", "No linked order for this master order",
-                                           executed_at=event.executed_at, received_at=received_at)
+                await room.outcomes.record(
+                    base_link(follower, event),
+                    event.signal_id,
+                    "skipped",
+                    "not_mirrored",
+                    "No linked order for this master order",
+                    executed_at=event.executed_at,
+                    received_at=received_at,
+                )
                 return
             link, revision = got
             if link.finished:
                 await self._sides.cancel_recorded(follower, link, event.signal_id, received_at)
                 return
-            link = msgspec.structs.replace(link, master_open=False, master_size=event.size,
-                                           master_filled=max(link.master_filled, event.filled))
+            link = msgspec.structs.replace(
+                link,
+                master_open=False,
+                master_size=event.size,
+                master_filled=max(link.master_filled, event.filled),
+            )
             revision = await room.links.update(key, link, revision)  # the master order is over
-            await self._sides.master_cancelled(follower, key, link, revision, event.signal_id,
-                                               received_at)
+            await self._sides.master_cancelled(follower, key, link, revision, event.signal_id, received_at)

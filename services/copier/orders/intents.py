@@ -24,8 +24,16 @@ from shared.messages import Skip
 log = logging.getLogger("copytrade.mirroring")
 
 
-async def settle(room: Room, follower: Follower, key: str, link: Link, revision: int, *,
-                 may_place: bool, fresh: bool = False) -> tuple[Link, int]:
+async def settle(
+    room: Room,
+    follower: Follower,
+    key: str,
+    link: Link,
+    revision: int,
+    *,
+    may_place: bool,
+    fresh: bool = False,
+) -> tuple[Link, int]:
     """The link with its intent carried out (live, ended or unlinked) and written.
 
     fresh: this attempt wrote the intent just now (no one else can be at the venue with it)."""
@@ -35,8 +43,7 @@ async def settle(room: Room, follower: Follower, key: str, link: Link, revision:
         link = await _cancel_previous(room, follower, link)
     found = await room.find(follower, link, cid)
     if found is not None:
-        return await _write(room, key, _after(await room.apply(follower, link, found), found),
-                            revision)
+        return await _write(room, key, _after(await room.apply(follower, link, found), found), revision)
     if not fresh and time.time() - link.at < room.lease_s:
         raise LinkBusy(f"{key}: {link.state} since {time.time() - link.at:.1f}s by {link.owner}")
     if not may_place or link.order_size <= 0:
@@ -47,7 +54,8 @@ async def settle(room: Room, follower: Follower, key: str, link: Link, revision:
 async def _cancel_previous(room: Room, follower: Follower, link: Link) -> Link:
     """The previous order cancelled (confirmed) and its fill applied; unless the replacement is
     there already (the venue replaced it), when the previous one ended by the venue's hand."""
-    assert link.previous is not None and link.client_order_id is not None
+    assert link.previous is not None
+    assert link.client_order_id is not None
     if link.previous in link.applied:
         return link
     if await room.find(follower, link, link.client_order_id) is not None:
@@ -55,23 +63,30 @@ async def _cancel_previous(room: Room, follower: Follower, link: Link) -> Link:
     return await room.apply(follower, link, await room.cancel(follower, link, link.previous))
 
 
-async def _place(room: Room, follower: Follower, key: str, link: Link,
-                 revision: int) -> tuple[Link, int]:
+async def _place(room: Room, follower: Follower, key: str, link: Link, revision: int) -> tuple[Link, int]:
     assert link.client_order_id is not None
     verdict = room.admit(follower, link.side, link.order_size, link.price or link.trigger_price)
     if isinstance(verdict, Skip) or verdict == "dry_run":
-        skip = verdict if isinstance(verdict, Skip) else Skip(
-            follower_id=follower.id, reason_code="dry_run", reason="Dry run: no linked order")
+        skip = (
+            verdict
+            if isinstance(verdict, Skip)
+            else Skip(follower_id=follower.id, reason_code="dry_run", reason="Dry run: no linked order")
+        )
         return await _write(room, key, _unplaced(link, skip.reason_code, skip.reason), revision)
     command = room.resting(follower, link, link.client_order_id, link.order_size)
     try:
         ack = await room.place(follower, command)
     except ExchangeError as exc:  # recorded by the caller; the sweep looks the id up once
-        failed = _unplaced(link, exc.reason_code, f"{type(exc).__name__}: {exc}",
-                           failed=not isinstance(exc, NotNative))
+        failed = _unplaced(
+            link, exc.reason_code, f"{type(exc).__name__}: {exc}", failed=not isinstance(exc, NotNative)
+        )
         return await _write(room, key, failed, revision)
-    log.info("event=linked_order_placed follower=%s client_order_id=%s status=%s", follower.id,
-             ack.client_order_id, ack.status)
+    log.info(
+        "event=linked_order_placed follower=%s client_order_id=%s status=%s",
+        follower.id,
+        ack.client_order_id,
+        ack.status,
+    )
     return await _write(room, key, _after(await room.apply(follower, link, ack), ack), revision)
 
 
@@ -79,8 +94,7 @@ def _unplaced(link: Link, code: str, reason: str, *, failed: bool = False) -> Li
     """No order placed: unlinked (its master's fills copied as fills) while nothing of this
     master order filled for the follower, else ended (never copied twice)."""
     state = "unlinked" if link.filled <= 0 else "ended"
-    return msgspec.structs.replace(link, state=state, reason_code=code, reason=reason[:500],
-                                   failed=failed)
+    return msgspec.structs.replace(link, state=state, reason_code=code, reason=reason[:500], failed=failed)
 
 
 def _after(link: Link, ack: OrderAck) -> Link:

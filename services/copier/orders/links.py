@@ -136,8 +136,7 @@ class LinkStore:
         """Replace the link written at `revision`; LinkConflict if it moved since."""
         data = self._encoder.encode(msgspec.structs.replace(link, at=time.time()))
         try:
-            return await bus.retry(f"update link {key}",
-                                   lambda: self._kv.update(key, data, last=revision))
+            return await bus.retry(f"update link {key}", lambda: self._kv.update(key, data, last=revision))
         except KeyWrongLastSequenceError:
             raise LinkConflict(f"link {key} changed under us") from None
 

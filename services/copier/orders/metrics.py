@@ -4,18 +4,35 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-SWEEP_OUTCOMES = ("open", "filled", "orphan", "resolved", "resumed", "busy", "purged", "failed",
-                  "finished", "no_follower", "unchanged")
+SWEEP_OUTCOMES = (
+    "open",
+    "filled",
+    "orphan",
+    "resolved",
+    "resumed",
+    "busy",
+    "purged",
+    "failed",
+    "finished",
+    "no_follower",
+    "unchanged",
+)
 
 
 class MirrorMetrics:
     def __init__(self, registry: CollectorRegistry, group: str) -> None:
         self.links = Counter(
-            "copytrade_mirror_sweep_links_total", "Linked orders the sweep looked at, by outcome",
-            ["group", "outcome"], registry=registry)
+            "copytrade_mirror_sweep_links_total",
+            "Linked orders the sweep looked at, by outcome",
+            ["group", "outcome"],
+            registry=registry,
+        )
         self.errors = Counter(
-            "copytrade_mirror_errors_total", "Mirroring steps that failed and were left for "
-            "the next event or sweep", ["group", "stage"], registry=registry)
+            "copytrade_mirror_errors_total",
+            "Mirroring steps that failed and were left for the next event or sweep",
+            ["group", "stage"],
+            registry=registry,
+        )
         self._group = group
         for outcome in SWEEP_OUTCOMES:
             self.links.labels(group, outcome)

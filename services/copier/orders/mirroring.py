@@ -38,17 +38,34 @@ SWEEP_S = 30.0  # how often the sweep runs (and on start, and when a master fill
 
 class Mirroring:
     def __init__(
-        self, *, nc: Client, js: JetStreamContext, kv: KeyValue, book: FollowerBook,
-        policy: Policy, holdings: Holdings, settings: CopierSettings, metrics: CopierMetrics,
-        instance: str, registry: CollectorRegistry | None = None,
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        kv: KeyValue,
+        book: FollowerBook,
+        policy: Policy,
+        holdings: Holdings,
+        settings: CopierSettings,
+        metrics: CopierMetrics,
+        instance: str,
+        registry: CollectorRegistry | None = None,
     ) -> None:
-        room = Room(group=book.group, instance=instance, book=book, policy=policy,
-                    holdings=holdings, links=LinkStore(kv, book.group),
-                    outcomes=Outcomes(ResultLog(js, metrics, book.group), book.group),
-                    settings=settings, locks=KeyLocks(),
-                    metrics=MirrorMetrics(registry or CollectorRegistry(), book.group))
-        sizer = LinkSizer(nc=nc, book=book, policy=policy, holdings=holdings, settings=settings,
-                          metrics=metrics)
+        room = Room(
+            group=book.group,
+            instance=instance,
+            book=book,
+            policy=policy,
+            holdings=holdings,
+            links=LinkStore(kv, book.group),
+            outcomes=Outcomes(ResultLog(js, metrics, book.group), book.group),
+            settings=settings,
+            locks=KeyLocks(),
+            metrics=MirrorMetrics(registry or CollectorRegistry(), book.group),
+        )
+        sizer = LinkSizer(
+            nc=nc, book=book, policy=policy, holdings=holdings, settings=settings, metrics=metrics
+        )
         self._room = room
         self._wake = asyncio.Event()
         self._sides = Sides(room, self._wake_at)
@@ -60,8 +77,9 @@ class Mirroring:
         outcome is stored (raise to have it retried)."""
         await self._events.handle(event, received_at)
 
-    async def take_fills(self, signal: TradeSignal, followers: list[Follower],
-                         received_at: float) -> list[Follower]:
+    async def take_fills(
+        self, signal: TradeSignal, followers: list[Follower], received_at: float
+    ) -> list[Follower]:
         """Of `followers`, those to copy this master fill for (not those whose linked order
         carries it)."""
         return await self._sides.take_fills(signal, followers, received_at)
@@ -76,8 +94,7 @@ class Mirroring:
             try:
                 found = await self.sweep()
                 if found:
-                    log.info("event=mirror_sweep %s", " ".join(f"{k}={v}" for k, v in
-                                                                sorted(found.items())))
+                    log.info("event=mirror_sweep %s", " ".join(f"{k}={v}" for k, v in sorted(found.items())))
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # next round again
                 self._room.metrics.failed("sweep")
                 log.warning("event=mirror_sweep_failed error=%s", type(exc).__name__)

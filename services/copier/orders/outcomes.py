@@ -23,38 +23,80 @@ class Outcomes:
         self._results, self._group = results, group
 
     async def record(
-        self, link: Link, signal_id: str, outcome: Outcome, reason_code: str, reason: str, *,
-        ack: OrderAck | None = None, size: Decimal | None = None, filled: Decimal | None = None,
+        self,
+        link: Link,
+        signal_id: str,
+        outcome: Outcome,
+        reason_code: str,
+        reason: str,
+        *,
+        ack: OrderAck | None = None,
+        size: Decimal | None = None,
+        filled: Decimal | None = None,
         client_order_id: str | None = None,
-        executed_at: float = 0.0, received_at: float = 0.0, sent_at: float | None = None,
+        executed_at: float = 0.0,
+        received_at: float = 0.0,
+        sent_at: float | None = None,
     ) -> None:
         result = CopyResult(
-            signal_id=signal_id, follower_id=link.follower_id, exchange=self._group,
-            master_id=link.master_id, outcome=outcome, reason_code=reason_code,
-            reason=reason[:500], symbol=link.symbol, side=link.side,
+            signal_id=signal_id,
+            follower_id=link.follower_id,
+            exchange=self._group,
+            master_id=link.master_id,
+            outcome=outcome,
+            reason_code=reason_code,
+            reason=reason[:500],
+            symbol=link.symbol,
+            side=link.side,
             size=size if size is not None else (link.size or None),
-            size_type="base", notional=_notional(size or link.size, link),
-            client_order_id=ack.client_order_id if ack is not None else (
-                client_order_id or link.client_order_id),
+            size_type="base",
+            notional=_notional(size or link.size, link),
+            client_order_id=ack.client_order_id
+            if ack is not None
+            else (client_order_id or link.client_order_id),
             exchange_order_id=None if ack is None else ack.exchange_order_id,
             filled_base=filled if filled is not None else (None if ack is None else ack.filled_base),
             avg_price=None if ack is None else ack.avg_price,
-            signal_executed_at=executed_at, received_at=received_at or time.time(),
-            order_sent_at=sent_at, acked_at=None if ack is None else (ack.accepted_at or time.time()))
+            signal_executed_at=executed_at,
+            received_at=received_at or time.time(),
+            order_sent_at=sent_at,
+            acked_at=None if ack is None else (ack.accepted_at or time.time()),
+        )
         recording = Recording()
         await self._results.record(result, recording)
         await self._results.stored(recording, STORE_TIMEOUT_S)
 
-    async def skipped(self, link: Link, signal_id: str, skip: Skip, *, executed_at: float = 0.0,
-                      received_at: float = 0.0) -> None:
-        await self.record(link, signal_id, "skipped", skip.reason_code, skip.reason,
-                          executed_at=executed_at, received_at=received_at)
+    async def skipped(
+        self, link: Link, signal_id: str, skip: Skip, *, executed_at: float = 0.0, received_at: float = 0.0
+    ) -> None:
+        await self.record(
+            link,
+            signal_id,
+            "skipped",
+            skip.reason_code,
+            skip.reason,
+            executed_at=executed_at,
+            received_at=received_at,
+        )
 
-    async def failed(self, link: Link, signal_id: str, error: ExchangeError, *,
-                     executed_at: float = 0.0, received_at: float = 0.0) -> None:
-        await self.record(link, signal_id, "failed", error.reason_code,
-                          f"{type(error).__name__}: {error}", executed_at=executed_at,
-                          received_at=received_at)
+    async def failed(
+        self,
+        link: Link,
+        signal_id: str,
+        error: ExchangeError,
+        *,
+        executed_at: float = 0.0,
+        received_at: float = 0.0,
+    ) -> None:
+        await self.record(
+            link,
+            signal_id,
+            "failed",
+            error.reason_code,
+            f"{type(error).__name__}: {error}",
+            executed_at=executed_at,
+            received_at=received_at,
+        )
 
 
 def _notional(size: Decimal, link: Link) -> Decimal | None:

@@ -28,8 +28,12 @@ log = logging.getLogger("copytrade.mirroring")
 T = TypeVar("T")
 ATTEMPTS = 4
 BACKOFF_S = 0.2
-_TRIGGERS: dict[str, Trigger] = {"stop_loss": "stop_loss", "stop_loss_limit": "stop_loss",
-                                 "take_profit": "take_profit", "take_profit_limit": "take_profit"}
+_TRIGGERS: dict[str, Trigger] = {
+    "stop_loss": "stop_loss",
+    "stop_loss_limit": "stop_loss",
+    "take_profit": "take_profit",
+    "take_profit_limit": "take_profit",
+}
 
 
 class LinkBusy(CopytradeError):
@@ -66,28 +70,45 @@ class Room:
     async def rules(self, follower: Follower, symbol: str) -> MarketRules | None:
         return await self.book.rules(follower, symbol)
 
-    def admit(self, follower: Follower, side: Side, size: Decimal, price: Decimal | None,
-              limit: Decimal | None = None) -> Verdict:
+    def admit(
+        self,
+        follower: Follower,
+        side: Side,
+        size: Decimal,
+        price: Decimal | None,
+        limit: Decimal | None = None,
+    ) -> Verdict:
         """The policy's verdict on a linked order (or a chase, an unwind) of this size."""
         notional = size * (price or ZERO)
-        order = SizedOrder(follower_id=follower.id, side=side, size=size, size_type="base",
-                           notional=notional, scale=Decimal(1), limit_price=limit)
+        order = SizedOrder(
+            follower_id=follower.id,
+            side=side,
+            size=size,
+            size_type="base",
+            notional=notional,
+            scale=Decimal(1),
+            limit_price=limit,
+        )
         return self.policy.admit(follower, order)
 
-    def resting(self, follower: Follower, link: Link, client_order_id: str,
-                size: Decimal) -> OrderCommand:
+    def resting(self, follower: Follower, link: Link, client_order_id: str, size: Decimal) -> OrderCommand:
         trigger = _TRIGGERS.get(link.kind)
         limit = None if link.kind in ("stop_loss", "take_profit") else link.price
         return OrderCommand(
-            client_order_id=client_order_id, symbol=follower.venue_symbol(link.symbol),
-            side=link.side, size=size, size_type="base",
-            reference_price=link.price or link.trigger_price or ZERO, limit_price=limit,
-            time_in_force="gtc", trigger=trigger,
-            trigger_price=link.trigger_price if trigger is not None else None)
+            client_order_id=client_order_id,
+            symbol=follower.venue_symbol(link.symbol),
+            side=link.side,
+            size=size,
+            size_type="base",
+            reference_price=link.price or link.trigger_price or ZERO,
+            limit_price=limit,
+            time_in_force="gtc",
+            trigger=trigger,
+            trigger_price=link.trigger_price if trigger is not None else None,
+        )
 
     async def place(self, follower: Follower, command: OrderCommand) -> OrderAck:
-        return await place_idempotently(follower.account, command,
-                                        timeout_s=self.settings.order_timeout_s)
+        return await place_idempotently(follower.account, command, timeout_s=self.settings.order_timeout_s)
 
     async def find(self, follower: Follower, link: Link, client_order_id: str) -> OrderAck | None:
         symbol = follower.venue_symbol(link.symbol)
@@ -120,5 +141,5 @@ class Room:
             except (TemporaryError, TimeoutError) as exc:
                 if attempt + 1 == ATTEMPTS:
                     raise TemporaryError(f"venue call failed: {type(exc).__name__}") from exc
-                await asyncio.sleep(BACKOFF_S * 2 ** attempt)
+                await asyncio.sleep(BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")

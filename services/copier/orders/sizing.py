@@ -44,11 +44,21 @@ def internal_signal(event: OrderSignal) -> TradeSignal:
     assert price is not None  # every mirrored kind has a limit or a trigger price
     order_id = "mirror-" + uuid.uuid5(_NAMESPACE, event.signal_id).hex
     return TradeSignal(
-        signal_id=signal_id_for(INTERNAL, order_id), master_id=event.master_id,
-        exchange=INTERNAL, symbol=event.symbol, side=event.side, price=price, size=left,
-        size_type="base", filled_base=left, order_id=order_id, master_equity=event.master_equity,
+        signal_id=signal_id_for(INTERNAL, order_id),
+        master_id=event.master_id,
+        exchange=INTERNAL,
+        symbol=event.symbol,
+        side=event.side,
+        price=price,
+        size=left,
+        size_type="base",
+        filled_base=left,
+        order_id=order_id,
+        master_equity=event.master_equity,
         master_position_before=event.copied_position,
-        copied_position_before=event.copied_position, executed_at=time.time())
+        copied_position_before=event.copied_position,
+        executed_at=time.time(),
+    )
 
 
 def on_tick(price: Decimal | None, side: Side, rules: MarketRules | None) -> Decimal | None:
@@ -72,21 +82,27 @@ class LinkSizer:
     a resting order's own price is its bound)."""
 
     def __init__(
-        self, *, nc: Client, book: FollowerBook, policy: Policy, holdings: Holdings,
-        settings: CopierSettings, metrics: CopierMetrics,
+        self,
+        *,
+        nc: Client,
+        book: FollowerBook,
+        policy: Policy,
+        holdings: Holdings,
+        settings: CopierSettings,
+        metrics: CopierMetrics,
     ) -> None:
         limit = asyncio.Semaphore(settings.concurrency)
-        self._figures = FigureReader(book=book, policy=policy, holdings=holdings,
-                                     settings=settings, limit=limit)
+        self._figures = FigureReader(
+            book=book, policy=policy, holdings=holdings, settings=settings, limit=limit
+        )
         self._sizer = SizerClient(nc, book, metrics)
 
-    async def size(
-        self, event: OrderSignal, followers: list[Follower]
-    ) -> dict[str, Decision | ReadFailed]:
+    async def size(self, event: OrderSignal, followers: list[Follower]) -> dict[str, Decision | ReadFailed]:
         signal = internal_signal(event)
         figures = await self._figures.read_all(signal, followers)
         decided: dict[str, Decision | ReadFailed] = {
-            f.follower_id: f for f in figures if not isinstance(f, FollowerSnapshot)}
+            f.follower_id: f for f in figures if not isinstance(f, FollowerSnapshot)
+        }
         ready = [_unguarded(f) for f in figures if isinstance(f, FollowerSnapshot)]
         if ready:
             decided.update(await self._sizer.size(signal, ready))
@@ -94,6 +110,5 @@ class LinkSizer:
 
 
 def _unguarded(snapshot: FollowerSnapshot) -> FollowerSnapshot:
-    risk = msgspec.structs.replace(snapshot.risk, max_price_deviation_pct=None,
-                                   slippage_action="skip")
+    risk = msgspec.structs.replace(snapshot.risk, max_price_deviation_pct=None, slippage_action="skip")
     return msgspec.structs.replace(snapshot, risk=risk, price=None)

@@ -56,8 +56,12 @@ class Sweep:
             return "busy"
         except (ExchangeError, LinkConflict) as exc:  # left for the next sweep
             room.metrics.failed("sweep")
-            log.warning("event=sweep_link_failed key=%s follower=%s error=%s", key, follower.id,
-                        f"{type(exc).__name__}: {exc}"[:300])
+            log.warning(
+                "event=sweep_link_failed key=%s follower=%s error=%s",
+                key,
+                follower.id,
+                f"{type(exc).__name__}: {exc}"[:300],
+            )
             return "failed"
 
     async def _one(self, follower: Follower, key: str, link: Link, revision: int) -> str:
@@ -73,21 +77,21 @@ class Sweep:
             return "resumed"
         mirrored = room.orders_config(follower, link.master_id) is not None
         if link.state in ("placing", "replacing"):
-            link, revision = await settle(room, follower, key, link, revision,
-                                          may_place=mirrored and link.master_open)
+            link, revision = await settle(
+                room, follower, key, link, revision, may_place=mirrored and link.master_open
+            )
         handlers = {"unlinked": self._unlinked, "live": self._live, "ended": self._ended}
         return await handlers[link.state](follower, key, link, revision, mirrored)
 
-    async def _live(self, follower: Follower, key: str, link: Link, revision: int,
-                    mirrored: bool) -> str:
+    async def _live(self, follower: Follower, key: str, link: Link, revision: int, mirrored: bool) -> str:
         room = self._room
         assert link.client_order_id is not None
         if not mirrored:
-            return await self._orphan(follower, key, link, revision,
-                                      "the subscription no longer mirrors this master's orders")
+            return await self._orphan(
+                follower, key, link, revision, "the subscription no longer mirrors this master's orders"
+            )
         if not link.master_open and link.due is None:
-            return await self._orphan(follower, key, link, revision,
-                                      "its master order is no longer live")
+            return await self._orphan(follower, key, link, revision, "its master order is no longer live")
         if link.due is not None and link.due <= time.time():
             await self._sides.resolve_due(follower, key, link, revision)
             return "resolved"
@@ -98,27 +102,36 @@ class Sweep:
         cid = link.client_order_id
         if ack is not None and ack.filled_base:
             await room.links.update(key, ended, revision)
-            await room.outcomes.record(ended, event_id(key, f"filled:{cid}"), "filled",
-                                       "linked_order_filled",
-                                       f"Linked {link.kind} order {cid} filled "
-                                       f"{ack.filled_base} at {ack.avg_price}", ack=ack)
+            await room.outcomes.record(
+                ended,
+                event_id(key, f"filled:{cid}"),
+                "filled",
+                "linked_order_filled",
+                f"Linked {link.kind} order {cid} filled {ack.filled_base} at {ack.avg_price}",
+                ack=ack,
+            )
             return "filled"
         await room.links.update(key, msgspec.structs.replace(ended, resolved="gone"), revision)
-        await room.outcomes.record(ended, event_id(key, f"gone:{cid}"), "skipped",
-                                   "linked_order_gone", f"Linked order {cid} ended at the venue "
-                                   "without a fill, outside copytrade", ack=ack)
+        await room.outcomes.record(
+            ended,
+            event_id(key, f"gone:{cid}"),
+            "skipped",
+            "linked_order_gone",
+            f"Linked order {cid} ended at the venue without a fill, outside copytrade",
+            ack=ack,
+        )
         return "filled"
 
-    async def _ended(self, follower: Follower, key: str, link: Link, revision: int,
-                     mirrored: bool) -> str:
+    async def _ended(self, follower: Follower, key: str, link: Link, revision: int, mirrored: bool) -> str:
         if link.due is not None:
             if link.due > time.time():
                 return "unchanged"
             await self._sides.resolve_due(follower, key, link, revision)
             return "resolved"
         if not link.master_open:  # a master cancel whose handling stopped half way
-            await self._sides.after_master_cancel(follower, key, link, revision,
-                                                  event_id(key, "master_cancelled"))
+            await self._sides.after_master_cancel(
+                follower, key, link, revision, event_id(key, "master_cancelled")
+            )
             return "resolved"
         if not mirrored:
             done = msgspec.structs.replace(link, resolved="unsubscribed")
@@ -126,40 +139,49 @@ class Sweep:
             return "resolved"
         return "unchanged"  # filled first: the master's cancel or fills decide
 
-    async def _unlinked(self, follower: Follower, key: str, link: Link, revision: int,
-                        _mirrored: bool) -> str:
+    async def _unlinked(
+        self, follower: Follower, key: str, link: Link, revision: int, _mirrored: bool
+    ) -> str:
         room = self._room
         if link.client_order_id is not None:  # its placement failed: did the venue take it?
             ack = await room.find(follower, link, link.client_order_id)
             if ack is not None and ack.status == "submitted":
-                return await self._orphan(follower, key, msgspec.structs.replace(link, state="live"),
-                                          revision, "its placement was reported failed")
+                return await self._orphan(
+                    follower,
+                    key,
+                    msgspec.structs.replace(link, state="live"),
+                    revision,
+                    "its placement was reported failed",
+                )
             if ack is not None and ack.filled_base:
-                return await self._orphan(follower, key, link, revision,
-                                          "it filled though its placement was reported failed")
+                return await self._orphan(
+                    follower, key, link, revision, "it filled though its placement was reported failed"
+                )
             link = msgspec.structs.replace(link, client_order_id=None)
             revision = await room.links.update(key, link, revision)
         if not link.master_open:
-            await room.links.update(key, msgspec.structs.replace(link, resolved="unlinked"),
-                                    revision)
+            await room.links.update(key, msgspec.structs.replace(link, resolved="unlinked"), revision)
             return "finished"
         return "unchanged"
 
-    async def _orphan(self, follower: Follower, key: str, link: Link, revision: int,
-                      why: str) -> str:
+    async def _orphan(self, follower: Follower, key: str, link: Link, revision: int, why: str) -> str:
         """Cancel (confirmed) a linked order no master order stands behind; apply its fill."""
         room, cid = self._room, link.client_order_id
         assert cid is not None
         ack = await room.cancel(follower, link, cid)
-        ended = msgspec.structs.replace(await room.apply(follower, link, ack), state="ended",
-                                        resolved="orphan", due=None)
+        ended = msgspec.structs.replace(
+            await room.apply(follower, link, ack), state="ended", resolved="orphan", due=None
+        )
         await room.links.update(key, ended, revision)
         filled = ack is not None and bool(ack.filled_base)
-        log.warning("event=orphan_cancelled follower=%s client_order_id=%s why=%r", follower.id,
-                    cid, why)
-        await room.outcomes.record(ended, event_id(key, f"orphan:{cid}"),
-                                   "filled" if filled else "skipped", "orphan_cancelled",
-                                   f"Linked order {cid} cancelled: {why}"
-                                   + (" (its fill stays in the copied holding)" if filled else ""),
-                                   ack=ack)
+        log.warning("event=orphan_cancelled follower=%s client_order_id=%s why=%r", follower.id, cid, why)
+        await room.outcomes.record(
+            ended,
+            event_id(key, f"orphan:{cid}"),
+            "filled" if filled else "skipped",
+            "orphan_cancelled",
+            f"Linked order {cid} cancelled: {why}"
+            + (" (its fill stays in the copied holding)" if filled else ""),
+            ack=ack,
+        )
         return "orphan"

@@ -20,7 +20,12 @@ class WorkPlanner:
     """Turns a signal into one stored work item per non-empty shard of the group."""
 
     def __init__(
-        self, *, js: JetStreamContext, book: FollowerBook, settings: CopierSettings, instance: str,
+        self,
+        *,
+        js: JetStreamContext,
+        book: FollowerBook,
+        settings: CopierSettings,
+        instance: str,
         metrics: WorkMetrics,
     ) -> None:
         self._js, self._book, self._settings = js, book, settings
@@ -41,8 +46,10 @@ class WorkPlanner:
         return self._spread_before and await self._queued()
 
     async def _queued(self) -> bool:
-        info = await bus.retry("work queued", lambda: self._js.stream_info(
-            bus.WORK_STREAM, subjects_filter=bus.work_of(self._group)))
+        info = await bus.retry(
+            "work queued",
+            lambda: self._js.stream_info(bus.WORK_STREAM, subjects_filter=bus.work_of(self._group)),
+        )
         return bool(info.state.subjects)
 
     async def plan(self, signal: TradeSignal, received_at: float) -> None:
@@ -52,16 +59,31 @@ class WorkPlanner:
         sent: list[bus.Sent] = []
         try:
             for shard in occupied:
-                item = WorkItem(signal=signal, group=self._group, shard=shard, shards=shards,
-                                received_at=received_at, planner=self._instance)
-                sent.append(await bus.send(
-                    self._js, bus.work_subject(self._group, shard), self._encoder.encode(item),
-                    f"{signal.signal_id}:{shard}"))
+                item = WorkItem(
+                    signal=signal,
+                    group=self._group,
+                    shard=shard,
+                    shards=shards,
+                    received_at=received_at,
+                    planner=self._instance,
+                )
+                sent.append(
+                    await bus.send(
+                        self._js,
+                        bus.work_subject(self._group, shard),
+                        self._encoder.encode(item),
+                        f"{signal.signal_id}:{shard}",
+                    )
+                )
         except BaseException:
             for write in sent:  # nobody will await these now; the signal is retried whole
                 write.ack.cancel()
             raise
         await bus.confirm(self._js, sent)  # items lost with a node are sent again, deduplicated
         self._metrics.count("published", len(sent))
-        log.info("event=signal_spread signal_id=%s followers=%d items=%d", signal.signal_id,
-                 len(self._book.all()), len(sent))
+        log.info(
+            "event=signal_spread signal_id=%s followers=%d items=%d",
+            signal.signal_id,
+            len(self._book.all()),
+            len(sent),
+        )

@@ -32,8 +32,16 @@ class WorkRunner:
     """Pulls the items of the shards this replica owns and runs each through the executor."""
 
     def __init__(
-        self, *, nc: Client, js: JetStreamContext, book: FollowerBook, executor: CopyExecutor,
-        delivery: Delivery, replicas: Replicas, settings: CopierSettings, metrics: WorkMetrics,
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        book: FollowerBook,
+        executor: CopyExecutor,
+        delivery: Delivery,
+        replicas: Replicas,
+        settings: CopierSettings,
+        metrics: WorkMetrics,
     ) -> None:
         self._nc, self._js, self._book, self._executor = nc, js, book, executor
         self._delivery, self._replicas, self._settings = delivery, replicas, settings
@@ -56,9 +64,13 @@ class WorkRunner:
         return pulling == {s for s in range(self._settings.shards) if self._replicas.owns(s)}
 
     async def prepare(self) -> None:
-        await bus.ensure_work_consumers(self._js, self._group, self._settings.shards,
-                                        ack_wait_s=self._settings.ack_wait_s,
-                                        max_deliver=self._settings.max_deliver)
+        await bus.ensure_work_consumers(
+            self._js,
+            self._group,
+            self._settings.shards,
+            ack_wait_s=self._settings.ack_wait_s,
+            max_deliver=self._settings.max_deliver,
+        )
 
     async def run(self) -> None:
         """Keep one pull loop per owned shard, following ownership changes, until stopped."""
@@ -74,8 +86,7 @@ class WorkRunner:
                 self._metrics.shards_owned.set(len(owned))
                 self._metrics.replicas.set(len(self._replicas.live()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._replicas.changed.wait(),
-                                           self._settings.replica_heartbeat_s)
+                    await asyncio.wait_for(self._replicas.changed.wait(), self._settings.replica_heartbeat_s)
         finally:
             loops = [t for t in self._loops.values() if not t.done()]
             if loops:
@@ -113,7 +124,8 @@ class WorkRunner:
         sub = None
         try:
             sub = await self._js.pull_subscribe_bind(
-                durable=bus.work_durable(self._group, shard), stream=bus.WORK_STREAM)
+                durable=bus.work_durable(self._group, shard), stream=bus.WORK_STREAM
+            )
             failures = 0
             while not (self._stopping.is_set() or self._nc.is_closed) and self._replicas.owns(shard):
                 try:
@@ -125,9 +137,13 @@ class WorkRunner:
                         return
                     failures += 1
                     self._metrics.count("pull_failed")
-                    log.warning("event=work_fetch_failed shard=%d failures=%d error=%s", shard,
-                                failures, type(exc).__name__)
-                    await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2 ** failures))
+                    log.warning(
+                        "event=work_fetch_failed shard=%d failures=%d error=%s",
+                        shard,
+                        failures,
+                        type(exc).__name__,
+                    )
+                    await asyncio.sleep(min(FETCH_BACKOFF_CAP_S, 0.05 * 2**failures))
                     continue
                 failures = 0
                 for msg in msgs:
@@ -155,12 +171,24 @@ class WorkRunner:
         if problem is not None or item.group != self._group:
             await self._refuse(msg, *(problem or ("wrong_group", f"work item for {item.group}")))
             return
-        followers = [f for f in self._book.in_shard(item.shard, item.shards)
-                     if self._executor.policy.copies(f, item.signal.master_id)]
-        done = await self._delivery.settle(msg, item.signal.signal_id, self._executor.execute(
-            item.signal, followers, item.received_at, redelivered=msg.metadata.num_delivered > 1,
-            lineage=(msg.metadata.consumer or "", msg.metadata.sequence.consumer),
-            shard=item.shard), shard=item.shard)
+        followers = [
+            f
+            for f in self._book.in_shard(item.shard, item.shards)
+            if self._executor.policy.copies(f, item.signal.master_id)
+        ]
+        done = await self._delivery.settle(
+            msg,
+            item.signal.signal_id,
+            self._executor.execute(
+                item.signal,
+                followers,
+                item.received_at,
+                redelivered=msg.metadata.num_delivered > 1,
+                lineage=(msg.metadata.consumer or "", msg.metadata.sequence.consumer),
+                shard=item.shard,
+            ),
+            shard=item.shard,
+        )
         self._metrics.count("done" if done else "retried")
 
     async def _refuse(self, msg: Msg, reason_code: str, reason: str) -> None:

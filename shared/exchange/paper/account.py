@@ -110,8 +110,9 @@ class PaperAccount:
         order = (await self._ok(Cancel(self.account_id, client_order_id))).order
         return None if order is None else _ack(order)
 
-    async def amend_order(self, client_order_id: str, symbol: str, *, price: Decimal | None = None,
-                          size: Decimal | None = None) -> OrderAck:
+    async def amend_order(
+        self, client_order_id: str, symbol: str, *, price: Decimal | None = None, size: Decimal | None = None
+    ) -> OrderAck:
         order = (await self._ok(Amend(self.account_id, client_order_id, price, size))).order
         assert order is not None
         return _ack(order)
@@ -128,8 +129,17 @@ class PaperAccount:
         reply = await self._ok(Fills(self.account_id, cursor))
         # a venue from before fill-by-fill sends no fills: one per filled order, as it was
         return reply.fills or [
-            Fill(order_id=o.order_id, symbol=o.symbol, side=o.side, amount=o.amount,
-                 price=o.price, at=o.at, client_order_id=o.client_order_id) for o in reply.orders]
+            Fill(
+                order_id=o.order_id,
+                symbol=o.symbol,
+                side=o.side,
+                amount=o.amount,
+                price=o.price,
+                at=o.at,
+                client_order_id=o.client_order_id,
+            )
+            for o in reply.orders
+        ]
 
 
 # The paper venue places every resting kind itself and amends in place.
@@ -137,21 +147,33 @@ CAPABILITIES = OrderCapabilities(native=RESTING_KINDS, amend="in_place", amend_k
 
 
 def _ack(order: PaperOrder) -> OrderAck:
-    ack = OrderAck(exchange_order_id=order.order_id, client_order_id=order.client_order_id,
-                   status="expired", ordered_base=order.ordered)
+    ack = OrderAck(
+        exchange_order_id=order.order_id,
+        client_order_id=order.client_order_id,
+        status="expired",
+        ordered_base=order.ordered,
+    )
     if order.status == "expired" or (order.status == "canceled" and not order.amount):
         return ack
     if order.status == "open":  # a resting order, filled in part or not at all
-        return msgspec.structs.replace(ack, status="submitted", filled_base=order.amount or None,
-                                       avg_price=order.price or None)
-    return msgspec.structs.replace(ack, status="filled", filled_base=order.amount,
-                                   avg_price=order.price)
+        return msgspec.structs.replace(
+            ack, status="submitted", filled_base=order.amount or None, avg_price=order.price or None
+        )
+    return msgspec.structs.replace(ack, status="filled", filled_base=order.amount, avg_price=order.price)
 
 
 def _open_order(order: PaperOrder) -> OpenOrder:
-    kind = "limit" if order.trigger is None else order.trigger + (
-        "" if order.limit_price is None else "_limit")
-    return OpenOrder(client_order_id=order.client_order_id, exchange_order_id=order.order_id,
-                     symbol=order.symbol, kind=kind,  # type: ignore[arg-type]
-                     side=order.side, size=order.ordered or order.amount, filled=order.amount,
-                     price=order.limit_price, trigger_price=order.trigger_price)
+    kind = (
+        "limit" if order.trigger is None else order.trigger + ("" if order.limit_price is None else "_limit")
+    )
+    return OpenOrder(
+        client_order_id=order.client_order_id,
+        exchange_order_id=order.order_id,
+        symbol=order.symbol,
+        kind=kind,  # type: ignore[arg-type]
+        side=order.side,
+        size=order.ordered or order.amount,
+        filled=order.amount,
+        price=order.limit_price,
+        trigger_price=order.trigger_price,
+    )

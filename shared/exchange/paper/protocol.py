@@ -24,8 +24,13 @@ from shared.exchange.port import (
 from shared.messages import MarketRules, Side
 
 PaperFaultKind = Literal[
-    "exchange_error", "auth_error", "rate_limited", "timeout_after_accept", "insufficient_funds",
-    "temporary", "below_minimum",
+    "exchange_error",
+    "auth_error",
+    "rate_limited",
+    "timeout_after_accept",
+    "insufficient_funds",
+    "temporary",
+    "below_minimum",
 ]
 
 
@@ -133,8 +138,25 @@ class OpenOrders(Struct, frozen=True, tag="open_orders"):
     symbol: str | None = None
 
 
-Call = (Snapshot | Position | Rules | Price | Place | Find | Fills | Fund | SetPrice | InjectFault
-        | Orders | PlaceResting | FillPart | Submit | Cancel | Amend | OpenOrders)
+Call = (
+    Snapshot
+    | Position
+    | Rules
+    | Price
+    | Place
+    | Find
+    | Fills
+    | Fund
+    | SetPrice
+    | InjectFault
+    | Orders
+    | PlaceResting
+    | FillPart
+    | Submit
+    | Cancel
+    | Amend
+    | OpenOrders
+)
 
 
 class PaperOrder(Struct, frozen=True, kw_only=True):
@@ -200,5 +222,3 @@ def nats_transport(nc: object, timeout_s: float = 3.0) -> Transport:
         return reply
 
     return call
-
-
