@@ -400,7 +400,7 @@ def trade(
     size_type, size = ("quote", quote) if quote is not None else ("base", base)
     return TradeRequest(
         symbol=symbol,
-        side=side,
-        size=Decimal(size or "0"),  # type: ignore[arg-type]
-        size_type=size_type,
-    )  # type: ignore[arg-type]
+        side=side,  # type: ignore[arg-type]
+        size=Decimal(size or "0"),
+        size_type=size_type,  # type: ignore[arg-type]
+    )

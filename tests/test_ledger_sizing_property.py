@@ -62,9 +62,9 @@ class Model:
             master_id="m",
             exchange="paper",
             symbol="BTC/USD",
-            side=side,
+            side=side,  # type: ignore[arg-type]
             price=PRICE,
-            size=base,  # type: ignore[arg-type]
+            size=base,
             size_type="base",
             filled_base=base,
             order_id=order_id,

@@ -52,12 +52,12 @@ def signal(
         master_id="master",
         exchange="paper",
         symbol="BTC/USD",
-        side=side,
+        side=side,  # type: ignore[arg-type]
         price=Decimal(price),
-        size=Decimal(size),  # type: ignore[arg-type]
-        size_type=size_type,
+        size=Decimal(size),
+        size_type=size_type,  # type: ignore[arg-type]
         filled_base=filled,
-        order_id="o1",  # type: ignore[arg-type]
+        order_id="o1",
         master_equity=Decimal(equity),
         master_position_before=Decimal(position_before),
         executed_at=1.0,

@@ -277,8 +277,8 @@ async def _trade(nc: Client, master_id: str, plan: list[tuple[str, Decimal]], tr
     for side, size in plan:
         request = TradeRequest(
             symbol=SYMBOL,
-            side=side,
-            size=size,  # type: ignore[arg-type]
+            side=side,  # type: ignore[arg-type]
+            size=size,
             size_type="base",
             master_id=master_id,
         )

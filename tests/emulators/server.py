@@ -9,6 +9,8 @@ from aiohttp import web
 
 from tests.emulators.state import VenueState
 
+BACKLOG = 4096
+
 
 class EmulatorServer:
     """Base for venue emulators: subclasses add their routes in `routes()`."""
@@ -28,7 +30,9 @@ class EmulatorServer:
         self._closing = asyncio.Event()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        # a venue takes a thousand followers' connections at once; aiohttp's default backlog
+        # (128) drops SYNs beyond it and the clients retry a second later
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=BACKLOG)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
