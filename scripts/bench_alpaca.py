@@ -30,15 +30,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_emulator(accounts: int, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulators.serve", "alpaca", "--accounts", str(accounts),
-         "--latency-ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.emulators.serve",
+            "alpaca",
+            "--accounts",
+            str(accounts),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
 
 def order() -> OrderCommand:
-    return OrderCommand(client_order_id=uuid.uuid4().hex, symbol="BTC/USD", side="buy",
-                        size=Decimal(10), size_type="quote", reference_price=Decimal(45000))
+    return OrderCommand(
+        client_order_id=uuid.uuid4().hex,
+        symbol="BTC/USD",
+        side="buy",
+        size=Decimal(10),
+        size_type="quote",
+        reference_price=Decimal(45000),
+    )
 
 
 async def round_of_orders(accounts: list[ExchangeAccount]) -> float:
@@ -51,9 +69,14 @@ async def round_of_orders(accounts: list[ExchangeAccount]) -> float:
 
 async def adapter_rounds(url: str, followers: int, threads: int) -> tuple[float, float]:
     ctx = AdapterContext(http_timeout_s=30, alpaca_threads=threads)
-    accounts = [build_account(AccountConfig(id=f"a{i}", exchange="alpaca", base_url=url),
-                              Credentials(key_for(i), secret_for("alpaca", i)), ctx)
-                for i in range(followers)]
+    accounts = [
+        build_account(
+            AccountConfig(id=f"a{i}", exchange="alpaca", base_url=url),
+            Credentials(key_for(i), secret_for("alpaca", i)),
+            ctx,
+        )
+        for i in range(followers)
+    ]
     try:
         return await round_of_orders(accounts), await round_of_orders(accounts)
     finally:
@@ -65,10 +88,17 @@ async def adapter_rounds(url: str, followers: int, threads: int) -> tuple[float,
 async def floor(url: str, followers: int) -> tuple[float, float]:
     """N order posts from one aiohttp session, twice (new connections, then reused): what the
     emulator itself allows."""
+
     async def post(session: aiohttp.ClientSession, i: int) -> None:
         headers = {"APCA-API-KEY-ID": key_for(i), "APCA-API-SECRET-KEY": secret_for("alpaca", i)}
-        body = {"symbol": "BTC/USD", "side": "buy", "type": "market", "time_in_force": "gtc",
-                "notional": "10", "client_order_id": uuid.uuid4().hex}
+        body = {
+            "symbol": "BTC/USD",
+            "side": "buy",
+            "type": "market",
+            "time_in_force": "gtc",
+            "notional": "10",
+            "client_order_id": uuid.uuid4().hex,
+        }
         async with session.post(f"{url}/v2/orders", json=body, headers=headers) as reply:
             assert reply.status == 200, await reply.text()
             await reply.read()
@@ -88,11 +118,12 @@ async def main(followers: int, latency_ms: float) -> None:
     try:
         for threads in sorted({256, followers}):
             cold, warm = await adapter_rounds(url, followers, threads)
-            print(f"{followers} Alpaca followers, one order each, emulator at {latency_ms:.0f} ms, "
-                  f"{threads} Alpaca threads: first round {cold:.2f} s, second {warm:.2f} s")
+            print(
+                f"{followers} Alpaca followers, one order each, emulator at {latency_ms:.0f} ms, "
+                f"{threads} Alpaca threads: first round {cold:.2f} s, second {warm:.2f} s"
+            )
         cold, warm = await floor(url, followers)
-        print(f"floor: {followers} plain aiohttp order posts: first round {cold:.2f} s, "
-              f"second {warm:.2f} s")
+        print(f"floor: {followers} plain aiohttp order posts: first round {cold:.2f} s, second {warm:.2f} s")
     finally:
         proc.terminate()
         proc.wait()

@@ -55,8 +55,10 @@ async def main() -> None:
     config.write_text("version: 1\n")
     for name, secrets in (("kubernetes ..data", kubernetes(root)), ("plain directory", plain(root))):
         cpu = await ticks(config, secrets)
-        print(f"{name:18} {FILES} files: {cpu * 1000:.3f} ms CPU per tick "
-              f"= {cpu * 100:.3f}% of a core at 1 tick/s")
+        print(
+            f"{name:18} {FILES} files: {cpu * 1000:.3f} ms CPU per tick "
+            f"= {cpu * 100:.3f}% of a core at 1 tick/s"
+        )
 
 
 if __name__ == "__main__":
