@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.copier.copy.holdings import Holdings
+from services.copier.context import CopierContext
 from services.copier.copy.policy import Policy
 from services.copier.followers import FollowerBook
 from services.copier.metrics import CopierMetrics
@@ -249,38 +249,21 @@ class System:
         await bus.ensure_consumer(js, exchange, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
         control = Control(await control_bucket(js))
         watching = asyncio.create_task(control.watch())
-        claims = await js.key_value(bus.CLAIMS_BUCKET)
-        policy = Policy(control, metrics)
-        ledger = Ledger(await js.key_value(bus.LEDGER_BUCKET))
-        reconciler = Reconciler(
-            book=book,
-            metrics=metrics,
-            group=exchange,
-            policy=policy,
-            ledger=ledger,
-            holdings=Holdings(ledger),
-            control=control.kv,
-            claims=claims,
-            signals=js,
-            threshold=s.reconcile_threshold,
-            heal=s.reconcile_heal,
-            order_timeout_s=s.order_timeout_s,
-        )
-        copier = Copier(
+        copier_ctx = CopierContext(
             nc=nc,
             js=js,
-            claims=claims,
             book=book,
             metrics=metrics,
             settings=s,
             instance=instance,
             control=control,
-            policy=policy,
-            ledger=ledger,
+            policy=Policy(control, metrics),
+            ledger=Ledger(await js.key_value(bus.LEDGER_BUCKET)),
+            claims=await js.key_value(bus.CLAIMS_BUCKET),
             fills=await js.key_value(bus.FILLS_BUCKET),
-            reconciler=reconciler,
-            work_metrics=WorkMetrics(registry, exchange),
         )
+        reconciler = Reconciler(copier_ctx)
+        copier = Copier(copier_ctx, reconciler=reconciler, work_metrics=WorkMetrics(registry, exchange))
         handle = CopierHandle(copier, asyncio.create_task(copier.run()), registry, nc, book, reconciler)
         self.copiers.append(handle)
         self._closers.insert(0, _cancel(watching))

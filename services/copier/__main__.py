@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.copier.context import CopierContext
 from services.copier.copy.figures import FigureRefresher
-from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy
 from services.copier.delivery import watched
 from services.copier.followers import FollowerBook
@@ -70,41 +70,27 @@ async def run(settings: CopierSettings) -> None:
         if failed:
             log.warning("event=followers_not_connected followers=%s", ",".join(failed))
         buckets = await bus.ensure_topology(rt.js, settings.stream_replicas)
-        claims = buckets.claims
         await bus.ensure_consumer(
             rt.js, settings.group, ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver
         )
         control = Control(await control_bucket(rt.js, settings.stream_replicas))
         background = [watched(control.watch(), "control-watch")]
-        policy = Policy(control, metrics)
-        ledger = Ledger(buckets.ledger)
-        reconciler = Reconciler(
-            book=book,
-            metrics=metrics,
-            group=settings.group,
-            policy=policy,
-            ledger=ledger,
-            holdings=Holdings(ledger),
-            control=control.kv,
-            claims=claims,
-            signals=rt.js,
-            settle_s=2 * settings.ack_wait_s,
-            threshold=settings.reconcile_threshold,
-            heal=settings.reconcile_heal,
-            order_timeout_s=settings.order_timeout_s,
-        )
-        copier = Copier(
+        copier_ctx = CopierContext(
             nc=rt.nc,
             js=rt.js,
-            claims=claims,
             book=book,
             metrics=metrics,
             settings=settings,
             instance=rt.instance,
             control=control,
-            policy=policy,
-            ledger=ledger,
+            policy=Policy(control, metrics),
+            ledger=Ledger(buckets.ledger),
+            claims=buckets.claims,
             fills=buckets.fills,
+        )
+        reconciler = Reconciler(copier_ctx, settle_s=2 * settings.ack_wait_s)
+        copier = Copier(
+            copier_ctx,
             reconciler=reconciler,
             work_metrics=WorkMetrics(rt.registry, settings.group),
             mirror_registry=rt.registry,

@@ -19,19 +19,17 @@ from decimal import ROUND_DOWN, Decimal
 import msgspec
 import nats
 from msgspec import Struct
-from nats.js.client import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
 
+from services.copier.context import CopierContext
 from services.copier.copy.holdings import Holdings
-from services.copier.copy.policy import Policy
-from services.copier.followers import Follower, FollowerBook
+from services.copier.followers import Follower
 from services.copier.metrics import CopierMetrics
 from shared import bus
 from shared.errors import CopytradeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderAck, OrderCommand
-from shared.ledger import Ledger, PositionReport, holding_key, master_key
+from shared.ledger import PositionReport, holding_key, master_key
 from shared.messages import AnySignal, Side, SizedOrder, Skip, TradeSignal, client_order_id_for
 from shared.sizing_modes import position_scale
 
@@ -67,31 +65,18 @@ class Reconciler:
     A copy in flight (its order filled at the venue, its ledger write not yet made) changes the
     ledger before the next round, so it is never mistaken for a sale by hand or healed twice."""
 
-    def __init__(
-        self,
-        *,
-        book: FollowerBook,
-        metrics: CopierMetrics,
-        group: str,
-        policy: Policy,
-        ledger: Ledger,
-        holdings: Holdings,
-        control: KeyValue | None,
-        claims: KeyValue,
-        threshold: Decimal,
-        heal: bool,
-        order_timeout_s: float,
-        signals: JetStreamContext | None = None,
-        settle_s: float = 0.0,
-    ) -> None:
+    def __init__(self, ctx: CopierContext, *, settle_s: float = 0.0) -> None:
         # settle_s: how long a discrepancy must stay the same before it is acted on; a copy
         # whose replica died between its order and its ledger write is redelivered and
         # recovered within about twice the ack wait
+        settings = ctx.settings
         self._settle_s = settle_s
-        self._book, self._metrics, self._group, self._policy = book, metrics, group, policy
-        self._ledger, self._holdings = ledger, holdings
-        self._control, self._claims, self._js = control, claims, signals
-        self._threshold, self._heal, self._order_timeout_s = threshold, heal, order_timeout_s
+        self._book, self._metrics, self._policy = ctx.book, ctx.metrics, ctx.policy
+        self._group = ctx.book.group
+        self._ledger, self._holdings = ctx.ledger, Holdings(ctx.ledger)
+        self._control, self._claims, self._js = ctx.control.kv, ctx.claims, ctx.js
+        self._threshold, self._heal = settings.reconcile_threshold, settings.reconcile_heal
+        self._order_timeout_s = settings.order_timeout_s
         self._master: dict[tuple[str, str], MasterPosition] = {}
         # holding key -> (last round's observation, when it was first seen the same)
         self._seen: dict[str, tuple[tuple[object, ...], float]] = {}
@@ -115,8 +100,6 @@ class Reconciler:
 
     async def prime(self) -> None:
         """After a restart: each master's newest signal says which position to reconcile."""
-        if self._js is None:
-            return
         for master in sorted(self._book.masters):
             try:
                 msg = await self._js.get_last_msg(bus.SIGNALS_STREAM, bus.signal_subject(master))

@@ -25,21 +25,18 @@ import logging
 import time
 
 import nats
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from services.copier.context import CopierContext
 from services.copier.copy.execute import CopyExecutor
-from services.copier.copy.policy import Policy
 from services.copier.copy.silence import MasterSilence
 from services.copier.copy.subscriptions import Subscriptions
 from services.copier.delivery import Delivery, watched
-from services.copier.followers import FollowerBook, Lineage
+from services.copier.followers import Lineage
 from services.copier.intake import Intake
-from services.copier.metrics import CopierMetrics
 from services.copier.orders.mirroring import SWEEP_S, Mirroring
 from services.copier.reconcile import Reconciler
 from services.copier.spread.metrics import WorkMetrics
@@ -47,9 +44,6 @@ from services.copier.spread.planner import WorkPlanner
 from services.copier.spread.replicas import Replicas
 from services.copier.spread.runner import WorkRunner
 from shared import bus
-from shared.config import CopierSettings
-from shared.control import Control
-from shared.ledger import Ledger
 from shared.messages import OrderSignal, TradeSignal
 
 log = logging.getLogger("copytrade.copier")
@@ -62,75 +56,44 @@ FETCH_BACKOFF_CAP_S = 0.5  # a failed fetch is retried at least this often: a gr
 class Copier:
     def __init__(
         self,
+        ctx: CopierContext,
         *,
-        nc: Client,
-        js: JetStreamContext,
-        claims: KeyValue,
-        book: FollowerBook,
-        metrics: CopierMetrics,
-        settings: CopierSettings,
-        instance: str,
-        control: Control,
-        policy: Policy,
-        ledger: Ledger,
-        fills: KeyValue,
         reconciler: Reconciler | None = None,
         work_metrics: WorkMetrics | None = None,
         mirror_registry: CollectorRegistry | None = None,
     ) -> None:
-        self._nc, self._js, self._book, self._control = nc, js, book, control
+        nc, js, book, metrics, settings = ctx.nc, ctx.js, ctx.book, ctx.metrics, ctx.settings
+        self._nc, self._js, self._book, self._control = nc, js, book, ctx.control
         self._metrics, self._settings = metrics, settings
         self._group = book.group
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # consumers and durables exist: this replica takes signals
         self._current: asyncio.Task[None] | None = None
-        self.executor = CopyExecutor(
-            nc=nc,
-            js=js,
-            claims=claims,
-            book=book,
-            metrics=metrics,
-            settings=settings,
-            instance=instance,
-            policy=policy,
-            ledger=ledger,
-            reconciler=reconciler,
-        )
-        self.mirroring = Mirroring(
-            nc=nc,
-            js=js,
-            kv=ledger.kv,
-            book=book,
-            policy=policy,
-            holdings=self.executor.holdings,
-            settings=settings,
-            metrics=metrics,
-            instance=instance,
-            registry=mirror_registry,
-        )
+        self.executor = CopyExecutor(ctx, reconciler=reconciler)
+        self.mirroring = Mirroring(ctx, holdings=self.executor.holdings, registry=mirror_registry)
         self.executor.mirroring = self.mirroring
         self.subscriptions = Subscriptions(
             js=js,
-            kv=ledger.kv,
+            kv=ctx.ledger.kv,
             book=book,
-            policy=policy,
+            policy=ctx.policy,
             executor=self.executor,
             lease_s=settings.order_timeout_s * 4,
         )
         self.silence = MasterSilence(
-            fills=fills,
+            fills=ctx.fills,
             book=book,
-            control=control,
-            policy=policy,
+            control=ctx.control,
+            policy=ctx.policy,
             subscriptions=self.subscriptions,
             metrics=metrics,
         )
         self._delivery = Delivery(js=js, metrics=metrics, settings=settings, group=self._group)
         self._intake = Intake(book=book, claims=self.executor.claims, delivery=self._delivery)
         self.work_metrics = work_metrics or WorkMetrics(CollectorRegistry(), self._group)
-        self.replicas = Replicas(nc, self._group, instance, settings.replica_heartbeat_s)
+        self.replicas = Replicas(nc, self._group, ctx.instance, settings.replica_heartbeat_s)
         self._planner = WorkPlanner(
-            js=js, book=book, settings=settings, instance=instance, metrics=self.work_metrics
+            js=js, book=book, settings=settings, instance=ctx.instance, metrics=self.work_metrics
         )
         self._work = WorkRunner(
             nc=nc,

@@ -17,24 +17,18 @@ import time
 from typing import Protocol
 
 import msgspec
-from nats.aio.client import Client
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 
+from services.copier.context import CopierContext
 from services.copier.copy.claims import ClaimBusy, Claims
 from services.copier.copy.figures import FigureReader, ReadFailed
 from services.copier.copy.holdings import Holdings
-from services.copier.copy.policy import Policy
 from services.copier.copy.results import Copy, Recording, ResultLog
 from services.copier.copy.sizing import SizerClient
-from services.copier.followers import Follower, FollowerBook, Lineage
-from services.copier.metrics import CopierMetrics
+from services.copier.followers import Follower, Lineage
 from services.copier.reconcile import Reconciler
-from shared.config import CopierSettings
 from shared.errors import ExchangeError
 from shared.exchange.placing import place_idempotently
 from shared.exchange.port import OrderCommand
-from shared.ledger import Ledger
 from shared.messages import (
     Claim,
     Decision,
@@ -61,31 +55,19 @@ class CopyExecutor:
     """Copies signals for followers of one group; one per replica, shared by both paths so the
     replica's concurrency limit bounds all of its orders."""
 
-    def __init__(
-        self,
-        *,
-        nc: Client,
-        js: JetStreamContext,
-        claims: KeyValue,
-        book: FollowerBook,
-        metrics: CopierMetrics,
-        settings: CopierSettings,
-        instance: str,
-        policy: Policy,
-        ledger: Ledger,
-        reconciler: Reconciler | None = None,
-    ) -> None:
-        self._book, self._metrics, self._settings, self._instance = book, metrics, settings, instance
+    def __init__(self, ctx: CopierContext, *, reconciler: Reconciler | None = None) -> None:
+        book, metrics, settings = ctx.book, ctx.metrics, ctx.settings
+        self._book, self._metrics, self._settings, self._instance = book, metrics, settings, ctx.instance
         self._group = book.group
         self._limit = asyncio.Semaphore(settings.concurrency)
-        self.policy = policy
-        self.claims = Claims(js, claims, timeout_s=settings.order_timeout_s)
-        self.holdings = Holdings(ledger)
+        self.policy = ctx.policy
+        self.claims = Claims(ctx.js, ctx.claims, timeout_s=settings.order_timeout_s)
+        self.holdings = Holdings(ctx.ledger)
         self._figures = FigureReader(
             book=book, policy=self.policy, holdings=self.holdings, settings=settings, limit=self._limit
         )
-        self._sizer = SizerClient(nc, book, metrics)
-        self._results = ResultLog(js, metrics, self._group)
+        self._sizer = SizerClient(ctx.nc, book, metrics)
+        self._results = ResultLog(ctx.js, metrics, self._group)
         self._reconciler = reconciler
         # (master, symbol) -> newest signal shown to the reconciler: one per master position
         self._observed: dict[tuple[str, str], float] = {}

@@ -10,16 +10,12 @@ import time
 from collections import Counter
 
 import nats
-from nats.aio.client import Client
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from services.copier.context import CopierContext
 from services.copier.copy.holdings import Holdings
-from services.copier.copy.policy import Policy
 from services.copier.copy.results import ResultLog
-from services.copier.followers import Follower, FollowerBook
-from services.copier.metrics import CopierMetrics
+from services.copier.followers import Follower
 from services.copier.orders.events import OrderEvents
 from services.copier.orders.links import KeyLocks, LinkStore
 from services.copier.orders.metrics import MirrorMetrics
@@ -28,7 +24,6 @@ from services.copier.orders.room import Room
 from services.copier.orders.sides import Sides
 from services.copier.orders.sizing import LinkSizer
 from services.copier.orders.sweep import Sweep
-from shared.config import CopierSettings
 from shared.errors import CopytradeError
 from shared.messages import OrderSignal, TradeSignal
 
@@ -38,33 +33,28 @@ SWEEP_S = 30.0  # how often the sweep runs (and on start, and when a master fill
 
 class Mirroring:
     def __init__(
-        self,
-        *,
-        nc: Client,
-        js: JetStreamContext,
-        kv: KeyValue,
-        book: FollowerBook,
-        policy: Policy,
-        holdings: Holdings,
-        settings: CopierSettings,
-        metrics: CopierMetrics,
-        instance: str,
-        registry: CollectorRegistry | None = None,
+        self, ctx: CopierContext, *, holdings: Holdings, registry: CollectorRegistry | None = None
     ) -> None:
+        book, group = ctx.book, ctx.book.group
         room = Room(
-            group=book.group,
-            instance=instance,
+            group=group,
+            instance=ctx.instance,
             book=book,
-            policy=policy,
+            policy=ctx.policy,
             holdings=holdings,
-            links=LinkStore(kv, book.group),
-            outcomes=Outcomes(ResultLog(js, metrics, book.group), book.group),
-            settings=settings,
+            links=LinkStore(ctx.ledger.kv, group),
+            outcomes=Outcomes(ResultLog(ctx.js, ctx.metrics, group), group),
+            settings=ctx.settings,
             locks=KeyLocks(),
-            metrics=MirrorMetrics(registry or CollectorRegistry(), book.group),
+            metrics=MirrorMetrics(registry or CollectorRegistry(), group),
         )
         sizer = LinkSizer(
-            nc=nc, book=book, policy=policy, holdings=holdings, settings=settings, metrics=metrics
+            nc=ctx.nc,
+            book=book,
+            policy=ctx.policy,
+            holdings=holdings,
+            settings=ctx.settings,
+            metrics=ctx.metrics,
         )
         self._room = room
         self._wake = asyncio.Event()
