@@ -30,7 +30,7 @@ from services.copier.metrics import CopierMetrics
 from services.copier.reconcile import Reconciler
 from services.copier.service import Copier
 from services.copier.spread.metrics import WorkMetrics
-from services.master.service import MasterMetrics, MasterService
+from services.master.service import MasterContext, MasterMetrics, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from services.paper.__main__ import serve_venue
 from services.paper.venue import PaperVenue
@@ -312,12 +312,14 @@ class System:
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
         published = await fills_bucket(nc.jetstream())
         master = MasterService(
-            js=nc.jetstream(),
-            account=account,
-            config=me,
-            metrics=MasterMetrics(self.master_registry, me.id),
-            signer=signer,
-            published=published,
+            MasterContext(
+                js=nc.jetstream(),
+                account=account,
+                config=me,
+                metrics=MasterMetrics(self.master_registry, me.id),
+                signer=signer,
+                published=published,
+            ),
             named=not config.single_master,
         )
         self._services.append(await master.start(nc))

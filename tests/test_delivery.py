@@ -9,7 +9,7 @@ from decimal import Decimal
 import yaml
 from prometheus_client import CollectorRegistry
 
-from services.master.service import MasterMetrics, MasterService
+from services.master.service import MasterContext, MasterMetrics, MasterService
 from services.paper.venue import PaperVenue
 from shared import bus
 from shared.exchange.context import AdapterContext
@@ -184,11 +184,13 @@ async def test_master_publish_survives_a_nats_outage_without_doubling(system: Sy
     me = config.master_named(None)
     account = build_account(me, None, AdapterContext(paper_transport=venue.handle))
     master = MasterService(
-        js=nc.jetstream(timeout=1),
-        account=account,
-        config=me,
-        metrics=MasterMetrics(CollectorRegistry(), "master"),
-        signer=SignalSigner(TEST_SIGNING_SEED),
+        MasterContext(
+            js=nc.jetstream(timeout=1),
+            account=account,
+            config=me,
+            metrics=MasterMetrics(CollectorRegistry(), "master"),
+            signer=SignalSigner(TEST_SIGNING_SEED),
+        )
     )
 
     system.server.stop()  # the hiccup: the fill happens, publishing cannot

@@ -19,7 +19,7 @@ from services.master.metrics import MasterMetrics
 from services.master.order_events import open_key
 from services.master.order_watch import Cadence, OrderWatcher
 from services.master.requests import AmendRequest, CancelRequest, OrderRequest
-from services.master.service import MasterService
+from services.master.service import MasterContext, MasterService
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource
@@ -108,12 +108,14 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
         published = await fills_bucket(nc.jetstream())
         metrics = MasterMetrics(CollectorRegistry(), me.id)
         service = MasterService(
-            js=nc.jetstream(),
-            account=account,
-            config=me,
-            metrics=metrics,
-            signer=SignalSigner(TEST_SIGNING_SEED),
-            published=published,
+            MasterContext(
+                js=nc.jetstream(),
+                account=account,
+                config=me,
+                metrics=metrics,
+                signer=SignalSigner(TEST_SIGNING_SEED),
+                published=published,
+            )
         )
         await service.start(nc)
         closers.extend([ctx.close, account.close, service.stop])

@@ -7,7 +7,7 @@ import logging
 
 from services.master.metrics import MasterMetrics
 from services.master.order_watch import OrderWatcher
-from services.master.service import MasterService
+from services.master.service import MasterContext, MasterService
 from services.master.watcher import FillWatcher
 from shared import bus
 from shared.config import MasterSettings, SecretSource, load_config, load_settings
@@ -55,15 +55,17 @@ async def run(settings: MasterSettings) -> None:
         control = Control(buckets.control)
         metrics = MasterMetrics(rt.registry, me.id)
         master = MasterService(
-            js=rt.js,
-            account=account,
-            config=me,
-            metrics=metrics,
-            signer=signer,
-            published=published,
-            control=control,
+            MasterContext(
+                js=rt.js,
+                account=account,
+                config=me,
+                metrics=metrics,
+                signer=signer,
+                published=published,
+                ledger=Ledger(buckets.ledger),
+                control=control,
+            ),
             order_timeout_s=settings.order_timeout_s,
-            ledger=Ledger(buckets.ledger),
             named=not config.single_master,
         )
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request

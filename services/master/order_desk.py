@@ -165,6 +165,9 @@ class OrderDesk:
             return _unknown(call, f"its record could not be read ({type(exc).__name__})")
         if found is not None:
             return await self._again(call, *found)
+        return await self._first_attempt(call)
+
+    async def _first_attempt(self, call: OrderCall) -> OrderReply:
         try:
             record = await self._record(call)
         except Refused as exc:

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
@@ -63,34 +64,48 @@ class NotFilledYet(TemporaryError):
     """The master order was accepted but has not filled within the wait: it may still fill."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class MasterContext:
+    """What the master service of one master account is built from: its venue account and
+    config, the bus, and the buckets it keeps its state in."""
+
+    js: JetStreamContext
+    account: ExchangeAccount
+    config: MasterConfig
+    metrics: MasterMetrics
+    signer: SignalSigner | None
+    # the fills bucket, shared with the fill watcher; it holds the trade records and the
+    # order claims too
+    published: KeyValue | None = None
+    ledger: Ledger | None = None  # the copied positions (None: the topology's bucket)
+    control: Control | None = None  # the kill switch (None: the topology's bucket, at start)
+
+
 class MasterService:
     def __init__(
         self,
+        ctx: MasterContext,
         *,
-        js: JetStreamContext,
-        account: ExchangeAccount,
-        config: MasterConfig,
-        metrics: MasterMetrics,
-        signer: SignalSigner | None,
-        published: KeyValue | None = None,
         order_timeout_s: float = 10.0,
         fill_wait_s: float = 30.0,
-        control: Control | None = None,
-        ledger: Ledger | None = None,
         named: bool = False,
     ) -> None:
         # named: one of several masters, answering on its own subject (bus.master_trade_subject)
+        account, config, metrics, published = ctx.account, ctx.config, ctx.metrics, ctx.published
         self._group = bus.master_group(config.id if named else None)
-        self._js, self._account, self._config, self._metrics = js, account, config, metrics
+        self._js, self._account, self._config, self._metrics = ctx.js, account, config, metrics
         self._order_timeout_s, self._fill_wait_s = order_timeout_s, fill_wait_s
-        # published: the fills bucket, shared with the fill watcher; it holds the trade records
-        # and the order claims too. ledger: the copied positions (None: the topology's bucket)
         self.signals = MasterSignals(
-            js=js, config=config, metrics=metrics, signer=signer, published=published, ledger=ledger
+            js=ctx.js,
+            config=config,
+            metrics=metrics,
+            signer=ctx.signer,
+            published=published,
+            ledger=ctx.ledger,
         )
         self.orders = OrderClaims(published, config.exchange)
         self._ledger = TradeLedger(published)
-        self._control = control
+        self._control = ctx.control
         self._instance = uuid.uuid4().hex  # owner of the records this process opens
         # resting orders: their events (also the open-orders watcher's), and the requests
         self.tracker = OrderTracker(
@@ -369,8 +384,8 @@ class MasterService:
             request.side,
             request.size,
             request.size_type,
-            record.master_equity,
-            record.position_before,
+            equity=record.master_equity,
+            position_before=record.position_before,
         )
         try:
             signal = await self.signals.publish(signal)
@@ -443,11 +458,21 @@ class MasterService:
         side: str,
         size: Decimal,
         size_type: str,
+        *,
         equity: Decimal,
         position_before: Decimal,
         fill_id: str = "",
     ) -> TradeSignal:
-        return self.signals.signal_for(ack, symbol, side, size, size_type, equity, position_before, fill_id)
+        return self.signals.signal_for(
+            ack,
+            symbol,
+            side,
+            size,
+            size_type,
+            equity=equity,
+            position_before=position_before,
+            fill_id=fill_id,
+        )
 
     async def publish(self, signal: TradeSignal) -> TradeSignal:
         return await self.signals.publish(signal)

@@ -109,9 +109,9 @@ class FillWatcher:
             fill.side,
             fill.amount,
             "base",
-            (await account.snapshot()).equity,
-            await account.held_before(index),
-            fill_id,
+            equity=(await account.snapshot()).equity,
+            position_before=await account.held_before(index),
+            fill_id=fill_id,
         )
         signal = await self._master.publish(signal)
         log.info(
