@@ -63,6 +63,7 @@ class NatsServer:
     def __init__(
         self,
         store: Path,
+        *,
         port: int | None = None,
         monitor_port: int | None = None,
         config: Path | None = None,

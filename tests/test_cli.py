@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import yaml
 from nats.aio.msg import Msg
+from nats.js.errors import NoKeysError
 
 from services.ops.cli import ENV_HELP, main
 from shared import bus
@@ -99,7 +100,7 @@ async def test_pause_of_unknown_follower_suggests_close_id_and_changes_nothing(
 async def _control_keys(system: System) -> list[str]:
     try:
         return list(await system.control.keys())
-    except Exception:  # NoKeysError: an empty bucket
+    except NoKeysError:  # an empty bucket
         return []
 
 

@@ -124,7 +124,8 @@ def test_invalid_config_is_refused_naming_the_field(case: str) -> None:
 
     message = _error(_config(followers, HEADS.get(case, HEAD)))
 
-    assert message.startswith("config.yaml: ") and expected in message, message
+    assert message.startswith("config.yaml: "), message
+    assert expected in message, message
     assert "\n" not in message
 
 

@@ -9,7 +9,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -52,16 +52,27 @@ BTC = "BTC/USD"
 # ---- what the master publishes ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MasterOrder:
+    """The master's order as its events describe it: a limit buy unless told otherwise."""
+
+    kind: MirroredKind = "limit"
+    side: Side = "buy"
+    size: str = "0.1"
+    price: str | None = "44000"
+    trigger: str | None = None
+
+
+LIMIT_BUY = MasterOrder()
+STOP_LOSS = MasterOrder(kind="stop_loss", side="sell", price=None, trigger="40000")
+
+
 def order_event(
     event: OrderEventKind,
     order_id: str = "m-1",
     *,
     version: int = 0,
-    kind: MirroredKind = "limit",
-    side: Side = "buy",
-    size: str = "0.1",
-    price: str | None = "44000",
-    trigger: str | None = None,
+    order: MasterOrder = LIMIT_BUY,
     filled: str = "0",
     copied_position: str = "0",
 ) -> OrderSignal:
@@ -73,13 +84,13 @@ def order_event(
             event=event,
             version=version,
             order_id=order_id,
-            kind=kind,
+            kind=order.kind,
             symbol=BTC,
-            side=side,
-            size=Decimal(size),
+            side=order.side,
+            size=Decimal(order.size),
             filled=Decimal(filled),
-            price=None if price is None else Decimal(price),
-            trigger_price=None if trigger is None else Decimal(trigger),
+            price=None if order.price is None else Decimal(order.price),
+            trigger_price=None if order.trigger is None else Decimal(order.trigger),
             master_equity=Decimal(10_000),
             copied_position=Decimal(copied_position),
             executed_at=time.time(),
@@ -175,7 +186,7 @@ async def test_master_resting_buy_becomes_one_linked_order_per_mirroring_followe
         {"alice": 1_000, "bob": 5_000, "carl": 1_000},
     )
 
-    placed = await publish(system, order_event("new", price="44000.05"))
+    placed = await publish(system, order_event("new", order=MasterOrder(price="44000.05")))
     results = await system.wait_results(placed, 2)
     alice, bob = await open_orders(system, "alice"), await open_orders(system, "bob")
 
@@ -274,7 +285,9 @@ async def test_amend_on_kraken_changes_the_linked_order_in_place(
     await system.wait_results(await publish(system, order_event("new")), 1)
     first = venue.open("kim")
 
-    amended = await publish(system, order_event("amend", version=1, price="43500", size="0.2"))
+    amended = await publish(
+        system, order_event("amend", version=1, order=MasterOrder(price="43500", size="0.2"))
+    )
     result = (await system.wait_results(amended, 1))["kim"]
     now = venue.open("kim")
 
@@ -293,7 +306,9 @@ async def test_amend_on_binance_replaces_the_linked_order_never_two_live(
     await _on_venue(system, venue, "binance", ["bea"])
     await system.wait_results(await publish(system, order_event("new")), 1)
 
-    amended = await publish(system, order_event("amend", version=1, price="43500", size="0.2"))
+    amended = await publish(
+        system, order_event("amend", version=1, order=MasterOrder(price="43500", size="0.2"))
+    )
     result = (await system.wait_results(amended, 1))["bea"]
     orders = venue.orders("bea")
 
@@ -322,9 +337,7 @@ async def test_stop_loss_rests_natively_and_a_price_fall_closes_the_copied_holdi
         {"sam": 1_000, "nostop": 1_000},
     )
     await _copied(system, 2)
-    stop = order_event(
-        "new", "stop-1", kind="stop_loss", side="sell", price=None, trigger="40000", copied_position="0.1"
-    )
+    stop = order_event("new", "stop-1", order=STOP_LOSS, copied_position="0.1")
 
     results = await system.wait_results(await publish(system, stop), 2)
     resting = await open_orders(system, "sam")
@@ -347,9 +360,7 @@ async def test_stop_loss_without_a_native_order_is_a_recorded_skip(
     venue: Venue,
 ) -> None:
     await _on_venue(system, venue, "coinbase", ["cora"])
-    stop = order_event(
-        "new", "stop-1", kind="stop_loss", side="sell", price=None, trigger="40000", copied_position="0.1"
-    )
+    stop = order_event("new", "stop-1", order=STOP_LOSS, copied_position="0.1")
 
     result = (await system.wait_results(await publish(system, stop), 1))["cora"]
 
@@ -364,15 +375,7 @@ async def test_stop_amend_on_paper_cancels_then_places_the_next_version(system: 
     await system.wait_results(
         await publish(
             system,
-            order_event(
-                "new",
-                "stop-1",
-                kind="stop_loss",
-                side="sell",
-                price=None,
-                trigger="40000",
-                copied_position="0.1",
-            ),
+            order_event("new", "stop-1", order=STOP_LOSS, copied_position="0.1"),
         ),
         1,
     )
@@ -380,14 +383,7 @@ async def test_stop_amend_on_paper_cancels_then_places_the_next_version(system: 
     amended = await publish(
         system,
         order_event(
-            "amend",
-            "stop-1",
-            version=1,
-            kind="stop_loss",
-            side="sell",
-            price=None,
-            trigger="41000",
-            copied_position="0.1",
+            "amend", "stop-1", version=1, order=replace(STOP_LOSS, trigger="41000"), copied_position="0.1"
         ),
     )
     result = (await system.wait_results(amended, 1))["sam"]
@@ -418,7 +414,7 @@ async def test_master_filled_first_chase_fills_the_follower_and_cancel_records_i
         ],
         {"chaser": 1_000, "leaver": 1_000},
     )
-    await system.wait_results(await publish(system, order_event("new", price="44000")), 2)
+    await system.wait_results(await publish(system, order_event("new", order=MasterOrder(price="44000"))), 2)
 
     fill = await publish(system, master_fill("m-1", price="44000"))
     carried = await system.wait_results(fill, 2)
@@ -530,11 +526,14 @@ async def test_restart_between_an_amend_and_its_follower_order_leaves_one_at_the
     venue: PaperVenue = system.venue
     copier = await start(system, [paper("rita", subscriptions=mirroring())], {"rita": 1_000})
     await _copied(system, 1)
-    stop = dict(kind="stop_loss", side="sell", price=None, copied_position="0.1")
-    await system.wait_results(await publish(system, order_event("new", "stop-1", trigger="40000", **stop)), 1)  # type: ignore[arg-type]
+    placed = order_event("new", "stop-1", order=STOP_LOSS, copied_position="0.1")
+    await system.wait_results(await publish(system, placed), 1)
     venue.latency_s = 1.0  # the replacement's placement hangs at the venue
 
-    amended = await publish(system, order_event("amend", "stop-1", version=1, trigger="41000", **stop))  # type: ignore[arg-type]
+    moved = replace(STOP_LOSS, trigger="41000")
+    amended = await publish(
+        system, order_event("amend", "stop-1", version=1, order=moved, copied_position="0.1")
+    )
     await eventually(lambda: _cancelled(system, "rita", linked_client_order_id("stop-1", "rita", 0)))
     await copier.copier.shutdown(grace_s=0)  # killed mid-amend: nothing finishes
     await copier.task

@@ -132,7 +132,7 @@ async def test_kraken_master_limit_order_filled_in_three_parts_is_copied_part_by
 
     polls = []
     for part, restart in zip(PARTS, (False, True, False), strict=True):
-        kraken.state.fill_part(account, order_id, BTC, "buy", part, PRICE)
+        kraken.state.fill_part(account, order_id, BTC, "buy", part, price=PRICE)
         if restart:
             await system.start_master(make_config(paper_followers(FOLLOWERS), master), secrets)
         polls.append(await system.watcher.poll())
@@ -181,7 +181,7 @@ async def test_order_filled_in_three_parts_reads_as_three_fills_on_every_venue(v
         )
         before = time.time() - 1
         for part in PARTS:
-            emulator.state.fill_part(holder, "7001", BTC, "buy", part, PRICE)
+            emulator.state.fill_part(holder, "7001", BTC, "buy", part, price=PRICE)
         try:
             fills = await account.fills_since(before)
         finally:

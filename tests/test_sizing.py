@@ -37,6 +37,7 @@ def signal(
     side: str = "buy",
     size: str = "500",
     size_type: str = "quote",
+    *,
     price: str = "45000",
     equity: str = "10000",
     position_before: str = "0",
@@ -66,6 +67,7 @@ def signal(
 
 def follower(
     equity: str = "1000",
+    *,
     cash: str | None = None,
     position: str = "0",
     rules: MarketRules | None = BTC,
@@ -236,6 +238,7 @@ amounts = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("1000")
 @settings(max_examples=300, deadline=None)
 @given(master_size=money, master_equity=money, equity=money, cash=money, price=prices, quote=st.booleans())
 def test_buy_never_exceeds_cash_or_undercuts_minimums(
+    *,
     master_size: Decimal,
     master_equity: Decimal,
     equity: Decimal,

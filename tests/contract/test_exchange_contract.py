@@ -416,6 +416,7 @@ def resting(
     size: str,
     price: str | None,
     label: str,
+    *,
     trigger: Trigger | None = None,
     trigger_price: str | None = None,
 ) -> OrderCommand:
@@ -600,13 +601,14 @@ TRIGGERED = [
 @pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
 async def test_trigger_order_executes_when_the_price_reaches_it(
     venue: VenueUnderTest,
+    *,
     trigger: Trigger,
     at: str,
     limit: str | None,
     short: str,
     past: str,
 ) -> None:
-    order = resting("sell", "0.01", limit, f"{trigger}-{limit}", trigger, at)
+    order = resting("sell", "0.01", limit, f"{trigger}-{limit}", trigger=trigger, trigger_price=at)
     if kind_of(order) not in (await venue.account.order_capabilities("BTC/USD")).native:
         pytest.skip(f"{venue.name} has no native {kind_of(order)} order")
     ack = await venue.account.place_order(order)
@@ -632,13 +634,14 @@ async def test_trigger_order_executes_when_the_price_reaches_it(
 @pytest.mark.parametrize(("trigger", "at", "limit", "short", "past"), TRIGGERED)
 async def test_trigger_order_the_venue_lacks_is_refused_unsent(
     venue: VenueUnderTest,
+    *,
     trigger: Trigger,
     at: str,
     limit: str | None,
     short: str,
     past: str,
 ) -> None:
-    order = resting("sell", "0.01", limit, f"lacking-{trigger}-{limit}", trigger, at)
+    order = resting("sell", "0.01", limit, f"lacking-{trigger}-{limit}", trigger=trigger, trigger_price=at)
     if kind_of(order) in (await venue.account.order_capabilities("BTC/USD")).native:
         pytest.skip(f"{venue.name} places {kind_of(order)} orders natively")
     before = venue.requests()
@@ -654,7 +657,7 @@ async def test_trigger_order_the_venue_lacks_is_refused_unsent(
 async def test_cancel_of_a_stop_before_its_trigger_reports_it_expired(
     venue: VenueUnderTest,
 ) -> None:
-    order = resting("sell", "0.01", "43800", "stop-cancel", "stop_loss", "44000")
+    order = resting("sell", "0.01", "43800", "stop-cancel", trigger="stop_loss", trigger_price="44000")
     if "stop_loss_limit" not in (await venue.account.order_capabilities("BTC/USD")).native:
         pytest.skip(f"{venue.name} has no native stop_loss_limit order")
     await venue.account.place_order(order)
@@ -683,7 +686,7 @@ async def test_place_idempotently_after_timeout_places_one_resting_order(
 
 
 async def test_amend_of_a_trigger_order_is_refused_as_not_native(venue: VenueUnderTest) -> None:
-    order = resting("sell", "0.01", "43800", "stop-amend", "stop_loss", "44000")
+    order = resting("sell", "0.01", "43800", "stop-amend", trigger="stop_loss", trigger_price="44000")
     if "stop_loss_limit" not in (await venue.account.order_capabilities("BTC/USD")).native:
         pytest.skip(f"{venue.name} has no native stop_loss_limit order")
     await venue.account.place_order(order)

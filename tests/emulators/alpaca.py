@@ -426,7 +426,12 @@ class AlpacaEmulator(EmulatorServer):
         if body["type"] == "limit":
             assert qty is not None  # _refusal checked limit orders' fields
             return self.state.fill_limit_ioc(
-                account, market.symbol, side, qty, Decimal(str(body["limit_price"])), client_order_id
+                account,
+                market.symbol,
+                side,
+                qty,
+                Decimal(str(body["limit_price"])),
+                client_order_id=client_order_id,
             )
         return self.state.fill(
             account,

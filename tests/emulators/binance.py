@@ -417,7 +417,12 @@ class BinanceEmulator(EmulatorServer):
             )
         if p["type"] == "LIMIT":
             return self.state.fill_limit_ioc(
-                account, market.symbol, side, Decimal(p["quantity"]), Decimal(p["price"]), client_id
+                account,
+                market.symbol,
+                side,
+                Decimal(p["quantity"]),
+                Decimal(p["price"]),
+                client_order_id=client_id,
             )
         amount, cost = parse_decimal(p.get("quantity")), parse_decimal(p.get("quoteOrderQty"))
         return self.state.fill(

@@ -563,7 +563,12 @@ class CoinbaseEmulator(EmulatorServer):
                 )
             elif kind == "sor_limit_ioc":
                 order = self.state.fill_limit_ioc(
-                    account, symbol, side, sizes["base_size"], sizes["limit_price"], client_order_id
+                    account,
+                    symbol,
+                    side,
+                    sizes["base_size"],
+                    sizes["limit_price"],
+                    client_order_id=client_order_id,
                 )
             else:
                 order = self.state.fill(

@@ -354,7 +354,7 @@ class KrakenEmulator(EmulatorServer):
             )
         if p["ordertype"] == "limit":
             return self.state.fill_limit_ioc(
-                account, market.symbol, side, volume, Decimal(p["price"]), client_id
+                account, market.symbol, side, volume, Decimal(p["price"]), client_order_id=client_id
             )
         viqc = _viqc(p)
         return self.state.fill(

@@ -382,7 +382,7 @@ class OkxEmulator(EmulatorServer):
             )
         if r["ordType"] == "ioc":
             return self.state.fill_limit_ioc(
-                account, market.symbol, side, size, Decimal(str(r["px"])), client_id
+                account, market.symbol, side, size, Decimal(str(r["px"])), client_order_id=client_id
             )
         tgt = _target(r)
         return self.state.fill(

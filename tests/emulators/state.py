@@ -233,7 +233,7 @@ class VenueState:
             assert cost is not None
             amount = (cost / price).quantize(market.amount_step, rounding=ROUND_DOWN)
         self._check(account, market, side, amount, price)
-        return self._book(account, market, side, amount, price, client_order_id)
+        return self._book(account, market, side, amount, price, client_order_id=client_order_id)
 
     def fill_limit_ioc(
         self,
@@ -242,6 +242,7 @@ class VenueState:
         side: str,
         amount: Decimal,
         limit_price: Decimal,
+        *,
         client_order_id: str | None = None,
     ) -> Order:
         """Fill an immediate-or-cancel limit order whole at the current price if that is at or
@@ -258,19 +259,27 @@ class VenueState:
         crosses = price <= limit_price if side == "buy" else price >= limit_price
         if crosses:
             return self._book(
-                account, market, side, amount, price, client_order_id, limit_price=limit_price, ordered=amount
+                account,
+                market,
+                side,
+                amount,
+                price,
+                client_order_id=client_order_id,
+                limit_price=limit_price,
+                ordered=amount,
             )
-        return self._book(
+        unfilled = self._book(
             account,
             market,
             side,
             Decimal(0),
             Decimal(0),
-            client_order_id,
+            client_order_id=client_order_id,
             limit_price=limit_price,
             ordered=amount,
-            status="canceled",
         )
+        unfilled.status = "canceled"  # ended by the venue with nothing filled
+        return unfilled
 
     def fill_part(
         self,
@@ -279,6 +288,7 @@ class VenueState:
         symbol: str,
         side: str,
         amount: Decimal,
+        *,
         price: Decimal | None = None,
         client_order_id: str | None = None,
     ) -> Order:
@@ -291,7 +301,7 @@ class VenueState:
         market = self._market(symbol)
         price = self.prices[symbol] if price is None else price
         self._check(account, market, side, amount, price)
-        part = self._book(account, market, side, amount, price, client_order_id)
+        part = self._book(account, market, side, amount, price, client_order_id=client_order_id)
         part.order_id = order_id
         return part
 
@@ -396,7 +406,7 @@ class VenueState:
             raise ValueError("invalid_size")
         new_price = order.limit_price if price is None else price
         assert new_price is not None
-        self._afford(account, market, order.side, new_size - order.amount, new_price, order)
+        self._afford(account, market, order.side, new_size - order.amount, new_price, excluding=order)
         order.ordered, order.limit_price, order.updated = new_size, new_price, time.time()
         self._work(account, order)
 
@@ -499,6 +509,7 @@ class VenueState:
         side: str,
         amount: Decimal,
         price: Decimal,
+        *,
         excluding: Order | None = None,
     ) -> None:
         currency = market.base if side == "sell" else market.quote
@@ -514,11 +525,10 @@ class VenueState:
         side: str,
         amount: Decimal,
         price: Decimal,
-        client_order_id: str | None,
         *,
+        client_order_id: str | None,
         limit_price: Decimal | None = None,
         ordered: Decimal | None = None,
-        status: str = "filled",
     ) -> Order:
         """Keep the order and move the balances by what it filled."""
         cost = (amount * price).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
@@ -536,7 +546,6 @@ class VenueState:
             cost=cost,
             price=price,
             created=now,
-            status=status,
             limit_price=limit_price,
             ordered=ordered,
             updated=now,
