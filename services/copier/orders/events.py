@@ -24,6 +24,7 @@ from services.copier.copy.figures import ReadFailed
 from services.copier.followers import Follower
 from services.copier.orders.intents import settle
 from services.copier.orders.links import Link
+from services.copier.orders.outcomes import Origin
 from services.copier.orders.room import Room
 from services.copier.orders.sides import Sides
 from services.copier.orders.sizing import LinkSizer, on_step, on_tick
@@ -161,12 +162,14 @@ class OrderEvents:
                     decision.error.reason_code,
                     f"{type(decision.error).__name__}: {decision.error}",
                     event,
-                    received_at,
+                    received_at=received_at,
                     outcome="failed",
                 )
                 return
             if isinstance(decision, Skip):
-                await self._unlinked(key, link, decision.reason_code, decision.reason, event, received_at)
+                await self._unlinked(
+                    key, link, decision.reason_code, decision.reason, event, received_at=received_at
+                )
                 return
             rules = await room.rules(follower, event.symbol)
             link = msgspec.structs.replace(
@@ -180,7 +183,13 @@ class OrderEvents:
             if refusal is not None:
                 outcome: Outcome = "dry_run" if refusal.reason_code == "dry_run" else "skipped"
                 await self._unlinked(
-                    key, link, refusal.reason_code, refusal.reason, event, received_at, outcome=outcome
+                    key,
+                    link,
+                    refusal.reason_code,
+                    refusal.reason,
+                    event,
+                    received_at=received_at,
+                    outcome=outcome,
                 )
                 return
             await self._place(follower, key, link, event, received_at)
@@ -238,34 +247,28 @@ class OrderEvents:
         if link.state == "live":
             await outcomes.record(
                 link,
-                event.signal_id,
+                Origin.of(event, received_at),
                 "submitted",
                 code,
                 f"Linked {link.kind} {link.side} order for master order "
                 f"{link.order_id} v{link.version}: {link.order_size} at {price}",
-                executed_at=event.executed_at,
-                received_at=received_at,
             )
         elif link.placed:
             await outcomes.record(
                 link,
-                event.signal_id,
+                Origin.of(event, received_at),
                 "filled",
                 "linked_order_filled",
                 f"Linked order filled at once ({link.filled} at {price})",
                 filled=link.filled,
-                executed_at=event.executed_at,
-                received_at=received_at,
             )
         else:
             await outcomes.record(
                 link,
-                event.signal_id,
+                Origin.of(event, received_at),
                 "failed" if link.failed else "skipped",
                 link.reason_code or "refused",
                 link.reason or "No linked order placed",
-                executed_at=event.executed_at,
-                received_at=received_at,
             )
 
     async def _unlinked(
@@ -275,6 +278,7 @@ class OrderEvents:
         code: str,
         reason: str,
         event: OrderSignal,
+        *,
         received_at: float,
         outcome: Outcome = "skipped",
     ) -> None:
@@ -284,15 +288,7 @@ class OrderEvents:
         )
         if await self._room.links.create(key, unlinked) is None:
             return
-        await self._room.outcomes.record(
-            unlinked,
-            event.signal_id,
-            outcome,
-            code,
-            reason,
-            executed_at=event.executed_at,
-            received_at=received_at,
-        )
+        await self._room.outcomes.record(unlinked, Origin.of(event, received_at), outcome, code, reason)
 
     async def _resume(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
         """A `new` seen again: carry out its intent if it was left half done, record again
@@ -338,7 +334,7 @@ class OrderEvents:
             if link.state != "live":
                 await self._not_amended(key, link, revision, event, received_at)
                 return
-            await self._amend_live(follower, key, link, revision, event, received_at)
+            await self._amend_live(follower, key, link, revision, event, received_at=received_at)
 
     async def _not_amended(
         self, key: str, link: Link, revision: int, event: OrderSignal, received_at: float
@@ -350,18 +346,17 @@ class OrderEvents:
             if link.state == "unlinked"
             else ("linked_order_ended", "The linked order had ended (filled or cancelled): nothing to amend")
         )
-        await self._room.outcomes.record(
-            moved,
-            event.signal_id,
-            "skipped",
-            code,
-            reason,
-            executed_at=event.executed_at,
-            received_at=received_at,
-        )
+        await self._room.outcomes.record(moved, Origin.of(event, received_at), "skipped", code, reason)
 
     async def _amend_live(
-        self, follower: Follower, key: str, link: Link, revision: int, event: OrderSignal, received_at: float
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        event: OrderSignal,
+        *,
+        received_at: float,
     ) -> None:
         room = self._room
         rules = await room.rules(follower, link.symbol)
@@ -380,16 +375,22 @@ class OrderEvents:
                 if isinstance(verdict, Skip)
                 else Skip(follower_id=follower.id, reason_code="dry_run", reason="Dry run")
             )
-            await self._sides.withdraw(follower, key, link, revision, skip, event.signal_id, received_at)
+            await self._sides.withdraw(
+                follower, key, link, revision, skip, signal_id=event.signal_id, received_at=received_at
+            )
             return
         capabilities = await follower.account.order_capabilities(follower.venue_symbol(link.symbol))
         in_place = (
             link.kind == "limit" and capabilities.amend == "in_place" and capabilities.amend_keeps_client_id
         )
-        if in_place and await self._amend_in_place(follower, key, link, revision, target, event, received_at):
+        if in_place and await self._amend_in_place(
+            follower, key, link, revision, target, event=event, received_at=received_at
+        ):
             return
         by_venue = link.kind == "limit" and capabilities.amend == "replace"
-        await self._replace(follower, key, link, revision, target, event, received_at, by_venue)
+        await self._replace(
+            follower, key, link, revision, target, event=event, received_at=received_at, by_venue=by_venue
+        )
 
     async def _amend_in_place(
         self,
@@ -398,6 +399,7 @@ class OrderEvents:
         link: Link,
         revision: int,
         target: Link,
+        *,
         event: OrderSignal,
         received_at: float,
     ) -> bool:
@@ -441,6 +443,7 @@ class OrderEvents:
         link: Link,
         revision: int,
         target: Link,
+        *,
         event: OrderSignal,
         received_at: float,
         by_venue: bool,
@@ -488,13 +491,11 @@ class OrderEvents:
     ) -> None:
         await self._room.outcomes.record(
             link,
-            event.signal_id,
+            Origin.of(event, received_at),
             "failed",
             error.reason_code,
             f"Amend refused ({type(error).__name__}: {error}): the linked order stays at "
             f"{link.price or link.trigger_price} for {link.order_size}",
-            executed_at=event.executed_at,
-            received_at=received_at,
         )
 
     # ---- cancel ------------------------------------------------------------------------------
@@ -509,12 +510,10 @@ class OrderEvents:
             if got is None:
                 await room.outcomes.record(
                     base_link(follower, event),
-                    event.signal_id,
+                    Origin.of(event, received_at),
                     "skipped",
                     "not_mirrored",
                     "No linked order for this master order",
-                    executed_at=event.executed_at,
-                    received_at=received_at,
                 )
                 return
             link, revision = got
@@ -528,4 +527,6 @@ class OrderEvents:
                 master_filled=max(link.master_filled, event.filled),
             )
             revision = await room.links.update(key, link, revision)  # the master order is over
-            await self._sides.master_cancelled(follower, key, link, revision, event.signal_id, received_at)
+            await self._sides.master_cancelled(
+                follower, key, link, revision, event.signal_id, received_at=received_at
+            )

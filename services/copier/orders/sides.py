@@ -22,6 +22,7 @@ import msgspec
 from services.copier.followers import Follower
 from services.copier.orders.intents import settle
 from services.copier.orders.links import REMEMBERED_FILLS, ZERO, Link, event_id
+from services.copier.orders.outcomes import Origin
 from services.copier.orders.room import Room
 from services.copier.orders.sizing import INTERNAL, on_step, on_tick
 from shared.errors import ExchangeError
@@ -98,14 +99,12 @@ class Sides:
                 link = await self._count(follower, key, link, revision, signal)
             await room.outcomes.record(
                 link,
-                signal.signal_id,
+                Origin.of(signal, received_at),
                 "skipped",
                 "mirrored_order",
                 f"A fill of master order {link.order_id}, mirrored by linked order "
                 f"{link.client_order_id}: not copied again",
                 size=signal.filled_base,
-                executed_at=signal.executed_at,
-                received_at=received_at,
             )
             return True
 
@@ -151,7 +150,7 @@ class Sides:
             if link.filled > before:
                 await room.outcomes.record(
                     link,
-                    signal_id,
+                    Origin(signal_id),
                     "filled",
                     "linked_order_filled",
                     "The master's order and the linked order both filled",
@@ -162,7 +161,7 @@ class Sides:
             wait_s = 0.0 if config is None else config.master_filled_first.wait_s
             await room.outcomes.record(
                 link,
-                signal_id,
+                Origin(signal_id),
                 "filled" if link.filled > 0 else "skipped",
                 "master_filled_first_cancelled",
                 f"The master's order filled; {wait_s:g}s later the linked order had filled "
@@ -170,10 +169,10 @@ class Sides:
                 filled=link.filled or None,
             )
         else:
-            await self._chase(follower, key, link, revision, unfilled, signal_id)
+            await self._chase(follower, key, link, revision, unfilled, signal_id=signal_id)
 
     async def _chase(
-        self, follower: Follower, key: str, link: Link, revision: int, unfilled: Decimal, signal_id: str
+        self, follower: Follower, key: str, link: Link, revision: int, unfilled: Decimal, *, signal_id: str
     ) -> None:
         room = self._room
         price = link.price or link.trigger_price or ZERO
@@ -192,7 +191,7 @@ class Sides:
                 else ("dry_run" if verdict == "dry_run" else "no_position", "nothing to chase with")
             )
             await room.outcomes.record(
-                link, signal_id, "skipped", code, f"Chase of {unfilled} not placed: {why}"
+                link, Origin(signal_id), "skipped", code, f"Chase of {unfilled} not placed: {why}"
             )
             return
         intent = msgspec.structs.replace(link, resolved="chasing", owner=room.instance)
@@ -206,16 +205,16 @@ class Sides:
             reference_price=price,
             limit_price=limit,
         )
-        await self._finish(follower, key, intent, revision, command, signal_id, "chased")
+        await self._finish(follower, key, intent, revision, command, signal_id=signal_id, resolved="chased")
 
     async def resume_chase(self, follower: Follower, key: str, link: Link, revision: int) -> None:
         """A chase left half done: found and finished, else (past the lease) decided again."""
-        await self._resume(follower, key, link, revision, "chase", "chased")
+        await self._resume(follower, key, link, revision, "chase", resolved="chased")
 
     # ---- the follower filled -----------------------------------------------------------------
 
     async def master_cancelled(
-        self, follower: Follower, key: str, link: Link, revision: int, signal_id: str, received_at: float
+        self, follower: Follower, key: str, link: Link, revision: int, signal_id: str, *, received_at: float
     ) -> None:
         """The master cancelled: the linked order cancelled (confirmed), its fill applied."""
         room = self._room
@@ -223,11 +222,10 @@ class Sides:
             await self._resolve(key, link, revision, "unlinked")
             await room.outcomes.record(
                 link,
-                signal_id,
+                Origin(signal_id, received_at=received_at),
                 "skipped",
                 "not_mirrored",
                 link.reason or "No linked order",
-                received_at=received_at,
             )
             return
         try:
@@ -241,11 +239,10 @@ class Sides:
             room.metrics.failed("cancel")
             await room.outcomes.record(
                 link,
-                signal_id,
+                Origin(signal_id, received_at=received_at),
                 "failed",
                 exc.reason_code,
                 f"Cancel failed ({type(exc).__name__}: {exc}): the sweep cancels it",
-                received_at=received_at,
             )
             return
         await self.after_master_cancel(follower, key, link, revision, signal_id)
@@ -258,11 +255,13 @@ class Sides:
         keep = config is None or config.follower_filled_first == "keep"
         decided = _after_cancel(link, excess, keep=keep)
         if decided is None:
-            await self._unwind(follower, key, link, revision, excess, signal_id)
+            await self._unwind(follower, key, link, revision, excess, signal_id=signal_id)
             return
         resolved, outcome, code, reason = decided
         await self._resolve(key, link, revision, resolved)
-        await self._room.outcomes.record(link, signal_id, outcome, code, reason, filled=link.filled or None)
+        await self._room.outcomes.record(
+            link, Origin(signal_id), outcome, code, reason, filled=link.filled or None
+        )
 
     async def cancel_recorded(
         self, follower: Follower, link: Link, signal_id: str, received_at: float
@@ -293,7 +292,12 @@ class Sides:
             )
         )
         await self._room.outcomes.record(
-            link, signal_id, outcome, code, reason, filled=link.filled or None, received_at=received_at
+            link,
+            Origin(signal_id, received_at=received_at),
+            outcome,
+            code,
+            reason,
+            filled=link.filled or None,
         )
 
     async def _excess(self, follower: Follower, link: Link) -> Decimal:
@@ -302,7 +306,7 @@ class Sides:
         return on_step(link.filled - matched, await self._room.rules(follower, link.symbol))
 
     async def _unwind(
-        self, follower: Follower, key: str, link: Link, revision: int, excess: Decimal, signal_id: str
+        self, follower: Follower, key: str, link: Link, revision: int, excess: Decimal, *, signal_id: str
     ) -> None:
         room, side = self._room, _other(link.side)
         if side == "sell":
@@ -314,7 +318,7 @@ class Sides:
             why = verdict.reason if isinstance(verdict, Skip) else "nothing to unwind"
             await room.outcomes.record(
                 link,
-                signal_id,
+                Origin(signal_id),
                 "skipped",
                 "unwind_refused",
                 f"Unwind of {excess} not placed ({why}): kept in the copied holding",
@@ -330,10 +334,10 @@ class Sides:
             size_type="base",
             reference_price=price,
         )
-        await self._finish(follower, key, intent, revision, command, signal_id, "unwound")
+        await self._finish(follower, key, intent, revision, command, signal_id=signal_id, resolved="unwound")
 
     async def resume_unwind(self, follower: Follower, key: str, link: Link, revision: int) -> None:
-        await self._resume(follower, key, link, revision, "unwind", "unwound")
+        await self._resume(follower, key, link, revision, "unwind", resolved="unwound")
 
     async def withdraw(
         self,
@@ -342,6 +346,7 @@ class Sides:
         link: Link,
         revision: int,
         skip: Skip,
+        *,
         signal_id: str,
         received_at: float,
     ) -> None:
@@ -353,7 +358,7 @@ class Sides:
             ack = await room.cancel(follower, link, link.client_order_id)
         except ExchangeError as exc:
             room.metrics.failed("cancel")
-            await room.outcomes.failed(link, signal_id, exc, received_at=received_at)
+            await room.outcomes.failed(link, Origin(signal_id, received_at=received_at), exc)
             return
         ended = msgspec.structs.replace(
             await room.apply(follower, link, ack),
@@ -364,11 +369,10 @@ class Sides:
         await self._resolve(key, ended, revision, "refused")
         await room.outcomes.record(
             ended,
-            signal_id,
+            Origin(signal_id, received_at=received_at),
             "skipped",
             skip.reason_code,
             f"{skip.reason}: the linked order was cancelled",
-            received_at=received_at,
         )
 
     # ---- shared --------------------------------------------------------------------------------
@@ -380,6 +384,7 @@ class Sides:
         intent: Link,
         revision: int,
         command: OrderCommand,
+        *,
         signal_id: str,
         resolved: str,
     ) -> None:
@@ -389,10 +394,17 @@ class Sides:
             ack = await room.place(follower, command)
         except ExchangeError as exc:
             await self._resolve(key, intent, revision, "cancelled" if resolved == "chased" else "kept")
-            await room.outcomes.failed(intent, signal_id, exc)
+            await room.outcomes.failed(intent, Origin(signal_id), exc)
             return
         await self._settled(
-            follower, key, intent, revision, command.side, ack, signal_id, resolved, command.limit_price
+            follower,
+            key,
+            intent,
+            revision,
+            ack,
+            signal_id=signal_id,
+            resolved=resolved,
+            limit=command.limit_price,
         )
 
     async def _settled(
@@ -401,13 +413,14 @@ class Sides:
         key: str,
         intent: Link,
         revision: int,
-        side: Side,
         ack: OrderAck,
+        *,
         signal_id: str,
         resolved: str,
         limit: Decimal | None = None,
     ) -> None:
         room = self._room
+        side = intent.side if resolved == "chased" else _other(intent.side)  # an unwind: the other side
         await room.holdings.record(follower, intent.master_id, intent.symbol, side, ack)
         follower.forget_figures()
         done = msgspec.structs.replace(
@@ -428,7 +441,7 @@ class Sides:
         )
         await room.outcomes.record(
             done,
-            signal_id,
+            Origin(signal_id),
             "filled" if filled else "skipped",
             code if filled else f"{resolved}_not_filled",
             why,
@@ -436,14 +449,13 @@ class Sides:
         )
 
     async def _resume(
-        self, follower: Follower, key: str, link: Link, revision: int, what: str, resolved: str
+        self, follower: Follower, key: str, link: Link, revision: int, what: str, *, resolved: str
     ) -> None:
         room = self._room
         ack = await room.find(follower, link, event_id(key, what))
-        side = link.side if what == "chase" else _other(link.side)
         signal_id = event_id(key, "master_filled_first" if what == "chase" else "master_cancelled")
         if ack is not None and ack.status != "submitted":
-            await self._settled(follower, key, link, revision, side, ack, signal_id, resolved)
+            await self._settled(follower, key, link, revision, ack, signal_id=signal_id, resolved=resolved)
         elif time.time() - link.at >= room.lease_s:
             again = msgspec.structs.replace(link, resolved="")
             if what == "chase":

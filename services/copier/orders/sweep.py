@@ -23,6 +23,7 @@ import msgspec
 from services.copier.followers import Follower
 from services.copier.orders.intents import settle
 from services.copier.orders.links import Link, LinkConflict, event_id
+from services.copier.orders.outcomes import Origin
 from services.copier.orders.room import LinkBusy, Room
 from services.copier.orders.sides import Sides
 from shared.errors import ExchangeError
@@ -104,7 +105,7 @@ class Sweep:
             await room.links.update(key, ended, revision)
             await room.outcomes.record(
                 ended,
-                event_id(key, f"filled:{cid}"),
+                Origin(event_id(key, f"filled:{cid}")),
                 "filled",
                 "linked_order_filled",
                 f"Linked {link.kind} order {cid} filled {ack.filled_base} at {ack.avg_price}",
@@ -114,7 +115,7 @@ class Sweep:
         await room.links.update(key, msgspec.structs.replace(ended, resolved="gone"), revision)
         await room.outcomes.record(
             ended,
-            event_id(key, f"gone:{cid}"),
+            Origin(event_id(key, f"gone:{cid}")),
             "skipped",
             "linked_order_gone",
             f"Linked order {cid} ended at the venue without a fill, outside copytrade",
@@ -177,7 +178,7 @@ class Sweep:
         log.warning("event=orphan_cancelled follower=%s client_order_id=%s why=%r", follower.id, cid, why)
         await room.outcomes.record(
             ended,
-            event_id(key, f"orphan:{cid}"),
+            Origin(event_id(key, f"orphan:{cid}")),
             "filled" if filled else "skipped",
             "orphan_cancelled",
             f"Linked order {cid} cancelled: {why}"
