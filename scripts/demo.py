@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import nats.errors
 import yaml
 from nats.aio.client import Client
 
@@ -65,7 +66,7 @@ async def results_for(nc: Client, signal_id: str, timeout_s: float = 15) -> list
                 continue
             try:
                 msg = await js.get_last_msg(bus.RESULTS_STREAM, bus.result_subject("paper", follower))
-            except Exception:
+            except nats.errors.Error:  # not recorded yet (NotFoundError) or a slow reply
                 continue
             assert msg.data is not None
             result = decoder.decode(msg.data)

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from decimal import Decimal
 
+import nats.errors
 import pytest
 import yaml
 
@@ -53,7 +54,7 @@ async def _fund(system: System, followers: list[str]) -> None:
 async def _consumer_exists(system: System, group: str = "paper") -> bool:
     try:
         await system.js.consumer_info(bus.SIGNALS_STREAM, bus.durable_name(group))
-    except Exception:
+    except nats.errors.Error:  # NotFoundError until the copier creates it; timeouts mid-restart
         return False
     return True
 

@@ -448,7 +448,8 @@ def test_render_overlay_gives_every_container_probes_limits_and_locked_security(
         assert spec["automountServiceAccountToken"] is False, name
         for c in spec["containers"]:
             where = f"{name}/{c['name']}"
-            assert c["livenessProbe"] and c["readinessProbe"], where
+            assert c["livenessProbe"], where
+            assert c["readinessProbe"], where
             assert {"cpu", "memory"} <= c["resources"]["requests"].keys(), where
             assert "memory" in c["resources"]["limits"], where
             assert c["securityContext"] == {
@@ -575,7 +576,8 @@ def test_render_overlay_sets_stream_replicas_in_every_copytrade_container(
     }
     nats_servers = workloads(objects)["nats"]["spec"]["replicas"]
 
-    assert values and set(values.values()) == {STREAM_REPLICAS[overlay]}, values
+    assert values, values
+    assert set(values.values()) == {STREAM_REPLICAS[overlay]}, values
     assert int(STREAM_REPLICAS[overlay]) <= nats_servers
 
 
@@ -714,7 +716,8 @@ def test_render_overlay_pins_the_image(objects: list[Obj]) -> None:
     for name, workload in workloads(objects).items():
         for c in pod(workload)["containers"]:
             image = c["image"]
-            assert ":" in image and not image.endswith(":latest"), f"{name}/{c['name']}: {image}"
+            assert ":" in image, f"{name}/{c['name']}: {image}"
+            assert not image.endswith(":latest"), f"{name}/{c['name']}: {image}"
 
 
 def test_nats_server_accepts_rendered_config(
