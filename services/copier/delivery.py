@@ -52,7 +52,7 @@ class Delivery:
             await self.hand_back(msg)
             log.warning("event=signal_handed_back signal_id=%s%s", signal_id, _shard(shard))
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure: counted, logged, retried or dead-lettered
             self._metrics.signal_retries.inc()
             await self.retry_or_dead_letter(msg, signal_id, exc, shard=shard)
             return False

@@ -205,7 +205,7 @@ class ConfigReloader:
             try:
                 if self._changes.due() and await asyncio.to_thread(self._changes.rescan):
                     self.load()
-            except Exception as exc:  # last resort: a watcher that died would apply nothing again
+            except Exception as exc:  # noqa: BLE001 - last resort: a dead watcher would apply nothing again
                 self._metrics.reloads.labels("error").inc()
                 self._metrics.reload_ok.set(0)
                 log.error("event=config_reload_failed reason=unexpected error=%s", type(exc).__name__)

@@ -177,7 +177,9 @@ async def _positions(args: argparse.Namespace) -> str:
 
 async def _unsubscribe(args: argparse.Namespace) -> str:
     settings, config = _settings_and_config(args)
-    return await subscriptions.unsubscribe(settings, config, args.follower, args.master, args.action, _who())
+    return await subscriptions.unsubscribe(
+        settings, config, args.follower, args.master, action=args.action, who=_who()
+    )
 
 
 async def _subscribe(args: argparse.Namespace) -> str:
@@ -193,8 +195,8 @@ async def _adopt(args: argparse.Namespace) -> str:
         args.follower,
         args.master,
         args.symbol,
-        args.amount,
-        args.request_id or uuid.uuid4().hex,
+        amount=args.amount,
+        request_id=args.request_id or uuid.uuid4().hex,
     )
 
 

@@ -53,6 +53,7 @@ async def unsubscribe(
     config: CopytradeConfig,
     follower_id: str,
     master_id: str,
+    *,
     action: Action | None,
     who: str,
 ) -> str:
@@ -147,6 +148,7 @@ async def adopt(
     follower_id: str,
     master_id: str,
     symbol: str,
+    *,
     amount: Decimal,
     request_id: str,
 ) -> str:

@@ -213,6 +213,7 @@ class PaperVenue:
         side: Side,
         amount: Decimal,
         price: Decimal,
+        *,
         excluding: str | None = None,
     ) -> None:
         """Refuse what the account's cash (a buy) or holding (a sell) cannot cover, net of what

@@ -136,7 +136,7 @@ def vendor_calls(venue: CcxtVenue) -> Iterator[None]:
         yield
     except CopytradeError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the vendor edge: whatever ccxt raises becomes ours
         raise translate(venue, exc) from None
 
 
@@ -605,7 +605,7 @@ class CcxtAccount:
         amount, params = self._order_args(ex, order)
         self._orders += 1  # the order changes the balance
         with vendor_calls(self._venue):
-            ack = await ccxt_orders.place(ex, self._venue, order, amount, params, self._lookup)
+            ack = await ccxt_orders.place(ex, self._venue, order, amount, params, find=self._lookup)
         return msgspec.structs.replace(ack, accepted_at=time.time())
 
     async def cancel_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
@@ -619,7 +619,7 @@ class CcxtAccount:
         ex = await self._client()
         with vendor_calls(self._venue):
             return await ccxt_orders.amend(
-                ex, self._venue, client_order_id, symbol, price, size, self._lookup
+                ex, self._venue, client_order_id, symbol, price=price, size=size, find=self._lookup
             )
 
     async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:

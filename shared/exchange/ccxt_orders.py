@@ -232,7 +232,7 @@ def open_order_of(order: dict[str, Any], kind_of: KindOf) -> OpenOrder | None:
 
 
 async def place(
-    ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float, params: dict[str, Any], find: Find
+    ex: Any, venue: CcxtVenue, order: OrderCommand, amount: float, params: dict[str, Any], *, find: Find
 ) -> OrderAck:
     """Place a resting order (`refuse_unless_native` first); the ack as the venue then shows
     it (a limit crossing the price may have filled). `params` carry the client order id."""
@@ -279,6 +279,7 @@ async def amend(
     venue: CcxtVenue,
     client_order_id: str,
     symbol: str,
+    *,
     price: Decimal | None,
     size: Decimal | None,
     find: Find,
@@ -304,7 +305,9 @@ async def amend(
         after = await find(ex, client_order_id, symbol) or found
         _check_amended(venue, after, new_price, new_size)
         return ack_of(after, client_order_id)
-    return await _replace(ex, venue, found, client_order_id, symbol, new_price, new_size, find)
+    return await _replace(
+        ex, venue, found, client_order_id, symbol, price=new_price, size=new_size, find=find
+    )
 
 
 def _check_amended(venue: CcxtVenue, order: dict[str, Any], price: Decimal, size: Decimal) -> None:
@@ -321,6 +324,7 @@ async def _replace(
     found: dict[str, Any],
     client_order_id: str,
     symbol: str,
+    *,
     price: Decimal,
     size: Decimal,
     find: Find,

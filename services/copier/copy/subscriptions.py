@@ -105,18 +105,21 @@ class Subscriptions:
         if record is None:
             return 0
         if wanted and record.state == "active":
-            on_unsubscribe = follower.subscriptions[master].on_unsubscribe
-            if on_unsubscribe != record.on_unsubscribe:  # the config changed what removal does
-                changed = msgspec.structs.replace(record, on_unsubscribe=on_unsubscribe)
-                if not await self._write(follower.id, master, changed, revision):
-                    return 0
-            self._settled.add((follower.id, master))
+            await self._keep(follower, master, record, revision)
             return 0
         if wanted and record.state == "opening":
             return await self._retry(follower, master, record, revision, self._open)
         if record.state == "closing":
             return await self._retry(follower, master, record, revision, self._close)
         return await self._end(follower, master, record, revision)
+
+    async def _keep(self, follower: Follower, master: str, record: Record, revision: int) -> None:
+        on_unsubscribe = follower.subscriptions[master].on_unsubscribe
+        if on_unsubscribe != record.on_unsubscribe:  # the config changed what removal does
+            changed = msgspec.structs.replace(record, on_unsubscribe=on_unsubscribe)
+            if not await self._write(follower.id, master, changed, revision):
+                return
+        self._settled.add((follower.id, master))
 
     async def _begin(self, follower: Follower, master: str) -> int:
         subscription = follower.subscriptions[master]
@@ -184,7 +187,7 @@ class Subscriptions:
                     key[len(prefix) :],
                     "buy",
                     entry.amount,
-                    f"open:{record.since!r}",
+                    episode=f"open:{record.since!r}",
                     redelivered=redelivered,
                 )
 
@@ -204,7 +207,13 @@ class Subscriptions:
         for key, entry in (await self._ledger.entries(prefix)).items():
             if entry.amount > 0 and last is not None:
                 await self._copy(
-                    follower, last, key[len(prefix) :], "sell", entry.amount, episode, redelivered=redelivered
+                    follower,
+                    last,
+                    key[len(prefix) :],
+                    "sell",
+                    entry.amount,
+                    episode=episode,
+                    redelivered=redelivered,
                 )
 
     async def _copy(
@@ -214,8 +223,8 @@ class Subscriptions:
         symbol_key: str,
         side: Side,
         amount: Decimal,
-        episode: str,
         *,
+        episode: str,
         redelivered: bool,
     ) -> None:
         """Copy an internal signal of `amount` for this follower alone, through the whole path."""

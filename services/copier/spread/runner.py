@@ -151,7 +151,7 @@ class WorkRunner:
                     self._items.add(task)
                     await asyncio.wait({task})
                     self._items.discard(task)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - last resort: counted, logged; run() pulls the shard again
             if not (self._stopping.is_set() or self._nc.is_closed):
                 self._metrics.count("pull_failed")
                 log.warning("event=work_pull_failed shard=%d error=%s", shard, type(exc).__name__)
