@@ -1,8 +1,10 @@
 """`make bench`: latency, throughput and memory of the copy pipeline, measured on this machine.
 
 Every figure comes from real processes: nats-server, the paper exchange (simulated latency), the
-sizer and a copier replica. Signals are published straight to JetStream with executed_at = now,
-so "fill → last ack" is the time from the master's fill to the last follower order acknowledged.
+sizer and a copier replica; then the real venues (scripts/bench_exchanges.py): Kraken and Alpaca
+followers through the real clients against the project's emulators, and the master on Kraken.
+Signals are published straight to JetStream with executed_at = now, so "fill → last ack" is the
+time from the master's fill to the last follower order acknowledged.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nats.aio.client import Client
 if not __package__:  # `python scripts/bench.py` (make bench): import `scripts` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import bench_scale
+from scripts import bench_exchanges, bench_scale
 from scripts.benchkit import ENCODER, RESULT, fill_to_last_ack, fresh_paper_config, pct, signal
 from shared import bus
 from shared.messages import CopyResult
@@ -173,10 +175,11 @@ async def main(quick: bool) -> None:
     print(f"copytrade bench — figures measured now, on this machine ({'quick' if quick else 'full'} run)\n")
     await internal_latency(50 if quick else 200)
     await fan_out(1000, 50, 3 if quick else 10)
-    await sequential(100 if quick else 1000, 50)
+    await sequential(100 if quick else 200, 50)  # one at a time: 200 give the per-follower time
     await throughput(2000, 3 if quick else 5)
     await memory_per_follower(100, 1100 if quick else 2100)
     await bench_scale.main(quick)
+    await bench_exchanges.main(quick)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from scripts.benchkit import ENCODER, fresh_paper_config, pct, signal
+from scripts.benchkit import ENCODER, cpu_seconds, fresh_paper_config, pct, signal
 from shared import bus
 from support.localstack import ROOT, LocalStack, local_stack
 
-TICKS = os.sysconf("SC_CLK_TCK")
 SHARDS = 32
 
 
@@ -40,11 +39,6 @@ class _Result(msgspec.Struct):
     received_at: float
     signal_executed_at: float
     acked_at: float | None = None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def rss_mib(pid: int) -> float:
@@ -79,8 +73,17 @@ class Figures:
 class ScaleRun:
     """nats-server, one sizer and N copier replicas of one paper group, started fresh."""
 
-    def __init__(self, name: str, followers: int, replicas: int, *, latency_ms: float = 50,
-                 concurrency: int = 1000, spread: bool = True, sizers: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        followers: int,
+        replicas: int,
+        *,
+        latency_ms: float = 50,
+        concurrency: int = 1000,
+        spread: bool = True,
+        sizers: int = 1,
+    ) -> None:
         self.name, self.followers, self.replicas, self.sizers = name, followers, replicas, sizers
         self.latency_ms, self.concurrency, self.spread = latency_ms, concurrency, spread
         self.workdir = ROOT / ".bench" / name
@@ -94,13 +97,18 @@ class ScaleRun:
         for i in range(self.sizers):  # one queue group: requests spread over the replicas
             self.stack.start(self.sizer_names[i], "sizer")
         for i in range(self.replicas):
-            self.stack.start(f"copier-{i + 1}", "copier",
-                             COPYTRADE_CONCURRENCY=str(self.concurrency),
-                             COPYTRADE_PAPER_VENUE="embedded", COPYTRADE_PAPER_SEED_CASH="1000000",
-                             COPYTRADE_PAPER_LATENCY_MS=str(self.latency_ms),
-                             COPYTRADE_SNAPSHOT_TTL_S="3600", COPYTRADE_ACK_WAIT_S="60",
-                             COPYTRADE_SHARDS=str(SHARDS),
-                             COPYTRADE_SPREAD_THRESHOLD="200" if self.spread else "1000000000")
+            self.stack.start(
+                f"copier-{i + 1}",
+                "copier",
+                COPYTRADE_CONCURRENCY=str(self.concurrency),
+                COPYTRADE_PAPER_VENUE="embedded",
+                COPYTRADE_PAPER_SEED_CASH="1000000",
+                COPYTRADE_PAPER_LATENCY_MS=str(self.latency_ms),
+                COPYTRADE_SNAPSHOT_TTL_S="3600",
+                COPYTRADE_ACK_WAIT_S="60",
+                COPYTRADE_SHARDS=str(SHARDS),
+                COPYTRADE_SPREAD_THRESHOLD="200" if self.spread else "1000000000",
+            )
         self.stack.wait_ready(120)
         await self._replicas_agree(60)
         assert self.stack.nats is not None
@@ -116,8 +124,10 @@ class ScaleRun:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             texts = [self.stack.metrics(c) for c in self.copiers]
-            if (all(metric(t, "copytrade_copier_replicas") == self.replicas for t in texts)
-                    and sum(metric(t, "copytrade_work_shards_owned") for t in texts) == SHARDS):
+            if (
+                all(metric(t, "copytrade_copier_replicas") == self.replicas for t in texts)
+                and sum(metric(t, "copytrade_work_shards_owned") for t in texts) == SHARDS
+            ):
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.name}: replicas did not agree on shard ownership")
@@ -131,16 +141,20 @@ class ScaleRun:
         return [f"copier-{i + 1}" for i in range(self.replicas)]
 
     def pids(self) -> dict[str, int]:
-        assert self.stack.nats is not None and self.stack.nats.proc is not None
-        return {"nats": self.stack.nats.proc.pid,
-                **{n: self.stack.procs[n].pid for n in [*self.sizer_names, *self.copiers]}}
+        assert self.stack.nats is not None
+        assert self.stack.nats.proc is not None
+        return {
+            "nats": self.stack.nats.proc.pid,
+            **{n: self.stack.procs[n].pid for n in [*self.sizer_names, *self.copiers]},
+        }
 
     async def publish(self, count: int = 1) -> list[str]:
         ids = []
         for _ in range(count):
             sig = signal()
-            await self.nc.jetstream().publish(bus.signal_subject("master"), ENCODER.encode(sig),
-                                              headers={"Nats-Msg-Id": sig.signal_id})
+            await self.nc.jetstream().publish(
+                bus.signal_subject("master"), ENCODER.encode(sig), headers={"Nats-Msg-Id": sig.signal_id}
+            )
             ids.append(sig.signal_id)
         return ids
 
@@ -160,8 +174,10 @@ class ScaleRun:
     async def results(self) -> dict[str, list[_Result]]:
         """Every stored result, by signal (read after the measurement)."""
         js = self.nc.jetstream()
-        sub = await js.pull_subscribe(bus.RESULTS_ALL, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))
+        sub = await js.pull_subscribe(
+            bus.RESULTS_ALL,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+        )
         decoder = msgspec.json.Decoder(_Result)
         by_signal: dict[str, list[_Result]] = {}
         got = 0
@@ -211,18 +227,27 @@ async def measure(run: ScaleRun, signals: int, burst: int, label: str) -> Figure
     in_burst = [r for s in burst_ids for r in results[s]]
     first = min(r.signal_executed_at for r in in_burst)
     burst_rate = len(in_burst) / (max(r.acked_at or 0 for r in in_burst) - first)
-    return Figures(label=label, followers=run.followers, replicas=run.replicas,
-                   latencies=latencies, burst_rate=burst_rate, cpu=cpu, rss=rss,
-                   cpu_per_order_ms=per_order,
-                   sizer_handle_ms=1000 * handle_s / max(handle_n, 1),
-                   sizer_round_trip_ms=1000 * trip_s / max(trip_n, 1))
+    return Figures(
+        label=label,
+        followers=run.followers,
+        replicas=run.replicas,
+        latencies=latencies,
+        burst_rate=burst_rate,
+        cpu=cpu,
+        rss=rss,
+        cpu_per_order_ms=per_order,
+        sizer_handle_ms=1000 * handle_s / max(handle_n, 1),
+        sizer_round_trip_ms=1000 * trip_s / max(trip_n, 1),
+    )
 
 
-async def scenario(followers: int, replicas: int, signals: int, burst: int, *,
-                   spread: bool = True, sizers: int = 1) -> Figures:
+async def scenario(
+    followers: int, replicas: int, signals: int, burst: int, *, spread: bool = True, sizers: int = 1
+) -> Figures:
     mode = "spread" if spread else "direct"
-    async with ScaleRun(f"scale-{followers}-{replicas}-{mode}", followers, replicas,
-                        spread=spread, sizers=sizers) as run:
+    async with ScaleRun(
+        f"scale-{followers}-{replicas}-{mode}", followers, replicas, spread=spread, sizers=sizers
+    ) as run:
         return await measure(run, signals, burst, mode)
 
 
@@ -231,28 +256,36 @@ def share(figures: Figures, prefix: str) -> float:
 
 
 def print_table(rows: list[Figures]) -> None:
-    print(f"{'followers':>9} {'path':>6} {'replicas':>8} {'p50 s':>7} {'p99 s':>7} "
-          f"{'orders/s':>9} {'burst/s':>8}  {'CPU % of a core, per replica':<28} "
-          f"{'RSS MiB per replica':<20} {'sizer':>6} {'nats':>5} {'CPU ms/order':>12}")
+    print(
+        f"{'followers':>9} {'path':>6} {'replicas':>8} {'p50 s':>7} {'p99 s':>7} "
+        f"{'orders/s':>9} {'burst/s':>8}  {'CPU % of a core, per replica':<28} "
+        f"{'RSS MiB per replica':<20} {'sizer':>6} {'nats':>5} {'CPU ms/order':>12}"
+    )
     for f in rows:
         copiers = [k for k in f.cpu if k.startswith("copier")]
         cpu = " ".join(f"{f.cpu[c] * 100:.0f}" for c in copiers)
         rss = " ".join(f"{f.rss[c]:.0f}" for c in copiers)
         per_order = sum(f.cpu_per_order_ms.values())
-        print(f"{f.followers:>9,} {f.label:>6} {f.replicas:>8} "
-              f"{statistics.median(f.latencies):>7.3f} {pct(f.latencies, 0.99):>7.3f} "
-              f"{f.orders_per_s:>9,.0f} {f.burst_rate:>8,.0f}  {cpu:<28} {rss:<20} "
-              f"{share(f, 'sizer') * 100:>5.0f}% {f.cpu['nats'] * 100:>4.0f}% {per_order:>12.3f}")
+        print(
+            f"{f.followers:>9,} {f.label:>6} {f.replicas:>8} "
+            f"{statistics.median(f.latencies):>7.3f} {pct(f.latencies, 0.99):>7.3f} "
+            f"{f.orders_per_s:>9,.0f} {f.burst_rate:>8,.0f}  {cpu:<28} {rss:<20} "
+            f"{share(f, 'sizer') * 100:>5.0f}% {f.cpu['nats'] * 100:>4.0f}% {per_order:>12.3f}"
+        )
 
 
 async def main(quick: bool) -> None:
-    print(f"\nscale: paper exchange at 50 ms, one signal to every follower, replicas as separate "
-          f"processes on {os.cpu_count()} cores ({'quick' if quick else 'full'} run)")
-    print("  p50/p99: master fill → last follower order acknowledged, one signal at a time; "
-          "orders/s = followers / p50;\n  burst/s: orders per second with several signals "
-          "published back to back; CPU: share of one core while measuring (sizer, nats: the "
-          "one sizer and nats-server)\n  targets: 1,000 followers ≤ 0.5 s with one replica; "
-          "10,000 followers ≤ 3 s with four replicas")
+    print(
+        f"\nscale: paper exchange at 50 ms, one signal to every follower, replicas as separate "
+        f"processes on {os.cpu_count()} cores ({'quick' if quick else 'full'} run)"
+    )
+    print(
+        "  p50/p99: master fill → last follower order acknowledged, one signal at a time; "
+        "orders/s = followers / p50;\n  burst/s: orders per second with several signals "
+        "published back to back; CPU: share of one core while measuring (sizer, nats: the "
+        "one sizer and nats-server)\n  targets: 1,000 followers ≤ 0.5 s with one replica; "
+        "10,000 followers ≤ 3 s with four replicas"
+    )
     rows = []
     small, large = (5, 3) if quick else (20, 5)
     for followers, signals in ((1000, small), (10_000, large)):
@@ -262,22 +295,28 @@ async def main(quick: bool) -> None:
             rows.append(await scenario(followers, replicas, signals, burst))
         print_table(rows[-4:])
     busiest = max(rows, key=lambda f: share(f, "sizer"))
-    print(f"  sizer (one replica; more join its queue group): at most "
-          f"{share(busiest, 'sizer') * 100:.0f}% of one core ({busiest.followers:,} followers, "
-          f"{busiest.replicas} copier replicas), {busiest.sizer_handle_ms:.1f} ms per batch of "
-          f"≤ 1,000 followers; the copiers' round trip ({busiest.sizer_round_trip_ms:.0f} ms) is "
-          f"queueing in the busy copier processes")
+    print(
+        f"  sizer (one replica; more join its queue group): at most "
+        f"{share(busiest, 'sizer') * 100:.0f}% of one core ({busiest.followers:,} followers, "
+        f"{busiest.replicas} copier replicas), {busiest.sizer_handle_ms:.1f} ms per batch of "
+        f"≤ 1,000 followers; the copiers' round trip ({busiest.sizer_round_trip_ms:.0f} ms) is "
+        f"queueing in the busy copier processes"
+    )
     widest = rows[-1]
     per_order = sum(widest.cpu_per_order_ms.values())
     ceiling = (os.cpu_count() or 1) * 1000 / per_order
-    print(f"  machine ceiling: {os.cpu_count()} cores / {per_order:.3f} ms CPU per order "
-          f"(copiers + nats + sizer) ≈ {ceiling:,.0f} orders/s, so {widest.followers:,} "
-          f"followers take ≥ {widest.followers / ceiling:.2f} s however many replicas run")
+    print(
+        f"  machine ceiling: {os.cpu_count()} cores / {per_order:.3f} ms CPU per order "
+        f"(copiers + nats + sizer) ≈ {ceiling:,.0f} orders/s, so {widest.followers:,} "
+        f"followers take ≥ {widest.followers / ceiling:.2f} s however many replicas run"
+    )
     for f in rows:
         copier = sum(v for k, v in f.cpu_per_order_ms.items() if k.startswith("copier"))
-        print(f"  CPU per order, {f.followers:,} {f.label} × {f.replicas}: copiers {copier:.3f} ms, "
-              f"nats {f.cpu_per_order_ms['nats']:.3f} ms, sizer "
-              f"{sum(v for k, v in f.cpu_per_order_ms.items() if k.startswith('sizer')):.3f} ms")
+        print(
+            f"  CPU per order, {f.followers:,} {f.label} × {f.replicas}: copiers {copier:.3f} ms, "
+            f"nats {f.cpu_per_order_ms['nats']:.3f} ms, sizer "
+            f"{sum(v for k, v in f.cpu_per_order_ms.items() if k.startswith('sizer')):.3f} ms"
+        )
 
 
 if __name__ == "__main__":
