@@ -290,6 +290,8 @@ class CcxtShare:
         Reading an order's fill is bookkeeping; placing is what the copy latency is: in a fan-out
         to many followers, every order goes out before the first fill is read back.
         """
+        if self._placed.is_set():  # a lone order: no task and timer to wait for nothing
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._placed.wait(), FILL_READ_DEFER_S)
 
