@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml
 deploy-tools: $(STAMP) ## promtool and kubectl for the deploy checks
 	bash scripts/install-deploy-tools.sh $(VENV)
 
-fmt: $(STAMP) ## fix lint findings that ruff can fix
+fmt: $(STAMP) ## format the code and fix the lint findings ruff can fix
+	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff: formatting and lint rules
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP) ## mypy strict on services/, shared/, tests/, scripts/ and support/
