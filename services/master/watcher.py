@@ -34,6 +34,7 @@ from shared.messages import signal_id_for
 
 log = logging.getLogger("copytrade.watcher")
 OVERLAP_S = 5.0
+MAX_QUIET_S = 10.0  # the longest a busy account goes without looking for fills made by hand
 
 
 async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
@@ -57,11 +58,15 @@ class FillWatcher:
         self._orders = OrderClaims(kv, config.exchange)
 
     async def run(self, interval_s: float) -> None:
+        last = 0.0  # monotonic time of the last poll
         while True:
             try:
-                if not _spare(self._account):  # the master's own orders keep their budget
+                # the master's own orders keep their budget; still, a poll at least every
+                # MAX_QUIET_S, so a fill made by hand is never later than that
+                if not _spare(self._account) and time.monotonic() - last < MAX_QUIET_S:
                     await asyncio.sleep(interval_s)
                     continue
+                last = time.monotonic()
                 await self.poll()
                 await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
