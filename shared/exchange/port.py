@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from msgspec import Struct
 
@@ -232,4 +233,26 @@ class ExchangeAccount(Protocol):
 
     async def open_orders(self, symbol: str | None = None) -> list[OpenOrder]:
         """The account's resting orders (of `symbol`, or all)."""
+        ...
+
+
+# what a venue's private stream reported on the account: a fill (an execution), or a change to
+# a resting order (new, amended, cancelled)
+Activity = Literal["fill", "order"]
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """An account whose venue has a private stream of its orders and fills (Kraken's WebSocket
+    `executions` channel, Alpaca's `trade_updates`). The master's watchers wake on it and read at
+    once instead of at their next poll. The stream only wakes them: the REST reads stay the
+    source of truth (the fill cursor, exactly-once), and the polls stay as the fallback for
+    whatever a reconnect misses."""
+
+    def activity(self) -> AsyncIterator[Activity]:
+        """Yield, for as long as it is iterated, one item per change the stream reports, after
+        subscribing (and re-subscribing after a dropped connection, with a backoff; a reconnect
+        yields "fill" and "order" once, as something may have been missed). It never ends on
+        its own; `CopytradeError` only when the account cannot stream at all (its credentials
+        refused). It draws on the account's REST budget only for the stream's token."""
         ...
