@@ -8,6 +8,7 @@ import logging
 from services.master.metrics import MasterMetrics
 from services.master.order_watch import OrderWatcher
 from services.master.service import MasterContext, MasterService
+from services.master.stream import relay
 from services.master.watcher import FillWatcher
 from shared import bus
 from shared.config import MasterSettings, SecretSource, load_config, load_settings
@@ -16,6 +17,7 @@ from shared.errors import ConfigError, CopytradeError
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.paper import nats_transport
+from shared.exchange.port import Streaming
 from shared.ledger import Ledger
 from shared.runtime import run_main, service_runtime
 from shared.signing import SignalSigner
@@ -79,6 +81,8 @@ async def run(settings: MasterSettings) -> None:
             asyncio.create_task(watcher.run(settings.fill_watch_interval_s)),
             asyncio.create_task(orders.run()),
         ]
+        if isinstance(account, Streaming):  # the venue's private stream wakes both watchers
+            watching.append(asyncio.create_task(relay(account, watcher, orders)))
         rt.mark_started()
         await rt.wait_stopped()
         for task in watching:

@@ -1,10 +1,11 @@
 """The open-orders watcher: the master's resting orders, placed, amended or cancelled by hand on
 the venue (or by copytrade), become order events within a second (services.master.order_events).
 
-The venues' private streams are not wired (nor emulated), so open orders are polled: the
-fallback issue 16 allows. A poll is one private call (Kraken OpenOrders, Binance openOrders per
-symbol, ...) drawn from the same per-account budget as the master's own trades, so the pace
-adapts (`Cadence`):
+Where the venue has a private stream (Kraken, Alpaca: `shared.exchange.port.Streaming`), the
+watcher is woken by it and compares at once (services.master.stream); open orders are polled
+besides, as the fallback for whatever a reconnect misses and on the other venues. A poll is one
+private call (Kraken OpenOrders, Binance openOrders per symbol, ...) drawn from the same
+per-account budget as the master's own trades, so the pace adapts (`Cadence`):
 
 - every FAST_S (0.5 s: an event is seen within a second) while the master has resting orders or
   something happened lately (an order event, a fill, an order request: ACTIVE_S);
@@ -79,11 +80,18 @@ class OrderWatcher:
         self._tracker, self._account, self._metrics = tracker, account, metrics
         self.cadence = Cadence(fast_s, slow_s)
         self._waits = self._rate_limit_waits()
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """The venue's private stream reported an order change: compare now, budget or not
+        (services.master.stream)."""
+        self._woken.set()
 
     async def run(self) -> None:
+        woken = False
         while True:
             try:
-                await self.poll()
+                await (self._tracker.sync() if woken else self.poll())
             except NotNative as exc:  # the venue lists no resting orders: nothing to watch
                 log.warning("event=open_orders_not_watched reason=%s", exc)
                 return
@@ -91,7 +99,16 @@ class OrderWatcher:
                 log.warning("event=open_orders_poll_failed error=%s", type(exc).__name__)
             except Exception:  # a bug: logged with its trace, and the watch goes on
                 log.exception("event=open_orders_poll_error")
-            await asyncio.sleep(self._next_wait())
+            woken = await self._nap(self._next_wait())
+
+    async def _nap(self, wait_s: float) -> bool:
+        """Wait for the next poll, or less when woken; whether it was woken."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), wait_s)
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
 
     async def poll(self) -> list[OrderSignal]:
         """One comparison of every open order with the state kept: the events published. Only

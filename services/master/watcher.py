@@ -56,22 +56,35 @@ class FillWatcher:
         self._on_fill = on_fill  # a fill published: the open-orders watcher speeds up
         self._cursor_key = f"cursor.{config.id}"
         self._orders = OrderClaims(kv, config.exchange)
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """The venue's private stream reported a fill: poll now, budget or not (services.master.stream)."""
+        self._woken.set()
 
     async def run(self, interval_s: float) -> None:
         last = 0.0  # monotonic time of the last poll
         while True:
+            woken = await self._nap(interval_s) if last else False
             try:
                 # the master's own orders keep their budget; still, a poll at least every
                 # MAX_QUIET_S, so a fill made by hand is never later than that
-                if not _spare(self._account) and time.monotonic() - last < MAX_QUIET_S:
-                    await asyncio.sleep(interval_s)
-                    continue
-                last = time.monotonic()
-                await self.poll()
-                await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
+                quiet = time.monotonic() - last >= MAX_QUIET_S
+                if woken or quiet or _spare(self._account):
+                    last = time.monotonic()
+                    await self.poll()
+                    await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
-            await asyncio.sleep(interval_s)
+
+    async def _nap(self, interval_s: float) -> bool:
+        """Wait for the next poll: the interval, or less when woken; whether it was woken."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), interval_s)
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
 
     async def poll(self) -> int:
         """Publish a signal for every new master fill since the cursor; return how many."""

@@ -1,0 +1,28 @@
+"""The venue's private stream wakes the master's watchers: a fill or an order change reported on
+the master account is read at once, not at the next poll (within the venue's push and one
+read, where polling waits up to its interval). The watchers stay the readers: the stream only
+says when (`shared.exchange.port.Streaming`). A stream that cannot start leaves the polls."""
+
+from __future__ import annotations
+
+import logging
+
+from services.master.order_watch import OrderWatcher
+from services.master.watcher import FillWatcher
+from shared.errors import CopytradeError
+from shared.exchange.port import Streaming
+
+log = logging.getLogger("copytrade.master.stream")
+
+
+async def relay(account: Streaming, fills: FillWatcher, orders: OrderWatcher) -> None:
+    """Wake the watchers on every change the stream reports, for as long as it runs."""
+    try:
+        async for activity in account.activity():
+            if activity == "fill":
+                fills.wake()
+            orders.wake()  # a fill changes a resting order too
+    except CopytradeError as exc:
+        log.warning("event=private_stream_unavailable error=%s: polling only", type(exc).__name__)
+    except Exception:  # a bug: logged with its trace; the polls go on
+        log.exception("event=private_stream_error: polling only")
