@@ -22,7 +22,7 @@ from nats.aio.client import Client
 if not __package__:  # `python scripts/bench.py` (make bench): import `scripts` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import bench_exchanges, bench_scale
+from scripts import bench_exchanges, bench_mirroring, bench_scale
 from scripts.benchkit import ENCODER, RESULT, fill_to_last_ack, fresh_paper_config, pct, signal
 from shared import bus
 from shared.messages import CopyResult
@@ -175,6 +175,7 @@ async def main(quick: bool) -> None:
     print(f"copytrade bench — figures measured now, on this machine ({'quick' if quick else 'full'} run)\n")
     await internal_latency(50 if quick else 200)
     await fan_out(1000, 50, 3 if quick else 10)
+    await bench_mirroring.main(quick)
     await sequential(100 if quick else 200, 50)  # one at a time: 200 give the per-follower time
     await throughput(2000, 3 if quick else 5)
     await memory_per_follower(100, 1100 if quick else 2100)
