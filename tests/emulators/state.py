@@ -10,6 +10,9 @@ is no order book: a resting limit fills only when told, or at once if it crosses
 placed or amended), and `set_price` moves a market's price, triggering the stops and
 take-profits it reaches (a triggered market order fills whole at the new price; a triggered
 limit order fills whole if the new price is within its limit, else rests).
+
+`Account.listeners` hear of every order placed or changed: a venue's private stream (Alpaca's
+trade_updates) pushes from there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import itertools
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from enum import Enum
@@ -133,6 +137,9 @@ class Account:
     orders: list[Order] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)  # consumed by order placement, FIFO
     last_nonce: int = 0
+    # called with each order placed or changed (filled, triggered, amended, canceled, replaced):
+    # a venue's private stream listens here
+    listeners: list[Callable[[Order], None]] = field(default_factory=list)
 
     def order_by_client_id(self, client_order_id: str) -> Order | None:
         """The order with this client id; the open one where an old order shares it."""
@@ -233,7 +240,9 @@ class VenueState:
             assert cost is not None
             amount = (cost / price).quantize(market.amount_step, rounding=ROUND_DOWN)
         self._check(account, market, side, amount, price)
-        return self._book(account, market, side, amount, price, client_order_id=client_order_id)
+        order = self._book(account, market, side, amount, price, client_order_id=client_order_id)
+        self._changed(account, order)
+        return order
 
     def fill_limit_ioc(
         self,
@@ -258,7 +267,7 @@ class VenueState:
         price = self.prices[symbol]
         crosses = price <= limit_price if side == "buy" else price >= limit_price
         if crosses:
-            return self._book(
+            filled = self._book(
                 account,
                 market,
                 side,
@@ -268,6 +277,8 @@ class VenueState:
                 limit_price=limit_price,
                 ordered=amount,
             )
+            self._changed(account, filled)
+            return filled
         unfilled = self._book(
             account,
             market,
@@ -279,6 +290,7 @@ class VenueState:
             ordered=amount,
         )
         unfilled.status = "canceled"  # ended by the venue with nothing filled
+        self._changed(account, unfilled)
         return unfilled
 
     def fill_part(
@@ -303,6 +315,7 @@ class VenueState:
         self._check(account, market, side, amount, price)
         part = self._book(account, market, side, amount, price, client_order_id=client_order_id)
         part.order_id = order_id
+        self._changed(account, part)
         return part
 
     # --- resting orders ---------------------------------------------------------------------
@@ -352,6 +365,7 @@ class VenueState:
         )
         account.orders.append(order)
         self._work(account, order)
+        self._changed(account, order)
         return order
 
     def fill_resting(
@@ -367,7 +381,9 @@ class VenueState:
             raise ValueError("invalid_fill")
         if not _within(order.side, order.limit_price, price):
             raise ValueError("beyond_limit")
-        return self._fill_part(account, order, amount, price)
+        part = self._fill_part(account, order, amount, price)
+        self._changed(account, order)
+        return part
 
     def set_price(self, symbol: str, price: Decimal) -> list[Order]:
         """Test control: the market's price moves to `price`; the trigger orders it reaches
@@ -382,6 +398,7 @@ class VenueState:
         ]
         for account, order in reached:
             self._work(account, order)
+            self._changed(account, order)
         return [o for _, o in reached]
 
     def cancel(self, order: Order) -> bool:
@@ -389,6 +406,12 @@ class VenueState:
         if not order.is_open:
             return False
         order.status, order.updated = USER_CANCELED, time.time()
+        owner = next(
+            (a for a in self.accounts.values() if a.listeners and any(o is order for o in a.orders)),
+            None,
+        )
+        if owner is not None:
+            self._changed(owner, order)
         return True
 
     def amend(self, account: Account, order: Order, *, price: Decimal | None, size: Decimal | None) -> None:
@@ -409,6 +432,7 @@ class VenueState:
         self._afford(account, market, order.side, new_size - order.amount, new_price, excluding=order)
         order.ordered, order.limit_price, order.updated = new_size, new_price, time.time()
         self._work(account, order)
+        self._changed(account, order)
 
     def replace(
         self,
@@ -440,7 +464,14 @@ class VenueState:
             order.status = status
             raise
         order.replaced_by, order.updated = new.order_id, time.time()
+        self._changed(account, order)
         return new
+
+    @staticmethod
+    def _changed(account: Account, order: Order) -> None:
+        """Tell the account's listeners that `order` was placed or changed."""
+        for listener in list(account.listeners):
+            listener(order)
 
     def _work(self, account: Account, order: Order) -> None:
         """Execute what the price allows: trigger a trigger order it reached, fill a limit it
