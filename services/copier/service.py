@@ -122,6 +122,7 @@ class Copier:
             watched(self.subscriptions.run(SUBSCRIPTION_SYNC_S), "subscriptions"),
             watched(self.silence.run(SILENCE_CHECK_S), "master_silence"),
             watched(self.mirroring.run(SWEEP_S), "mirror_sweep"),
+            watched(self.mirroring.watch_kill(), "mirror_kill_watch"),
         ]
         work = watched(self._work.run(), "work_runner")
         try:

@@ -52,6 +52,11 @@ class Policy:
                 )
         return self.state(follower)
 
+    def halted(self, follower: Follower) -> Skip | None:
+        """The kill switch's refusal while it is on: no new orders, and no order of the
+        follower's left resting on its behalf (mirroring cancels linked orders then)."""
+        return self._kill_switch(follower, None, None)
+
     def admit(
         self, follower: Follower, order: SizedOrder, *, held_notional: Decimal | None = None
     ) -> Verdict:
@@ -66,7 +71,7 @@ class Policy:
                 return refusal
         return "dry_run" if self.state(follower) == "dry_run" else "place"
 
-    def _kill_switch(self, follower: Follower, _o: SizedOrder, _h: Decimal | None) -> Skip | None:
+    def _kill_switch(self, follower: Follower, _o: SizedOrder | None, _h: Decimal | None) -> Skip | None:
         if self._control.killed:
             return _refuse(follower, "kill_switch", "Kill switch is on: no new orders")
         return None

@@ -31,7 +31,14 @@ from services.copier.orders.sizing import LinkSizer, on_step, on_tick
 from shared.config import OrdersConfig
 from shared.errors import ExchangeError, InvalidOrder
 from shared.exchange.port import NotNative, amended_client_id
-from shared.messages import Decision, OrderSignal, Outcome, Skip, linked_client_order_id
+from shared.messages import (
+    Decision,
+    MarketRules,
+    OrderSignal,
+    Outcome,
+    Skip,
+    linked_client_order_id,
+)
 
 log = logging.getLogger("copytrade.mirroring")
 _KIND_SWITCH = {
@@ -80,6 +87,18 @@ def kind_refusal(follower: Follower, event: OrderSignal, config: OrdersConfig) -
     )
 
 
+def _target(link: Link, event: OrderSignal, rules: MarketRules | None) -> Link:
+    """The link as this master amendment wants it: size scaled, prices on the follower's tick."""
+    return msgspec.structs.replace(
+        link,
+        version=event.version,
+        master_size=event.size,
+        size=on_step(link.size * event.size / link.master_size, rules),
+        price=on_tick(event.price, link.side, rules),
+        trigger_price=on_tick(event.trigger_price, link.side, rules),
+    )
+
+
 def _amend_code(link: Link, follower: Follower) -> str:
     """How a link at this version came to be: amended in place (its first id kept), else
     replaced."""
@@ -109,8 +128,21 @@ class OrderEvents:
             len(followers),
         )
         handlers = {"new": self._new, "amend": self._amend, "cancel": self._cancel}
-        if followers:
+        if followers and not await self._halted(event, followers, received_at):
             await handlers[event.event](event, followers, received_at)
+
+    async def _halted(self, event: OrderSignal, followers: list[Follower], received_at: float) -> bool:
+        """Under the kill switch a new or amended master order places nothing: each follower's
+        skip is recorded, a live link is left to the sweep (which cancels it), and the master
+        order is mirrored again from its next event after the switch is off. A cancel goes on:
+        it places nothing."""
+        halts = [(f, self._room.policy.halted(f)) for f in followers]
+        skips = [(f, skip) for f, skip in halts if skip is not None]
+        if event.event == "cancel" or not skips:
+            return False
+        origin = Origin.of(event, received_at)
+        await all_done(*(self._room.outcomes.skipped(base_link(f, event), origin, s) for f, s in skips))
+        return True
 
     def _key(self, follower: Follower, event: OrderSignal) -> str:
         return self._room.links.key(follower.id, event.master_id, event.order_id)
@@ -217,7 +249,7 @@ class OrderEvents:
 
     def _refusal(self, follower: Follower, link: Link) -> Skip | None:
         """The policy's refusal (dry run included: no linked order then)."""
-        verdict = self._room.admit(follower, link.side, link.size, link.price or link.trigger_price)
+        verdict = self._room.admit(follower, link.side, link.order_size, link.price or link.trigger_price)
         if isinstance(verdict, Skip):
             return verdict
         if verdict == "dry_run":
@@ -331,6 +363,9 @@ class OrderEvents:
             if link.version == event.version:  # applied before: recorded again (dropped if kept)
                 await self._placed(link, event, received_at, _amend_code(link, follower))
                 return
+            if link.resolved == "killed":
+                await self._reopen(follower, key, link, revision, event, received_at=received_at)
+                return
             if link.state != "live":
                 await self._not_amended(key, link, revision, event, received_at)
                 return
@@ -359,15 +394,7 @@ class OrderEvents:
         received_at: float,
     ) -> None:
         room = self._room
-        rules = await room.rules(follower, link.symbol)
-        target = msgspec.structs.replace(
-            link,
-            version=event.version,
-            master_size=event.size,
-            size=on_step(link.size * event.size / link.master_size, rules),
-            price=on_tick(event.price, link.side, rules),
-            trigger_price=on_tick(event.trigger_price, link.side, rules),
-        )
+        target = _target(link, event, await room.rules(follower, link.symbol))
         verdict = room.admit(follower, link.side, target.order_size, target.price or target.trigger_price)
         if isinstance(verdict, Skip) or verdict == "dry_run":
             skip = (
@@ -391,6 +418,38 @@ class OrderEvents:
         await self._replace(
             follower, key, link, revision, target, event=event, received_at=received_at, by_venue=by_venue
         )
+
+    async def _reopen(
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        event: OrderSignal,
+        *,
+        received_at: float,
+    ) -> None:
+        """The kill switch cancelled the linked order; the master order, amended since the
+        switch went off, gets a new linked order at this version for what is left."""
+        room = self._room
+        intent = msgspec.structs.replace(
+            _target(link, event, await room.rules(follower, link.symbol)),
+            state="placing",
+            resolved="",
+            client_order_id=linked_client_order_id(link.order_id, follower.id, event.version),
+            previous=None,
+            owner=room.instance,
+        )
+        if intent.order_size <= 0:  # it filled whole before the switch
+            await self._not_amended(key, link, revision, event, received_at)
+            return
+        refusal = self._refusal(follower, intent)
+        if refusal is not None:
+            await room.outcomes.skipped(link, Origin.of(event, received_at), refusal)
+            return
+        revision = await room.links.update(key, intent, revision)
+        reopened, _ = await settle(room, follower, key, intent, revision, may_place=True, fresh=True)
+        await self._placed(reopened, event, received_at)
 
     async def _amend_in_place(
         self,

@@ -62,6 +62,10 @@ class Link(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     client_order_id: str | None = None  # the follower order now (or the last one)
     previous: str | None = None  # replacing: the order cancelled before `client_order_id`
     applied: dict[str, Decimal] = {}  # follower order -> its fill, applied to the ledger once
+    # a follower order still open -> its fill so far, applied to the ledger (each increment
+    # once, as the fill `<client order id>@<level>`); moved to `applied` when the order ends
+    credited: dict[str, Decimal] = {}
+    crediting: tuple[str, Decimal] | None = None  # intent: that order's fill up to this level
     master_filled: Decimal = ZERO  # the master fills counted (signals in `master_fills`)
     master_fills: list[str] = []
     master_open: bool = True  # False once the master cancelled it or it filled whole

@@ -24,6 +24,8 @@ from services.copier.orders.room import Room
 from services.copier.orders.sides import Sides
 from services.copier.orders.sizing import LinkSizer
 from services.copier.orders.sweep import Sweep
+from shared import bus
+from shared.control import KILL_KEY
 from shared.errors import CopytradeError
 from shared.messages import OrderSignal, TradeSignal
 
@@ -56,7 +58,7 @@ class Mirroring:
             settings=ctx.settings,
             metrics=ctx.metrics,
         )
-        self._room = room
+        self._room, self._control = room, ctx.control
         self._wake = asyncio.Event()
         self._sides = Sides(room, self._wake_at)
         self._events = OrderEvents(room, sizer, self._sides)
@@ -90,6 +92,26 @@ class Mirroring:
                 log.warning("event=mirror_sweep_failed error=%s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval_s)
+
+    async def watch_kill(self) -> None:
+        """Sweep at once when the kill switch turns on: every open linked order is cancelled
+        then (confirmed, its fill applied), not at the next round. The switch is applied to the
+        policy here first, so that sweep sees it whichever watcher of the bucket is first."""
+        kv = self._control.kv
+        if kv is None:
+            return
+        watcher = await kv.watch(KILL_KEY)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the current values
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE")
+                self._control.apply(entry.key, None if deleted else entry.value)
+                if self._control.killed:
+                    self._wake.set()
+        finally:
+            with contextlib.suppress(*bus.TRANSIENT):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _wake_at(self, at: float) -> None:
         loop = asyncio.get_running_loop()

@@ -15,9 +15,9 @@ import msgspec
 from services.copier.copy.holdings import Holdings
 from services.copier.copy.policy import Policy, Verdict
 from services.copier.followers import Follower, FollowerBook
-from services.copier.orders.links import ZERO, KeyLocks, Link, LinkStore
+from services.copier.orders.links import ZERO, KeyLocks, Link, LinkStore, event_id
 from services.copier.orders.metrics import MirrorMetrics
-from services.copier.orders.outcomes import Outcomes
+from services.copier.orders.outcomes import Origin, Outcomes
 from shared.config import CopierSettings, OrdersConfig
 from shared.errors import CopytradeError, TemporaryError
 from shared.exchange.placing import place_idempotently
@@ -124,14 +124,73 @@ class Room:
         return ack
 
     async def apply(self, follower: Follower, link: Link, ack: OrderAck | None) -> Link:
-        """An ended follower order's fill into the ledger, once (by its client order id)."""
+        """An ended follower order's fill into the ledger, once (by its client order id): only
+        what was not credited while it was open."""
         if ack is None or ack.status == "submitted" or ack.client_order_id in link.applied:
             return link
-        filled = ack.filled_base or ZERO
-        if filled > 0:
+        link = await self._carry_credit(follower, link)
+        cid, filled = ack.client_order_id, ack.filled_base or ZERO
+        before = link.credited.get(cid, ZERO)
+        if filled > before:
+            await self._record(follower, link, ack if before == 0 else _increment(cid, filled, before))
+        credited = {k: v for k, v in link.credited.items() if k != cid}
+        return msgspec.structs.replace(
+            link, applied={**link.applied, cid: max(filled, before)}, credited=credited
+        )
+
+    async def credit(
+        self, follower: Follower, key: str, link: Link, revision: int, ack: OrderAck
+    ) -> tuple[Link, int, Decimal]:
+        """An open follower order's fill so far into the ledger: only what is new since its last
+        credit, once, recorded (`partially_filled`). The level is written as an intent first,
+        so a crash between the ledger and the link is carried out again (the same fill id),
+        never counted twice. The link as written, its revision and the amount credited now."""
+        if link.crediting is not None:  # left by an attempt gone
+            link, revision, _ = await self._settle_credit(follower, key, link, revision)
+        cid, level = ack.client_order_id, ack.filled_base or ZERO
+        if ack.status != "submitted" or cid in link.applied or level <= link.credited.get(cid, ZERO):
+            return link, revision, ZERO
+        intent = msgspec.structs.replace(link, crediting=(cid, level))
+        revision = await self.links.update(key, intent, revision)
+        return await self._settle_credit(follower, key, intent, revision)
+
+    async def _settle_credit(
+        self, follower: Follower, key: str, intent: Link, revision: int
+    ) -> tuple[Link, int, Decimal]:
+        """A written credit intent carried out, recorded, then the link written."""
+        assert intent.crediting is not None
+        cid, level = intent.crediting
+        amount = ZERO if cid in intent.applied else level - intent.credited.get(cid, ZERO)
+        link = await self._carry_credit(follower, intent)
+        if amount > 0:
+            await self.outcomes.record(
+                link,
+                Origin(event_id(key, f"partial:{cid}@{level.normalize()}")),
+                "filled",
+                "partially_filled",
+                f"Linked {link.kind} order {cid}, still open, filled {amount} more ({level} in "
+                "all): applied to the copied holding",
+                filled=amount,
+            )
+        return link, await self.links.update(key, link, revision), max(amount, ZERO)
+
+    async def _carry_credit(self, follower: Follower, link: Link) -> Link:
+        """A written credit intent carried out: the increment up to its level applied once."""
+        if link.crediting is None:
+            return link
+        cid, level = link.crediting
+        if cid in link.applied:  # the order ended and was applied whole since
+            return msgspec.structs.replace(link, crediting=None)
+        before = link.credited.get(cid, ZERO)
+        if level > before:
+            await self._record(follower, link, _increment(cid, level, before))
+        credited = {**link.credited, cid: max(level, before)}
+        return msgspec.structs.replace(link, credited=credited, crediting=None)
+
+    async def _record(self, follower: Follower, link: Link, ack: OrderAck) -> None:
+        if ack.filled_base:
             await self.holdings.record(follower, link.master_id, link.symbol, link.side, ack)
             follower.forget_figures()  # its cash and balance moved
-        return msgspec.structs.replace(link, applied={**link.applied, ack.client_order_id: filled})
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """A venue call retried on temporary errors (a cancel or a lookup is safe to repeat)."""
@@ -143,3 +202,14 @@ class Room:
                     raise TemporaryError(f"venue call failed: {type(exc).__name__}") from exc
                 await asyncio.sleep(BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _increment(client_order_id: str, level: Decimal, before: Decimal) -> OrderAck:
+    """A linked order's fill from `before` up to `level`, as a fill of its own for the ledger
+    (which applies a fill once by its id): `<client order id>@<level>`."""
+    return OrderAck(
+        exchange_order_id="",
+        client_order_id=f"{client_order_id}@{level.normalize()}",
+        status="filled",
+        filled_base=level - before,
+    )

@@ -96,7 +96,9 @@ class Sides:
                 return False
             link, revision = got
             if signal.signal_id not in link.master_fills:
-                link = await self._count(follower, key, link, revision, signal)
+                link, revision = await self._count(follower, key, link, revision, signal)
+            if link.state == "live":
+                link = await self._credit_open(follower, key, link, revision)
             await room.outcomes.record(
                 link,
                 Origin.of(signal, received_at),
@@ -110,7 +112,7 @@ class Sides:
 
     async def _count(
         self, follower: Follower, key: str, link: Link, revision: int, signal: TradeSignal
-    ) -> Link:
+    ) -> tuple[Link, int]:
         filled = link.master_filled + signal.filled_base
         whole = signal.fill_id == "" or filled >= link.master_size
         config = self._room.orders_config(follower, link.master_id)
@@ -125,10 +127,30 @@ class Sides:
             due=due,
             master_fills=[*link.master_fills, signal.signal_id][-REMEMBERED_FILLS:],
         )
-        await self._room.links.update(key, counted, revision)
+        revision = await self._room.links.update(key, counted, revision)
         if due is not None:
             self._wake_at(due)
-        return counted
+        return counted, revision
+
+    async def _credit_open(self, follower: Follower, key: str, link: Link, revision: int) -> Link:
+        """The master filled: what the follower's linked order, still open, filled so far
+        enters the ledger now (a venue that fails to answer leaves it to the sweep)."""
+        room = self._room
+        assert link.client_order_id is not None
+        try:
+            ack = await room.find(follower, link, link.client_order_id)
+        except ExchangeError as exc:
+            log.info(
+                "event=linked_order_read_failed follower=%s client_order_id=%s error=%s",
+                follower.id,
+                link.client_order_id,
+                type(exc).__name__,
+            )
+            return link
+        if ack is None or ack.status != "submitted":
+            return link  # ended: the sweep applies it whole, with its outcome
+        link, _, _ = await room.credit(follower, key, link, revision, ack)
+        return link
 
     async def resolve_due(self, follower: Follower, key: str, link: Link, revision: int) -> None:
         """`wait_s` after the master filled: the linked order's rest cancelled, then chased or

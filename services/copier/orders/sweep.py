@@ -27,6 +27,7 @@ from services.copier.orders.outcomes import Origin
 from services.copier.orders.room import LinkBusy, Room
 from services.copier.orders.sides import Sides
 from shared.errors import ExchangeError
+from shared.exchange.port import OrderAck
 
 log = logging.getLogger("copytrade.mirroring")
 PURGE_AFTER_S = 7 * 86_400.0
@@ -78,27 +79,24 @@ class Sweep:
             return "resumed"
         mirrored = room.orders_config(follower, link.master_id) is not None
         if link.state in ("placing", "replacing"):
-            link, revision = await settle(
-                room, follower, key, link, revision, may_place=mirrored and link.master_open
-            )
+            may_place = mirrored and link.master_open and room.policy.halted(follower) is None
+            link, revision = await settle(room, follower, key, link, revision, may_place=may_place)
         handlers = {"unlinked": self._unlinked, "live": self._live, "ended": self._ended}
         return await handlers[link.state](follower, key, link, revision, mirrored)
 
     async def _live(self, follower: Follower, key: str, link: Link, revision: int, mirrored: bool) -> str:
         room = self._room
         assert link.client_order_id is not None
-        if not mirrored:
-            return await self._orphan(
-                follower, key, link, revision, "the subscription no longer mirrors this master's orders"
-            )
-        if not link.master_open and link.due is None:
-            return await self._orphan(follower, key, link, revision, "its master order is no longer live")
+        cancel = self._unbacked(follower, link, mirrored)
+        if cancel is not None:
+            why, code, resolved = cancel
+            return await self._orphan(follower, key, link, revision, why, code=code, resolved=resolved)
         if link.due is not None and link.due <= time.time():
             await self._sides.resolve_due(follower, key, link, revision)
             return "resolved"
         ack = await room.find(follower, link, link.client_order_id)
         if ack is not None and ack.status == "submitted":
-            return "open"
+            return await self._open(follower, key, link, revision, ack)
         ended = msgspec.structs.replace(await room.apply(follower, link, ack), state="ended")
         cid = link.client_order_id
         if ack is not None and ack.filled_base:
@@ -165,24 +163,58 @@ class Sweep:
             return "finished"
         return "unchanged"
 
-    async def _orphan(self, follower: Follower, key: str, link: Link, revision: int, why: str) -> str:
-        """Cancel (confirmed) a linked order no master order stands behind; apply its fill."""
+    def _unbacked(self, follower: Follower, link: Link, mirrored: bool) -> tuple[str, str, str] | None:
+        """Why a live linked order is to be cancelled now (reason, code, resolved), if it is:
+        the kill switch is on, or no mirrored master order stands behind it."""
+        halt = self._room.policy.halted(follower)
+        if halt is not None:
+            return halt.reason, halt.reason_code, "killed"
+        if not mirrored:
+            return "the subscription no longer mirrors this master's orders", "orphan_cancelled", "orphan"
+        if not link.master_open and link.due is None:
+            return "its master order is no longer live", "orphan_cancelled", "orphan"
+        return None
+
+    async def _open(self, follower: Follower, key: str, link: Link, revision: int, ack: OrderAck) -> str:
+        """A linked order still open: what it filled since it was last seen enters the ledger."""
+        _, _, credited = await self._room.credit(follower, key, link, revision, ack)
+        return "partially_filled" if credited > 0 else "open"
+
+    async def _orphan(
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        why: str,
+        *,
+        code: str = "orphan_cancelled",
+        resolved: str = "orphan",
+    ) -> str:
+        """Cancel (confirmed) a linked order no master order stands behind (or that the kill
+        switch stops); apply its fill."""
         room, cid = self._room, link.client_order_id
         assert cid is not None
         ack = await room.cancel(follower, link, cid)
         ended = msgspec.structs.replace(
-            await room.apply(follower, link, ack), state="ended", resolved="orphan", due=None
+            await room.apply(follower, link, ack), state="ended", resolved=resolved, due=None
         )
         await room.links.update(key, ended, revision)
         filled = ack is not None and bool(ack.filled_base)
-        log.warning("event=orphan_cancelled follower=%s client_order_id=%s why=%r", follower.id, cid, why)
+        log.warning(
+            "event=linked_order_cancelled follower=%s client_order_id=%s reason_code=%s why=%r",
+            follower.id,
+            cid,
+            code,
+            why,
+        )
         await room.outcomes.record(
             ended,
-            Origin(event_id(key, f"orphan:{cid}")),
+            Origin(event_id(key, f"{resolved}:{cid}")),
             "filled" if filled else "skipped",
-            "orphan_cancelled",
+            code,
             f"Linked order {cid} cancelled: {why}"
             + (" (its fill stays in the copied holding)" if filled else ""),
             ack=ack,
         )
-        return "orphan"
+        return resolved
