@@ -37,9 +37,10 @@ import copy
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from decimal import ROUND_DOWN, Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -62,8 +63,10 @@ from shared.errors import (
     UnsupportedSymbol,
 )
 from shared.exchange import ccxt_orders
+from shared.exchange.ccxt_stream import CcxtStream
 from shared.exchange.port import (
     AccountSnapshot,
+    Activity,
     Fill,
     OpenOrder,
     OrderAck,
@@ -578,8 +581,9 @@ class CcxtAccount:
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         ex = await self._client()
+        find = ccxt_orders.with_triggers(self._venue, _LOOKUPS[self._venue.lookup])  # OKX: algo orders too
         with vendor_calls(self._venue):
-            found = await _LOOKUPS[self._venue.lookup](ex, client_order_id, symbol)
+            found = await find(ex, client_order_id, symbol)
         return None if found is None else _ack(found, client_order_id)
 
     async def fills_since(self, cursor: float) -> list[Fill]:
@@ -638,3 +642,47 @@ def _refuse_zero(venue: CcxtVenue, size: Decimal, order: OrderCommand) -> None:
         raise BelowMinimum(
             f"{venue.name}: {order.size} {order.size_type} of {order.symbol} rounds to nothing"
         )
+
+
+class StreamingCcxtAccount(CcxtAccount):
+    """A `CcxtAccount` whose venue streams the account's orders and fills (`port.Streaming`:
+    the venue record's `stream`); the stream itself is `ccxt_stream`."""
+
+    def __init__(self, account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> None:
+        super().__init__(account, credentials, ctx)
+        spec = self._venue.stream
+        if spec is None:
+            raise ConfigError(f"account {account.id}: {account.exchange} has no private stream")
+        self._stream = CcxtStream(
+            venue=self._venue,
+            spec=spec,
+            account_id=account.id,
+            base_url=account.base_url,
+            token=self._stream_token,
+            session=lambda: self._share.session,
+            translate=partial(translate, self._venue),
+        )
+
+    def activity(self) -> AsyncIterator[Activity]:
+        return self._stream.activity()
+
+    async def _stream_token(self) -> str:
+        """A token for the stream, asked through this account's REST client (its nonce)."""
+        ex = await self._client()
+        with vendor_calls(self._venue):
+            reply = await ex.private_post_getwebsocketstoken()
+        token = (reply.get("result") or {}).get("token")
+        if not token:
+            raise AuthError(f"{self._venue.name}: no stream token in the reply")
+        return str(token)
+
+    async def close(self) -> None:
+        await self._stream.close()
+        await super().close()
+
+
+def ccxt_account(account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> CcxtAccount:
+    """The account's adapter: streaming where its venue has a private stream."""
+    venue = VENUES.get(account.exchange)
+    streams = venue is not None and venue.stream is not None
+    return (StreamingCcxtAccount if streams else CcxtAccount)(account, credentials, ctx)

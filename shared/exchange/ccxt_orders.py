@@ -12,8 +12,15 @@ a good-till-canceled limit is `create_order(symbol, "limit", side, amount, price
 or take-profit passes `stopLossPrice` / `takeProfitPrice`, with type "market" or "limit" for what
 the trigger places (Kraken `ordertype` stop-loss[-limit] / take-profit[-limit]; Binance
 STOP_LOSS[_LIMIT] / TAKE_PROFIT[_LIMIT]; Coinbase `stop_limit_stop_limit_gtc`, STOP_DOWN or
-STOP_UP by side); `edit_order` amends (Kraken AmendOrder, Coinbase orders/edit and OKX
-amend-order in place; Binance order/cancelReplace, a new order).
+STOP_UP by side; OKX a conditional algo order, below); `edit_order` amends (Kraken AmendOrder,
+Coinbase orders/edit and OKX amend-order in place; Binance order/cancelReplace, a new order).
+
+OKX keeps its stop-loss and take-profit orders apart, as algo orders (`Triggers`): placed at
+trade/order-algo (ccxt: `stopLossPrice` / `takeProfitPrice` -> ordType conditional) under our
+client order id as `algoClOrdId`, found by it (`fetch_order` with `trigger`), listed with
+trade/orders-algo-pending, cancelled with trade/cancel-algos. Once triggered, the order the algo
+placed (its own ordId and clOrdId) carries the fill: it is read through the algo order, whose id
+stays the order's id.
 """
 
 from __future__ import annotations
@@ -84,9 +91,111 @@ def _coinbase_kind(order: dict[str, Any]) -> RestingKind | None:
     return "stop_loss_limit" if down == (order.get("side") == "sell") else "take_profit_limit"
 
 
+_OKX_ALGO_TYPES = ("conditional",)  # the algo orders copytrade places: one-way stops
+_TRIGGERED: dict[tuple[bool, bool], RestingKind] = {  # (stop-loss, limit) -> kind
+    (True, False): "stop_loss",
+    (True, True): "stop_loss_limit",
+    (False, False): "take_profit",
+    (False, True): "take_profit_limit",
+}
+
+
 def _okx_kind(order: dict[str, Any]) -> RestingKind | None:
-    """From ordType: limit or post_only rest; ioc and market do not."""
-    return "limit" if _info(order).get("ordType") in ("limit", "post_only") else None
+    """From ordType: limit or post_only rest; ioc and market do not; a conditional algo order is
+    a stop-loss (slTriggerPx) or take-profit (tpTriggerPx), at market where its order price is
+    -1. An order an algo order placed (algoId set) is listed as that algo order."""
+    info = _info(order)
+    if info.get("ordType") in _OKX_ALGO_TYPES:
+        stop = bool(info.get("slTriggerPx"))
+        limit = info.get("slOrdPx" if stop else "tpOrdPx") not in (None, "", "-1")
+        return _TRIGGERED[(stop, limit)]
+    if info.get("algoId"):
+        return None
+    return "limit" if info.get("ordType") in ("limit", "post_only") else None
+
+
+def _okx_trigger_params(client_order_id: str) -> dict[str, Any]:
+    """Raw: ccxt sends a client order id as clOrdId, which OKX gives the order the algo order
+    places, and a spot conditional order's tdMode as "cross"; a spot cash account's is cash."""
+    return {"algoClOrdId": client_order_id, "tdMode": "cash"}
+
+
+async def _okx_find_algo(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+    try:
+        algo = await ex.fetch_order(None, symbol, {"trigger": True, "clientOrderId": client_order_id})
+    except ccxt.OrderNotFound:
+        return None
+    return await _okx_as_order(ex, dict(algo), symbol)
+
+
+async def _okx_as_order(ex: Any, algo: dict[str, Any], symbol: str) -> dict[str, Any]:
+    """An algo order as ccxt would parse our order: its client id, trigger and limit price (ccxt
+    reads neither from a conditional order); once triggered, the fill and status of the order
+    it placed."""
+    info = _info(algo)
+    stop = bool(info.get("slTriggerPx"))
+    limit = info.get("slOrdPx" if stop else "tpOrdPx")
+    order = algo | {
+        "clientOrderId": info.get("algoClOrdId") or None,
+        "triggerPrice": info.get("slTriggerPx" if stop else "tpTriggerPx"),
+        "price": None if limit in (None, "", "-1") else limit,
+    }
+    placed = _okx_placed(algo)
+    if placed is None:
+        return order
+    child = await ex.fetch_order(placed, symbol)
+    return order | {k: child.get(k) for k in ("filled", "average", "cost", "status")}
+
+
+def _okx_placed(algo: dict[str, Any]) -> str | None:
+    """The ordId of the order a triggered algo order placed; None before it triggered."""
+    info = _info(algo)
+    return info.get("ordId") or next(iter(info.get("ordIdList") or []), None)
+
+
+async def _okx_open_algos(
+    ex: Any, symbol: str | None, ordinary: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The algo orders waiting, and those triggered whose order still rests (`ordinary`)."""
+    waiting = await ex.fetch_open_orders(symbol, params={"ordType": ",".join(_OKX_ALGO_TYPES)})
+    found = [await _okx_as_order(ex, dict(a), str(a["symbol"])) for a in waiting]
+    for order in ordinary:
+        algo_id = _info(order).get("algoId")
+        if algo_id:
+            algo = await ex.fetch_order(algo_id, order["symbol"], {"trigger": True})
+            found.append(await _okx_as_order(ex, dict(algo), str(order["symbol"])))
+    return found
+
+
+async def _okx_cancel_algo(ex: Any, algo: dict[str, Any], symbol: str) -> None:
+    """Cancel a waiting algo order (cancel-algos), or the order a triggered one placed."""
+    placed = _okx_placed(algo)
+    if placed is None:
+        await ex.cancel_order(algo["id"], symbol, {"trigger": True})
+    else:
+        await ex.cancel_order(placed, symbol)
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """Trigger orders a venue keeps apart from its other orders, under ids and endpoints of
+    their own (OKX's algo orders): how ccxt places, finds, lists and cancels them."""
+
+    params: Callable[[str], dict[str, Any]]  # create_order params naming our client order id
+    find: Find  # by our client order id, in any state
+    # the open ones of a symbol (or all), given the venue's open ordinary orders
+    listed: Callable[[Any, str | None, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+    owns: Callable[[dict[str, Any]], bool]  # a found order is one of them
+    cancel: Callable[[Any, dict[str, Any], str], Awaitable[None]]  # one found open
+
+
+OKX_ALGO = Triggers(
+    params=_okx_trigger_params,
+    find=_okx_find_algo,
+    listed=_okx_open_algos,
+    owns=lambda order: _info(order).get("ordType") in _OKX_ALGO_TYPES,
+    cancel=_okx_cancel_algo,
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +211,7 @@ class Resting:
     # the venue's lookup scans only its latest orders (Coinbase: no filter by client order id):
     # a resting order, perhaps older than that page, is looked for among the open orders first
     open_first: bool = False
+    triggers: Triggers | None = None  # trigger orders kept apart (OKX's algo orders)
 
 
 _ALL = frozenset(RESTING_KINDS)
@@ -146,17 +256,17 @@ RESTING: Mapping[str, Resting] = {
     ),
     "okx": Resting(
         OrderCapabilities(
-            native=frozenset({"limit"}),
+            native=_ALL,
             amend="in_place",
             amend_keeps_client_id=True,
             notes=(
                 "amend-order keeps ordId and clOrdId",
-                "stop-loss and take-profit are OKX algo orders (order-algo, algoClOrdId): not wired, refused",
+                "stop-loss and take-profit are conditional algo orders (order-algo) under our "
+                "client order id as algoClOrdId; triggered, the order they place carries the fill",
             ),
         ),
         _okx_kind,
-        refused_because="OKX's are algo orders (order-algo), not wired: "
-        "find_order cannot find them again by client order id yet",
+        triggers=OKX_ALGO,
     ),
 }
 
@@ -168,8 +278,24 @@ def resting(venue: CcxtVenue) -> Resting:
     return found
 
 
+def with_triggers(venue: CcxtVenue, find: Find) -> Find:
+    """The venue's lookup, then its trigger orders' own where it keeps them apart (OKX)."""
+    quirks = RESTING.get(venue.name)
+    triggers = None if quirks is None else quirks.triggers
+    if triggers is None:
+        return find
+
+    async def then_triggers(ex: Any, client_order_id: str, symbol: str) -> dict[str, Any] | None:
+        found = await find(ex, client_order_id, symbol)
+        return found if found is not None else await triggers.find(ex, client_order_id, symbol)
+
+    return then_triggers
+
+
 def _finder(venue: CcxtVenue, find: Find) -> Find:
-    """The venue's lookup, after the open orders where its lookup sees only the latest page."""
+    """The venue's lookup (`with_triggers`), after the open orders where its lookup sees only
+    the latest page."""
+    find = with_triggers(venue, find)
     if not resting(venue).open_first:
         return find
 
@@ -239,7 +365,7 @@ async def place(
     kind = refuse_unless_native(venue, order)
     price = None if order.limit_price is None else float(order.limit_price)
     if order.trigger is not None:
-        params = params | {_TRIGGER_PARAM[order.trigger]: float(order.trigger_price or 0)}
+        params = _trigger_params(venue, order, params)
     kind_type = "limit" if price is not None else "market"
     try:
         placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price, params))
@@ -256,6 +382,17 @@ async def place(
     return ack_of(found or placed, order.client_order_id)
 
 
+def _trigger_params(venue: CcxtVenue, order: OrderCommand, params: dict[str, Any]) -> dict[str, Any]:
+    """create_order params of a trigger order: its trigger price, and where the venue keeps
+    trigger orders apart, the client order id as those take it."""
+    params = params | {_TRIGGER_PARAM[order.trigger or "stop_loss"]: float(order.trigger_price or 0)}
+    triggers = resting(venue).triggers
+    if triggers is None:
+        return params
+    params = {k: v for k, v in params.items() if k != venue.client_id_param}
+    return params | triggers.params(order.client_order_id)
+
+
 async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str, find: Find) -> OrderAck | None:
     """Cancel the order if it is open; the order as it ended, or None if the venue knows none."""
     find = _finder(venue, find)
@@ -263,9 +400,13 @@ async def cancel(ex: Any, venue: CcxtVenue, client_order_id: str, symbol: str, f
     if found is None:
         return None
     refused: Exception | None = None
+    triggers = resting(venue).triggers
     if found.get("status") == "open":
         try:
-            await ex.cancel_order(found["id"], symbol)
+            if triggers is not None and triggers.owns(found):
+                await triggers.cancel(ex, found, symbol)
+            else:
+                await ex.cancel_order(found["id"], symbol)
         except (ccxt.OrderNotFound, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
             refused = exc  # perhaps it ended meanwhile: the venue's answer below decides
         found = await find(ex, client_order_id, symbol) or found
@@ -359,8 +500,11 @@ async def open_orders(ex: Any, venue: CcxtVenue, symbol: str | None) -> list[Ope
         ]
     found: list[OpenOrder] = []
     for one in symbols:
-        for order in await ex.fetch_open_orders(one):
-            parsed = open_order_of(dict(order), quirks.kind_of)
+        orders = [dict(o) for o in await ex.fetch_open_orders(one)]
+        if quirks.triggers is not None:
+            orders += await quirks.triggers.listed(ex, one, orders)
+        for order in orders:
+            parsed = open_order_of(order, quirks.kind_of)
             if parsed is not None:
                 found.append(parsed)
     return found

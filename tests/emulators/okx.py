@@ -8,8 +8,16 @@ timestamp + METHOD + requestPath[?query] + body). Replies are `{"code": "0", "ms
 
 Orders: market and ioc end at once; limit (and post_only) rest until `VenueState`'s controls fill
 them; trade/cancel-order cancels and trade/amend-order changes price and size (newSz: the new
-total, filled part included) in place; trade/orders-pending lists what rests. Algo orders
-(order-algo: stop-loss, take-profit) are not emulated.
+total, filled part included) in place; trade/orders-pending lists what rests.
+
+Algo orders: trade/order-algo places a one-way stop (`ordType` conditional: `slTriggerPx` for a
+stop-loss, `tpTriggerPx` for a take-profit, `slOrdPx` / `tpOrdPx` its limit or -1 for market,
+`algoClOrdId` our client id); a trigger already past the last price is refused (51277-51280).
+It waits (state live) apart from the ordinary orders until `VenueState.set_price` reaches it,
+then it is effective and its order (`ordId`, with its own `clOrdId`, and `algoId` /
+`algoClOrdId` naming the algo) is an ordinary order. GET trade/order-algo finds one by algoId
+or algoClOrdId; trade/orders-algo-pending and trade/orders-algo-history list them;
+trade/cancel-algos cancels live ones. amend-algos is not emulated.
 """
 
 from __future__ import annotations
@@ -78,6 +86,14 @@ RESTING = ("limit", "post_only")  # ordTypes that rest on the book
 E_CANCEL = ("51400", "Order cancellation failed as the order has been filled, canceled or does not exist.")
 E_AMEND = ("51503", "Order modification failed as the order has been filled, canceled or does not exist.")
 E_NEW_SZ = ("51512", "Failed to amend: the new size must be greater than the filled size.")
+ALGO_TYPES = ("conditional",)  # the algo orders emulated: one-way stop-loss or take-profit
+# (trigger "stop_loss" | "take_profit", side) -> the refusal of a trigger the last price has passed
+PASSED = {
+    ("take_profit", "buy"): ("51277", "TP trigger price cannot be higher than the last price"),
+    ("stop_loss", "buy"): ("51278", "SL trigger price cannot be lower than the last price"),
+    ("take_profit", "sell"): ("51279", "TP trigger price cannot be lower than the last price"),
+    ("stop_loss", "sell"): ("51280", "SL trigger price cannot be higher than the last price"),
+}
 
 
 def _state(o: Order) -> str:
@@ -100,6 +116,36 @@ def _invalid(r: Params, client_id: str) -> tuple[str, str] | None:
         (parse_decimal(r.get("sz")) is None, ("51000", "Parameter sz error")),
     )
     return next((err for bad, err in checks if bad), None)
+
+
+def _algo_invalid(r: Params) -> tuple[str, str] | None:
+    """OKX's (sCode, sMsg) for a malformed conditional algo order, if any."""
+    sl, tp = r.get("slTriggerPx"), r.get("tpTriggerPx")
+    trigger, limit = (sl, r.get("slOrdPx")) if sl else (tp, r.get("tpOrdPx"))
+    checks = (
+        (r.get("side") not in ("buy", "sell"), ("51000", "Parameter side error")),
+        (r.get("ordType") not in ALGO_TYPES, ("51000", "Parameter ordType error")),
+        (r.get("tdMode") != "cash", ("51000", "Parameter tdMode error")),
+        (not CL_ORD_ID.fullmatch(str(r.get("algoClOrdId") or "x")), ("51000", "Parameter algoClOrdId error")),
+        (bool(sl) == bool(tp), ("51000", "Parameter slTriggerPx or tpTriggerPx error")),
+        (parse_decimal(trigger) is None, ("51000", "Parameter triggerPx error")),
+        (str(limit) != "-1" and parse_decimal(limit) is None, E_PX),
+        (parse_decimal(r.get("sz")) is None, ("51000", "Parameter sz error")),
+    )
+    return next((err for bad, err in checks if bad), None)
+
+
+def _trigger_of(r: Params) -> tuple[str, Decimal]:
+    """A valid conditional order's trigger ("stop_loss" | "take_profit") and its price."""
+    sl = r.get("slTriggerPx")
+    at = parse_decimal(sl or r.get("tpTriggerPx"))
+    assert at is not None
+    return ("stop_loss" if sl else "take_profit"), at
+
+
+def _symbol(r: Params) -> str:
+    """The unified symbol of a request's (valid) instId."""
+    return str(r["instId"]).replace("-", "/")
 
 
 def _refusal(kind: str, market: Market, side: str) -> tuple[str, str]:
@@ -126,6 +172,9 @@ class OkxEmulator(EmulatorServer):
 
     def __init__(self, state: VenueState | None = None) -> None:
         self._asked: dict[str, tuple[str, str, str]] = {}  # ordId -> (tgtCcy, sz, tag) sent
+        self._algos: dict[str, Order] = {}  # algoId -> the order (its ordId: what it places)
+        self._algo_asked: dict[str, Params] = {}  # algoId -> the order-algo request
+        self._algo_of: dict[str, str] = {}  # ordId -> algoId, for an algo order's order
         super().__init__(state)
 
     def routes(self, router: web.UrlDispatcher) -> None:
@@ -147,6 +196,11 @@ class OkxEmulator(EmulatorServer):
             ("GET", "trade/fills-history"): self._fills,
             ("POST", "trade/cancel-order"): self._cancel,
             ("POST", "trade/amend-order"): self._amend,
+            ("POST", "trade/order-algo"): self._place_algo,
+            ("GET", "trade/order-algo"): self._algo,
+            ("GET", "trade/orders-algo-pending"): partial(self._algo_list, pending=True),
+            ("GET", "trade/orders-algo-history"): partial(self._algo_list, pending=False),
+            ("POST", "trade/cancel-algos"): self._cancel_algos,
         }
         for (method, path), fn in public.items():
             router.add_route(method, f"/api/v5/{path}", partial(self._handle, fn, False))
@@ -401,6 +455,7 @@ class OkxEmulator(EmulatorServer):
             size = _s(o.size)
         last = o.parts[-1] if o.parts else o
         ms = _ms(o.created)
+        algo_id = self._algo_of.get(o.order_id, "")
 
         def filled(value: str) -> str:  # fill fields stay empty while nothing filled
             return value if o.amount else ""
@@ -411,7 +466,7 @@ class OkxEmulator(EmulatorServer):
             "tgtCcy": tgt,
             "ccy": "",
             "ordId": o.order_id,
-            "clOrdId": o.client_order_id or "",
+            "clOrdId": self._cl_ord_id(o),
             "tag": tag,
             "px": "" if o.limit_price is None else _s(o.limit_price),
             "pxUsd": "",
@@ -419,7 +474,7 @@ class OkxEmulator(EmulatorServer):
             "pxType": "",
             "sz": size,
             "pnl": "0",
-            "ordType": {"market": "market", "limit_ioc": "ioc"}.get(o.kind, "limit"),
+            "ordType": "market" if o.limit_price is None else "ioc" if o.kind == "limit_ioc" else "limit",
             "side": o.side,
             "posSide": "net",
             "tdMode": "cash",
@@ -452,8 +507,8 @@ class OkxEmulator(EmulatorServer):
             "cancelSource": "",
             "cancelSourceReason": "",
             "quickMgnType": "",
-            "algoClOrdId": "",
-            "algoId": "",
+            "algoClOrdId": o.client_order_id or "" if algo_id else "",
+            "algoId": algo_id,
             "tradeQuoteCcy": m.quote,
             "uTime": _ms(o.updated or o.created),
             "cTime": ms,
@@ -468,7 +523,7 @@ class OkxEmulator(EmulatorServer):
                 for o in account.orders
                 if self._matches(o, p)
                 and o.order_id == p.get("ordId", o.order_id)
-                and o.client_order_id == p.get("clOrdId", o.client_order_id)
+                and self._cl_ord_id(o) == p.get("clOrdId", self._cl_ord_id(o))
             ),
             None,
         )
@@ -489,7 +544,7 @@ class OkxEmulator(EmulatorServer):
                 if self._matches(o, r)
                 and (
                     o.order_id == r.get("ordId")
-                    or (r.get("clOrdId") and o.client_order_id == r.get("clOrdId"))
+                    or (r.get("clOrdId") and self._cl_ord_id(o) == r.get("clOrdId"))
                 )
             ),
             None,
@@ -503,7 +558,7 @@ class OkxEmulator(EmulatorServer):
             "ts": _ms(time.time()),
         }
         if order is not None:
-            reply |= {"clOrdId": order.client_order_id or "", "ordId": order.order_id}
+            reply |= {"clOrdId": self._cl_ord_id(order), "ordId": order.order_id}
         if failure is not None:
             return _data([reply | {"sCode": failure[0], "sMsg": failure[1]}], "1", "Operation failed.")
         return [reply | {"sCode": "0", "sMsg": ""}]
@@ -539,6 +594,179 @@ class OkxEmulator(EmulatorServer):
             return self._result(r, order, failure)
         return self._result(r, order, None)
 
+    # --- algo orders ------------------------------------------------------------------------
+
+    async def _place_algo(self, account: Account, r: Any) -> Any:
+        fault = self.state.take_fault(account, *Fault)
+        if fault in REQUEST_FAULTS:
+            return REQUEST_FAULTS[fault]
+        if not isinstance(r, dict):
+            return (400, "50000", "Body cannot be empty.")
+        reply = {"algoId": "", "tag": str(r.get("tag", ""))}
+        reply |= {"clOrdId": str(r.get("clOrdId", "")), "algoClOrdId": str(r.get("algoClOrdId", ""))}
+        failure = self._algo_refusal(r, None if fault is None else ORDER_FAULTS.get(fault))
+        if failure is None:
+            try:
+                reply |= {"algoId": self._new_algo(account, r), "sCode": "0", "sMsg": "Order placed"}
+            except ValueError as exc:
+                failure = _refusal(str(exc), self.state.markets[_symbol(r)], str(r["side"]))
+        if fault is Fault.TIMEOUT_AFTER_ACCEPT:
+            await self._hold()
+        if failure is not None:
+            return _data([reply | {"sCode": failure[0], "sMsg": failure[1]}], "1", "Operation failed.")
+        return [reply]
+
+    def _algo_refusal(self, r: Params, refusal: str | None) -> tuple[str, str] | None:
+        """Why OKX refuses the conditional order before placing it, if it does: malformed, a
+        trigger the last price has passed already, an injected fault."""
+        market = self._market(r.get("instId"))
+        if market is None:
+            return NO_INSTRUMENT
+        failure = _algo_invalid(r)
+        if failure is None:
+            trigger, at = _trigger_of(r)
+            side, last = str(r["side"]), self.state.prices[market.symbol]
+            falling = (trigger == "stop_loss") == (side == "sell")  # fires as the price falls
+            if (last <= at) if falling else (last >= at):
+                failure = PASSED[(trigger, side)]
+        if failure is None and refusal:
+            failure = _refusal(refusal, market, str(r["side"]))
+        return failure
+
+    def _new_algo(self, account: Account, r: Params) -> str:
+        """Place the (valid) conditional order as a waiting trigger order: its algoId, or raise
+        ValueError (as `VenueState.place_resting`) for the venue's refusal."""
+        market = self.state.markets[_symbol(r)]
+        trigger, at = _trigger_of(r)
+        limit = r.get("slOrdPx") if trigger == "stop_loss" else r.get("tpOrdPx")
+        limit_price = None if str(limit) == "-1" else parse_decimal(limit)
+        size = Decimal(str(r["sz"]))
+        if _target(r) == "quote_ccy" and r["side"] == "buy" and limit_price is None:
+            size = (size / at).quantize(market.amount_step)  # a market buy sized in quote
+        order = self.state.place_resting(
+            account,
+            market.symbol,
+            str(r["side"]),
+            size,
+            limit_price=limit_price,
+            trigger=trigger,
+            trigger_price=at,
+            client_order_id=str(r.get("algoClOrdId") or "") or None,
+        )
+        order.rename(str(600_000_000_000_000_000 + self.state.next_id()))
+        algo_id = str(700_000_000_000_000_000 + self.state.next_id())
+        self._algos[algo_id], self._algo_asked[algo_id] = order, r
+        self._algo_of[order.order_id] = algo_id
+        self._asked[order.order_id] = (_target(r), str(r["sz"]), str(r.get("tag", "")))
+        return algo_id
+
+    def _algo_json(self, algo_id: str, o: Order) -> dict[str, Any]:
+        m, r = self.state.markets[o.symbol], self._algo_asked[algo_id]
+        sl = o.trigger == "stop_loss"
+        order_px = "-1" if o.limit_price is None else _s(o.limit_price)
+        trigger_px = _s(o.trigger_price or Decimal(0))
+        state = "live" if o.waiting else "effective" if o.triggered else "canceled"
+        triggered = o.triggered
+
+        def when(value: str) -> str:  # fields OKX fills in once the algo order triggered
+            return value if triggered else ""
+
+        return {
+            "instType": "SPOT",
+            "instId": f"{m.base}-{m.quote}",
+            "ccy": "",
+            "ordId": when(o.order_id),
+            "ordIdList": [o.order_id] if triggered else [],
+            "algoId": algo_id,
+            "clOrdId": when(str(r.get("clOrdId") or "")),
+            "algoClOrdId": o.client_order_id or "",
+            "sz": str(r["sz"]),
+            "closeFraction": "",
+            "ordType": "conditional",
+            "side": o.side,
+            "posSide": "net",
+            "tdMode": "cash",
+            "tgtCcy": str(r.get("tgtCcy") or ""),
+            "state": state,
+            "lever": "",
+            "tpTriggerPx": "" if sl else trigger_px,
+            "tpTriggerPxType": "" if sl else "last",
+            "tpOrdPx": "" if sl else order_px,
+            "slTriggerPx": trigger_px if sl else "",
+            "slTriggerPxType": "last" if sl else "",
+            "slOrdPx": order_px if sl else "",
+            "triggerPx": "",
+            "triggerPxType": "",
+            "ordPx": "",
+            "actualSz": when(_s(o.size)),
+            "actualPx": when(order_px),
+            "actualSide": when("sl" if sl else "tp"),
+            "triggerTime": when(_ms(o.updated)),
+            "pxVar": "",
+            "pxSpread": "",
+            "szLimit": "",
+            "pxLimit": "",
+            "tag": str(r.get("tag") or ""),
+            "notionalUsd": _s(o.size * self.state.prices[o.symbol]),
+            "reduceOnly": "false",
+            "quickMgnType": "",
+            "last": _s(self.state.prices[o.symbol]),
+            "failCode": "",
+            "algoClOrdIdList": [],
+            "cTime": _ms(o.created),
+            "uTime": _ms(o.updated or o.created),
+        }
+
+    def _algos_of(self, account: Account, p: Params) -> list[tuple[str, Order]]:
+        """The account's algo orders of instId (and algoId / algoClOrdId where asked), newest
+        first."""
+        return [
+            (algo_id, o)
+            for algo_id, o in reversed(self._algos.items())
+            if o in account.orders
+            and p.get("instId")
+            in (None, f"{self.state.markets[o.symbol].base}-{self.state.markets[o.symbol].quote}")
+            and p.get("algoId", algo_id) == algo_id
+            and p.get("algoClOrdId", o.client_order_id) == o.client_order_id
+        ]
+
+    async def _algo(self, account: Account, p: Params) -> Any:
+        """GET trade/order-algo: one algo order by algoId or algoClOrdId, in any state."""
+        if not (p.get("algoId") or p.get("algoClOrdId")):
+            return (200, "51000", "Parameter algoId or algoClOrdId error")
+        found = self._algos_of(account, p)
+        return E_NO_ORDER if not found else [self._algo_json(*found[0])]
+
+    async def _algo_list(self, account: Account, p: Params, pending: bool) -> Any:
+        """orders-algo-pending (live) or -history (effective, canceled; by state or algoId)."""
+        kinds = str(p.get("ordType") or "").split(",")
+        if kinds == [""]:
+            return (200, "50014", "Parameter ordType can not be empty.")
+        if not pending and not (p.get("state") or p.get("algoId")):
+            return (200, "50014", "Parameter state or algoId can not be empty.")
+        listed = [self._algo_json(a, o) for a, o in self._algos_of(account, p) if "conditional" in kinds]
+        wanted = {"live"} if pending else {p.get("state")} if p.get("state") else {"effective", "canceled"}
+        return [j for j in listed if j["state"] in wanted][: int(p.get("limit") or 100)]
+
+    async def _cancel_algos(self, account: Account, body: Any) -> Any:
+        """A list of {instId, algoId | algoClOrdId}: each live one canceled."""
+        if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
+            return (400, "50000", "Body cannot be empty.")
+        results = []
+        for r in body:
+            named = {k: r[k] for k in ("instId", "algoId", "algoClOrdId") if r.get(k)}
+            found = self._algos_of(account, named) if len(named) > 1 else []
+            algo_id, order = found[0] if found else (str(r.get("algoId", "")), None)
+            cancelled = order is not None and order.waiting and self.state.cancel(order)
+            code, msg = ("0", "") if cancelled else E_CANCEL
+            results.append(
+                {"algoId": algo_id, "algoClOrdId": str(r.get("algoClOrdId", "")), "sCode": code, "sMsg": msg}
+            )
+        failed = sum(r["sCode"] != "0" for r in results)
+        if failed == 0:
+            return results
+        return _data(results, "1" if failed == len(results) else "2", "Operation failed.")
+
     async def _fills(self, account: Account, p: Params) -> list[Any]:
         fills = []
         for o in self._window(account, p, account.trades()):
@@ -549,7 +777,7 @@ class OkxEmulator(EmulatorServer):
                     "instId": f"{m.base}-{m.quote}",
                     "tradeId": o.trade_id,
                     "ordId": o.order_id,
-                    "clOrdId": o.client_order_id or "",
+                    "clOrdId": self._cl_ord_id(o),
                     "billId": o.trade_id,
                     "subType": "1" if o.side == "buy" else "2",
                     "tag": self._asked.get(o.order_id, ("", "", ""))[2],
@@ -571,8 +799,22 @@ class OkxEmulator(EmulatorServer):
         return fills
 
     def _matches(self, o: Order, p: Params) -> bool:
+        """Of instId and instType as asked; an algo order's order only once it is triggered."""
         m = self.state.markets[o.symbol]
-        return p.get("instId") in (None, f"{m.base}-{m.quote}") and p.get("instType") in (None, "SPOT")
+        algo_id = self._algo_of.get(o.order_id)  # a part of an order shares its ordId
+        placed = algo_id is None or self._algos[algo_id].triggered
+        return (
+            placed
+            and p.get("instId") in (None, f"{m.base}-{m.quote}")
+            and p.get("instType") in (None, "SPOT")
+        )
+
+    def _cl_ord_id(self, o: Order) -> str:
+        """An ordinary order's clOrdId; an algo order's order has the clOrdId sent with the algo."""
+        algo_id = self._algo_of.get(o.order_id)
+        if algo_id is not None:
+            return str(self._algo_asked[algo_id].get("clOrdId") or "")
+        return o.client_order_id or ""
 
     def _window(
         self,
