@@ -11,6 +11,8 @@ stop-loss-limit, take-profit and take-profit-limit (price: the trigger, price2: 
 (`VenueState`'s controls fill and trigger them). CancelOrder cancels an open order (any other:
 EOrder:Unknown order); AmendOrder changes order_qty (the new total) and limit_price in place,
 txid and cl_ord_id kept.
+
+GetWebSocketsToken issues the tokens of the private WebSocket served at `/v2` (`kraken_ws`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from tests.emulators.kraken_ws import KrakenStreams
 from tests.emulators.server import EmulatorServer
 from tests.emulators.state import (
     OPEN,
@@ -126,7 +129,10 @@ class KrakenEmulator(EmulatorServer):
 
     def __init__(self, state: VenueState | None = None) -> None:
         self._viqc: dict[str, str] = {}  # order id -> quote volume asked for by a viqc order
+        state = state or VenueState()
+        self.streams = KrakenStreams(state)  # the private WebSocket's tokens and sockets
         super().__init__(state)
+        self.app.on_shutdown.append(self.streams.close)
 
     def routes(self, router: web.UrlDispatcher) -> None:
         self._public: dict[str, Callable[[Params], Awaitable[Reply]]] = {
@@ -145,9 +151,11 @@ class KrakenEmulator(EmulatorServer):
             "TradesHistory": self._trades_history,
             "CancelOrder": self._cancel_order,
             "AmendOrder": self._amend_order,
+            "GetWebSocketsToken": self._websockets_token,
         }
         router.add_route("*", "/0/public/{method}", self._handle_public)
         router.add_post("/0/private/{method}", self._handle_private)
+        router.add_get("/v2", self.streams.handle)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -509,6 +517,9 @@ class KrakenEmulator(EmulatorServer):
                 or self._refusal(str(refusal), market, {"volume": str(qty)})
             )
         return _ok({"amend_id": _kraken_id("T")})
+
+    async def _websockets_token(self, account: Account, _p: Params) -> Reply:
+        return _ok(self.streams.issue(account))
 
     async def _trades_history(self, account: Account, p: Params) -> Reply:
         trades = {}
