@@ -610,3 +610,106 @@ async def test_binance_invalid_key_after_a_successful_call_raises_ddos_protectio
 async def test_kraken_stale_nonce_raises_invalid_nonce(ex: Any, account: Account) -> None:
     account.last_nonce = 10**15  # as if another process had used the key with a later nonce
     await _raises(ccxt.InvalidNonce, ex.fetch_balance())
+
+
+# --- OKX algo orders (stop-loss, take-profit) --------------------------------------------------
+
+# as the adapter sends an OKX stop (shared.exchange.ccxt_orders): ccxt makes a conditional algo order
+OKX_STOP = {"stopLossPrice": 44000.0, "tdMode": "cash"}
+
+
+def okx_stop(ex: Any, cid: str, limit: float | None = None, **params: Any) -> Awaitable[Any]:
+    kind = "market" if limit is None else "limit"
+    extra = OKX_STOP | {"algoClOrdId": cid} | params
+    return cast(Awaitable[Any], ex.create_order("BTC/USD", kind, "sell", 0.01, limit, extra))
+
+
+@only("okx")
+async def test_okx_stop_loss_is_an_algo_order_found_by_its_algo_client_id(ex: Any) -> None:
+    cid = client_id("okx-algo-found")
+
+    placed = await okx_stop(ex, cid, limit=43800.0)
+    found = await ex.fetch_order(None, "BTC/USD", {"trigger": True, "clientOrderId": cid})
+    pending = await ex.fetch_open_orders("BTC/USD", params={"ordType": "conditional"})
+    ordinary = await ex.fetch_open_orders("BTC/USD")
+
+    assert found["id"] == placed["id"]
+    assert (found["status"], found["amount"], found["side"]) == ("open", 0.01, "sell")
+    assert (found["info"]["ordType"], found["info"]["algoClOrdId"]) == ("conditional", cid)
+    assert (found["info"]["slTriggerPx"], found["info"]["slOrdPx"]) == ("44000", "43800")
+    assert [o["id"] for o in pending] == [placed["id"]]
+    assert ordinary == []
+
+
+@only("okx")
+async def test_okx_algo_order_is_no_ordinary_order_before_it_triggers(ex: Any) -> None:
+    cid = client_id("okx-algo-not-ordinary")
+    await okx_stop(ex, cid)
+
+    await _raises(ccxt.OrderNotFound, ex.fetch_order(None, "BTC/USD", {"clientOrderId": cid}))
+
+
+@only("okx")
+async def test_okx_triggered_stop_places_an_order_naming_its_algo(ex: Any, emulator: EmulatorServer) -> None:
+    cid = client_id("okx-algo-triggered")
+    placed = await okx_stop(ex, cid)
+
+    emulator.state.set_price("BTC/USD", Decimal("43900"))
+    algo = await ex.fetch_order(placed["id"], "BTC/USD", {"trigger": True})
+    child = await ex.fetch_order(algo["info"]["ordId"], "BTC/USD")
+    pending = await ex.fetch_open_orders("BTC/USD", params={"ordType": "conditional"})
+    effective = await ex.private_get_trade_orders_algo_history(
+        {"ordType": "conditional", "state": "effective"}
+    )
+
+    assert algo["status"] == "closed"  # effective
+    assert (child["status"], child["filled"], child["average"]) == ("closed", 0.01, 43900.0)
+    assert (child["info"]["algoId"], child["info"]["algoClOrdId"]) == (placed["id"], cid)
+    assert child["clientOrderId"] != cid  # the order's own clOrdId: ccxt's, sent with the algo
+    assert pending == []
+    assert [a["algoId"] for a in effective["data"]] == [placed["id"]]
+
+
+@only("okx")
+async def test_okx_cancel_algos_cancels_a_waiting_stop(ex: Any, emulator: EmulatorServer) -> None:
+    cid = client_id("okx-algo-cancel")
+    placed = await okx_stop(ex, cid)
+
+    await ex.cancel_order(placed["id"], "BTC/USD", {"trigger": True})
+    emulator.state.set_price("BTC/USD", Decimal("43900"))
+    found = await ex.fetch_order(None, "BTC/USD", {"trigger": True, "clientOrderId": cid})
+    again = ex.cancel_order(placed["id"], "BTC/USD", {"trigger": True})
+
+    assert found["status"] == "canceled"
+    assert found["info"]["ordId"] == ""
+    await _raises(ccxt.OrderNotFound, again)  # 51400: not live any more
+
+
+@only("okx")
+async def test_okx_stop_whose_trigger_the_price_passed_is_refused(ex: Any, account: Account) -> None:
+    # a sell stop-loss above the last price (45,000) would fire at once: OKX refuses it, 51280
+    call = okx_stop(ex, client_id("okx-algo-passed"), stopLossPrice=45500.0)
+
+    await _raises(ccxt.InvalidOrder, call)
+    assert account.orders == []
+
+
+@only("okx")
+async def test_okx_take_profit_buy_sized_in_base_rests_until_the_price_falls(
+    ex: Any, emulator: EmulatorServer
+) -> None:
+    cid = client_id("okx-algo-tp-buy")
+    params = {"takeProfitPrice": 44000.0, "tdMode": "cash", "algoClOrdId": cid}
+
+    placed = await ex.create_order("BTC/USD", "market", "buy", 0.01, None, params)
+    emulator.state.set_price("BTC/USD", Decimal("44500"))
+    waiting = await ex.fetch_order(placed["id"], "BTC/USD", {"trigger": True})
+    emulator.state.set_price("BTC/USD", Decimal("43900"))
+    fired = await ex.fetch_order(placed["id"], "BTC/USD", {"trigger": True})
+
+    assert (waiting["status"], waiting["info"]["tgtCcy"], waiting["info"]["tpOrdPx"]) == (
+        "open",
+        "base_ccy",
+        "-1",
+    )
+    assert fired["status"] == "closed"
