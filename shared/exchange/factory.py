@@ -27,9 +27,9 @@ def _required(account: AccountConfig, credentials: Credentials | None) -> Creden
 
 
 def _ccxt(account: AccountConfig, creds: Credentials | None, ctx: AdapterContext) -> ExchangeAccount:
-    from shared.exchange.ccxt_adapter import CcxtAccount  # ccxt is heavy: paper-only processes skip it
+    from shared.exchange.ccxt_adapter import ccxt_account  # ccxt is heavy: paper-only processes skip it
 
-    return CcxtAccount(account, _required(account, creds), ctx)
+    return ccxt_account(account, _required(account, creds), ctx)
 
 
 def _alpaca(account: AccountConfig, creds: Credentials | None, ctx: AdapterContext) -> ExchangeAccount:

@@ -58,6 +58,16 @@ class IpBudget:
 
 
 @dataclass(frozen=True)
+class PrivateStream:
+    """A venue's private WebSocket stream of an account's orders and fills, through ccxt.pro
+    (`shared.exchange.ccxt_stream`): how it is spoken, and where it is."""
+
+    protocol: Literal["kraken_v2_executions"]  # ccxt_stream.PROTOCOLS
+    url_key: str  # ccxt.pro's urls["api"]["ws"] key
+    path: str  # its path under an account's base_url (an emulator's ws://host:port)
+
+
+@dataclass(frozen=True)
 class CcxtVenue:
     """One venue's quirks, as ccxt 4.5 exposes them."""
 
@@ -81,6 +91,7 @@ class CcxtVenue:
     # TLS-handshaking) one per follower; aiohttp's default is 15 s
     keepalive_s: float = 60.0
     per_ip: IpBudget | None = None  # a limit the venue counts per IP, across accounts
+    stream: PrivateStream | None = None  # None: no private stream, the watchers poll only
     quote_currency: str = "USD"
     cost_step: Decimal = Decimal("0.01")  # quote amounts are sent in cents
     quote_orders: bool = True  # market buys can be sized in quote currency
@@ -114,6 +125,8 @@ KRAKEN = CcxtVenue(
     burst=45,
     nonce=microsecond_nonce,
     keepalive_s=300.0,  # api.kraken.com is behind Cloudflare: idle HTTP/1.1 closed after 400 s
+    # wss://ws-auth.kraken.com/v2, channel executions; a token from REST GetWebSocketsToken
+    stream=PrivateStream("kraken_v2_executions", url_key="privateV2", path="/v2"),
     notes=(
         "create_order's reply has the txid only: the fill is read with fetch_order",
         "a quote-sized (viqc) order's amount is in USD but its filled is in the base",

@@ -1,0 +1,207 @@
+"""A ccxt venue's private stream as the master's wake-up (`port.Streaming`): Kraken's WebSocket
+v2 `executions` channel, through ccxt.pro's Kraken client.
+
+Each event of the channel is one `Activity`: "fill" for an execution (exec_type trade), "order"
+for any other (pending_new, new, amended, canceled, filled, ...). ccxt.pro's own order and trade
+caches are bypassed: they merge an order's updates by id and route a whole message by its first
+item, where the master needs one wake-up per change, not the orders (it reads those by REST).
+
+Nonces: a signed Kraken call carries a nonce that must grow per API key. The stream's token is
+asked through the account's own REST client (its nonce, its rate limiter) and put in the
+subscribe message; the pro client holds no credentials and never calls ccxt.pro's
+`authenticate`, so it signs nothing and cannot collide with the account's nonces. A token is
+asked per connection (Kraken: a token opens a subscription within 15 minutes of being issued;
+the subscription then lasts as long as the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+import ccxt.pro as ccxtpro
+
+from shared.errors import AuthError, CopytradeError, TemporaryError
+from shared.exchange.port import Activity
+from shared.exchange.venues import CcxtVenue, PrivateStream
+
+log = logging.getLogger("copytrade.exchange.stream")
+# ccxt logs what it sends at DEBUG (a subscribe carries the token): never below INFO here
+_VENDOR_LOG = logging.getLogger("copytrade.exchange.stream.vendor")
+_VENDOR_LOG.setLevel(logging.INFO)
+BACKOFF_S = 0.25  # the wait before a reconnect, doubled per attempt that failed
+BACKOFF_MAX_S = 30.0
+STABLE_S = 60.0  # a connection that lived this long was no failure: the backoff starts over
+SUBSCRIBE_TIMEOUT_S = 10.0
+WS_SCHEMES = {"http": "ws", "https": "wss"}
+
+Token = Callable[[], Awaitable[str]]
+Translate = Callable[[Exception], CopytradeError]  # ccxt's exception -> ours (ccxt_adapter.translate)
+
+
+def _activity(item: object) -> Activity:
+    exec_type = item.get("exec_type") if isinstance(item, dict) else None
+    return "fill" if exec_type == "trade" else "order"
+
+
+class KrakenExecutions(ccxtpro.kraken):  # type: ignore[misc]
+    """ccxt.pro's Kraken client, reporting each `executions` update (and the end of a
+    connection: None) on `reports`, tagged with the connection it came on."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.reports: asyncio.Queue[tuple[object, Activity | None]] = asyncio.Queue()
+
+    def handle_message(self, client: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("channel") == "executions":
+            if message.get("type") == "update":  # a snapshot is what is, not a change
+                for item in message.get("data") or []:
+                    self.reports.put_nowait((client, _activity(item)))
+            return
+        if isinstance(message, dict) and message.get("method") == "subscribe" and message.get("success"):
+            client.resolve(message, str(message.get("req_id")))  # ccxt resolves no v2 ack
+            return
+        super().handle_message(client, message)  # pongs; a refusal rejects its req_id
+
+    def on_error(self, client: Any, error: Any) -> None:
+        super().on_error(client, error)
+        self.reports.put_nowait((client, None))
+
+    def on_close(self, client: Any, error: Any) -> None:
+        super().on_close(client, error)
+        self.reports.put_nowait((client, None))
+
+    def subscribe_message(self, token: str) -> dict[str, Any]:
+        """The executions subscription: no snapshot (the master reads what is by REST)."""
+        params = {"channel": "executions", "token": token, "snap_orders": False, "snap_trades": False}
+        return {"method": "subscribe", "params": params, "req_id": self.request_id()}
+
+
+PROTOCOLS: dict[str, type[KrakenExecutions]] = {"kraken_v2_executions": KrakenExecutions}
+
+
+def stream_url(spec: PrivateStream, base_url: str | None) -> str | None:
+    """The stream's address under an account's base_url (an emulator); None: the venue's own."""
+    if not base_url:
+        return None
+    parsed = urlparse(base_url)
+    return parsed._replace(scheme=WS_SCHEMES.get(parsed.scheme, parsed.scheme), path=spec.path).geturl()
+
+
+class CcxtStream:
+    """One account's private stream: `activity()` is `Streaming.activity`."""
+
+    def __init__(
+        self,
+        *,
+        venue: CcxtVenue,
+        spec: PrivateStream,
+        account_id: str,
+        base_url: str | None,
+        token: Token,
+        session: Callable[[], aiohttp.ClientSession],
+        translate: Translate,
+    ) -> None:
+        self._venue, self._spec, self._account_id = venue, spec, account_id
+        self._base_url, self._token, self._session = base_url, token, session
+        self._translate = translate
+        self._clients: set[KrakenExecutions] = set()
+        self._closed = False
+
+    def _client(self) -> tuple[KrakenExecutions, str]:
+        ex = PROTOCOLS[self._spec.protocol](
+            {
+                "session": self._session(),
+                "enableRateLimit": False,
+                "timeout_on_exit": 0,
+                "logger": _VENDOR_LOG,
+            }
+        )
+        url = stream_url(self._spec, self._base_url)
+        if url is not None:
+            ex.urls["api"]["ws"][self._spec.url_key] = url
+        return ex, ex.urls["api"]["ws"][self._spec.url_key]
+
+    async def activity(self) -> AsyncIterator[Activity]:
+        ex, url = self._client()
+        self._clients.add(ex)
+        attempt, dropped = 0, False
+        try:
+            while not self._closed:
+                if attempt:
+                    await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)))
+                started = time.monotonic()
+                connection = await self._subscribe(ex, url)
+                if connection is None:
+                    attempt += 1
+                    continue
+                if dropped:  # something may have happened while it was down
+                    yield "fill"
+                    yield "order"
+                async for item in _reports(ex, connection):
+                    yield item
+                dropped = True
+                attempt = 1 if time.monotonic() - started >= STABLE_S else attempt + 1
+                log.warning("event=stream_dropped venue=%s account=%s", self._venue.name, self._account_id)
+        finally:
+            self._clients.discard(ex)
+            await ex.close()
+
+    async def _subscribe(self, ex: KrakenExecutions, url: str) -> object | None:
+        """Subscribe on a new connection: the connection, or None after a passing failure.
+        `AuthError` when the venue refuses the account's credentials or its token."""
+        try:
+            message = ex.subscribe_message(await self._token())
+            await asyncio.wait_for(
+                ex.watch(url, str(message["req_id"]), message, "executions"), SUBSCRIBE_TIMEOUT_S
+            )
+        except Exception as exc:  # noqa: BLE001 - the vendor edge: ccxt's errors become ours, logged
+            await _discard(ex, url)
+            error = self._error(exc)
+            if isinstance(error, AuthError):
+                raise error from None
+            log.warning(
+                "event=stream_subscribe_failed venue=%s account=%s error=%s",
+                self._venue.name,
+                self._account_id,
+                error,
+            )
+            return None
+        log.info("event=stream_subscribed venue=%s account=%s", self._venue.name, self._account_id)
+        connection: object = ex.client(url)
+        return connection
+
+    def _error(self, exc: Exception) -> CopytradeError:
+        if isinstance(exc, CopytradeError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return TemporaryError(f"{self._venue.name}: no subscribe ack in {SUBSCRIBE_TIMEOUT_S:.0f} s")
+        return self._translate(exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        for ex in list(self._clients):
+            ex.reports.put_nowait((ex, None))  # wakes an iteration waiting for a report
+            await ex.close()
+
+
+async def _discard(ex: KrakenExecutions, url: str) -> None:
+    """Forget a connection whose subscription failed: the next attempt opens its own."""
+    client = (ex.clients or {}).pop(url, None)
+    if client is not None:
+        await client.close()
+
+
+async def _reports(ex: KrakenExecutions, connection: object) -> AsyncIterator[Activity]:
+    """The connection's activity until it ends (or the stream is closed: a report from `ex`)."""
+    while True:
+        source, activity = await ex.reports.get()
+        if source is ex or (source is connection and activity is None):
+            return
+        if source is connection and activity is not None:
+            yield activity
