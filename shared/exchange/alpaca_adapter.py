@@ -21,7 +21,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,8 +45,10 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
+from shared.exchange.alpaca_stream import AlpacaStream, stream_url
 from shared.exchange.port import (
     AccountSnapshot,
+    Activity,
     Fill,
     NotNative,
     OpenOrder,
@@ -354,6 +356,12 @@ class AlpacaAccount:
         self._client._retry = 0  # the constructor takes 0 as "default" (3)
         own, self._client._session = self._client._session, self._share.session
         own.close()
+        self._stream = AlpacaStream(
+            url=stream_url(account.base_url, paper=account.paper),
+            key=credentials.api_key,
+            secret=credentials.secret,
+            account_id=account.id,
+        )
         # its own rate limiter: a minute's calls at once, then Alpaca's rate
         self._throttle = (
             BurstThrottle(60_000 / CALLS_PER_MINUTE, CALLS_PER_MINUTE) if ctx.rate_limit else None
@@ -397,7 +405,12 @@ class AlpacaAccount:
         return None  # nothing to load up front: assets are read on first use, once per process
 
     async def close(self) -> None:
-        return None  # the session is shared: AdapterContext.close() closes it
+        await self._stream.close()  # the HTTP session is shared: AdapterContext.close() closes it
+
+    def activity(self) -> AsyncIterator[Activity]:
+        """`port.Streaming`: Alpaca's trade_updates stream (`shared.exchange.alpaca_stream`);
+        no REST call. It ends when the account is closed."""
+        return self._stream.activity()
 
     async def _asset(self, symbol: str, *, retry: bool = True) -> _Asset | None:
         """The asset, from the process's table, else from the one lookup in flight for it."""

@@ -5,11 +5,13 @@ strings, as Alpaca sends them. Crypto is "BTC/USD" in orders, assets and activit
 "BTCUSD" in positions; stocks are their base ("AAPL"). Market and ioc limit orders end at once
 (an ioc limit that does not cross ends "canceled"); gtc limit, stop (stocks only) and stop_limit
 orders rest (`VenueState`'s controls fill and trigger them), DELETE /v2/orders/{id} cancels one,
-PATCH /v2/orders/{id} replaces one with a new order; with `fill_on_submit_reply = False` the
-submit reply says "pending_new" with filled_qty "0" and only a later GET shows the outcome, as
-real Alpaca usually answers; `working_reads` more GETs of each order show it still "new" first
-(a stock order waiting for the open never ends). `state.latency_s` delays every reply;
-`max_in_flight` is the most requests it was answering at once.
+PATCH /v2/orders/{id} replaces one with a new order; GET /stream is the trading stream
+(`tests.emulators.alpaca_stream`: trade_updates for each order change); with
+`fill_on_submit_reply = False` the submit reply says "pending_new" with filled_qty "0" and only
+a later GET shows the outcome, as real Alpaca usually answers; `working_reads` more GETs of each
+order show it still "new" first (a stock order waiting for the open never ends).
+`state.latency_s` delays every reply; `max_in_flight` is the most requests it was answering at
+once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.alpaca_stream import TradeUpdates
 from tests.emulators.server import EmulatorServer
 from tests.emulators.state import (
     DEFAULT_MARKETS,
@@ -123,6 +126,7 @@ class AlpacaEmulator(EmulatorServer):
     ) -> None:
         super().__init__(state or default_state())
         self.app.middlewares.append(self._latency)
+        self.stream = TradeUpdates(self.state, self._order_json)  # GET /stream: trade_updates
         self.stocks = stocks  # bases traded as us_equity; the rest is crypto
         self.fill_on_submit_reply = True
         self.working_reads = 0  # GETs of an order that still show it working ("new")
@@ -147,11 +151,18 @@ class AlpacaEmulator(EmulatorServer):
         router.add_post("/v2/orders", self._private(self._submit))
         router.add_delete("/v2/orders/{order_id}", self._private(self._cancel))
         router.add_patch("/v2/orders/{order_id}", self._private(self._replace))
+        router.add_get("/stream", self._trade_updates)
+
+    async def _trade_updates(self, request: web.Request) -> web.StreamResponse:
+        return await self.stream.handle(request)
 
     # -- plumbing ------------------------------------------------------------------------------
 
     @web.middleware
     async def _latency(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/stream":  # a socket is no request in flight
+            stream: web.StreamResponse = await handler(request)
+            return stream
         self.state.requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -463,7 +474,8 @@ class AlpacaEmulator(EmulatorServer):
         )
         return {
             "id": order.order_id,
-            "client_order_id": order.client_order_id,
+            # Alpaca gives an order placed without one (on its site) a uuid of its own
+            "client_order_id": order.client_order_id or self._uuid("client-order", order.order_id),
             "created_at": at,
             "updated_at": iso(order.updated or order.created),
             "submitted_at": at,
