@@ -670,6 +670,52 @@ async def test_cancel_of_a_stop_before_its_trigger_reports_it_expired(
     assert await venue.account.position("BTC/USD") == Decimal(1)
 
 
+async def test_triggered_stop_whose_limit_rests_is_listed_with_its_trigger(
+    venue: VenueUnderTest,
+) -> None:
+    order = resting("sell", "0.01", "43800", "stop-rests", trigger="stop_loss", trigger_price="44000")
+    if "stop_loss_limit" not in (await venue.account.order_capabilities("BTC/USD")).native:
+        pytest.skip(f"{venue.name} has no native stop_loss_limit order")
+    placed = await venue.account.place_order(order)
+
+    await venue.move_price("BTC/USD", Decimal("43700"))  # past the trigger, short of the limit
+    listed = await venue.account.open_orders("BTC/USD")
+    ack = await venue.account.cancel_order(order.client_order_id, "BTC/USD")
+
+    assert [
+        (o.client_order_id, o.exchange_order_id, o.kind, o.size, o.trigger_price, o.price) for o in listed
+    ] == [
+        (
+            order.client_order_id,
+            placed.exchange_order_id,
+            "stop_loss_limit",
+            Decimal("0.01"),
+            Decimal("44000"),
+            Decimal("43800"),
+        )
+    ]
+    assert ack is not None
+    assert (ack.exchange_order_id, ack.status, ack.filled_base) == (placed.exchange_order_id, "expired", None)
+    assert await venue.account.open_orders("BTC/USD") == []
+
+
+async def test_place_idempotently_after_timeout_places_one_trigger_order(
+    venue: VenueUnderTest,
+) -> None:
+    order = resting("sell", "0.01", None, "stop-timeout", trigger="stop_loss", trigger_price="44000")
+    if "stop_loss" not in (await venue.account.order_capabilities("BTC/USD")).native:
+        pytest.skip(f"{venue.name} has no native stop_loss order")
+    venue.set_timeout_hold(10 * HTTP_TIMEOUT_S)  # released when the venue stops
+    await venue.inject("timeout_after_accept")
+
+    ack = await place_idempotently(venue.account, order, timeout_s=3 * HTTP_TIMEOUT_S, backoff_s=0.01)
+    listed = await venue.account.open_orders("BTC/USD")
+
+    assert (ack.client_order_id, ack.status) == (order.client_order_id, "submitted")
+    assert [(o.client_order_id, o.kind) for o in listed] == [(order.client_order_id, "stop_loss")]
+    assert len(await venue.orders()) == 1
+
+
 async def test_place_idempotently_after_timeout_places_one_resting_order(
     venue: VenueUnderTest,
 ) -> None:
