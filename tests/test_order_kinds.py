@@ -104,3 +104,24 @@ def test_amended_client_id_is_derived_and_fits_every_venue() -> None:
     assert first != amended_client_id("c1", Decimal(44200), None)
     assert len(first) == 32
     assert first.isalnum()
+
+
+OKX_ALGO = {"ordType": "conditional", "algoId": "7001", "slTriggerPx": "", "tpTriggerPx": ""}
+
+
+@pytest.mark.parametrize(
+    ("info", "kind"),
+    [
+        (OKX_ALGO | {"slTriggerPx": "44000", "slOrdPx": "-1"}, "stop_loss"),
+        (OKX_ALGO | {"slTriggerPx": "44000", "slOrdPx": "43800"}, "stop_loss_limit"),
+        (OKX_ALGO | {"tpTriggerPx": "46000", "tpOrdPx": "-1"}, "take_profit"),
+        (OKX_ALGO | {"tpTriggerPx": "46000", "tpOrdPx": "45900"}, "take_profit_limit"),
+        ({"ordType": "limit", "algoId": ""}, "limit"),
+        ({"ordType": "limit", "algoId": "7001"}, None),  # placed by a triggered algo order
+        ({"ordType": "ioc", "algoId": ""}, None),
+    ],
+)
+def test_okx_resting_kind_reads_algo_orders_and_skips_what_they_placed(
+    info: dict[str, str], kind: str | None
+) -> None:
+    assert ccxt_orders.RESTING["okx"].kind_of({"info": info}) == kind
