@@ -91,9 +91,11 @@ class AlpacaStream:
                         yield "fill"
                         yield "order"
                     subscribed = True
-                    async for item in _updates(ws):
-                        yield item
+                    while True:
+                        yield await _next_update(ws)
             except (aiohttp.ClientError, TimeoutError, _Dropped) as exc:
+                if self._closing.is_set():
+                    return
                 log.warning(
                     "event=alpaca_stream_dropped account=%s error=%s", self.account_id, type(exc).__name__
                 )
@@ -152,12 +154,12 @@ async def _reply(ws: aiohttp.ClientWebSocketResponse, stream: str) -> dict[str, 
             return data if isinstance(data, dict) else {}
 
 
-async def _updates(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[Activity]:
-    """One item per trade_updates message, until the socket closes."""
+async def _next_update(ws: aiohttp.ClientWebSocketResponse) -> Activity:
+    """What the next trade_updates message reports; _Dropped when the socket closes."""
     while True:
         body = _decode(await ws.receive())
         if body.get("stream") == STREAM:
-            yield activity_of(body.get("data"))
+            return activity_of(body.get("data"))
 
 
 def _decode(message: aiohttp.WSMessage) -> dict[str, Any]:
