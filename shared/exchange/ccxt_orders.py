@@ -41,6 +41,7 @@ from shared.exchange.port import (
     OrderCapabilities,
     OrderCommand,
     RestingKind,
+    Trigger,
     amended_client_id,
     order_status,
     resting_kind,
@@ -365,7 +366,7 @@ async def place(
     kind = refuse_unless_native(venue, order)
     price = None if order.limit_price is None else float(order.limit_price)
     if order.trigger is not None:
-        params = _trigger_params(venue, order, params)
+        params = _trigger_params(venue, order, order.trigger, params)
     kind_type = "limit" if price is not None else "market"
     try:
         placed = dict(await ex.create_order(order.symbol, kind_type, order.side, amount, price, params))
@@ -382,10 +383,12 @@ async def place(
     return ack_of(found or placed, order.client_order_id)
 
 
-def _trigger_params(venue: CcxtVenue, order: OrderCommand, params: dict[str, Any]) -> dict[str, Any]:
+def _trigger_params(
+    venue: CcxtVenue, order: OrderCommand, trigger: Trigger, params: dict[str, Any]
+) -> dict[str, Any]:
     """create_order params of a trigger order: its trigger price, and where the venue keeps
     trigger orders apart, the client order id as those take it."""
-    params = params | {_TRIGGER_PARAM[order.trigger or "stop_loss"]: float(order.trigger_price or 0)}
+    params = params | {_TRIGGER_PARAM[trigger]: float(order.trigger_price or 0)}
     triggers = resting(venue).triggers
     if triggers is None:
         return params
