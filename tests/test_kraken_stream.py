@@ -207,3 +207,16 @@ async def test_refused_credentials_are_an_auth_error_naming_no_secret(kraken: Kr
     text = str(refused.value)
     assert not [s for s in (KEYS["master"], SECRETS["master"], WRONG_SECRET) if s in text]
     assert kraken.emulator.streams.tokens(KEYS["master"]) == []
+
+
+async def test_closing_the_account_ends_its_stream(kraken: Kraken) -> None:
+    master = await kraken.listen("master")
+    assert master.task is not None
+
+    await master.account.close()
+    await eventually(lambda: kraken.emulator.streams.subscribed(KEYS["master"]) == 0, timeout=5)
+    async with asyncio.timeout(5):
+        await master.task
+
+    assert master.task.exception() is None
+    assert master.heard == []

@@ -145,6 +145,8 @@ class CcxtStream:
                     yield "order"
                 async for item in _reports(ex, connection):
                     yield item
+                if self._closed:
+                    break
                 dropped = True
                 attempt = 1 if time.monotonic() - started >= STABLE_S else attempt + 1
                 log.warning("event=stream_dropped venue=%s account=%s", self._venue.name, self._account_id)
