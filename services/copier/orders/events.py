@@ -23,7 +23,7 @@ import msgspec
 from services.copier.copy.figures import ReadFailed
 from services.copier.followers import Follower
 from services.copier.orders.intents import settle
-from services.copier.orders.links import Link
+from services.copier.orders.links import Known, Link
 from services.copier.orders.outcomes import Origin
 from services.copier.orders.room import Room
 from services.copier.orders.sides import Sides
@@ -129,7 +129,8 @@ class OrderEvents:
         )
         handlers = {"new": self._new, "amend": self._amend, "cancel": self._cancel}
         if followers and not await self._halted(event, followers, received_at):
-            await handlers[event.event](event, followers, received_at)
+            known = await room.links.of_order(event.master_id, event.order_id)  # one read for all
+            await handlers[event.event](event, followers, received_at, known)
 
     async def _halted(self, event: OrderSignal, followers: list[Follower], received_at: float) -> bool:
         """Under the kill switch a new or amended master order places nothing: each follower's
@@ -147,24 +148,29 @@ class OrderEvents:
     def _key(self, follower: Follower, event: OrderSignal) -> str:
         return self._room.links.key(follower.id, event.master_id, event.order_id)
 
+    async def _link(self, key: str, known: Known, waited: bool) -> tuple[Link, int] | None:
+        """The link as the event's one read found it, or read again when another holder of its
+        lock came first (it may have moved the link since)."""
+        return await self._room.links.get(key) if waited else known.get(key)
+
     # ---- new ---------------------------------------------------------------------------------
 
-    async def _new(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
-        fresh, known = await self._split(event, followers)
+    async def _new(
+        self, event: OrderSignal, followers: list[Follower], received_at: float, known: Known
+    ) -> None:
+        fresh, linked = self._split(event, followers, known)
         await all_done(
-            self._open_all(event, fresh, received_at), *(self._resume(f, event, received_at) for f in known)
+            self._open_all(event, fresh, received_at),
+            *(self._resume(f, event, received_at, known) for f in linked),
         )
 
-    async def _split(
-        self,
-        event: OrderSignal,
-        followers: list[Follower],
+    def _split(
+        self, event: OrderSignal, followers: list[Follower], known: Known
     ) -> tuple[list[Follower], list[Follower]]:
         """Followers without a link for this master order, and those with one."""
-        links = await asyncio.gather(*(self._room.links.get(self._key(f, event)) for f in followers))
         return (
-            [f for f, got in zip(followers, links, strict=True) if got is None],
-            [f for f, got in zip(followers, links, strict=True) if got is not None],
+            [f for f in followers if self._key(f, event) not in known],
+            [f for f in followers if self._key(f, event) in known],
         )
 
     async def _open_all(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
@@ -183,9 +189,9 @@ class OrderEvents:
         self, follower: Follower, event: OrderSignal, decision: Decision | ReadFailed, received_at: float
     ) -> None:
         room, key = self._room, self._key(follower, event)
-        async with room.locks.hold(key):
-            if await room.links.get(key) is not None:
-                return  # another attempt opened it
+        async with room.locks.hold(key) as waited:
+            if waited and await room.links.get(key) is not None:
+                return  # another attempt opened it (else creating its intent finds out)
             link = base_link(follower, event)
             if isinstance(decision, ReadFailed):
                 await self._unlinked(
@@ -322,12 +328,12 @@ class OrderEvents:
             return
         await self._room.outcomes.record(unlinked, Origin.of(event, received_at), outcome, code, reason)
 
-    async def _resume(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
+    async def _resume(self, follower: Follower, event: OrderSignal, received_at: float, known: Known) -> None:
         """A `new` seen again: carry out its intent if it was left half done, record again
         (the results stream drops what it has already)."""
         room, key = self._room, self._key(follower, event)
-        async with room.locks.hold(key):
-            got = await room.links.get(key)
+        async with room.locks.hold(key) as waited:
+            got = await self._link(key, known, waited)
             if got is None:
                 return
             link, revision = got
@@ -338,17 +344,21 @@ class OrderEvents:
 
     # ---- amend -------------------------------------------------------------------------------
 
-    async def _amend(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
-        fresh, known = await self._split(event, followers)  # fresh: mirrored from this version on
+    async def _amend(
+        self, event: OrderSignal, followers: list[Follower], received_at: float, known: Known
+    ) -> None:
+        fresh, linked = self._split(event, followers, known)  # fresh: mirrored from this version on
         await all_done(
             self._open_all(event, fresh, received_at),
-            *(self._amend_one(f, event, received_at) for f in known),
+            *(self._amend_one(f, event, received_at, known) for f in linked),
         )
 
-    async def _amend_one(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
+    async def _amend_one(
+        self, follower: Follower, event: OrderSignal, received_at: float, known: Known
+    ) -> None:
         room, key = self._room, self._key(follower, event)
-        async with room.locks.hold(key):
-            got = await room.links.get(key)
+        async with room.locks.hold(key) as waited:
+            got = await self._link(key, known, waited)
             if got is None:
                 return
             link, revision = got
@@ -559,13 +569,17 @@ class OrderEvents:
 
     # ---- cancel ------------------------------------------------------------------------------
 
-    async def _cancel(self, event: OrderSignal, followers: list[Follower], received_at: float) -> None:
-        await all_done(*(self._cancel_one(f, event, received_at) for f in followers))
+    async def _cancel(
+        self, event: OrderSignal, followers: list[Follower], received_at: float, known: Known
+    ) -> None:
+        await all_done(*(self._cancel_one(f, event, received_at, known) for f in followers))
 
-    async def _cancel_one(self, follower: Follower, event: OrderSignal, received_at: float) -> None:
+    async def _cancel_one(
+        self, follower: Follower, event: OrderSignal, received_at: float, known: Known
+    ) -> None:
         room, key = self._room, self._key(follower, event)
-        async with room.locks.hold(key):
-            got = await room.links.get(key)
+        async with room.locks.hold(key) as waited:
+            got = await self._link(key, known, waited)
             if got is None:
                 await room.outcomes.record(
                     base_link(follower, event),
@@ -579,13 +593,12 @@ class OrderEvents:
             if link.finished:
                 await self._sides.cancel_recorded(follower, link, event.signal_id, received_at)
                 return
-            link = msgspec.structs.replace(
+            link = msgspec.structs.replace(  # the master order is over: written with what follows
                 link,
                 master_open=False,
                 master_size=event.size,
                 master_filled=max(link.master_filled, event.filled),
             )
-            revision = await room.links.update(key, link, revision)  # the master order is over
             await self._sides.master_cancelled(
                 follower, key, link, revision, event.signal_id, received_at=received_at
             )

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from typing import Literal
 
@@ -110,6 +110,10 @@ def event_id(key: str, what: str) -> str:
     return uuid.uuid5(_NAMESPACE, f"{key}:{what}").hex
 
 
+# the links to one master order as one read found them, by key (LinkStore.of_order)
+Known = Mapping[str, tuple[Link, int]]
+
+
 class LinkStore:
     def __init__(self, kv: KeyValue, group: str) -> None:
         self._kv, self.group = kv, group
@@ -147,10 +151,19 @@ class LinkStore:
     async def purge(self, key: str) -> None:
         await bus.retry(f"purge link {key}", lambda: self._kv.purge(key))
 
+    async def of_order(self, master_id: str, order_id: str) -> dict[str, tuple[Link, int]]:
+        """Every follower's link to one master order, by key, as stored now: one read for an
+        event's whole fan-out (where a key is missing, no link was)."""
+        order = link_key(self.group, "*", master_id, order_id)
+        return {key: (link, revision) for key, link, revision in await self._read(order)}
+
     async def scan(self) -> list[tuple[str, Link, int]]:
         """Every link of the group, as stored now."""
+        return await self._read(f"link.{self.group}.>")
+
+    async def _read(self, keys: str) -> list[tuple[str, Link, int]]:
         found: list[tuple[str, Link, int]] = []
-        watcher = await self._kv.watch(f"link.{self.group}.>", ignore_deletes=True)
+        watcher = await self._kv.watch(keys, ignore_deletes=True)
         try:
             async for entry in _until_current(watcher):
                 if entry.value and entry.revision is not None:
@@ -177,12 +190,14 @@ class KeyLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str) -> AsyncIterator[bool]:
+        """Hold the key; whether another holder was there first (a link read before then may
+        have moved since: read it again)."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                yield users > 0
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -238,7 +238,10 @@ class Sides:
     async def master_cancelled(
         self, follower: Follower, key: str, link: Link, revision: int, signal_id: str, *, received_at: float
     ) -> None:
-        """The master cancelled: the linked order cancelled (confirmed), its fill applied."""
+        """The master cancelled: the linked order cancelled (confirmed), its fill applied. The
+        link (the master order over, the follower order ended) is written once, with how it was
+        resolved: a crash before that write is carried out again from the redelivered event
+        (a cancel repeated finds the order ended; its fill is applied once, by client id)."""
         room = self._room
         if link.state == "unlinked":
             await self._resolve(key, link, revision, "unlinked")
@@ -256,9 +259,9 @@ class Sides:
             if link.state == "live" and link.client_order_id is not None:
                 ack = await room.cancel(follower, link, link.client_order_id)
                 link = msgspec.structs.replace(await room.apply(follower, link, ack), state="ended")
-                revision = await room.links.update(key, link, revision)
         except ExchangeError as exc:
             room.metrics.failed("cancel")
+            await room.links.update(key, link, revision)  # the master order is over: the sweep cancels
             await room.outcomes.record(
                 link,
                 Origin(signal_id, received_at=received_at),
