@@ -67,7 +67,8 @@ async def retry(
     delay, attempt = base_s, 0
     while True:
         try:
-            return await asyncio.wait_for(action(), attempt_s)
+            async with asyncio.timeout(attempt_s):  # no task per attempt, as wait_for makes
+                return await action()
         except TRANSIENT as exc:
             if not transient(exc):
                 raise  # an answer, not an outage: a claim that exists, a key not found

@@ -30,12 +30,12 @@ async def place_idempotently(
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             if attempt:  # only an order the venue says it does not know is sent again
-                found = await asyncio.wait_for(
-                    account.find_order(order.client_order_id, order.symbol), timeout_s
-                )
+                async with asyncio.timeout(timeout_s):
+                    found = await account.find_order(order.client_order_id, order.symbol)
                 if found is not None:
                     return found
-            return await asyncio.wait_for(account.place_order(order), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task per order, as wait_for makes
+                return await account.place_order(order)
         except (TemporaryError, TimeoutError) as exc:
             last = exc if isinstance(exc, TemporaryError) else TemporaryError("order timed out")
             log.warning(
@@ -54,6 +54,7 @@ async def place_idempotently(
 
 async def _final_lookup(account: ExchangeAccount, order: OrderCommand, timeout_s: float) -> OrderAck | None:
     try:
-        return await asyncio.wait_for(account.find_order(order.client_order_id, order.symbol), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await account.find_order(order.client_order_id, order.symbol)
     except (TemporaryError, TimeoutError):
         return None  # still unknown: the claim stays, and a redelivery looks again

@@ -77,7 +77,8 @@ class Claims:
             bus.kv_subject(bus.CLAIMS_BUCKET, key), data, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
         )
         try:
-            await asyncio.wait_for(ack, self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                await ack
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 return False

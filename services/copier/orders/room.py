@@ -196,7 +196,8 @@ class Room:
         """A venue call retried on temporary errors (a cancel or a lookup is safe to repeat)."""
         for attempt in range(ATTEMPTS):
             try:
-                return await asyncio.wait_for(call(), self.settings.order_timeout_s)
+                async with asyncio.timeout(self.settings.order_timeout_s):
+                    return await call()
             except (TemporaryError, TimeoutError) as exc:
                 if attempt + 1 == ATTEMPTS:
                     raise TemporaryError(f"venue call failed: {type(exc).__name__}") from exc
