@@ -26,6 +26,7 @@ import nats
 
 from services.master.metrics import MasterMetrics
 from services.master.order_events import OrderTracker
+from services.master.watcher import STREAMED_POLL_S
 from shared.errors import CopytradeError
 from shared.exchange.port import ExchangeAccount, NotNative
 from shared.messages import OrderSignal
@@ -81,6 +82,7 @@ class OrderWatcher:
         self.cadence = Cadence(fast_s, slow_s)
         self._waits = self._rate_limit_waits()
         self._woken = asyncio.Event()
+        self.streamed = False  # the venue's private stream wakes this watcher (services.master.stream)
 
     def wake(self) -> None:
         """The venue's private stream reported an order change: compare now, budget or not
@@ -123,6 +125,8 @@ class OrderWatcher:
         wait = self.cadence.next(
             resting=self._tracker.open_orders, active_at=self._tracker.active_at, waited=waited
         )
+        if self.streamed:  # the stream wakes it on every change: polls are the fallback only
+            wait = max(wait, STREAMED_POLL_S)
         if self._metrics is not None:
             self._metrics.order_poll_interval.set(wait)
         return wait

@@ -1,7 +1,10 @@
 """The venue's private stream wakes the master's watchers: a fill or an order change reported on
 the master account is read at once, not at the next poll (within the venue's push and one
 read, where polling waits up to its interval). The watchers stay the readers: the stream only
-says when (`shared.exchange.port.Streaming`). A stream that cannot start leaves the polls."""
+says when (`shared.exchange.port.Streaming`). While it runs, the watchers' polls are only the
+fallback for what a reconnect may miss (every STREAMED_POLL_S), so the account's rate-limit
+budget stays whole for the reads the stream wakes; a stream that cannot start, or ends, gives
+the watchers their polling pace back."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ log = logging.getLogger("copytrade.master.stream")
 
 async def relay(account: Streaming, fills: FillWatcher, orders: OrderWatcher) -> None:
     """Wake the watchers on every change the stream reports, for as long as it runs."""
+    fills.streamed = orders.streamed = True
     try:
         async for activity in account.activity():
             if activity == "fill":
@@ -26,3 +30,5 @@ async def relay(account: Streaming, fills: FillWatcher, orders: OrderWatcher) ->
         log.warning("event=private_stream_unavailable error=%s: polling only", type(exc).__name__)
     except Exception:  # a bug: logged with its trace; the polls go on
         log.exception("event=private_stream_error: polling only")
+    finally:
+        fills.streamed = orders.streamed = False

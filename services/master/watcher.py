@@ -35,6 +35,9 @@ from shared.messages import signal_id_for
 log = logging.getLogger("copytrade.watcher")
 OVERLAP_S = 5.0
 MAX_QUIET_S = 10.0  # the longest a busy account goes without looking for fills made by hand
+# while the venue's private stream wakes the watcher, polls are only the fallback for what a
+# reconnect may miss: this rare, so the account's budget stays whole for the reads it wakes
+STREAMED_POLL_S = 30.0
 
 
 async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
@@ -57,6 +60,7 @@ class FillWatcher:
         self._cursor_key = f"cursor.{config.id}"
         self._orders = OrderClaims(kv, config.exchange)
         self._woken = asyncio.Event()
+        self.streamed = False  # the venue's private stream wakes this watcher (services.master.stream)
 
     def wake(self) -> None:
         """The venue's private stream reported a fill: poll now, budget or not (services.master.stream)."""
@@ -69,8 +73,12 @@ class FillWatcher:
             try:
                 # the master's own orders keep their budget; still, a poll at least every
                 # MAX_QUIET_S, so a fill made by hand is never later than that
-                quiet = time.monotonic() - last >= MAX_QUIET_S
-                if woken or quiet or _spare(self._account):
+                since = time.monotonic() - last
+                if self.streamed:
+                    due = since >= STREAMED_POLL_S
+                else:
+                    due = since >= MAX_QUIET_S or _spare(self._account)
+                if woken or due:
                     last = time.monotonic()
                     await self.poll()
                     await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
