@@ -138,6 +138,7 @@ async def test_kill_switch_stops_new_orders_on_every_replica(system: System) -> 
     copier, master = await _system(system, {"solo": 1_000})
     await set_kill(system.control, True)
     await eventually(lambda: copier.copier._control.killed)
+    await eventually(lambda: master.killed)  # each service learns it from its own watch
 
     refused = await master.trade(trade(quote="500"))  # the master refuses to trade at all
     signal = SignalSigner(TEST_SIGNING_SEED).sign(_signal())  # a fill made outside copytrade
