@@ -49,3 +49,39 @@ async def test_second_copy_sends_the_order_with_no_account_read(system: System) 
     assert "Balance" not in _private(paths)[: _private(paths).index("AddOrder")]
     assert _private(paths).count("AddOrder") == 1
     assert refreshed == 1
+
+
+async def test_every_followers_order_goes_out_before_any_fill_is_read(system: System) -> None:
+    """Kraken's order reply tells no fill: each is read back, but only once the signal's orders
+    are all out, even when the replica's limit is smaller than its followers (the slot is not
+    held while an order waits for the others)."""
+    kraken = KrakenEmulator()
+    paths = recorded_paths(kraken)
+    ids = [f"hot{i}" for i in range(4)]
+    secrets: dict[str, str] = {}
+    for i, fid in enumerate(ids):
+        key, secret = f"fake-key-{fid}-7Kp", base64.b64encode(f"fake-secret-{fid}-{i}-2Vw".encode()).decode()
+        register(key, secret)
+        kraken.state.add_account(key, secret, {"USD": Decimal(1_000)})
+        secrets |= {
+            f"KRAKEN_USER_{fid.upper()}_API_KEY": key,
+            f"KRAKEN_USER_{fid.upper()}_API_SECRET": secret,
+        }
+    async with kraken:
+        await system.fund("master", 10_000)
+        followers = [{"id": fid, "exchange": "kraken", "base_url": kraken.url} for fid in ids]
+        config = make_config(followers)
+        await system.start_copier(
+            config, exchange="kraken", secrets=secrets, ctx=AdapterContext(), concurrency=1
+        )
+        master = await system.start_master(config)
+        warm = await master.trade(trade(quote="500"))  # figures read, connections made
+        await system.wait_results(warm.signal_id, len(ids))
+        paths.clear()
+
+        signal = await master.trade(trade(quote="500"))
+        results = await system.wait_results(signal.signal_id, len(ids))
+
+    calls = [c for c in _private(paths) if c in ("AddOrder", "QueryOrders")]
+    assert {r.outcome for r in results.values()} == {"filled"}
+    assert calls == ["AddOrder"] * len(ids) + ["QueryOrders"] * len(ids)

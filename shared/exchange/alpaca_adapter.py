@@ -466,6 +466,10 @@ class AlpacaAccount:
         return None if held is None or not held.get("current_price") else _dec(held["current_price"])
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
+        sent = await self.send_order(order)
+        return sent if resting_kind(order) is not None else await self.read_fill(order, sent)
+
+    async def send_order(self, order: OrderCommand) -> OrderAck:
         asset = await self._asset(order.symbol)
         if asset is None:
             raise UnsupportedSymbol(f"alpaca: {order.symbol} is not a tradable asset")
@@ -491,14 +495,13 @@ class AlpacaAccount:
             if found is None:
                 raise InvalidOrder("alpaca: client order id reused") from None
             return found
-        accepted_at = time.time()
-        ack = await self._read_fill(_ack(placed), order)
-        return msgspec.structs.replace(ack, accepted_at=accepted_at)
+        return msgspec.structs.replace(_ack(placed), accepted_at=time.time())
 
-    async def _read_fill(self, ack: OrderAck, order: OrderCommand) -> OrderAck:
+    async def read_fill(self, order: OrderCommand, sent: OrderAck) -> OrderAck:
         """The order's outcome, read back while Alpaca still shows it working: its submit reply
         is usually pending_new with nothing filled. Still working after the last read (a stock
         order outside market hours waits for the open), or unreadable: submitted, as placed."""
+        ack = sent
         for pause in FILL_READS_S:
             if ack.status != "submitted":
                 break
@@ -514,7 +517,7 @@ class AlpacaAccount:
                 )
                 break
             ack = found or ack
-        return ack
+        return msgspec.structs.replace(ack, accepted_at=sent.accepted_at)
 
     async def find_order(self, client_order_id: str, symbol: str) -> OrderAck | None:
         found = await self._call(

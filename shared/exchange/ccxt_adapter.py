@@ -522,6 +522,15 @@ class CcxtAccount:
     async def place_order(self, order: OrderCommand) -> OrderAck:
         if resting_kind(order) is not None:  # good-till-canceled or a trigger: ccxt_orders
             return await self._place_resting(order)
+        sent = await self.send_order(order)
+        if sent.status != "submitted":  # the reply told the outcome (Binance)
+            return sent
+        await self._share.placements_done()
+        return await self.read_fill(order, sent)
+
+    async def send_order(self, order: OrderCommand) -> OrderAck:
+        if resting_kind(order) is not None:
+            return await self._place_resting(order)
         ex = await self._client()
         amount, params = self._order_args(ex, order)
         self._orders += 1  # the order changes the balance
@@ -538,16 +547,19 @@ class CcxtAccount:
                 if found is None:
                     raise
                 return found
-        if placed.get("status") is None or placed.get("filled") is None:  # Kraken, OKX, Coinbase
-            await self._share.placements_done()
-            placed = await self._read_fill(ex, placed, order)
-        return msgspec.structs.replace(_ack(placed, order.client_order_id), accepted_at=accepted_at)
+        sent = _ack(placed, order.client_order_id)
+        if (
+            placed.get("status") is None or placed.get("filled") is None
+        ):  # Kraken, OKX, Coinbase: no fill told
+            sent = msgspec.structs.replace(sent, status="submitted")
+        return msgspec.structs.replace(sent, accepted_at=accepted_at)
 
-    async def _read_fill(self, ex: Any, placed: dict[str, Any], order: OrderCommand) -> dict[str, Any]:
-        """The order as the venue reports it now; the bare reply if that cannot be read (the
-        order is placed either way: it is reported as submitted, not as a failure)."""
+    async def read_fill(self, order: OrderCommand, sent: OrderAck) -> OrderAck:
+        """The order as the venue reports it now; `sent` if that cannot be read (the order is
+        placed either way: it is reported as submitted, not as a failure)."""
+        ex = await self._client()
         try:
-            return dict(await ex.fetch_order(placed["id"], order.symbol))
+            found = await ex.fetch_order(sent.exchange_order_id, order.symbol)
         except ccxt.BaseError as exc:
             log.warning(
                 "event=order_fill_unread venue=%s account=%s client_order_id=%s error=%s",
@@ -556,7 +568,8 @@ class CcxtAccount:
                 order.client_order_id,
                 type(exc).__name__,
             )
-            return placed
+            return sent
+        return msgspec.structs.replace(_ack(found, order.client_order_id), accepted_at=sent.accepted_at)
 
     def _order_args(self, ex: Any, order: OrderCommand) -> tuple[float, dict[str, Any]]:
         """create_order's amount and params; refuses sizes that round to nothing."""

@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from shared.errors import TemporaryError
-from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand
+from shared.exchange.port import ExchangeAccount, OrderAck, OrderCommand, ReadsFillLater
 
 log = logging.getLogger("copytrade.placing")
 
@@ -22,8 +22,12 @@ async def place_idempotently(
     timeout_s: float,
     attempts: int = 4,
     backoff_s: float = 0.2,
+    send_only: bool = False,
 ) -> OrderAck:
-    """Place `order` or find it placed; raise the last error when attempts run out."""
+    """Place `order` or find it placed; raise the last error when attempts run out. With
+    `send_only`, an account that reads fills later (`ReadsFillLater`) only sends it: its fill is
+    read by `read_fill_of` once the fan-out's orders are all out."""
+    send = account.send_order if send_only and isinstance(account, ReadsFillLater) else account.place_order
     last: Exception = TemporaryError("no attempt made")
     for attempt in range(attempts):
         if attempt:
@@ -35,7 +39,7 @@ async def place_idempotently(
                 if found is not None:
                     return found
             async with asyncio.timeout(timeout_s):  # no task per order, as wait_for makes
-                return await account.place_order(order)
+                return await send(order)
         except (TemporaryError, TimeoutError) as exc:
             last = exc if isinstance(exc, TemporaryError) else TemporaryError("order timed out")
             log.warning(
@@ -58,3 +62,18 @@ async def _final_lookup(account: ExchangeAccount, order: OrderCommand, timeout_s
             return await account.find_order(order.client_order_id, order.symbol)
     except (TemporaryError, TimeoutError):
         return None  # still unknown: the claim stays, and a redelivery looks again
+
+
+async def read_fill_of(
+    account: ExchangeAccount, order: OrderCommand, sent: OrderAck, *, timeout_s: float
+) -> OrderAck:
+    """The fill of an order `place_idempotently(..., send_only=True)` sent: read back where the
+    reply told none; looked up once more if the read times out; else the order as sent."""
+    if not isinstance(account, ReadsFillLater) or sent.status != "submitted":
+        return sent
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await account.read_fill(order, sent)
+    except (TemporaryError, TimeoutError):
+        found = await _final_lookup(account, order, timeout_s)
+        return sent if found is None else found

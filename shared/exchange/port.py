@@ -236,6 +236,25 @@ class ExchangeAccount(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadsFillLater(Protocol):
+    """An account whose market order reply carries no fill yet (Kraken, OKX and Coinbase
+    through ccxt; Alpaca's pending_new): its `place_order` places, then reads the order back.
+    A fan-out sends every follower's order first (`send_order`) and reads the fills once all
+    are out (`read_fill`), so no order waits behind another's read (services.copier.copy)."""
+
+    async def send_order(self, order: OrderCommand) -> OrderAck:
+        """Place a market or immediate-or-cancel order as `place_order` does, without reading
+        its fill: the ack as the venue replied (`accepted_at` set; "submitted" when the reply
+        tells no outcome)."""
+        ...
+
+    async def read_fill(self, order: OrderCommand, sent: OrderAck) -> OrderAck:
+        """The sent order as the venue reports it now; `sent` itself if it cannot be read (the
+        order is placed either way: submitted, not a failure)."""
+        ...
+
+
 # what a venue's private stream reported on the account: a fill (an execution), or a change to
 # a resting order (new, amended, cancelled)
 Activity = Literal["fill", "order"]

@@ -1,5 +1,8 @@
 """Copying one signal for a set of followers: their figures, the sizer's decisions, then per
-follower policy -> claim -> place -> record, concurrently under this replica's limit.
+follower policy -> claim -> send the order, concurrently under this replica's limit; once every
+follower's order is out, each one's fill is read (where the venue's reply told none) and its
+outcome recorded. No order waits behind another follower's fill read, and a replica's limit
+bounds the calls in flight, not the orders waiting for their fills.
 
 The same code runs a whole group's signal (the direct path) and one shard's work item (the
 spread path): only the set of followers and the message it runs under differ.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -27,8 +31,8 @@ from services.copier.copy.sizing import SizerClient
 from services.copier.followers import Follower, Lineage
 from services.copier.reconcile import Reconciler
 from shared.errors import ExchangeError
-from shared.exchange.placing import place_idempotently
-from shared.exchange.port import OrderCommand
+from shared.exchange.placing import place_idempotently, read_fill_of
+from shared.exchange.port import OrderAck, OrderCommand
 from shared.messages import (
     Claim,
     Decision,
@@ -49,6 +53,35 @@ class FillRouter(Protocol):
     async def take_fills(
         self, signal: TradeSignal, followers: list[Follower], received_at: float
     ) -> list[Follower]: ...
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A follower's order, out at the venue; its fill is read once the signal's orders are."""
+
+    claim: Claim
+    command: OrderCommand
+    ack: OrderAck
+    sent_at: float
+    recovered: bool
+
+
+class AllOut:
+    """Counts a signal's followers whose order is not out yet (sent, refused, failed)."""
+
+    def __init__(self, followers: int) -> None:
+        self._left = followers
+        self._out = asyncio.Event()
+        if not followers:
+            self._out.set()
+
+    def one_out(self) -> None:
+        self._left -= 1
+        if self._left <= 0:
+            self._out.set()
+
+    async def wait(self) -> None:
+        await self._out.wait()
 
 
 class CopyExecutor:
@@ -90,11 +123,11 @@ class CopyExecutor:
         if self.mirroring is not None:  # a linked order carries it: never copied twice
             followers = await self.mirroring.take_fills(signal, followers, received_at)
         decisions = await self._decide(signal, followers)
-        recording = Recording()
+        recording, out = Recording(), AllOut(len(followers))
         outcomes = await asyncio.gather(
             *(
                 self._copy_one(
-                    Copy(signal, f, self._group, received_at), decisions[f.id], redelivered, recording
+                    Copy(signal, f, self._group, received_at), decisions[f.id], redelivered, recording, out
                 )
                 for f in followers
             ),
@@ -136,49 +169,63 @@ class CopyExecutor:
         return decided
 
     async def _copy_one(
-        self, copy: Copy, decision: Decision | ReadFailed, redelivered: bool, recording: Recording
+        self,
+        copy: Copy,
+        decision: Decision | ReadFailed,
+        redelivered: bool,
+        recording: Recording,
+        out: AllOut,
     ) -> None:
-        async with self._limit:  # claim only when about to place: a crash strands few claims
-            await self._copy_one_now(copy, decision, redelivered, recording)
+        try:
+            async with self._limit:  # claim only when about to place: a crash strands few claims
+                sent = await self._copy_one_now(copy, decision, redelivered, recording)
+        finally:
+            out.one_out()
+        if sent is not None:
+            await out.wait()  # every follower's order is out before a fill is read
+            async with self._limit:
+                await self._finish(copy, sent, recording)
 
     async def _copy_one_now(
         self, copy: Copy, decision: Decision | ReadFailed, redelivered: bool, recording: Recording
-    ) -> None:
+    ) -> Sent | None:
+        """Up to the order sent; None when the outcome is recorded already (a skip, a failure,
+        a copy recovered)."""
         key = f"{copy.signal.signal_id}.{copy.follower.id}"
         if redelivered:
             entry = await self.claims.get(key)
             if entry is not None:
-                await self._recover(copy, key, entry, recording)
-                return
+                return await self._recover(copy, key, entry, recording)
         if isinstance(decision, ReadFailed):
             await self._results.record(copy.failed(decision.error), recording)
-            return
+            return None
         verdict = decision if isinstance(decision, Skip) else self.policy.admit(copy.follower, decision)
         if isinstance(verdict, Skip):
             await self._results.record(copy.skipped(verdict), recording)
-            return
+            return None
         assert isinstance(decision, SizedOrder)
         cid = client_order_id_for(copy.signal.signal_id, copy.follower.id)
         if verdict == "dry_run":
             await self._results.record(copy.dry_run(decision, cid), recording)
-            return
+            return None
         claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
         if not await self.claims.claim(key, claim):
             entry = await self.claims.get(key)
             if entry is None:
                 raise ClaimBusy(f"{key}: claimed by another attempt, then gone")
-            await self._recover(copy, key, entry, recording)
-            return
-        await self._place(copy, claim, recording)
+            return await self._recover(copy, key, entry, recording)
+        return await self._place(copy, claim, recording)
 
     async def _place(
         self, copy: Copy, claim: Claim, recording: Recording, *, recovered: bool = False
-    ) -> None:
+    ) -> Sent | None:
+        """Send the claimed order (its fill is read by `_finish`); a refusal or a failure is
+        recorded here."""
         order, follower = claim.order, copy.follower
         verdict = self.policy.admit(follower, order)  # again: it may have changed while queued
         if isinstance(verdict, Skip):
             await self._results.record(copy.skipped(verdict), recording)
-            return
+            return None
         command = OrderCommand(
             client_order_id=claim.client_order_id,
             symbol=copy.symbol,
@@ -193,33 +240,51 @@ class CopyExecutor:
         self._metrics.in_flight.inc()
         try:
             ack = await place_idempotently(
-                follower.account, command, timeout_s=self._settings.order_timeout_s
+                follower.account, command, timeout_s=self._settings.order_timeout_s, send_only=True
             )
-            follower.apply_fill(command.symbol, order.side, ack)
-            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol, order.side, ack)
-            self._metrics.copy_latency.observe((ack.accepted_at or time.time()) - copy.signal.executed_at)
-            result = copy.placed(order, ack, sent_at, recovered=recovered)
         except ExchangeError as exc:
-            result = copy.failed(exc, order=order, client_order_id=claim.client_order_id, sent_at=sent_at)
+            failed = copy.failed(exc, order=order, client_order_id=claim.client_order_id, sent_at=sent_at)
+            await self._results.record(failed, recording)
+            return None
         finally:
             self._metrics.in_flight.dec()
+        self._metrics.copy_latency.observe((ack.accepted_at or time.time()) - copy.signal.executed_at)
+        return Sent(claim, command, ack, sent_at, recovered)
+
+    async def _finish(self, copy: Copy, sent: Sent, recording: Recording) -> None:
+        """The sent order's fill read (where its reply told none), applied to the follower's
+        figures and copied holding, and its outcome recorded."""
+        order, follower = sent.claim.order, copy.follower
+        try:
+            ack = await read_fill_of(
+                follower.account, sent.command, sent.ack, timeout_s=self._settings.order_timeout_s
+            )
+            follower.apply_fill(sent.command.symbol, order.side, ack)
+            await self.holdings.record(follower, copy.signal.master_id, copy.signal.symbol, order.side, ack)
+            result = copy.placed(order, ack, sent.sent_at, recovered=sent.recovered)
+        except ExchangeError as exc:
+            result = copy.failed(
+                exc, order=order, client_order_id=sent.claim.client_order_id, sent_at=sent.sent_at
+            )
         await self._results.record(result, recording)
 
-    async def _recover(self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording) -> None:
+    async def _recover(
+        self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording
+    ) -> Sent | None:
         """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
         claim, revision = entry
         follower = copy.follower
         follower.forget_figures()  # another attempt may have traded the account: read it again
         if await self._results.recorded(follower.id, copy.signal.signal_id):
             recording.tally["already_recorded"] += 1
-            return
+            return None
         found = await follower.account.find_order(claim.client_order_id, copy.symbol)
         if found is not None:
             await self.holdings.record(
                 follower, copy.signal.master_id, copy.signal.symbol, claim.order.side, found
             )
             await self._results.record(copy.placed(claim.order, found, None, recovered=True), recording)
-            return
+            return None
         if time.time() - claim.at < self._settings.order_timeout_s * 2:
             raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
         taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
@@ -230,4 +295,4 @@ class CopyExecutor:
             follower.id,
             claim.client_order_id,
         )
-        await self._place(copy, taken, recording, recovered=True)
+        return await self._place(copy, taken, recording, recovered=True)
