@@ -1,6 +1,6 @@
 """Alpaca fan-out figures: `python -m scripts.bench_alpaca [followers] [latency_ms]`.
 
-N Alpaca follower accounts, built through the adapter the copier uses (real alpaca-py clients,
+N Alpaca follower accounts, built through the adapter the copier uses (its aiohttp transport,
 each with its rate limiter), place one BTC/USD order each, all at once, against the Alpaca
 emulator in its own process. Printed: the first round (a fresh process: asset lookups, new
 connections), a second round (warm), and the floor: N plain aiohttp order posts to the same
@@ -67,8 +67,8 @@ async def round_of_orders(accounts: list[ExchangeAccount]) -> float:
     return elapsed
 
 
-async def adapter_rounds(url: str, followers: int, threads: int) -> tuple[float, float]:
-    ctx = AdapterContext(http_timeout_s=30, alpaca_threads=threads)
+async def adapter_rounds(url: str, followers: int, connections: int) -> tuple[float, float]:
+    ctx = AdapterContext(http_timeout_s=30, alpaca_threads=connections)
     accounts = [
         build_account(
             AccountConfig(id=f"a{i}", exchange="alpaca", base_url=url),
@@ -116,11 +116,11 @@ async def floor(url: str, followers: int) -> tuple[float, float]:
 async def main(followers: int, latency_ms: float) -> None:
     proc, url = start_emulator(followers, latency_ms)
     try:
-        for threads in sorted({256, followers}):
-            cold, warm = await adapter_rounds(url, followers, threads)
+        for connections in sorted({256, followers}):
+            cold, warm = await adapter_rounds(url, followers, connections)
             print(
                 f"{followers} Alpaca followers, one order each, emulator at {latency_ms:.0f} ms, "
-                f"{threads} Alpaca threads: first round {cold:.2f} s, second {warm:.2f} s"
+                f"{connections} Alpaca connections: first round {cold:.2f} s, second {warm:.2f} s"
             )
         cold, warm = await floor(url, followers)
         print(f"floor: {followers} plain aiohttp order posts: first round {cold:.2f} s, second {warm:.2f} s")

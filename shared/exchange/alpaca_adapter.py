@@ -1,11 +1,16 @@
-"""`ExchangeAccount` on Alpaca's Trading API v2 (alpaca-py `TradingClient`).
+"""`ExchangeAccount` on Alpaca's Trading API v2.
 
-The client is synchronous: every call runs in a thread of the process's Alpaca pool
-(`AlpacaThreads`, as many threads as the copier has orders in flight; not the loop's default
-executor, which has min(32, cores + 4) threads: 6 on two cores). Its HTTP session
-gets a timeout (alpaca-py sets none) and its own retries are off (it re-POSTs after a 504 even
-when the first order was accepted): `shared.exchange.placing` retries, after a lookup. Replies
-are read raw, as the strings Alpaca sends, because alpaca-py's models turn amounts into floats.
+Calls go out on aiohttp (`shared.exchange.alpaca_http`) as alpaca-py's `RESTClient` sends them,
+on one session per process and endpoint: as many calls in flight as the copier has orders, and
+no thread each. Measured with `python -m scripts.bench_exchanges --quick alpaca` (1,000
+followers, emulator at 50 ms, 2 cores), master fill → last order accepted, p50, and copier CPU
+per follower per signal: alpaca-py's synchronous `TradingClient` in a pool of 256 threads
+3.92 s / 2.94 ms and 5.63 s / 3.77 ms; this transport 2.54 s / 1.54 ms and 2.76 s / 1.16 ms
+(one run 5.02 s / 1.84 ms; the floor, 1,000 plain aiohttp posts, 1.1-1.6 s in those runs).
+No retries inside: `shared.exchange.placing` retries, after a lookup. Replies are read raw, as
+the strings Alpaca sends, because alpaca-py's models turn amounts into floats; order bodies are
+ours for the same reason (`MarketOrderRequest(...).to_request_fields()` sends qty "0.000000123"
+as 1.23e-07 and notional "10.01" as 10.01).
 
 Symbols: ours are always BASE/QUOTE. A crypto pair is traded as "BTC/USD" and held as "BTCUSD";
 a stock is "AAPL/USD" to us and "AAPL" to Alpaca. The asset record tells which is which; assets
@@ -18,21 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import msgspec
-import requests
-from alpaca.common.exceptions import APIError
-from alpaca.trading.client import TradingClient
-from requests.adapters import HTTPAdapter
 
 from shared.config import AccountConfig, Credentials
 from shared.errors import (
@@ -45,6 +45,7 @@ from shared.errors import (
     TemporaryError,
     UnsupportedSymbol,
 )
+from shared.exchange.alpaca_http import AlpacaHttp, ReplyError, auth_headers, endpoint
 from shared.exchange.alpaca_stream import AlpacaStream, stream_url
 from shared.exchange.port import (
     AccountSnapshot,
@@ -75,7 +76,6 @@ FILL_PAGE = 100
 # pauses before each read-back of a just-placed order Alpaca still shows working (pending_new)
 FILL_READS_S = (0.0, 0.2, 0.5)
 CALLS_PER_MINUTE = 200  # Alpaca's Trading API limit per account
-THREADS_KEY = "alpaca-threads"  # in AdapterContext.shared, beside the "alpaca:<endpoint>" shares
 
 
 class _AlreadyPlaced(InvalidOrder):
@@ -99,26 +99,26 @@ _BY_STATUS: dict[int, type[ExchangeError]] = {
 }
 
 
-def translate(exc: APIError) -> ExchangeError:
-    """Our error for an Alpaca API error; the message has the HTTP status and Alpaca's code."""
-    status = exc.status_code or 0
-    text, code = _message_and_code(exc)
+def translate(status: int, body: str) -> ExchangeError:
+    """Our error for an Alpaca error reply (HTTP status and body); the message has the status
+    and Alpaca's code, never the body."""
+    text, code = _message_and_code(body)
     kind = next((k for statuses, part, k in _BY_TEXT if status in statuses and part in text), None)
     if kind is None:
         kind = TemporaryError if status >= 500 else _BY_STATUS.get(status, ExchangeError)
     return kind(f"alpaca: HTTP {status}" + (f" [{code}]" if code else ""))
 
 
-def _message_and_code(exc: APIError) -> tuple[str, str]:
+def _message_and_code(body: str) -> tuple[str, str]:
     """Alpaca's message (lower case, to match on) and numeric code; empty for a non-JSON body."""
     try:
-        body = json.loads(str(exc))
-    except ValueError:
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError:
         return "", ""
-    if not isinstance(body, dict):
+    if not isinstance(parsed, dict):
         return "", ""
-    code = body.get("code")
-    return str(body.get("message", "")).lower(), str(code) if isinstance(code, int) else ""
+    code = parsed.get("code")
+    return str(parsed.get("message", "")).lower(), str(code) if isinstance(code, int) else ""
 
 
 def _crypto_rules(symbol: str, raw: dict[str, Any]) -> MarketRules:
@@ -217,17 +217,11 @@ def _parse_asset(symbol: str, raw: dict[str, Any]) -> _Asset | None:
 
 
 class AlpacaShare:
-    """Per process and endpoint: one HTTP session (with the timeout, and a connection for each
-    Alpaca thread) and the assets, looked up once each."""
+    """Per process and endpoint: one HTTP session (`AlpacaHttp`) and the assets, looked up
+    once each."""
 
-    def __init__(self, timeout_s: float, connections: int) -> None:
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        self.session.request = functools.partial(  # type: ignore[method-assign]
-            self.session.request, timeout=timeout_s
-        )
+    def __init__(self, http: AlpacaHttp) -> None:
+        self.http = http
         self.assets: dict[str, _Asset | None] = {}
         self.lookups: dict[str, asyncio.Task[_Asset | None]] = {}  # in flight, one per symbol
 
@@ -254,33 +248,16 @@ class AlpacaShare:
     async def close(self) -> None:
         for task in list(self.lookups.values()):
             task.cancel()
-        self.session.close()
-
-
-class AlpacaThreads:
-    """Per process: the threads Alpaca calls block in, `AdapterContext.alpaca_threads` of them
-    (started as calls need them)."""
-
-    def __init__(self, size: int) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="alpaca")
-
-    async def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)  # a call in flight ends alone
+        await self.http.close()
 
 
 def _share(ctx: AdapterContext, base_url: str | None, paper: bool) -> AlpacaShare:
-    key = f"alpaca:{base_url or ('paper' if paper else 'live')}"
+    url = endpoint(base_url, paper)
+    key = f"alpaca:{url}"
     share = ctx.shared.get(key)
     if not isinstance(share, AlpacaShare):
-        share = ctx.shared[key] = AlpacaShare(ctx.http_timeout_s, ctx.alpaca_threads)
+        share = ctx.shared[key] = AlpacaShare(AlpacaHttp(url, ctx.http_timeout_s, ctx.alpaca_threads))
     return share
-
-
-def _threads(ctx: AdapterContext) -> ThreadPoolExecutor:
-    threads = ctx.shared.get(THREADS_KEY)
-    if not isinstance(threads, AlpacaThreads):
-        threads = ctx.shared[THREADS_KEY] = AlpacaThreads(ctx.alpaca_threads)
-    return threads.executor
 
 
 def _dec(value: object) -> Decimal:
@@ -344,18 +321,8 @@ class AlpacaAccount:
 
     def __init__(self, account: AccountConfig, credentials: Credentials, ctx: AdapterContext) -> None:
         self.account_id = account.id
-        self._ctx = ctx
         self._share = _share(ctx, account.base_url, account.paper)
-        _threads(ctx)
-        self._client = TradingClient(
-            credentials.api_key,
-            credentials.secret,
-            paper=account.paper,
-            url_override=account.base_url or None,
-        )
-        self._client._retry = 0  # the constructor takes 0 as "default" (3)
-        own, self._client._session = self._client._session, self._share.session
-        own.close()
+        self._headers = auth_headers(credentials.api_key, credentials.secret)
         self._stream = AlpacaStream(
             url=stream_url(account.base_url, paper=account.paper),
             key=credentials.api_key,
@@ -378,28 +345,26 @@ class AlpacaAccount:
         return 0 if self._throttle is None else self._throttle.waits
 
     @property
-    def http_session(self) -> requests.Session:
+    def http_session(self) -> aiohttp.ClientSession:
         """The HTTP session this account's requests go through (shared by Alpaca accounts)."""
-        return self._share.session
+        return self._share.http.session
 
     async def _call(
         self, method: str, path: str, data: dict[str, Any] | None = None, *, missing_ok: bool = False
     ) -> Any:
-        """One API call in an Alpaca thread; with `missing_ok`, 404 (no such position, order or
-        asset) is None."""
+        """One API call; with `missing_ok`, 404 (no such position, order or asset) is None."""
         if self._throttle is not None:
             await self._throttle()
-        call = functools.partial(getattr(self._client, method), path, data)
         try:
-            return await asyncio.get_running_loop().run_in_executor(_threads(self._ctx), call)
-        except APIError as exc:
-            if missing_ok and exc.status_code == 404:
+            return await self._share.http.request(method, path, data, self._headers)
+        except ReplyError as exc:
+            if missing_ok and exc.status == 404:
                 return None
-            raise translate(exc) from None
-        except requests.RequestException as exc:
-            retryable = isinstance(exc, requests.Timeout | requests.ConnectionError)
-            kind = TemporaryError if retryable else ExchangeError
-            raise kind(f"alpaca: {type(exc).__name__}") from None
+            raise translate(exc.status, exc.body) from None
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise TemporaryError(f"alpaca: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise ExchangeError(f"alpaca: {type(exc).__name__}") from None
 
     async def connect(self) -> None:
         return None  # nothing to load up front: assets are read on first use, once per process

@@ -26,8 +26,8 @@ class AdapterContext:
     shared: dict[str, object] = field(default_factory=dict)  # per-venue markets, HTTP sessions
     http_timeout_s: float = 10.0  # one HTTP request to a venue
     rate_limit: bool = True  # ccxt's per-account leaky bucket; off only against loopback emulators
-    # Alpaca calls in flight at once (its client blocks a thread each): the copier passes its
-    # concurrency; 256 is that setting's default
+    # Alpaca requests in flight at once per endpoint (its shared session's connections; named
+    # from when each blocked a thread): the copier passes its concurrency, 256 by default
     alpaca_threads: int = 256
 
     async def close(self) -> None:

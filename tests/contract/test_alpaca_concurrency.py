@@ -1,7 +1,7 @@
-"""Alpaca calls of a process run in its own thread pool, as many at once as the copier allows
-(not the loop's default executor: 6 threads on two cores), and followers share asset lookups.
+"""Alpaca calls of a process go out as many at once as the copier allows (once through the
+loop's default executor: 6 threads on two cores), and followers share asset lookups.
 
-Real alpaca-py clients through the adapter, against the loopback Alpaca emulator.
+The adapter, against the loopback Alpaca emulator.
 """
 
 from __future__ import annotations
