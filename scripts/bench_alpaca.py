@@ -68,7 +68,7 @@ async def round_of_orders(accounts: list[ExchangeAccount]) -> float:
 
 
 async def adapter_rounds(url: str, followers: int, connections: int) -> tuple[float, float]:
-    ctx = AdapterContext(http_timeout_s=30, alpaca_threads=connections)
+    ctx = AdapterContext(http_timeout_s=30, alpaca_connections=connections)
     accounts = [
         build_account(
             AccountConfig(id=f"a{i}", exchange="alpaca", base_url=url),

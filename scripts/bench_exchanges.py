@@ -316,7 +316,7 @@ VENUES = {
     ),
     "alpaca": Venue(
         "alpaca",
-        "real alpaca-py clients",
+        "Alpaca adapter on aiohttp, requests as alpaca-py sends them",
         alpaca_floor,
         f"≤ {ALPACA_P50_S} s and ≤ {ALPACA_RATIO} × floor",
         lambda p50, floor: p50 <= ALPACA_P50_S and p50 <= ALPACA_RATIO * floor,

@@ -40,7 +40,7 @@ def adapter_context(settings: CopierSettings, nc: object) -> AdapterContext:
         paper_transport=transport,
         http_timeout_s=_http_timeout(settings),
         rate_limit=settings.exchange_rate_limit,
-        alpaca_threads=settings.concurrency,
+        alpaca_connections=settings.concurrency,
     )  # as many Alpaca calls as orders
 
 

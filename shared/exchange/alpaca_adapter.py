@@ -256,7 +256,7 @@ def _share(ctx: AdapterContext, base_url: str | None, paper: bool) -> AlpacaShar
     key = f"alpaca:{url}"
     share = ctx.shared.get(key)
     if not isinstance(share, AlpacaShare):
-        share = ctx.shared[key] = AlpacaShare(AlpacaHttp(url, ctx.http_timeout_s, ctx.alpaca_threads))
+        share = ctx.shared[key] = AlpacaShare(AlpacaHttp(url, ctx.http_timeout_s, ctx.alpaca_connections))
     return share
 
 

@@ -26,9 +26,9 @@ class AdapterContext:
     shared: dict[str, object] = field(default_factory=dict)  # per-venue markets, HTTP sessions
     http_timeout_s: float = 10.0  # one HTTP request to a venue
     rate_limit: bool = True  # ccxt's per-account leaky bucket; off only against loopback emulators
-    # Alpaca requests in flight at once per endpoint (its shared session's connections; named
-    # from when each blocked a thread): the copier passes its concurrency, 256 by default
-    alpaca_threads: int = 256
+    # Alpaca requests in flight at once per endpoint (its shared session's connections): the
+    # copier passes its concurrency, 256 by default
+    alpaca_connections: int = 256
 
     async def close(self) -> None:
         """Close the shared resources (HTTP sessions); the next account opens them again."""

@@ -49,7 +49,7 @@ async def emulator() -> AsyncIterator[Recorded]:
 
 @pytest_asyncio.fixture
 async def ctx() -> AsyncIterator[AdapterContext]:
-    ctx = AdapterContext(http_timeout_s=5, alpaca_threads=ACCOUNTS)  # a copier of concurrency 40
+    ctx = AdapterContext(http_timeout_s=5, alpaca_connections=ACCOUNTS)  # a copier of concurrency 40
     yield ctx
     await ctx.close()
 
