@@ -18,10 +18,12 @@ from typing import Literal
 
 import msgspec
 from msgspec import Struct
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import bus
+from shared.bus import nats_fixes
 from shared.errors import CopytradeError
 from shared.messages import MirroredKind, Side
 
@@ -29,6 +31,8 @@ ZERO = Decimal(0)
 REMEMBERED_FILLS = 64  # master fill signals counted per link: redeliveries come long before
 _NAMESPACE = uuid.UUID("a3f1c2b4-5d6e-4f70-8a91-b2c3d4e5f607")
 SCAN_WAIT_S = 5.0
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject's last message is not the one expected
 
 # placing    the follower order `client_order_id` is being placed (may exist at the venue)
 # live       it rests at the venue (as last seen)
@@ -115,8 +119,9 @@ Known = Mapping[str, tuple[Link, int]]
 
 
 class LinkStore:
-    def __init__(self, kv: KeyValue, group: str) -> None:
-        self._kv, self.group = kv, group
+    def __init__(self, kv: KeyValue, group: str, js: JetStreamContext) -> None:
+        nats_fixes.require()  # without it an update that conflicts never resolves
+        self._kv, self.group, self._js = kv, group, js
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(Link)
 
@@ -141,12 +146,36 @@ class LinkStore:
             return None
 
     async def update(self, key: str, link: Link, revision: int) -> int:
-        """Replace the link written at `revision`; LinkConflict if it moved since."""
+        """Replace the link written at `revision`; LinkConflict if it moved since. Sent with
+        publish_async, KeyValue.update's expected-sequence check without a request of its own
+        (as claims are: a fan-out writes one link per follower); a retried write that finds its
+        own earlier attempt stored takes it as made."""
         data = self._encoder.encode(msgspec.structs.replace(link, at=time.time()))
+        subject, headers = bus.kv_subject(bus.LEDGER_BUCKET, key), {EXPECTED_LAST: str(revision)}
+        attempts = 0
+
+        async def once() -> int:
+            nonlocal attempts
+            attempts += 1
+            ack = await self._js.publish_async(subject, data, headers=headers)
+            return (await ack).seq
+
         try:
-            return await bus.retry(f"update link {key}", lambda: self._kv.update(key, data, last=revision))
-        except KeyWrongLastSequenceError:
+            return await bus.retry(f"update link {key}", once)
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            stored = await self._stored(key) if attempts > 1 else None
+            if stored is not None and stored[0] == data:
+                return stored[1]
             raise LinkConflict(f"link {key} changed under us") from None
+
+    async def _stored(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            entry = await bus.retry(f"read link {key}", lambda: self._kv.get(key))
+        except KeyNotFoundError:
+            return None
+        return None if entry.value is None or entry.revision is None else (entry.value, entry.revision)
 
     async def purge(self, key: str) -> None:
         await bus.retry(f"purge link {key}", lambda: self._kv.purge(key))

@@ -44,7 +44,7 @@ class Mirroring:
             book=book,
             policy=ctx.policy,
             holdings=holdings,
-            links=LinkStore(ctx.ledger.kv, group),
+            links=LinkStore(ctx.ledger.kv, group, ctx.js),
             outcomes=Outcomes(ResultLog(ctx.js, ctx.metrics, group), group),
             settings=ctx.settings,
             locks=KeyLocks(),
