@@ -44,3 +44,27 @@ async def test_republished_signal_is_stored_once(nats_server: NatsServer) -> Non
 
     assert [a.duplicate for a in acks] == [None, True]
     assert info.state.messages == 1
+
+
+async def test_latest_reads_every_current_value_of_a_pattern_once_deleted_keys_left_out(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    kv = await js.create_key_value(bucket="reading")
+    for i in range(300):
+        await kv.put(f"link.g.f{i}.order1", b"old")
+    revisions = {f"link.g.f{i}.order1": await kv.put(f"link.g.f{i}.order1", b"new") for i in range(300)}
+    await kv.put("link.g.f0.order2", b"another order")
+    await kv.delete("link.g.f7.order1")
+    await kv.purge("link.g.f8.order1")
+    found = await bus.reading.latest(js, "reading", "link.g.*.order1")
+    nothing = await bus.reading.latest(js, "reading", "link.h.*.order1")
+    consumers = (await js.stream_info("KV_reading")).state.consumer_count
+    await nc.close()
+
+    assert {v.key for v in found} == set(revisions) - {"link.g.f7.order1", "link.g.f8.order1"}
+    assert {v.data for v in found} == {b"new"}
+    assert all(v.revision == revisions[v.key] for v in found)
+    assert nothing == []
+    assert consumers == 0  # each read's consumer deleted

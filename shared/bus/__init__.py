@@ -1,6 +1,8 @@
 """The NATS layer: names (`subjects`), the JetStream topology (`topology`), connecting
-(`connect`), retries (`retry`) and library fixes (`nats_fixes`). Import the names from here."""
+(`connect`), retries (`retry`), complete reads of a bucket (`reading`) and library fixes
+(`nats_fixes`). Import the names from here."""
 
+from shared.bus import reading as reading
 from shared.bus.connect import connect as connect
 from shared.bus.connect import nats_password as nats_password
 from shared.bus.connect import servers as servers

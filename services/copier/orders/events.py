@@ -149,9 +149,11 @@ class OrderEvents:
         return self._room.links.key(follower.id, event.master_id, event.order_id)
 
     async def _link(self, key: str, known: Known, waited: bool) -> tuple[Link, int] | None:
-        """The link as the event's one read found it, or read again when another holder of its
-        lock came first (it may have moved the link since)."""
-        return await self._room.links.get(key) if waited else known.get(key)
+        """The link as the event's one read found it; read again when another holder of its
+        lock came first (it may have moved the link since), or when that read found none (a
+        link made since: an amend or a cancel never takes a missing link on one read alone)."""
+        got = None if waited else known.get(key)
+        return got if got is not None else await self._room.links.get(key)
 
     # ---- new ---------------------------------------------------------------------------------
 

@@ -23,14 +23,13 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from shared import bus
-from shared.bus import nats_fixes
+from shared.bus import nats_fixes, reading
 from shared.errors import CopytradeError
 from shared.messages import MirroredKind, Side
 
 ZERO = Decimal(0)
 REMEMBERED_FILLS = 64  # master fill signals counted per link: redeliveries come long before
 _NAMESPACE = uuid.UUID("a3f1c2b4-5d6e-4f70-8a91-b2c3d4e5f607")
-SCAN_WAIT_S = 5.0
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject's last message is not the one expected
 
@@ -191,25 +190,10 @@ class LinkStore:
         return await self._read(f"link.{self.group}.>")
 
     async def _read(self, keys: str) -> list[tuple[str, Link, int]]:
-        found: list[tuple[str, Link, int]] = []
-        watcher = await self._kv.watch(keys, ignore_deletes=True)
-        try:
-            async for entry in _until_current(watcher):
-                if entry.value and entry.revision is not None:
-                    found.append((entry.key, self._decoder.decode(entry.value), entry.revision))
-        finally:
-            with contextlib.suppress(*bus.TRANSIENT):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
-
-
-async def _until_current(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
-    """The watcher's entries up to its "no more pending" marker (None)."""
-    while True:
-        entry = await watcher.updates(SCAN_WAIT_S)  # type: ignore[no-untyped-call]
-        if entry is None:
-            return
-        yield entry
+        found = await bus.retry(
+            f"read links {keys}", lambda: reading.latest(self._js, bus.LEDGER_BUCKET, keys)
+        )
+        return [(v.key, self._decoder.decode(v.data), v.revision) for v in found]
 
 
 class KeyLocks:
