@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -121,7 +122,8 @@ class Room:
         ack = await self._retrying(lambda: follower.account.cancel_order(client_order_id, symbol))
         if ack is not None and ack.status == "submitted":
             raise TemporaryError(f"cancel of {client_order_id} not confirmed: still open")
-        return ack
+        # when the venue confirmed the cancel: the outcome's acked_at
+        return ack if ack is None else msgspec.structs.replace(ack, accepted_at=time.time())
 
     async def apply(self, follower: Follower, link: Link, ack: OrderAck | None) -> Link:
         """An ended follower order's fill into the ledger, once (by its client order id): only

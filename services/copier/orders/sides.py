@@ -253,6 +253,7 @@ class Sides:
                 link.reason or "No linked order",
             )
             return
+        ack: OrderAck | None = None  # the follower cancel's confirmation, when this attempt makes it
         try:
             if link.state in ("placing", "replacing"):
                 link, revision = await settle(room, follower, key, link, revision, may_place=False)
@@ -270,11 +271,20 @@ class Sides:
                 f"Cancel failed ({type(exc).__name__}: {exc}): the sweep cancels it",
             )
             return
-        await self.after_master_cancel(follower, key, link, revision, signal_id)
+        await self.after_master_cancel(follower, key, link, revision, signal_id, ack=ack)
 
     async def after_master_cancel(
-        self, follower: Follower, key: str, link: Link, revision: int, signal_id: str
+        self,
+        follower: Follower,
+        key: str,
+        link: Link,
+        revision: int,
+        signal_id: str,
+        *,
+        ack: OrderAck | None = None,
     ) -> None:
+        """How the link ends after the master's cancel (kept, unwound, cancelled), recorded
+        with the follower cancel's confirmation (`ack`) when this attempt made it."""
         config = self._room.orders_config(follower, link.master_id)
         excess = await self._excess(follower, link)
         keep = config is None or config.follower_filled_first == "keep"
@@ -285,7 +295,7 @@ class Sides:
         resolved, outcome, code, reason = decided
         await self._resolve(key, link, revision, resolved)
         await self._room.outcomes.record(
-            link, Origin(signal_id), outcome, code, reason, filled=link.filled or None
+            link, Origin(signal_id), outcome, code, reason, ack=ack, filled=link.filled or None
         )
 
     async def cancel_recorded(
