@@ -220,10 +220,13 @@ async def test_cancel_cancels_the_linked_order(system: System) -> None:
     await start(system, [paper("alice", subscriptions=mirroring())], {"alice": 1_000})
     await system.wait_results(await publish(system, order_event("new")), 1)
 
+    sent = time.time()
     cancelled = await publish(system, order_event("cancel"))
     result = (await system.wait_results(cancelled, 1))["alice"]
 
     assert outcome(result) == ("skipped", "cancelled")
+    assert result.acked_at is not None  # when the venue confirmed the cancel
+    assert sent <= result.acked_at
     assert [o.status for o in await system.orders("alice")] == ["canceled"]
     assert await holding(system, "alice") == 0
 
