@@ -9,7 +9,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -234,7 +234,16 @@ async def test_cancel_cancels_the_linked_order(system: System) -> None:
 @dataclass
 class Venue:
     emulator: EmulatorServer
-    secrets: dict[str, str]
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def add(self, exchange: str, name: str, cash: int = 1_000) -> None:
+        """A follower account on this venue holding `cash` USD; its credentials kept by env name."""
+        raw = f"secret-{name}-Wd3"
+        secret = base64.b64encode(raw.encode() * 2).decode() if exchange == "kraken" else raw
+        self.emulator.state.add_account(f"key-{name}-9Tq", secret, {"USD": Decimal(cash)})
+        stem = f"{exchange.upper()}_USER_{name.upper()}"
+        self.secrets |= {f"{stem}_API_KEY": f"key-{name}-9Tq", f"{stem}_API_SECRET": secret}
+        register(f"key-{name}-9Tq", secret)
 
     def follower(self, name: str, exchange: str) -> dict[str, Any]:
         return {"id": name, "exchange": exchange, "base_url": self.emulator.url, "subscriptions": mirroring()}
@@ -256,15 +265,10 @@ async def venue(request: pytest.FixtureRequest) -> AsyncIterator[Venue]:
         "coinbase": CoinbaseEmulator,
     }[exchange]()
     await emulator.start()
-    secrets: dict[str, str] = {}
+    venue = Venue(emulator)
     for name in names:
-        raw = f"secret-{name}-Wd3"
-        secret = base64.b64encode(raw.encode() * 2).decode() if exchange == "kraken" else raw
-        emulator.state.add_account(f"key-{name}-9Tq", secret, {"USD": Decimal(1_000)})
-        stem = f"{exchange.upper()}_USER_{name.upper()}"
-        secrets |= {f"{stem}_API_KEY": f"key-{name}-9Tq", f"{stem}_API_SECRET": secret}
-    register(*secrets.values())
-    yield Venue(emulator, secrets)
+        venue.add(exchange, name)
+    yield venue
     await emulator.stop()
 
 
