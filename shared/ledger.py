@@ -18,10 +18,11 @@ from decimal import Decimal
 
 import msgspec
 from msgspec import Struct
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import bus
+from shared.bus import reading
 
 log = logging.getLogger("copytrade.ledger")
 ZERO = Decimal(0)
@@ -142,12 +143,13 @@ class Ledger:
         await bus.retry(f"ledger report {key}", lambda: self._kv.put(key, self._encoder.encode(report)))
 
     async def entries(self, prefix: str) -> dict[str, Entry]:
-        """Every entry whose key starts with `prefix` (for the CLI and reconciliation)."""
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return {}
-        return {k: await self.read(k) for k in keys if k.startswith(prefix)}
+        """Every entry under `prefix` (whole tokens, ending in "."), in one complete read
+        (`bus.reading`: nats.py's `keys` can come back empty under load, and a close would then
+        sell nothing, quietly)."""
+        if not prefix.endswith("."):
+            raise ValueError(f"ledger prefix {prefix!r} must end with a '.'")
+        found = await bus.retry(f"ledger entries {prefix}", lambda: reading.latest_in(self._kv, f"{prefix}>"))
+        return {v.key: self._decoder.decode(v.data) for v in found}
 
     async def _read(self, key: str) -> tuple[Entry, int | None]:
         try:

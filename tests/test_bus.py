@@ -68,3 +68,15 @@ async def test_latest_reads_every_current_value_of_a_pattern_once_deleted_keys_l
     assert all(v.revision == revisions[v.key] for v in found)
     assert nothing == []
     assert consumers == 0  # each read's consumer deleted
+
+
+async def test_latest_in_reads_through_a_bucket_handle(nats_server: NatsServer) -> None:
+    """`latest_in` takes nats.py's private `_js` and `_name` off the handle: pinned here."""
+    nc = await nats.connect(nats_server.url)
+    kv = await nc.jetstream().create_key_value(bucket="handle")
+    await kv.put("hold.f1.m1.BTC_USD", b"1")
+    await kv.put("hold.f1.m2.BTC_USD", b"2")
+    found = await bus.reading.latest_in(kv, "hold.f1.m1.>")
+    await nc.close()
+
+    assert [(v.key, v.data) for v in found] == [("hold.f1.m1.BTC_USD", b"1")]

@@ -21,10 +21,10 @@ from nats.js.kv import KeyValue
 
 from services.ops.connection import connected
 from shared import bus
+from shared.bus import reading
 from shared.config import CommonSettings
 from shared.ledger import Entry, PositionReport
 
-READ_TIMEOUT_S = 5.0  # per entry of a listing: a server that stops answering is an error
 NOT_RECONCILED = "real: not yet reconciled"
 _entries = msgspec.json.Decoder(Entry)
 _reports = msgspec.json.Decoder(PositionReport)
@@ -86,20 +86,8 @@ async def _ledger_bucket(js: JetStreamContext) -> KeyValue | None:
 
 async def latest(kv: KeyValue, pattern: str) -> dict[str, bytes]:
     """The current value of every key matching `pattern` (deleted keys left out), in one
-    ordered read rather than one request per key."""
-    watcher = await kv.watch(pattern, ignore_deletes=True)
-    found: dict[str, bytes] = {}
-    try:
-        while (
-            entry := await watcher.updates(  # type: ignore[no-untyped-call]
-                timeout=READ_TIMEOUT_S
-            )
-        ) is not None:
-            if entry.value:
-                found[entry.key] = entry.value
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return found
+    complete read rather than one request per key (`bus.reading`)."""
+    return {v.key: v.data for v in await reading.latest_in(kv, pattern)}
 
 
 def _holdings(held: dict[str, bytes], reports: dict[str, bytes], now: float) -> list[Holding]:

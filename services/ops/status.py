@@ -10,11 +10,12 @@ import msgspec
 import nats
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.ops.connection import connected
 from shared import bus
+from shared.bus import reading
 from shared.config import CommonSettings, CopytradeConfig
 from shared.control import Control
 from shared.messages import CopyResult
@@ -106,10 +107,7 @@ async def _control(js: JetStreamContext) -> tuple[Control, dict[str, str]]:
 
 
 async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except NoKeysError:
-        return []
+    return [v.key for v in await reading.latest_in(kv)]  # complete, unlike nats.py's keys()
 
 
 async def _last_result(js: JetStreamContext, group: str, follower_id: str) -> CopyResult | None:

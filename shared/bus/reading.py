@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from shared.bus.retry import TRANSIENT
 from shared.bus.subjects import kv_subject
@@ -64,6 +65,12 @@ async def latest(js: JetStreamContext, bucket: str, keys: str = ">") -> list[Val
         with contextlib.suppress(NotFoundError, *TRANSIENT):
             await js.delete_consumer(stream, info.name)  # else gone after its inactive threshold
     return found
+
+
+async def latest_in(kv: KeyValue, keys: str = ">") -> list[Value]:
+    """`latest` through a bucket handle: nats.py keeps the bucket's JetStream context and name
+    on it (`_js`, `_name`: private, so pinned by tests/test_bus.py)."""
+    return await latest(kv._js, kv._name, keys)
 
 
 def _deleted(headers: dict[str, str] | None) -> bool:
