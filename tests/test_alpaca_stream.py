@@ -241,3 +241,14 @@ async def test_fill_is_yielded_well_within_a_poll(
     await eventually(lambda: "fill" in feed.items, timeout=5)
 
     assert feed.at[feed.items.index("fill")] - started < 0.25  # the fast poll is 0.5 s
+
+
+async def test_subscribed_only_while_a_subscription_is_open(account: AlpacaAccount) -> None:
+    before = account.subscribed
+    feed = Feed(account.activity())
+    await eventually(lambda: account.subscribed, timeout=5)
+    await account.close()
+    await asyncio.wait_for(feed.task, timeout=5)
+
+    assert not before  # never iterated
+    assert not account.subscribed  # closed

@@ -220,3 +220,24 @@ async def test_closing_the_account_ends_its_stream(kraken: Kraken) -> None:
 
     assert master.task.exception() is None
     assert master.heard == []
+
+
+async def test_subscribed_only_while_a_subscription_is_open(kraken: Kraken) -> None:
+    idle = kraken.account("other")
+    assert isinstance(idle, Streaming)
+    master = await kraken.listen("master")
+    account = master.account
+    assert isinstance(account, Streaming)
+    await eventually(lambda: account.subscribed, timeout=5)
+
+    kraken.emulator.streams.refuse(KEYS["master"])  # its next subscription is refused
+    await kraken.emulator.streams.drop()
+    assert master.task is not None
+    with pytest.raises(AuthError):
+        await asyncio.wait_for(master.task, 10)
+    kraken.built.remove(master)
+
+    assert not idle.subscribed  # never iterated
+    assert not account.subscribed  # dropped, then refused
+    await idle.close()
+    await account.close()

@@ -337,6 +337,7 @@ async def test_venue_private_stream_wakes_both_watchers_long_before_their_next_p
     ]
     try:
         await eventually(lambda: _subscribed(kraken), timeout=5)
+        await eventually(lambda: master.fills.streamed() and master.orders.streamed(), timeout=5)
         await eventually(lambda: _fills_watched(system), timeout=5)  # its first look is over
         kraken.emulator.state.fill(kraken.account, BTC, "buy", amount=Decimal("0.1"))
         await eventually(lambda: _trades(system, 1), timeout=5, interval=0.01)
@@ -354,6 +355,8 @@ async def test_venue_private_stream_wakes_both_watchers_long_before_their_next_p
     assert [e.event for e in await _events(system)] == ["new", "amend", "cancel"]
     trades = [s for s in await _published(system) if isinstance(s, TradeSignal)]
     assert [(t.side, t.size) for t in trades] == [("buy", Decimal("0.1"))]
+    assert not master.fills.streamed()  # the relay ended: the watchers poll at their own pace
+    assert not master.orders.streamed()
     assert all(not t.done() or t.cancelled() for t in tasks)  # none ended on an error
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import nats
 
 from services.master.metrics import MasterMetrics
 from services.master.order_events import OrderTracker
-from services.master.watcher import STREAMED_POLL_S
+from services.master.watcher import STREAMED_POLL_S, never
 from shared.errors import CopytradeError
 from shared.exchange.port import ExchangeAccount, NotNative
 from shared.messages import OrderSignal
@@ -82,7 +83,7 @@ class OrderWatcher:
         self.cadence = Cadence(fast_s, slow_s)
         self._waits = self._rate_limit_waits()
         self._woken = asyncio.Event()
-        self.streamed = False  # the venue's private stream wakes this watcher (services.master.stream)
+        self.streamed: Callable[[], bool] = never  # as FillWatcher.streamed
 
     def wake(self) -> None:
         """The venue's private stream reported an order change: compare now, budget or not
@@ -125,7 +126,7 @@ class OrderWatcher:
         wait = self.cadence.next(
             resting=self._tracker.open_orders, active_at=self._tracker.active_at, waited=waited
         )
-        if self.streamed:  # the stream wakes it on every change: polls are the fallback only
+        if self.streamed():  # the stream wakes it on every change: polls are the fallback only
             wait = max(wait, STREAMED_POLL_S)
         if self._metrics is not None:
             self._metrics.order_poll_interval.set(wait)

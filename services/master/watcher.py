@@ -60,7 +60,9 @@ class FillWatcher:
         self._cursor_key = f"cursor.{config.id}"
         self._orders = OrderClaims(kv, config.exchange)
         self._woken = asyncio.Event()
-        self.streamed = False  # the venue's private stream wakes this watcher (services.master.stream)
+        # whether the venue's private stream is subscribed now and wakes this watcher (set by
+        # services.master.stream); while it is, polls are only its fallback
+        self.streamed: Callable[[], bool] = never
 
     def wake(self) -> None:
         """The venue's private stream reported a fill: poll now, budget or not (services.master.stream)."""
@@ -74,7 +76,7 @@ class FillWatcher:
                 # the master's own orders keep their budget; still, a poll at least every
                 # MAX_QUIET_S, so a fill made by hand is never later than that
                 since = time.monotonic() - last
-                if self.streamed:
+                if self.streamed():
                     due = since >= STREAMED_POLL_S
                 else:
                     due = since >= MAX_QUIET_S or _spare(self._account)
@@ -193,6 +195,10 @@ class _AccountNow:
 
 def _signed(fill: Fill) -> Decimal:
     return fill.amount if fill.side == "buy" else -fill.amount
+
+
+def never() -> bool:
+    return False
 
 
 def _spare(account: ExchangeAccount) -> bool:

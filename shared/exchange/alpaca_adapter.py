@@ -372,6 +372,10 @@ class AlpacaAccount:
     async def close(self) -> None:
         await self._stream.close()  # the HTTP session is shared: AdapterContext.close() closes it
 
+    @property
+    def subscribed(self) -> bool:
+        return self._stream.subscribed
+
     def activity(self) -> AsyncIterator[Activity]:
         """`port.Streaming`: Alpaca's trade_updates stream (`shared.exchange.alpaca_stream`);
         no REST call. It ends when the account is closed."""

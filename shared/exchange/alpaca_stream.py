@@ -77,6 +77,11 @@ class AlpacaStream:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
         self.reconnects = 0  # subscriptions made again after one was lost
+        self._subscribed = 0  # iterations whose subscription is confirmed and open now
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed > 0
 
     async def activity(self) -> AsyncIterator[Activity]:
         """`port.Streaming.activity`: ends when `close()` is called."""
@@ -86,13 +91,17 @@ class AlpacaStream:
                 async with self._connected() as ws:
                     await self._subscribe(ws)
                     failures = 0
-                    if subscribed:  # something may have happened while it was down
-                        self.reconnects += 1
-                        yield "fill"
-                        yield "order"
-                    subscribed = True
-                    while True:
-                        yield await _next_update(ws)
+                    self._subscribed += 1
+                    try:
+                        if subscribed:  # something may have happened while it was down
+                            self.reconnects += 1
+                            yield "fill"
+                            yield "order"
+                        subscribed = True
+                        while True:
+                            yield await _next_update(ws)
+                    finally:
+                        self._subscribed -= 1
             except (aiohttp.ClientError, TimeoutError, _Dropped) as exc:
                 if self._closing.is_set():
                     return

@@ -676,6 +676,10 @@ class StreamingCcxtAccount(CcxtAccount):
             translate=partial(translate, self._venue),
         )
 
+    @property
+    def subscribed(self) -> bool:
+        return self._stream.subscribed
+
     def activity(self) -> AsyncIterator[Activity]:
         return self._stream.activity()
 

@@ -112,6 +112,7 @@ class CcxtStream:
         self._translate = translate
         self._clients: set[KrakenExecutions] = set()
         self._closed = False
+        self._subscribed = 0  # iterations whose subscription is confirmed and open now
 
     def _client(self) -> tuple[KrakenExecutions, str]:
         ex = PROTOCOLS[self._spec.protocol](
@@ -127,6 +128,10 @@ class CcxtStream:
             ex.urls["api"]["ws"][self._spec.url_key] = url
         return ex, ex.urls["api"]["ws"][self._spec.url_key]
 
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed > 0
+
     async def activity(self) -> AsyncIterator[Activity]:
         ex, url = self._client()
         self._clients.add(ex)
@@ -140,11 +145,15 @@ class CcxtStream:
                 if connection is None:
                     attempt += 1
                     continue
-                if dropped:  # something may have happened while it was down
-                    yield "fill"
-                    yield "order"
-                async for item in _reports(ex, connection):
-                    yield item
+                self._subscribed += 1
+                try:
+                    if dropped:  # something may have happened while it was down
+                        yield "fill"
+                        yield "order"
+                    async for item in _reports(ex, connection):
+                        yield item
+                finally:
+                    self._subscribed -= 1
                 if self._closed:
                     break
                 dropped = True

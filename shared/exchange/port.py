@@ -268,6 +268,12 @@ class Streaming(Protocol):
     source of truth (the fill cursor, exactly-once), and the polls stay as the fallback for
     whatever a reconnect misses."""
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether a subscription is confirmed and its connection open now (False before the
+        first, and while a dropped one is being made again)."""
+        ...
+
     def activity(self) -> AsyncIterator[Activity]:
         """Yield, for as long as it is iterated, one item per change the stream reports, after
         subscribing (and re-subscribing after a dropped connection, with a backoff; a reconnect
