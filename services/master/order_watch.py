@@ -17,7 +17,6 @@ per-account budget as the master's own trades, so the pace adapts (`Cadence`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import nats
 
 from services.master.metrics import MasterMetrics
 from services.master.order_events import OrderTracker
-from services.master.watcher import STREAMED_POLL_S, never
+from services.master.watcher import STREAMED_POLL_S, Nap, never
 from shared.errors import CopytradeError
 from shared.exchange.port import ExchangeAccount, NotNative
 from shared.messages import OrderSignal
@@ -82,13 +81,13 @@ class OrderWatcher:
         self._tracker, self._account, self._metrics = tracker, account, metrics
         self.cadence = Cadence(fast_s, slow_s)
         self._waits = self._rate_limit_waits()
-        self._woken = asyncio.Event()
+        self._nap = Nap()
         self.streamed: Callable[[], bool] = never  # as FillWatcher.streamed
 
     def wake(self) -> None:
         """The venue's private stream reported an order change: compare now, budget or not
         (services.master.stream)."""
-        self._woken.set()
+        self._nap.wake()
 
     async def run(self) -> None:
         woken = False
@@ -103,15 +102,6 @@ class OrderWatcher:
             except Exception:  # a bug: logged with its trace, and the watch goes on
                 log.exception("event=open_orders_poll_error")
             woken = await self._nap(self._next_wait())
-
-    async def _nap(self, wait_s: float) -> bool:
-        """Wait for the next poll, or less when woken; whether it was woken."""
-        try:
-            await asyncio.wait_for(self._woken.wait(), wait_s)
-        except TimeoutError:
-            return False
-        self._woken.clear()
-        return True
 
     async def poll(self) -> list[OrderSignal]:
         """One comparison of every open order with the state kept: the events published. Only

@@ -45,6 +45,25 @@ async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> Key
     return await bus.bucket(js, bus.FILLS_BUCKET, replicas)
 
 
+class Nap:
+    """A watcher's wait between polls, cut short by `wake()` (the venue's private stream)."""
+
+    def __init__(self) -> None:
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def __call__(self, wait_s: float) -> bool:
+        """Wait `wait_s`, or less when woken; whether it was woken."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), wait_s)
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
+
+
 class FillWatcher:
     def __init__(
         self,
@@ -59,14 +78,14 @@ class FillWatcher:
         self._on_fill = on_fill  # a fill published: the open-orders watcher speeds up
         self._cursor_key = f"cursor.{config.id}"
         self._orders = OrderClaims(kv, config.exchange)
-        self._woken = asyncio.Event()
+        self._nap = Nap()
         # whether the venue's private stream is subscribed now and wakes this watcher (set by
         # services.master.stream); while it is, polls are only its fallback
         self.streamed: Callable[[], bool] = never
 
     def wake(self) -> None:
         """The venue's private stream reported a fill: poll now, budget or not (services.master.stream)."""
-        self._woken.set()
+        self._nap.wake()
 
     async def run(self, interval_s: float) -> None:
         last = 0.0  # monotonic time of the last poll
@@ -86,15 +105,6 @@ class FillWatcher:
                     await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
-
-    async def _nap(self, interval_s: float) -> bool:
-        """Wait for the next poll: the interval, or less when woken; whether it was woken."""
-        try:
-            await asyncio.wait_for(self._woken.wait(), interval_s)
-        except TimeoutError:
-            return False
-        self._woken.clear()
-        return True
 
     async def poll(self) -> int:
         """Publish a signal for every new master fill since the cursor; return how many."""

@@ -520,16 +520,14 @@ class CcxtAccount:
         return step
 
     async def place_order(self, order: OrderCommand) -> OrderAck:
-        if resting_kind(order) is not None:  # good-till-canceled or a trigger: ccxt_orders
-            return await self._place_resting(order)
         sent = await self.send_order(order)
-        if sent.status != "submitted":  # the reply told the outcome (Binance)
+        if resting_kind(order) is not None or sent.status != "submitted":  # resting, or told (Binance)
             return sent
         await self._share.placements_done()
         return await self.read_fill(order, sent)
 
     async def send_order(self, order: OrderCommand) -> OrderAck:
-        if resting_kind(order) is not None:
+        if resting_kind(order) is not None:  # good-till-canceled or a trigger: ccxt_orders
             return await self._place_resting(order)
         ex = await self._client()
         amount, params = self._order_args(ex, order)
