@@ -423,6 +423,10 @@ class MasterSettings(CommonSettings, frozen=True, kw_only=True, forbid_unknown_f
     master: str = ""  # which of the configured masters this process serves ("": the only one)
     order_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0  # polling for outside fills
+    # a fill taken from the venue's private stream is signed with the master's equity and base
+    # held as read at most this long ago (read again in the background at half of it; older,
+    # the fill is read by REST first: services.master.streamed)
+    master_figures_max_age_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
 class CopierSettings(PaperSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -455,6 +459,7 @@ class OperatorSettings(CopierSettings, frozen=True, kw_only=True, forbid_unknown
 
     master: str = ""
     fill_watch_interval_s: Annotated[float, Meta(gt=0)] = 2.0
+    master_figures_max_age_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -1,8 +1,8 @@
 """Kraken's private WebSocket stream as the master's wake-up (`Streaming.activity`): the real
-ccxt and ccxt.pro clients against the Kraken emulator on loopback, no mocks. A fill yields
-"fill", a resting order's changes "order"; another account's activity is not heard; a dropped
-socket comes back and yields "fill" and "order" once; a refused token is an AuthError that
-names no secret."""
+ccxt and ccxt.pro clients against the Kraken emulator on loopback, no mocks. A fill yields a
+`Fill` equal to the one the REST trade history reads (its trade id included), a resting order's
+changes "order"; another account's activity is not heard; a dropped socket comes back and
+yields a bare "fill" and "order" once; a refused token is an AuthError that names no secret."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from shared.config import AccountConfig, Credentials
 from shared.errors import AuthError
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
-from shared.exchange.port import Activity, ExchangeAccount, Streaming
+from shared.exchange.port import Activity, ExchangeAccount, Fill, Streaming
 from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.state import Order
 from tests.harness import eventually
@@ -39,6 +40,11 @@ class Listener:
     account: ExchangeAccount
     heard: list[Activity] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """What was heard, a fill given whole as "Fill"."""
+        return ["Fill" if isinstance(a, Fill) else a for a in self.heard]
 
     async def _run(self) -> None:
         assert isinstance(self.account, Streaming)
@@ -114,7 +120,22 @@ async def test_fill_by_hand_is_heard_as_one_fill(kraken: Kraken) -> None:
     await eventually(lambda: len(master.heard) >= 4, timeout=5)
 
     # pending_new, new, trade, filled
-    assert master.heard == ["order", "order", "fill", "order"]
+    assert master.kinds == ["order", "order", "Fill", "order"]
+
+
+async def test_streamed_fill_is_the_fill_the_trade_history_reads(kraken: Kraken) -> None:
+    master = await kraken.listen("master")
+    order = kraken.fill("master")
+    await eventually(lambda: len(master.heard) >= 4, timeout=5)
+
+    streamed = master.heard[2]
+    read = await master.account.fills_since(order.created - 1)
+
+    assert isinstance(streamed, Fill)
+    assert len(read) == 1
+    assert streamed.trade_id == read[0].trade_id == order.trade_id
+    assert msgspec.structs.replace(streamed, at=0.0) == msgspec.structs.replace(read[0], at=0.0)
+    assert streamed.at == pytest.approx(read[0].at, abs=0.001)
 
 
 async def test_resting_order_placed_amended_and_cancelled_is_heard_as_orders(kraken: Kraken) -> None:
@@ -144,7 +165,7 @@ async def test_resting_order_filled_in_part_is_heard_as_a_fill(kraken: Kraken) -
     kraken.emulator.state.fill_resting(account, order, Decimal("0.004"))
     await eventually(lambda: len(master.heard) >= 3, timeout=5)
 
-    assert master.heard == ["order", "order", "fill"]
+    assert master.kinds == ["order", "order", "Fill"]
 
 
 async def test_another_accounts_activity_is_not_heard(kraken: Kraken) -> None:
@@ -155,11 +176,11 @@ async def test_another_accounts_activity_is_not_heard(kraken: Kraken) -> None:
     kraken.resting("other")
     await eventually(lambda: len(other.heard) >= 6, timeout=5)
     kraken.fill("master")  # heard after the other's, were they sent to the master too
-    await eventually(lambda: "fill" in master.heard, timeout=5)
+    await eventually(lambda: "Fill" in master.kinds, timeout=5)
     await eventually(lambda: len(master.heard) >= 4, timeout=5)
 
-    assert master.heard == ["order", "order", "fill", "order"]
-    assert other.heard == ["order", "order", "fill", "order", "order", "order"]
+    assert master.kinds == ["order", "order", "Fill", "order"]
+    assert other.kinds == ["order", "order", "Fill", "order", "order", "order"]
 
 
 async def test_stream_comes_back_after_a_drop_and_yields_fill_and_order_once(kraken: Kraken) -> None:
@@ -173,7 +194,7 @@ async def test_stream_comes_back_after_a_drop_and_yields_fill_and_order_once(kra
     await eventually(lambda: len(master.heard) >= 6, timeout=5)
 
     assert after_drop == ["fill", "order"]
-    assert master.heard == ["fill", "order", "order", "order", "fill", "order"]
+    assert master.kinds == ["fill", "order", "order", "order", "Fill", "order"]
     assert kraken.emulator.streams.subscribed(KEYS["master"]) == 1
     assert len(kraken.emulator.streams.tokens(KEYS["master"])) == 2  # a fresh token per connection
 

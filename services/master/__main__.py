@@ -72,7 +72,13 @@ async def run(settings: MasterSettings) -> None:
         )
         await master.start(rt.nc)  # the kill switch is loaded and watched before any request
         watcher = FillWatcher(
-            account=account, config=me, kv=published, master=master, on_fill=master.tracker.touch
+            account=account,
+            config=me,
+            kv=published,
+            master=master,
+            on_fill=master.tracker.touch,
+            figures_max_age_s=settings.master_figures_max_age_s,
+            metrics=metrics,
         )
         orders = OrderWatcher(
             tracker=master.tracker, account=account, metrics=metrics, slow_s=settings.fill_watch_interval_s

@@ -59,6 +59,25 @@ class MasterMetrics:
             "How long the open-orders watcher waits between polls now (adaptive)",
             registry=registry,
         )
+        # fills taken from the venue's private stream (services.master.streamed)
+        self.stream_fills_trusted = Gauge(
+            "copytrade_master_stream_fills_trusted",
+            "1 while fills are published from the venue's stream without a REST read (its fill "
+            "ids were found in the trade history)",
+            registry=registry,
+        )
+        self.stream_fill_ids_differ = Gauge(
+            "copytrade_master_stream_fill_ids_differ",
+            "1 once the stream's fill ids were seen to differ from the trade history's (fills "
+            "are then published from REST reads only)",
+            registry=registry,
+        )
+        self.fills_held_back = Counter(
+            "copytrade_master_fills_held_back_total",
+            "Trades of the master's history not published because the stream may have published "
+            "them under another id",
+            registry=registry,
+        )
         for outcome in TRADE_OUTCOMES:
             self.orders.labels(outcome)
         for event in ORDER_EVENTS:

@@ -1,7 +1,9 @@
 """The venue's private stream wakes the master's watchers: a fill or an order change reported on
 the master account is read at once, not at the next poll (within the venue's push and one
-read, where polling waits up to its interval). The watchers stay the readers: the stream only
-says when (`shared.exchange.port.Streaming`). While its subscription is confirmed and open, the
+read, where polling waits up to its interval). A fill the stream gives whole is handed to the
+fill watcher, which publishes it without a read once that is safe (services.master.streamed);
+otherwise the watchers stay the readers and the stream only says when
+(`shared.exchange.port.Streaming`). While its subscription is confirmed and open, the
 watchers' polls are only the fallback for what a reconnect may miss (every STREAMED_POLL_S), so
 the account's rate-limit budget stays whole for the reads the stream wakes; before it is
 subscribed, while it reconnects, or once it cannot start, they poll at their own pace."""
@@ -13,7 +15,7 @@ import logging
 from services.master.order_watch import OrderWatcher
 from services.master.watcher import FillWatcher, never
 from shared.errors import CopytradeError
-from shared.exchange.port import Streaming
+from shared.exchange.port import Fill, Streaming
 
 log = logging.getLogger("copytrade.master.stream")
 
@@ -23,7 +25,9 @@ async def relay(account: Streaming, fills: FillWatcher, orders: OrderWatcher) ->
     fills.streamed = orders.streamed = lambda: account.subscribed  # polls slow while it is
     try:
         async for activity in account.activity():
-            if activity == "fill":
+            if isinstance(activity, Fill):
+                fills.take(activity)  # published from the stream where it can be
+            elif activity == "fill":
                 fills.wake()
             orders.wake()  # a fill changes a resting order too
     except CopytradeError as exc:

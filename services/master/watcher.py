@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import nats
@@ -23,8 +23,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from services.master.metrics import MasterMetrics
 from services.master.orders import OrderClaims, fingerprint
 from services.master.signals import SignalPublisher, published_key
+from services.master.streamed import SETTLE_S, Book, StreamIds
 from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError
@@ -38,6 +40,12 @@ MAX_QUIET_S = 10.0  # the longest a busy account goes without looking for fills 
 # while the venue's private stream wakes the watcher, polls are only the fallback for what a
 # reconnect may miss: this rare, so the account's budget stays whole for the reads it wakes
 STREAMED_POLL_S = 30.0
+FIGURES_MAX_AGE_S = 60.0  # MasterSettings.master_figures_max_age_s
+Figures = Callable[[], Awaitable[tuple[Decimal, Decimal]]]  # equity, base held before the fill
+
+
+def never_for(_fill: Fill) -> bool:
+    return False
 
 
 async def fills_bucket(js: JetStreamContext, replicas: int | None = None) -> KeyValue:
@@ -73,6 +81,9 @@ class FillWatcher:
         kv: KeyValue,
         master: SignalPublisher,
         on_fill: Callable[[], None] | None = None,
+        figures_max_age_s: float = FIGURES_MAX_AGE_S,
+        figures_settle_s: float = SETTLE_S,
+        metrics: MasterMetrics | None = None,
     ) -> None:
         self._account, self._config, self._kv, self._master = account, config, kv, master
         self._on_fill = on_fill  # a fill published: the open-orders watcher speeds up
@@ -82,16 +93,55 @@ class FillWatcher:
         # whether the venue's private stream is subscribed now and wakes this watcher (set by
         # services.master.stream); while it is, polls are only its fallback
         self.streamed: Callable[[], bool] = never
+        # fills the stream gave whole, published without a read (services.master.streamed)
+        self._book = Book(account, figures_max_age_s, figures_settle_s)
+        self._ids = StreamIds()
+        self._taken: list[tuple[Fill, Decimal | None]] = []  # (fill, base held before it)
+        self._read_wanted = False  # a poll is wanted now, budget or not
+        self._lock = asyncio.Lock()  # one publisher at a time: the poll or the stream's fills
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.stream_fills_trusted.set_function(lambda: float(self._ids.trusted))
+            metrics.stream_fill_ids_differ.set_function(lambda: float(self._ids.refuted))
+
+    @property
+    def stream_fills_trusted(self) -> bool:
+        """Whether fills are published from the stream without a read (its ids were checked)."""
+        return self._ids.trusted
+
+    @property
+    def stream_fills_refuted(self) -> bool:
+        """Whether the stream's fill ids were seen to differ from the trade history's."""
+        return self._ids.refuted
+
+    @property
+    def figures_known(self) -> bool:
+        """Whether a streamed fill could be signed now with the master's figures as read."""
+        return self._book.known()
 
     def wake(self) -> None:
-        """The venue's private stream reported a fill: poll now, budget or not (services.master.stream)."""
+        """The venue's private stream reported a fill it did not give whole, or reconnected and
+        may have missed some: poll now, budget or not (services.master.stream)."""
+        self._book.forget()
+        self._read_wanted = True
+        self._nap.wake()
+
+    def take(self, fill: Fill) -> None:
+        """A fill the venue's private stream gave whole: published at once when its ids are
+        the trade history's and the master's figures are known, else read by a poll."""
+        self._taken.append((fill, self._book.apply(fill)))
+        self._ids.streamed(fill)
         self._nap.wake()
 
     async def run(self, interval_s: float) -> None:
         last = 0.0  # monotonic time of the last poll
         while True:
-            woken = await self._nap(interval_s) if last else False
+            if last:
+                await self._nap(interval_s)
             try:
+                if self._taken:
+                    await self._publish_taken()
+                woken, self._read_wanted = self._read_wanted, False
                 # the master's own orders keep their budget; still, a poll at least every
                 # MAX_QUIET_S, so a fill made by hand is never later than that
                 since = time.monotonic() - last
@@ -103,21 +153,51 @@ class FillWatcher:
                     last = time.monotonic()
                     await self.poll()
                     await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
+                if self.streamed() and self._book.due() and _spare(self._account):
+                    await self._book.refresh()
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
+                self._read_wanted = self._read_wanted or bool(self._taken)
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
+
+    async def _publish_taken(self) -> None:
+        """Publish the fills the stream gave whole; those it cannot are left to a poll."""
+        async with self._lock:
+            published = 0
+            while self._taken:
+                fill, before = self._taken[0]
+                equity = self._book.equity
+                if not self._ids.trusted or before is None or equity is None:
+                    self._read_wanted = True  # the poll reads it (and checks the ids)
+                elif await self._copy(fill, 0, _known(equity, before)):
+                    self._ids.published(fill)
+                    published += 1
+                self._taken.pop(0)  # after its outcome: an error leaves it to the poll
+            if published and self._on_fill is not None:
+                self._on_fill()
 
     async def poll(self) -> int:
         """Publish a signal for every new master fill since the cursor; return how many."""
+        async with self._lock:
+            return await self._poll()
+
+    async def _poll(self) -> int:
         cursor = await self._cursor()
         # overlap the previous poll a little: a fill stamped at the cursor is not missed, and
         # the per-signal records keep it from being published twice
+        began = time.monotonic()
         fills = sorted(await self._account.fills_since(cursor - OVERLAP_S), key=lambda f: f.at)
+        self._ids.check(fills, began)
         account = _AccountNow(self._account, fills)
         twins: Counter[tuple[str, str]] = Counter()  # fills alike in all but their place
         published = 0
         for index, fill in enumerate(fills):
             twin = (fill.order_id, fingerprint(fill))
-            published += await self._copy(fill, index, twins[twin], account)
+            published += await self._copy(
+                fill,
+                twins[twin],
+                account.figures(index),
+                lambda f: self._ids.may_be_published(f, fills, began),
+            )
             twins[twin] += 1
         if published and self._on_fill is not None:
             self._on_fill()
@@ -125,7 +205,13 @@ class FillWatcher:
             await self._kv.put(self._cursor_key, repr(fills[-1].at).encode())
         return published
 
-    async def _copy(self, fill: Fill, index: int, nth: int, account: _AccountNow) -> bool:
+    async def _copy(
+        self,
+        fill: Fill,
+        nth: int,
+        figures: Figures,
+        held_back: Callable[[Fill], bool] = never_for,
+    ) -> bool:
         """Publish the fill's signal unless copytrade's own order or already published."""
         if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id))):
             return False  # copytrade's own order (or one published whole before fill by fill)
@@ -134,6 +220,12 @@ class FillWatcher:
         fill_id = await self._orders.fill_id(fill, nth)
         if await self._kv_has(published_key(signal_id_for(self._config.exchange, fill.order_id, fill_id))):
             return False
+        if held_back(fill):  # it may be published from the stream under another id
+            log.error("event=fill_held_back order_id=%s fill_id=%s", fill.order_id, fill_id)
+            if self._metrics is not None:
+                self._metrics.fills_held_back.inc()
+            return False
+        equity, position_before = await figures()
         ack = OrderAck(
             exchange_order_id=fill.order_id,
             client_order_id=fill.client_order_id or "",
@@ -147,8 +239,8 @@ class FillWatcher:
             fill.side,
             fill.amount,
             "base",
-            equity=(await account.snapshot()).equity,
-            position_before=await account.held_before(index),
+            equity=equity,
+            position_before=position_before,
             fill_id=fill_id,
         )
         signal = await self._master.publish(signal)
@@ -194,6 +286,14 @@ class _AccountNow:
             self._snapshot = await self._account.snapshot()
         return self._snapshot
 
+    def figures(self, index: int) -> Figures:
+        """The equity and the base held before the poll's fill `index`, read when asked."""
+
+        async def read() -> tuple[Decimal, Decimal]:
+            return (await self.snapshot()).equity, await self.held_before(index)
+
+        return read
+
     async def held_before(self, index: int) -> Decimal:
         """The base held before the poll's fill `index`: held now, less it and the later ones."""
         symbol = self._fills[index].symbol
@@ -209,6 +309,13 @@ def _signed(fill: Fill) -> Decimal:
 
 def never() -> bool:
     return False
+
+
+def _known(equity: Decimal, before: Decimal) -> Figures:
+    async def figures() -> tuple[Decimal, Decimal]:
+        return equity, before
+
+    return figures
 
 
 def _spare(account: ExchangeAccount) -> bool:

@@ -372,6 +372,7 @@ def _fill(trade: dict[str, Any]) -> Fill:
         amount=_dec(trade["amount"]),
         price=_dec(trade["price"]),
         at=int(trade["timestamp"]) / 1000,
+        trade_id=None if trade.get("id") is None else str(trade["id"]),
     )
 
 

@@ -1,10 +1,12 @@
 """A ccxt venue's private stream as the master's wake-up (`port.Streaming`): Kraken's WebSocket
 v2 `executions` channel, through ccxt.pro's Kraken client.
 
-Each event of the channel is one `Activity`: "fill" for an execution (exec_type trade), "order"
-for any other (pending_new, new, amended, canceled, filled, ...). ccxt.pro's own order and trade
-caches are bypassed: they merge an order's updates by id and route a whole message by its first
-item, where the master needs one wake-up per change, not the orders (it reads those by REST).
+Each event of the channel is one `Activity`: a `Fill` for an execution (exec_type trade; a bare
+"fill" if one of its fields is missing), "order" for any other (pending_new, new, amended,
+canceled, filled, ...). ccxt.pro's own order and trade caches are bypassed: they merge an
+order's updates by id and route a whole message by its first item, where the master needs each
+change as it comes (it reads orders by REST; fills it may take from here:
+services.master.streamed).
 
 Nonces: a signed Kraken call carries a nonce that must grow per API key. The stream's token is
 asked through the account's own REST client (its nonce, its rate limiter) and put in the
@@ -20,6 +22,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,7 +31,7 @@ import aiohttp
 import ccxt.pro as ccxtpro
 
 from shared.errors import AuthError, CopytradeError, TemporaryError
-from shared.exchange.port import Activity
+from shared.exchange.port import Activity, Fill
 from shared.exchange.venues import CcxtVenue, PrivateStream
 
 log = logging.getLogger("copytrade.exchange.stream")
@@ -45,8 +49,37 @@ Translate = Callable[[Exception], CopytradeError]  # ccxt's exception -> ours (c
 
 
 def _activity(item: object) -> Activity:
-    exec_type = item.get("exec_type") if isinstance(item, dict) else None
-    return "fill" if exec_type == "trade" else "order"
+    if not isinstance(item, dict) or item.get("exec_type") != "trade":
+        return "order"
+    return _fill(item) or "fill"
+
+
+def _fill(item: dict[str, Any]) -> Fill | None:
+    """An execution as a `Fill` (its trade id Kraken's `exec_id`, the id of the trade in the
+    REST trade history, as ccxt's unified trade id has it for both); None when a field is
+    missing or malformed: the fill is then read by REST, woken by a bare "fill"."""
+    try:
+        side, exec_id, order_id = item["side"], item["exec_id"], item["order_id"]
+        amount, price = Decimal(str(item["last_qty"])), Decimal(str(item["last_price"]))
+        at = datetime.fromisoformat(str(item["timestamp"])).timestamp()
+        symbol, client_order_id = item["symbol"], item.get("cl_ord_id")
+    except (KeyError, ArithmeticError, ValueError, TypeError):
+        return None
+    texts = (exec_id, order_id, symbol)
+    if side not in ("buy", "sell") or not all(isinstance(t, str) and t for t in texts):
+        return None
+    if not (amount.is_finite() and amount > 0 and price.is_finite() and price > 0):
+        return None
+    return Fill(
+        order_id=order_id,
+        symbol=symbol,
+        side=side,
+        amount=amount,
+        price=price,
+        at=at,
+        client_order_id=client_order_id if isinstance(client_order_id, str) else None,
+        trade_id=exec_id,
+    )
 
 
 class KrakenExecutions(ccxtpro.kraken):  # type: ignore[misc]

@@ -256,8 +256,11 @@ class ReadsFillLater(Protocol):
 
 
 # what a venue's private stream reported on the account: a fill (an execution), or a change to
-# a resting order (new, amended, cancelled)
-Activity = Literal["fill", "order"]
+# a resting order (new, amended, cancelled). A fill comes as a `Fill` where the stream gives
+# all of it, its `trade_id` the id the venue's stream gives the execution (the master publishes
+# from it only once its REST trade history showed the same id: services.master.streamed);
+# else as "fill", a wake-up to read the fills by REST.
+Activity = Literal["fill", "order"] | Fill
 
 
 @runtime_checkable

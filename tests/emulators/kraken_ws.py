@@ -10,7 +10,8 @@ trades if `snap_trades`), then one `update` per event on the account's orders, a
 token's; an account hears only of its own orders (`Account.listeners` of the venue state).
 
 Test controls: `refuse(api_key)` (the socket refuses that account's tokens, as Kraken refuses an
-expired or revoked one) and `drop()` (the venue closes every socket, as a Kraken restart does).
+expired or revoked one), `drop()` (the venue closes every socket, as a Kraken restart does) and
+`foreign_exec_ids()` (a fill's exec_id is no longer its REST trade id).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -74,11 +76,12 @@ class _Event:
     order: Order
     fill: Order | None = None
 
-    def render(self) -> dict[str, Any]:
+    def render(self, foreign_ids: bool = False) -> dict[str, Any]:
         item = self.item | {"order_id": self.order.order_id}
         if self.fill is not None:
             trade_id = int(hashlib.sha256(self.fill.trade_id.encode()).hexdigest()[:8], 16)
-            item |= {"exec_id": self.fill.trade_id, "trade_id": trade_id}
+            exec_id = f"E{trade_id:08X}" if foreign_ids else self.fill.trade_id
+            item |= {"exec_id": exec_id, "trade_id": trade_id}
         return item
 
 
@@ -88,6 +91,7 @@ class _Socket:
     outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     account: Account | None = None
     sequence: int = 0
+    foreign_ids: Callable[[], bool] = lambda: False  # KrakenStreams.foreign_exec_ids
 
     def send(self, message: dict[str, Any]) -> None:
         self.outbox.put_nowait(message)
@@ -105,7 +109,7 @@ class _Socket:
                 message = {
                     "channel": "executions",
                     "type": "update",
-                    "data": [event.render()],
+                    "data": [event.render(self.foreign_ids())],
                     "sequence": self.sequence,
                 }
             with contextlib.suppress(ConnectionError):
@@ -123,12 +127,18 @@ class KrakenStreams:
         self._seen: dict[int, _Seen] = {}  # id(order) -> what was last reported
         self._listening: set[str] = set()  # api keys whose account this listens to
         self.subscriptions = 0  # subscriptions accepted so far
+        self._foreign_ids = False
 
     # --- test controls ----------------------------------------------------------------------
 
     def refuse(self, api_key: str) -> None:
         """The socket refuses every token of this account from now on."""
         self._refused.add(api_key)
+
+    def foreign_exec_ids(self) -> None:
+        """From now on a fill's `exec_id` is not its trade id in the REST trade history (as a
+        venue whose stream numbers executions its own way would send)."""
+        self._foreign_ids = True
 
     async def drop(self) -> None:
         """Close every socket, as the venue does on a restart."""
@@ -154,7 +164,7 @@ class KrakenStreams:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        socket = _Socket(ws)
+        socket = _Socket(ws, foreign_ids=lambda: self._foreign_ids)
         self._sockets.add(socket)
         writer = asyncio.create_task(socket.write())
         socket.send(
@@ -227,7 +237,7 @@ class KrakenStreams:
             _order_item(o, "new") | {"order_id": o.order_id} for o in account.orders if orders and o.is_open
         ]
         recent = account.trades()[-50:] if trades else []
-        data += [_Event(_trade_item(t, t), t, t).render() for t in recent]
+        data += [_Event(_trade_item(t, t), t, t).render(self._foreign_ids) for t in recent]
         return {"channel": "executions", "type": "snapshot", "data": data, "sequence": 1}
 
     # --- the state's changes ------------------------------------------------------------------

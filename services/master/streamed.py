@@ -1,0 +1,156 @@
+"""Fills taken from the venue's private stream, published without a REST read.
+
+A fill by hand is published within the venue's push and a few NATS round trips when three
+things hold; otherwise the fill watcher reads the fills by REST as before (its poll, woken):
+
+- **The stream's ids are the trade history's** (`StreamIds`). Signals are deduplicated on the
+  fill's trade id, so a fill published from the stream must carry the id the REST trade history
+  gives it, or the poll would publish it again. This is not taken on trust: the first fills
+  streamed are published by the poll, and each one's id is looked up in the trade history read;
+  once one is found there, the stream's fills are published directly. A fill of the same order,
+  amount and price under another id proves the opposite: the stream's fills are then never
+  published directly (logged, `copytrade_master_stream_fills_trusted` 0), and a trade the poll
+  finds that may be one published from the stream is held back, not published twice.
+- **The master's figures are current** (`Book`): a signal carries the master's equity and
+  the base it held before the fill (followers size a sell by it). The book reads them by REST
+  in the background, when the account's budget is spare, and then applies each streamed fill
+  to the base held. Its equity is at most `max_age_s` old; past that, or when the stream may
+  have missed something (a reconnect), or when a fill may already be in the balances read (it
+  arrived during the read, or it happened within `SETTLE_S` of it), the book does not know,
+  and the fill is read by REST.
+- **Nobody else publishes it at the same time:** the watcher's lock (services.master.watcher).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from decimal import Decimal
+
+from shared.exchange.port import ExchangeAccount, Fill
+
+log = logging.getLogger("copytrade.master.streamed")
+# a fill stamped by the venue within this of a balance read (or before it) may be in that read
+# already: applying it could count it twice. It allows for the venue's clock against ours too.
+SETTLE_S = 2.0
+KEPT = 1000  # streamed fills remembered for the id check
+
+
+class Book:
+    """The master account's equity and base held, kept current from its streamed fills."""
+
+    def __init__(self, account: ExchangeAccount, max_age_s: float, settle_s: float = SETTLE_S) -> None:
+        self._account, self.max_age_s, self._settle_s = account, max_age_s, settle_s
+        self.equity: Decimal | None = None
+        self._held: dict[str, Decimal] = {}  # symbol -> base held now (known symbols only)
+        self._symbols: set[str] = set()  # symbols to read at the next refresh
+        self._read_at = 0.0  # unix time the last accepted read came back
+        self._read_mono = 0.0
+        self._arrived = 0  # streamed fills applied or refused so far (a read in flight checks)
+
+    def known(self) -> bool:
+        """Whether the equity is current enough to sign a signal with."""
+        return self.equity is not None and time.monotonic() - self._read_mono <= self.max_age_s
+
+    def due(self) -> bool:
+        """Whether a background refresh is due: unknown, a symbol to learn, or half its age."""
+        if self.equity is None or self._symbols - self._held.keys():
+            return True
+        return time.monotonic() - self._read_mono > self.max_age_s / 2
+
+    def forget(self) -> None:
+        """Something may have changed unseen (the stream reconnected): read again first."""
+        self.equity, self._held = None, {}
+        self._arrived += 1
+
+    def apply(self, fill: Fill) -> Decimal | None:
+        """Apply a streamed fill; the base held before it, None when the book cannot say."""
+        self._arrived += 1
+        self._symbols.add(fill.symbol)
+        before = self._held.get(fill.symbol)
+        if before is None:  # a symbol not read yet: the next refresh reads it
+            return None
+        if fill.at <= self._read_at + self._settle_s:  # the read may hold it already
+            self.forget()
+            return None
+        self._held[fill.symbol] = before + (fill.amount if fill.side == "buy" else -fill.amount)
+        return before if self.known() else None
+
+    async def refresh(self) -> bool:
+        """Read the equity and the base held of every symbol seen; False (nothing changed)
+        when a streamed fill arrived while reading, as the read may or may not hold it."""
+        arrived = self._arrived
+        symbols = sorted(self._symbols)
+        snapshot = await self._account.snapshot()
+        held = {s: await self._account.position(s) for s in symbols}  # the same balance read
+        if self._arrived != arrived:
+            return False
+        self.equity, self._held = snapshot.equity, held
+        self._read_at, self._read_mono = time.time(), time.monotonic()
+        return True
+
+
+class StreamIds:
+    """Whether the stream's fill ids are the trade history's, as seen on this account."""
+
+    def __init__(self) -> None:
+        self.trusted = False
+        self.refuted = False
+        # (fill, monotonic time it came): streamed and not yet seen in a REST read; published
+        # from the stream. A read compares only what came before it began.
+        self._unchecked: deque[tuple[Fill, float]] = deque(maxlen=KEPT)
+        self._published: deque[tuple[Fill, float]] = deque(maxlen=KEPT)
+
+    def streamed(self, fill: Fill) -> None:
+        if not (self.trusted or self.refuted):
+            self._unchecked.append((fill, time.monotonic()))
+
+    def published(self, fill: Fill) -> None:
+        self._published.append((fill, time.monotonic()))
+
+    def check(self, read: list[Fill], began: float) -> None:
+        """Compare the fills streamed before a REST read of the trade history (begun at
+        monotonic `began`) with what it returned."""
+        if self.refuted:
+            return
+        ids = {(f.order_id, f.trade_id) for f in read}
+        for item in [i for i in self._unchecked if i[1] < began]:
+            fill = item[0]
+            if (fill.order_id, fill.trade_id) in ids:
+                self._unchecked.remove(item)
+                if not self.trusted:
+                    log.info("event=stream_fill_ids_confirmed order_id=%s", fill.order_id)
+                self.trusted = True
+            elif any(_alike(fill, f) for f in read):
+                self._refute(fill)
+                return
+        if self.trusted:
+            self._unchecked.clear()
+
+    def may_be_published(self, fill: Fill, read: list[Fill], began: float) -> bool:
+        """Whether a trade of a REST read (begun at `began`), not published under its own id,
+        may be one the stream published under another: one alike (order, amount, price),
+        streamed before the read, whose id is not in the read. Then the stream's ids are
+        refuted, and the trade is held back."""
+        ids = {(f.order_id, f.trade_id) for f in read}
+        for streamed, came in self._published:
+            if came < began and _alike(streamed, fill) and (streamed.order_id, streamed.trade_id) not in ids:
+                self._refute(streamed)
+                return True
+        return False
+
+    def _refute(self, fill: Fill) -> None:
+        if not self.refuted:
+            log.error(
+                "event=stream_fill_ids_differ order_id=%s: the stream's fill ids are not the trade "
+                "history's; fills are published from REST reads only",
+                fill.order_id,
+            )
+        self.trusted, self.refuted = False, True
+        self._unchecked.clear()
+
+
+def _alike(a: Fill, b: Fill) -> bool:
+    same = a.order_id == b.order_id and a.amount == b.amount and a.price == b.price
+    return same and a.trade_id != b.trade_id
