@@ -8,12 +8,15 @@
 Each entry lives in the JetStream KV bucket `copytrade-ledger` (replicated like every bucket).
 A change is applied exactly once per fill: the entry keeps the ids of the fills recently applied
 (with the amount before each), and is written with an expected revision, so a redelivery, a
-recovered order or two replicas racing count a fill once.
+recovered order or two replicas racing count a fill once. A change is first tried on top of the
+entry as this process last read or wrote it (one round trip instead of a read and a write per
+fill); when someone else wrote since, the revision check refuses it and the entry is read again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from decimal import Decimal
 
 import msgspec
@@ -28,6 +31,7 @@ log = logging.getLogger("copytrade.ledger")
 ZERO = Decimal(0)
 REMEMBERED = 64  # fill ids kept per entry: redeliveries come long before 64 newer fills
 WRITE_ATTEMPTS = 20
+KNOWN_ENTRIES = 8192  # entries kept as last read or written (raw: a full one is ~4 KB)
 
 
 class Entry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +85,8 @@ class Ledger:
         self._kv = kv
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoder = msgspec.json.Decoder(Entry)
+        # key -> (stored bytes, revision) as this process last read or wrote them, newest last
+        self._known: OrderedDict[str, tuple[bytes | None, int | None]] = OrderedDict()
 
     @property
     def kv(self) -> KeyValue:
@@ -100,8 +106,8 @@ class Ledger:
         """Add `delta` (a buy's fill; negative for a sell's) once for `fill_id`, never below zero;
         return (amount before, amount after). A fill already applied changes nothing and returns
         the figures it had. adopt: the operator adopts coins the account already holds."""
-        for _ in range(WRITE_ATTEMPTS):
-            entry, revision = await self._read(key)
+        for attempt in range(WRITE_ATTEMPTS):
+            entry, revision = await self._latest(key, known=attempt == 0)
             if fill_id in entry.applied:
                 before = entry.applied[fill_id]
                 return before, max(ZERO, before + delta)
@@ -120,7 +126,7 @@ class Ledger:
         """Lower the entry to the real balance when it holds more (the account sold by hand);
         return how much was removed (0 if nothing)."""
         for _ in range(WRITE_ATTEMPTS):
-            entry, revision = await self._read(key)
+            entry, revision = await self._read(key)  # never judged on a kept copy: read
             excess = entry.amount - max(ZERO, real_balance)
             if excess <= 0:
                 return ZERO
@@ -151,17 +157,32 @@ class Ledger:
         found = await bus.retry(f"ledger entries {prefix}", lambda: reading.latest_in(self._kv, f"{prefix}>"))
         return {v.key: self._decoder.decode(v.data) for v in found}
 
+    async def _latest(self, key: str, *, known: bool) -> tuple[Entry, int | None]:
+        """The entry as last read or written here (`known`: a write on top of it is checked by
+        its revision), else read now."""
+        kept = self._known.get(key) if known else None
+        if kept is None:
+            return await self._read(key)
+        self._known.move_to_end(key)
+        data, revision = kept
+        return (Entry() if data is None else self._decoder.decode(data)), revision
+
     async def _read(self, key: str) -> tuple[Entry, int | None]:
+        self._known.pop(key, None)
         try:
             got = await bus.retry(f"ledger read {key}", lambda: self._kv.get(key))
         except KeyNotFoundError:
+            self._remember(key, None, None)
             return Entry(), None
         if got.value is None or got.operation in ("DEL", "PURGE"):
+            self._remember(key, None, got.revision)
             return Entry(), got.revision
+        self._remember(key, got.value, got.revision)
         return self._decoder.decode(got.value), got.revision
 
     async def _write(self, key: str, entry: Entry, revision: int | None) -> bool:
         data = self._encoder.encode(entry)
+        self._known.pop(key, None)  # until this write's outcome is known
 
         async def write() -> int:
             if revision is None:
@@ -169,7 +190,13 @@ class Ledger:
             return await self._kv.update(key, data, last=revision)
 
         try:
-            await bus.retry(f"ledger write {key}", write)
+            written = await bus.retry(f"ledger write {key}", write)
         except KeyWrongLastSequenceError:
             return False  # someone else wrote first: read again
+        self._remember(key, data, written)
         return True
+
+    def _remember(self, key: str, data: bytes | None, revision: int | None) -> None:
+        self._known[key] = (data, revision)
+        if len(self._known) > KNOWN_ENTRIES:
+            self._known.popitem(last=False)
