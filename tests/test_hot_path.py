@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import base64
 from decimal import Decimal
+from typing import cast
 
+import nats
 from prometheus_client import CollectorRegistry
 
 from services.copier.copy.figures import FigureRefresher
 from services.copier.metrics import CopierMetrics
+from shared.config import AccountConfig, Credentials
 from shared.exchange.context import AdapterContext
+from shared.exchange.factory import build_account
+from shared.exchange.paper.protocol import nats_transport
+from shared.exchange.placing import fill_reader
+from shared.exchange.port import ReadsFillLater
+from support.natsserver import NatsServer
 from tests.contract.conftest import recorded_paths
 from tests.emulators.kraken import KrakenEmulator
 from tests.harness import System, make_config, trade
@@ -18,6 +26,8 @@ from tests.secrets_scan import register
 
 KEY, SECRET = "fake-key-hot-3Jq", base64.b64encode(b"fake-secret-hot-path-9Zr").decode()
 register(KEY, SECRET)
+READER_KEY, READER_SECRET = "fake-key-reader-4Hs", base64.b64encode(b"fake-secret-reader-8Qd").decode()
+register(READER_KEY, READER_SECRET, "fake-pass-reader-2Lm")
 SECRETS = {"KRAKEN_USER_HOT_API_KEY": KEY, "KRAKEN_USER_HOT_API_SECRET": SECRET}
 
 
@@ -85,3 +95,25 @@ async def test_every_followers_order_goes_out_before_any_fill_is_read(system: Sy
     calls = [c for c in _private(paths) if c in ("AddOrder", "QueryOrders")]
     assert {r.outcome for r in results.values()} == {"filled"}
     assert calls == ["AddOrder"] * len(ids) + ["QueryOrders"] * len(ids)
+
+
+async def test_fill_reader_answers_as_the_protocol_check_does(nats_server: NatsServer) -> None:
+    """The copy path asks once per adapter class whether an account reads fills later; the
+    answer is the runtime protocol check's, for every venue."""
+    nc = await nats.connect(nats_server.url)
+    ctx = AdapterContext(paper_transport=nats_transport(nc))
+    creds = Credentials(READER_KEY, READER_SECRET, "fake-pass-reader-2Lm")
+    accounts = [
+        build_account(AccountConfig(id=f"reader-{exchange}", exchange=exchange), creds, ctx)
+        for exchange in ("kraken", "coinbase", "binance", "okx", "alpaca", "paper")
+    ]
+
+    answers = [(fill_reader(a) is cast(object, a), fill_reader(a) is None) for a in accounts]
+    expected = [(isinstance(a, ReadsFillLater), not isinstance(a, ReadsFillLater)) for a in accounts]
+
+    for account in accounts:
+        await account.close()
+    await ctx.close()
+    await nc.close()
+    assert answers == expected
+    assert any(later for later, _ in answers)
