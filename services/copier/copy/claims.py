@@ -7,8 +7,6 @@ write takes it as made."""
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError
@@ -47,7 +45,7 @@ class Claims:
             attempts += 1
             return await self._create_once(key, data)
 
-        made = await bus.retry(f"claim {key}", once)
+        made = await bus.retry(f"claim {key}", once, attempt_s=self._timeout_s)
         if made or attempts == 1:
             return made
         return await self._is_ours(key, data)  # an earlier attempt may have been stored
@@ -73,12 +71,12 @@ class Claims:
         await bus.retry(f"take over {key}", lambda: self._kv.update(key, data, last=revision))
 
     async def _create_once(self, key: str, data: bytes) -> bool:
+        """One attempt; `create`'s retry bounds how long it waits for the ack."""
         ack = await self._js.publish_async(
             bus.kv_subject(bus.CLAIMS_BUCKET, key), data, headers={"Nats-Expected-Last-Subject-Sequence": "0"}
         )
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await ack
+            await ack
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 return False
