@@ -15,6 +15,7 @@ looking its order up at the venue instead of placing it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from shared.messages import (
 
 log = logging.getLogger("copytrade.copier")
 STORE_TIMEOUT_S = 30.0
+FINISH_DEFER_S = 1.0  # most a sent order's fill read waits for other shards' orders to go out
 
 
 class FillRouter(Protocol):
@@ -66,22 +68,62 @@ class Sent:
     recovered: bool
 
 
-class AllOut:
-    """Counts a signal's followers whose order is not out yet (sent, refused, failed)."""
+class Sending:
+    """The replica's followers whose order is not out yet, over every signal and shard in hand:
+    a sent order's fill read and record wait for them (a bounded time), so that one shard's
+    bookkeeping does not take the CPU from another shard's orders."""
 
-    def __init__(self, followers: int) -> None:
-        self._left = followers
-        self._out = asyncio.Event()
-        if not followers:
-            self._out.set()
+    def __init__(self) -> None:
+        self._left = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def add(self, followers: int) -> None:
+        self._left += followers
+        if self._left > 0:
+            self._none.clear()
 
     def one_out(self) -> None:
         self._left -= 1
         if self._left <= 0:
+            self._none.set()
+
+    async def none_left(self, within_s: float) -> None:
+        if self._none.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self._none.wait()
+
+
+class AllOut:
+    """Counts a signal's followers whose order is not out yet (sent, refused, failed), and
+    the replica's (`Sending`)."""
+
+    def __init__(self, followers: int, sending: Sending) -> None:
+        self._left, self._sending = followers, sending
+        self._out = asyncio.Event()
+        sending.add(followers)
+        if not followers:
             self._out.set()
 
+    def one_out(self) -> None:
+        if self._left <= 0:
+            return
+        self._left -= 1
+        self._sending.one_out()
+        if self._left <= 0:
+            self._out.set()
+
+    def close(self) -> None:
+        """Count whatever never went out (a copy cancelled before it began) as out."""
+        while self._left > 0:
+            self.one_out()
+
     async def wait(self) -> None:
+        """Until the signal's orders are all out, then (at most FINISH_DEFER_S) the replica's."""
         await self._out.wait()
+        await self._sending.none_left(FINISH_DEFER_S)
 
 
 class CopyExecutor:
@@ -93,6 +135,7 @@ class CopyExecutor:
         self._book, self._metrics, self._settings, self._instance = book, metrics, settings, ctx.instance
         self._group = book.group
         self._limit = asyncio.Semaphore(settings.concurrency)
+        self._sending = Sending()
         self.policy = ctx.policy
         self.claims = Claims(ctx.js, ctx.claims, timeout_s=settings.order_timeout_s)
         self.holdings = Holdings(ctx.ledger)
@@ -123,16 +166,23 @@ class CopyExecutor:
         if self.mirroring is not None:  # a linked order carries it: never copied twice
             followers = await self.mirroring.take_fills(signal, followers, received_at)
         decisions = await self._decide(signal, followers)
-        recording, out = Recording(), AllOut(len(followers))
-        outcomes = await asyncio.gather(
-            *(
-                self._copy_one(
-                    Copy(signal, f, self._group, received_at), decisions[f.id], redelivered, recording, out
-                )
-                for f in followers
-            ),
-            return_exceptions=True,
-        )
+        recording, out = Recording(), AllOut(len(followers), self._sending)
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    self._copy_one(
+                        Copy(signal, f, self._group, received_at),
+                        decisions[f.id],
+                        redelivered,
+                        recording,
+                        out,
+                    )
+                    for f in followers
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            out.close()
         await self._results.stored(recording, STORE_TIMEOUT_S)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
