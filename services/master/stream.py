@@ -29,7 +29,9 @@ async def relay(account: Streaming, fills: FillWatcher, orders: OrderWatcher) ->
                 fills.take(activity)  # published from the stream where it can be
             elif activity == "fill":
                 fills.wake()
-            orders.wake()  # a fill changes a resting order too
+                orders.wake()  # a fill may change a resting order
+            else:
+                orders.wake()
     except CopytradeError as exc:
         log.warning("event=private_stream_unavailable error=%s: polling only", type(exc).__name__)
     except Exception:  # a bug: logged with its trace; the polls go on

@@ -31,9 +31,12 @@ from decimal import Decimal
 from shared.exchange.port import ExchangeAccount, Fill
 
 log = logging.getLogger("copytrade.master.streamed")
-# a fill stamped by the venue within this of a balance read (or before it) may be in that read
-# already: applying it could count it twice. It allows for the venue's clock against ours too.
-SETTLE_S = 2.0
+# a fill stamped by the venue before a balance read came back, or within this after, may be in
+# that read already: applying it could count it twice. It allows for the venue's clock against
+# ours (NTP keeps both within milliseconds). A fill that came while the read was in flight voids
+# the read; the read goes out only when the account's rate limiter lets it go at once, so that
+# window is one round trip.
+SETTLE_S = 0.5
 KEPT = 1000  # streamed fills remembered for the id check
 
 
@@ -58,6 +61,14 @@ class Book:
         if self.equity is None or self._symbols - self._held.keys():
             return True
         return time.monotonic() - self._read_mono > self.max_age_s / 2
+
+    def urgent(self) -> bool:
+        """Whether a streamed fill would be read by REST for want of figures, now or soon: then
+        they are read whatever the account's spare budget (their one balance read spares a
+        trade-history read and a balance read per fill)."""
+        if self.equity is None or self._symbols - self._held.keys():
+            return True
+        return time.monotonic() - self._read_mono > self.max_age_s * 3 / 4
 
     def forget(self) -> None:
         """Something may have changed unseen (the stream reconnected): read again first."""

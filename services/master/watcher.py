@@ -41,6 +41,8 @@ MAX_QUIET_S = 10.0  # the longest a busy account goes without looking for fills 
 # reconnect may miss: this rare, so the account's budget stays whole for the reads it wakes
 STREAMED_POLL_S = 30.0
 FIGURES_MAX_AGE_S = 60.0  # MasterSettings.master_figures_max_age_s
+HALF = 0.5  # a background call leaves half the account's burst to its own orders
+URGENT_KEEP = 0.1  # the master's figures, when fills would otherwise be read by REST
 Figures = Callable[[], Awaitable[tuple[Decimal, Decimal]]]  # equity, base held before the fill
 
 
@@ -99,6 +101,7 @@ class FillWatcher:
         self._taken: list[tuple[Fill, Decimal | None]] = []  # (fill, base held before it)
         self._read_wanted = False  # a poll is wanted now, budget or not
         self._lock = asyncio.Lock()  # one publisher at a time: the poll or the stream's fills
+        self._reading: asyncio.Task[None] | None = None  # the master's figures being read
         self._metrics = metrics
         if metrics is not None:
             metrics.stream_fills_trusted.set_function(lambda: float(self._ids.trusted))
@@ -134,6 +137,13 @@ class FillWatcher:
         self._nap.wake()
 
     async def run(self, interval_s: float) -> None:
+        try:
+            await self._run(interval_s)
+        finally:
+            if self._reading is not None:
+                self._reading.cancel()
+
+    async def _run(self, interval_s: float) -> None:
         last = 0.0  # monotonic time of the last poll
         while True:
             if last:
@@ -153,11 +163,30 @@ class FillWatcher:
                     last = time.monotonic()
                     await self.poll()
                     await self._kv.put(alive_key(self._config.id), repr(time.time()).encode())
-                if self.streamed() and self._book.due() and _spare(self._account):
-                    await self._book.refresh()
+                if self.streamed() and self._figures_due():
+                    self._read_figures()
             except (CopytradeError, TimeoutError, nats.errors.Error) as exc:  # the next poll retries
                 self._read_wanted = self._read_wanted or bool(self._taken)
                 log.warning("event=fill_poll_failed error=%s", type(exc).__name__)
+
+    def _figures_due(self) -> bool:
+        """Whether to read the master's figures now: due, and room in the account's budget
+        (when urgent, any room now: the read goes at once, not after a wait a fill would land
+        in and void it)."""
+        return self._book.due() and _spare(self._account, URGENT_KEEP if self._book.urgent() else HALF)
+
+    def _read_figures(self) -> None:
+        """Read the master's figures in a task of its own: a read that waits on the account's
+        rate limiter holds up no fill."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self._book_refresh())
+            self._reading.add_done_callback(_observed)
+
+    async def _book_refresh(self) -> None:
+        try:
+            await self._book.refresh()
+        except (CopytradeError, TimeoutError) as exc:  # the next loop reads again
+            log.warning("event=master_figures_read_failed error=%s", type(exc).__name__)
 
     async def _publish_taken(self) -> None:
         """Publish the fills the stream gave whole; those it cannot are left to a poll."""
@@ -311,6 +340,11 @@ def never() -> bool:
     return False
 
 
+def _observed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("event=master_figures_read_error", exc_info=exc)
+
+
 def _known(equity: Decimal, before: Decimal) -> Figures:
     async def figures() -> tuple[Decimal, Decimal]:
         return equity, before
@@ -318,8 +352,8 @@ def _known(equity: Decimal, before: Decimal) -> Figures:
     return figures
 
 
-def _spare(account: ExchangeAccount) -> bool:
-    """Whether the account's rate limiter has room for a background call (adapters with a
-    limiter say so; others always have)."""
+def _spare(account: ExchangeAccount, keep: float = HALF) -> bool:
+    """Whether the account's rate limiter has room for a background call that leaves `keep` of
+    its burst (adapters with a limiter say so; others always have)."""
     spare = getattr(account, "spare_budget", None)
-    return True if spare is None else bool(spare())
+    return True if spare is None else bool(spare(keep))

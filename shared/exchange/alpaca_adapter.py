@@ -334,10 +334,10 @@ class AlpacaAccount:
             BurstThrottle(60_000 / CALLS_PER_MINUTE, CALLS_PER_MINUTE) if ctx.rate_limit else None
         )
 
-    def spare_budget(self) -> bool:
-        """Whether a background call may go now and leave half the minute's budget for the
+    def spare_budget(self, keep: float = 0.5) -> bool:
+        """Whether a background call may go now and leave `keep` of the minute's budget for the
         account's own orders."""
-        return self._throttle is None or self._throttle.has_room(1.0, keep=CALLS_PER_MINUTE / 2)
+        return self._throttle is None or self._throttle.has_room(1.0, keep=CALLS_PER_MINUTE * keep)
 
     @property
     def rate_limit_waits(self) -> int:

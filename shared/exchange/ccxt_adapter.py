@@ -429,13 +429,13 @@ class CcxtAccount:
         throttle = getattr(self._ex, "throttler", None)
         return throttle.waits if isinstance(throttle, BurstThrottle) else 0
 
-    def spare_budget(self) -> bool:
-        """Whether a background call may go now and leave half the burst for the account's own
-        orders (the master's trades never wait behind its own fill watching)."""
+    def spare_budget(self, keep: float = 0.5) -> bool:
+        """Whether a background call may go now and leave `keep` of the burst for the account's
+        own orders (the master's trades never wait behind its own fill watching)."""
         throttle = getattr(self._ex, "throttler", None)
         if not isinstance(throttle, BurstThrottle):
             return True
-        return throttle.has_room(1.0, keep=self._share.venue.burst / 2)
+        return throttle.has_room(1.0, keep=self._share.venue.burst * keep)
 
     @property
     def ip_limit_waits(self) -> int:

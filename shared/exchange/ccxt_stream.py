@@ -1,9 +1,10 @@
 """A ccxt venue's private stream as the master's wake-up (`port.Streaming`): Kraken's WebSocket
 v2 `executions` channel, through ccxt.pro's Kraken client.
 
-Each event of the channel is one `Activity`: a `Fill` for an execution (exec_type trade; a bare
-"fill" if one of its fields is missing), "order" for any other (pending_new, new, amended,
-canceled, filled, ...). ccxt.pro's own order and trade caches are bypassed: they merge an
+Each event of the channel is an `Activity`: a `Fill` for an execution (exec_type trade; a bare
+"fill" if one of its fields is missing), "order" for any change of an order that may rest
+(pending_new, new, amended, canceled, filled, and its fills too), nothing more for an order that
+never rests (market, IOC, FOK). ccxt.pro's own order and trade caches are bypassed: they merge an
 order's updates by id and route a whole message by its first item, where the master needs each
 change as it comes (it reads orders by REST; fills it may take from here:
 services.master.streamed).
@@ -48,10 +49,22 @@ Token = Callable[[], Awaitable[str]]
 Translate = Callable[[Exception], CopytradeError]  # ccxt's exception -> ours (ccxt_adapter.translate)
 
 
-def _activity(item: object) -> Activity:
-    if not isinstance(item, dict) or item.get("exec_type") != "trade":
-        return "order"
-    return _fill(item) or "fill"
+NEVER_RESTS = {"IOC", "FOK"}  # Kraken's time_in_force of an order that never rests
+
+
+def _activities(item: object) -> list[Activity]:
+    """What one execution report says: a fill, and "order" if a resting order changed. Reports
+    of an order that never rests (a market order, IOC or FOK: its pending_new, new, filled)
+    wake nobody but for its fills: the master's open-orders watcher would read for nothing."""
+    if not isinstance(item, dict):
+        return ["order"]
+    rests = item.get("order_type") != "market" and item.get("time_in_force") not in NEVER_RESTS
+    if item.get("exec_type") != "trade":
+        return ["order"] if rests else []
+    fill = _fill(item)
+    if fill is None:
+        return ["fill", "order"]
+    return [fill, "order"] if rests else [fill]
 
 
 def _fill(item: dict[str, Any]) -> Fill | None:
@@ -94,7 +107,8 @@ class KrakenExecutions(ccxtpro.kraken):  # type: ignore[misc]
         if isinstance(message, dict) and message.get("channel") == "executions":
             if message.get("type") == "update":  # a snapshot is what is, not a change
                 for item in message.get("data") or []:
-                    self.reports.put_nowait((client, _activity(item)))
+                    for activity in _activities(item):
+                        self.reports.put_nowait((client, activity))
             return
         if isinstance(message, dict) and message.get("method") == "subscribe" and message.get("success"):
             client.resolve(message, str(message.get("req_id")))  # ccxt resolves no v2 ack
