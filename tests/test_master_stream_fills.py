@@ -35,6 +35,7 @@ from services.master.streamed import Book
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource
+from shared.exchange.ccxt_adapter import CcxtAccount
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, Fill
@@ -73,7 +74,7 @@ class Kraken:
     emulator: KrakenEmulator
     account: Account
     calls: Calls
-    build: Callable[[], ExchangeAccount]
+    build: Callable[[bool], ExchangeAccount]
 
     def by_hand(self, side: str, size: str) -> Order:
         """A market order filled on Kraken's site."""
@@ -85,6 +86,7 @@ class Master:
     fills: FillWatcher
     tasks: list[asyncio.Task[None]]
     registry: CollectorRegistry
+    account: ExchangeAccount
 
     def metric(self, name: str) -> float:
         value = self.registry.get_sample_value(name)
@@ -102,26 +104,33 @@ async def kraken() -> AsyncIterator[Kraken]:
     account = emulator.state.add_account(
         MASTER_KEY, MASTER_SECRET, {"USD": Decimal(100_000), "BTC": Decimal(2)}
     )
-    ctx = AdapterContext(http_timeout_s=5.0, rate_limit=False)
+    contexts = {limited: AdapterContext(http_timeout_s=5.0, rate_limit=limited) for limited in (False, True)}
     me = make_config([], {"id": "master", "exchange": "kraken", "base_url": emulator.url}).master_named(None)
     built: list[ExchangeAccount] = []
 
-    def build() -> ExchangeAccount:
-        built.append(build_account(me, SecretSource(None, SECRETS).credentials(me, "MASTER"), ctx))
+    def build(rate_limit: bool = False) -> ExchangeAccount:
+        """The master's account; with Kraken's rate limits (`rate_limit`), else none."""
+        credentials = SecretSource(None, SECRETS).credentials(me, "MASTER")
+        built.append(build_account(me, credentials, contexts[rate_limit]))
         return built[-1]
 
     yield Kraken(emulator, account, calls, build)
     for one in built:
         await one.close()
-    await ctx.close()
+    for ctx in contexts.values():
+        await ctx.close()
     await emulator.stop()
 
 
 @pytest.fixture
-async def master(system: System, kraken: Kraken) -> AsyncIterator[Master]:
+async def master(system: System, kraken: Kraken, request: pytest.FixtureRequest) -> AsyncIterator[Master]:
     """The master service with both watchers and the relay running, as `services.master` runs
-    them (watchers that poll only when woken: every fill below is the stream's doing)."""
-    account = kraken.build()
+    them: watchers that poll only when woken (every fill below is the stream's doing), without
+    a rate limiter; parametrized `rate_limit=True`, Kraken's rate limits and the default
+    interval of the fill watcher's loop."""
+    rate_limit = bool(getattr(request, "param", False))
+    account = kraken.build(rate_limit)
+    interval_s = 2.0 if rate_limit else 3600.0
     nc = await system.connect()
     published = await fills_bucket(nc.jetstream())
     me = make_config(
@@ -146,12 +155,12 @@ async def master(system: System, kraken: Kraken) -> AsyncIterator[Master]:
     orders = OrderWatcher(tracker=service.tracker, account=account, slow_s=3600.0, metrics=metrics)
     await fills.poll()  # the cursor begins now
     tasks = [
-        asyncio.create_task(fills.run(3600.0)),
+        asyncio.create_task(fills.run(interval_s)),
         asyncio.create_task(orders.run()),
         asyncio.create_task(relay(account, fills, orders)),  # type: ignore[arg-type]
     ]
     await eventually(lambda: fills.streamed(), timeout=5)
-    yield Master(fills, tasks, registry)
+    yield Master(fills, tasks, registry, account)
     for task in tasks:
         task.cancel()
     await asyncio.wait(tasks)
@@ -269,6 +278,31 @@ async def test_after_the_stream_reconnects_the_figures_are_read_again_before_a_f
     assert trades[1].master_position_before == Decimal("2.1")
 
 
+@pytest.mark.parametrize("master", [True], indirect=True, ids=["rate_limited"])
+async def test_figures_are_read_on_any_room_when_fills_would_otherwise_go_to_rest(
+    system: System, kraken: Kraken, master: Master
+) -> None:
+    """The account's budget below half (where background reads wait for it to come back):
+    the master's figures are read as soon as there is any room, so fills go out from the
+    stream, not each read back by REST (which would keep the budget spent)."""
+    assert isinstance(master.account, CcxtAccount)
+    kraken.by_hand("buy", "0.1")
+    await eventually(_counted(system, 1), timeout=10, interval=0.01)
+    while master.account.spare_budget(keep=0.0):  # spend the budget: trade-history reads
+        await master.account.fills_since(time.time())
+
+    await eventually(lambda: master.fills.figures_known, timeout=20)
+    below_half = not master.account.spare_budget()
+    mark = len(kraken.calls.methods)
+    later = kraken.by_hand("buy", "0.2")
+    await eventually(_counted(system, 2), timeout=10, interval=0.01)
+
+    assert below_half
+    assert master.fills.stream_fills_trusted
+    assert "TradesHistory" not in kraken.calls.methods[mark:]
+    assert (await _trades(system))[1].order_id == later.order_id
+
+
 # ---- the book of the master's figures ----------------------------------------------------------
 
 
@@ -285,7 +319,7 @@ def _fill(at: float, side: str = "buy", amount: str = "0.5") -> Fill:
 
 
 async def _read_book(kraken: Kraken, settle_s: float = 0.0) -> Book:
-    book = Book(kraken.build(), max_age_s=60.0, settle_s=settle_s)
+    book = Book(kraken.build(False), max_age_s=60.0, settle_s=settle_s)
     assert book.apply(_fill(time.time() - 100)) is None  # a symbol not read yet
     assert await book.refresh()
     return book
