@@ -39,7 +39,7 @@ from shared.exchange.ccxt_adapter import CcxtAccount
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, Fill
-from shared.messages import AnySignal, TradeSignal
+from shared.messages import AnySignal, TradeReply, TradeRequest, TradeSignal
 from shared.signing import SignalSigner
 from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.state import Account, Order
@@ -51,6 +51,7 @@ MASTER_KEY = "fake-key-streamfills-4Rt8"
 MASTER_SECRET = base64.b64encode(b"fake-secret-streamfills-Hn6q" * 2).decode()
 SECRETS = {"KRAKEN_MASTER_API_KEY": MASTER_KEY, "KRAKEN_MASTER_API_SECRET": MASTER_SECRET}
 _signals = msgspec.json.Decoder(AnySignal)
+_requests = msgspec.json.Encoder(decimal_format="string")
 BALANCE = "BalanceEx"  # Kraken's balances, as ccxt reads them
 
 
@@ -215,6 +216,30 @@ async def test_fills_after_the_ids_are_confirmed_go_out_without_a_rest_read(
     assert again == 0
     assert master.metric("copytrade_master_stream_fills_trusted") == 1
     assert len(await _trades(system)) == 2
+
+
+async def test_master_service_trade_told_by_the_stream_before_its_reply_is_copied_once(
+    system: System, kraken: Kraken, master: Master
+) -> None:
+    """The stream tells the fill of the service's own order before the venue's reply to it:
+    whichever path claims the order first (the service whole, the watcher per fill), it is
+    copied once, and the service answers filled."""
+    kraken.by_hand("buy", "0.1")
+    await eventually(_counted(system, 1), timeout=10, interval=0.01)
+    await eventually(lambda: master.fills.stream_fills_trusted and master.fills.figures_known, timeout=10)
+
+    kraken.emulator.state.latency_s = 0.3  # the order's reply comes 0.3 s after its fill
+    request = TradeRequest(symbol=BTC, side="buy", size=Decimal("0.2"), size_type="base")
+    reply = await system.nc.request(bus.MASTER_TRADE_SUBJECT, _requests.encode(request), timeout=10)
+    await eventually(_counted(system, 2), timeout=10, interval=0.01)
+    again = await master.fills.poll()
+
+    answer = msgspec.json.decode(reply.data, type=TradeReply)
+    copies = (await _trades(system))[1:]
+    assert (answer.ok, answer.outcome) == (True, "filled")
+    assert len(copies) == 1
+    assert copies[0].filled_base == Decimal("0.2")
+    assert again == 0
 
 
 async def test_stream_whose_fill_ids_differ_never_publishes_a_fill_itself_nor_twice(

@@ -19,6 +19,10 @@ things hold; otherwise the fill watcher reads the fills by REST as before (its p
   arrived during the read, or it happened within `SETTLE_S` of it), the book does not know,
   and the fill is read by REST.
 - **Nobody else publishes it at the same time:** the watcher's lock (services.master.watcher).
+  An order sent with a client order id may be the master service's own, which the service
+  claims once the venue acknowledges it and publishes whole; the stream often tells its fill
+  before that acknowledgement, so such fills are left to the poll, as before the stream. Fills
+  made on the venue's site carry none.
 """
 
 from __future__ import annotations

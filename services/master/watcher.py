@@ -195,7 +195,10 @@ class FillWatcher:
             while self._taken:
                 fill, before = self._taken[0]
                 equity = self._book.equity
-                if not self._ids.trusted or before is None or equity is None:
+                # an order sent with a client id may be the master service's own, which it
+                # claims once the venue acknowledges it (often after the stream told its fill):
+                # the poll reads it, as before the stream, and leaves it to the service
+                if not self._ids.trusted or before is None or equity is None or fill.client_order_id:
                     self._read_wanted = True  # the poll reads it (and checks the ids)
                 elif await self._copy(fill, 0, _known(equity, before)):
                     self._ids.published(fill)
