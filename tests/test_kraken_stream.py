@@ -1,8 +1,9 @@
 """Kraken's private WebSocket stream as the master's wake-up (`Streaming.activity`): the real
 ccxt and ccxt.pro clients against the Kraken emulator on loopback, no mocks. A fill yields a
 `Fill` equal to the one the REST trade history reads (its trade id included), and nothing else
-for a market order; a resting order's changes "order"; another account's activity is not heard; a dropped socket comes back and
-yields a bare "fill" and "order" once; a refused token is an AuthError that names no secret."""
+for a market order; a resting order's changes "order"; another account's activity is not
+heard; a dropped socket comes back and yields a bare "fill" and "order" once; a refused token
+is an AuthError that names no secret."""
 
 from __future__ import annotations
 
