@@ -4,12 +4,15 @@ cache kept by its own fills and refreshed in the background, never read on the c
 from __future__ import annotations
 
 import base64
+import gc
+import weakref
 from decimal import Decimal
 from typing import cast
 
 import nats
 from prometheus_client import CollectorRegistry
 
+from services.copier.__main__ import settle_memory
 from services.copier.copy.figures import FigureRefresher
 from services.copier.metrics import CopierMetrics
 from shared.config import AccountConfig, Credentials
@@ -117,3 +120,28 @@ async def test_fill_reader_answers_as_the_protocol_check_does(nats_server: NatsS
     await nc.close()
     assert answers == expected
     assert any(later for later, _ in answers)
+
+
+def test_settled_memory_is_frozen_and_a_sweep_frees_what_became_garbage() -> None:
+    """The copier freezes what it holds out of the cycle collector's way; a sweep collects
+    what was frozen and has since become garbage (a retired client)."""
+    node = _Node()
+    node.me = node
+    ref = weakref.ref(node)
+
+    settle_memory(collect=False)
+    frozen = gc.get_freeze_count()
+    del node
+    gc.collect()
+    kept_while_frozen = ref() is not None
+    settle_memory(collect=True)
+    freed_by_sweep = ref() is None
+    gc.unfreeze()
+
+    assert frozen > 0
+    assert kept_while_frozen
+    assert freed_by_sweep
+
+
+class _Node:
+    me: object = None
