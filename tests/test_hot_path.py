@@ -145,3 +145,21 @@ def test_settled_memory_is_frozen_and_a_sweep_frees_what_became_garbage() -> Non
 
 class _Node:
     me: object = None
+
+
+def test_outcomes_of_a_removed_follower_count_again_from_zero() -> None:
+    """Outcome series are kept per label set on the copy path; removing a follower drops them,
+    and a follower added back counts from zero."""
+    registry = CollectorRegistry()
+    metrics = CopierMetrics(registry, "kraken")
+    labels = {"group": "kraken", "follower": "ann", "outcome": "filled", "reason": "none", "master": "m"}
+
+    metrics.outcome("ann", "filled", "none", "m")
+    metrics.outcome("ann", "filled", "none", "m")
+    before = registry.get_sample_value("copytrade_copy_outcomes_total", labels)
+    metrics.forget_follower("ann")
+    forgotten = registry.get_sample_value("copytrade_copy_outcomes_total", labels)
+    metrics.outcome("ann", "filled", "none", "m")
+    again = registry.get_sample_value("copytrade_copy_outcomes_total", labels)
+
+    assert (before, forgotten, again) == (2.0, None, 1.0)

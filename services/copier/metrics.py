@@ -121,9 +121,15 @@ class CopierMetrics:
         for outcome in ("applied", "rejected"):
             self.reloads.labels(outcome)
         self.signals_rejected.labels(group, "malformed")
+        # (follower, outcome, reason, master) -> its series in `outcomes`
+        self._outcome_children: dict[tuple[str, str, str, str], Counter] = {}
 
     def outcome(self, follower: str, outcome: str, reason: str, master: str = "") -> None:
-        self.outcomes.labels(self.group, follower, outcome, reason, master).inc()
+        key = (follower, outcome, reason, master)
+        child = self._outcome_children.get(key)
+        if child is None:  # `labels` takes a lock and builds the key on every call
+            child = self._outcome_children[key] = self.outcomes.labels(self.group, *key)
+        child.inc()
 
     def set_followers(self, counts: dict[str, int]) -> None:
         for state in STATES:
@@ -131,6 +137,7 @@ class CopierMetrics:
 
     def forget_follower(self, follower: str) -> None:
         """Drop a removed follower's series so dashboards stop showing it."""
+        self._outcome_children = {k: c for k, c in self._outcome_children.items() if k[0] != follower}
         for metric in (self.outcomes, self.risk_trips, self.drift):
             for labels in list(metric._metrics):  # prometheus_client has no label query API
                 if labels[1] == follower:
