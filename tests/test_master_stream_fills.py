@@ -31,7 +31,7 @@ from services.master.metrics import MasterMetrics
 from services.master.order_watch import OrderWatcher
 from services.master.service import MasterContext, MasterService
 from services.master.stream import relay
-from services.master.streamed import Book
+from services.master.streamed import Book, account_figures
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
 from shared.config import SecretSource
@@ -344,7 +344,7 @@ def _fill(at: float, side: str = "buy", amount: str = "0.5") -> Fill:
 
 
 async def _read_book(kraken: Kraken, settle_s: float = 0.0) -> Book:
-    book = Book(kraken.build(False), max_age_s=60.0, settle_s=settle_s)
+    book = Book(account_figures(kraken.build(False)), max_age_s=60.0, settle_s=settle_s)
     assert book.apply(_fill(time.time() - 100)) is None  # a symbol not read yet
     assert await book.refresh()
     return book

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 from shared.exchange.port import ExchangeAccount, Fill
@@ -44,27 +45,50 @@ SETTLE_S = 0.5
 KEPT = 1000  # streamed fills remembered for the id check
 
 
-class Book:
-    """The master account's equity and base held, kept current from its streamed fills."""
+Reader = Callable[[list[str]], Awaitable[tuple[Decimal, dict[str, Decimal]]]]
 
-    def __init__(self, account: ExchangeAccount, max_age_s: float, settle_s: float = SETTLE_S) -> None:
-        self._account, self.max_age_s, self._settle_s = account, max_age_s, settle_s
+
+def account_figures(account: ExchangeAccount) -> Reader:
+    """The master's equity and the base it holds of each symbol, as its venue tells them."""
+
+    async def read(symbols: list[str]) -> tuple[Decimal, dict[str, Decimal]]:
+        snapshot = await account.snapshot()
+        return snapshot.equity, {s: await account.position(s) for s in symbols}  # one balance read
+
+    return read
+
+
+class Book:
+    """The master account's equity and base held, kept current from its streamed fills.
+
+    `wall` is the clock the venue's fill times are compared with; `mono` ages the figures."""
+
+    def __init__(
+        self,
+        read: Reader,
+        max_age_s: float,
+        settle_s: float = SETTLE_S,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read, self.max_age_s, self._settle_s = read, max_age_s, settle_s
+        self._wall, self._mono = wall, mono
         self.equity: Decimal | None = None
         self._held: dict[str, Decimal] = {}  # symbol -> base held now (known symbols only)
         self._symbols: set[str] = set()  # symbols to read at the next refresh
-        self._read_at = 0.0  # unix time the last accepted read came back
+        self._read_at = 0.0  # wall time the last accepted read came back
         self._read_mono = 0.0
         self._arrived = 0  # streamed fills applied or refused so far (a read in flight checks)
 
     def known(self) -> bool:
         """Whether the equity is current enough to sign a signal with."""
-        return self.equity is not None and time.monotonic() - self._read_mono <= self.max_age_s
+        return self.equity is not None and self._mono() - self._read_mono <= self.max_age_s
 
     def due(self) -> bool:
         """Whether a background refresh is due: unknown, a symbol to learn, or half its age."""
         if self.equity is None or self._symbols - self._held.keys():
             return True
-        return time.monotonic() - self._read_mono > self.max_age_s / 2
+        return self._mono() - self._read_mono > self.max_age_s / 2
 
     def urgent(self) -> bool:
         """Whether a streamed fill would be read by REST for want of figures, now or soon: then
@@ -72,7 +96,7 @@ class Book:
         trade-history read and a balance read per fill)."""
         if self.equity is None or self._symbols - self._held.keys():
             return True
-        return time.monotonic() - self._read_mono > self.max_age_s * 3 / 4
+        return self._mono() - self._read_mono > self.max_age_s * 3 / 4
 
     def forget(self) -> None:
         """Something may have changed unseen (the stream reconnected): read again first."""
@@ -96,13 +120,11 @@ class Book:
         """Read the equity and the base held of every symbol seen; False (nothing changed)
         when a streamed fill arrived while reading, as the read may or may not hold it."""
         arrived = self._arrived
-        symbols = sorted(self._symbols)
-        snapshot = await self._account.snapshot()
-        held = {s: await self._account.position(s) for s in symbols}  # the same balance read
+        equity, held = await self._read(sorted(self._symbols))
         if self._arrived != arrived:
             return False
-        self.equity, self._held = snapshot.equity, held
-        self._read_at, self._read_mono = time.time(), time.monotonic()
+        self.equity, self._held = equity, held
+        self._read_at, self._read_mono = self._wall(), self._mono()
         return True
 
 

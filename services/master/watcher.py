@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from services.master.metrics import MasterMetrics
 from services.master.orders import OrderClaims, fingerprint
 from services.master.signals import SignalPublisher, published_key
-from services.master.streamed import SETTLE_S, Book, StreamIds
+from services.master.streamed import SETTLE_S, Book, StreamIds, account_figures
 from shared import bus
 from shared.config import MasterConfig
 from shared.errors import CopytradeError
@@ -96,7 +96,7 @@ class FillWatcher:
         # services.master.stream); while it is, polls are only its fallback
         self.streamed: Callable[[], bool] = never
         # fills the stream gave whole, published without a read (services.master.streamed)
-        self._book = Book(account, figures_max_age_s, figures_settle_s)
+        self._book = Book(account_figures(account), figures_max_age_s, figures_settle_s)
         self._ids = StreamIds()
         self._taken: list[tuple[Fill, Decimal | None]] = []  # (fill, base held before it)
         self._read_wanted = False  # a poll is wanted now, budget or not
