@@ -28,6 +28,9 @@ log = logging.getLogger("copytrade.copier")
 FIRST_FREEZE_S = 5.0
 FREEZE_S = 30.0  # what the process holds this long is moved out of the cycle collector's way
 SWEEP_EVERY = 20  # every 20th time (10 min), what was frozen is collected first
+# allocations between young collections (CPython: 700): a fan-out's orders in flight keep many
+# young objects alive, walked again by each (1,000 Kraken clients: GC 0.28 -> 0.13 ms per order)
+YOUNG_GC_THRESHOLD = 20_000
 
 
 def adapter_context(settings: CopierSettings, nc: object) -> AdapterContext:
@@ -79,6 +82,7 @@ def _http_timeout(settings: CopierSettings) -> float:
 
 
 async def run(settings: CopierSettings) -> None:
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     async with service_runtime(f"copier-{settings.group}", settings) as rt:
         secrets = SecretSource(settings.secrets_dir)
         metrics = CopierMetrics(rt.registry, settings.group)
