@@ -3,6 +3,7 @@ cache kept by its own fills and refreshed in the background, never read on the c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import weakref
@@ -13,6 +14,7 @@ import nats
 from prometheus_client import CollectorRegistry
 
 from services.copier.__main__ import settle_memory
+from services.copier.copy.execute import AllOut, Sending
 from services.copier.copy.figures import FigureRefresher
 from services.copier.metrics import CopierMetrics
 from shared.config import AccountConfig, Credentials
@@ -163,3 +165,23 @@ def test_outcomes_of_a_removed_follower_count_again_from_zero() -> None:
     again = registry.get_sample_value("copytrade_copy_outcomes_total", labels)
 
     assert (before, forgotten, again) == (2.0, None, 1.0)
+
+
+async def test_fill_reads_wait_for_the_signals_orders_in_other_shards_not_other_signals() -> None:
+    """A shard whose orders are out reads fills once the same signal's orders in the replica's
+    other shards are out too; another signal's orders are not waited for."""
+    sending = Sending()
+    shard_a, shard_b = AllOut("s1", 1, sending), AllOut("s1", 1, sending)
+    other_signal = AllOut("s2", 1, sending)
+
+    shard_a.one_out()
+    other_signal.one_out()
+    a_reads = asyncio.create_task(shard_a.wait())
+    other_reads = asyncio.create_task(other_signal.wait())
+    await asyncio.sleep(0)  # one turn of the loop: each task runs until it blocks
+    other_read_at_once, a_waited = other_reads.done(), not a_reads.done()
+    shard_b.one_out()
+    await asyncio.wait_for(a_reads, timeout=5)
+
+    assert other_read_at_once
+    assert a_waited

@@ -46,7 +46,7 @@ from shared.messages import (
 
 log = logging.getLogger("copytrade.copier")
 STORE_TIMEOUT_S = 30.0
-FINISH_DEFER_S = 1.0  # most a sent order's fill read waits for other shards' orders to go out
+FINISH_DEFER_S = 5.0  # most a sent order's fill read waits for the signal's other shards
 
 
 class FillRouter(Protocol):
@@ -69,41 +69,48 @@ class Sent:
 
 
 class Sending:
-    """The replica's followers whose order is not out yet, over every signal and shard in hand:
-    a sent order's fill read and record wait for them (a bounded time), so that one shard's
-    bookkeeping does not take the CPU from another shard's orders."""
+    """Per signal, this replica's followers whose order is not out yet, over every shard of it
+    in hand: a sent order's fill read and record wait for them (a bounded time), so that one
+    shard's bookkeeping does not take the CPU (and the venue's attention) from the same
+    signal's orders in other shards. Another signal's orders are not waited for."""
 
     def __init__(self) -> None:
-        self._left = 0
-        self._none = asyncio.Event()
-        self._none.set()
+        self._left: dict[str, int] = {}
+        self._out: dict[str, asyncio.Event] = {}
 
-    def add(self, followers: int) -> None:
-        self._left += followers
-        if self._left > 0:
-            self._none.clear()
+    def add(self, signal_id: str, followers: int) -> None:
+        if followers <= 0:
+            return
+        self._left[signal_id] = self._left.get(signal_id, 0) + followers
+        self._out.setdefault(signal_id, asyncio.Event())
 
-    def one_out(self) -> None:
-        self._left -= 1
-        if self._left <= 0:
-            self._none.set()
+    def one_out(self, signal_id: str) -> None:
+        left = self._left.get(signal_id, 0) - 1
+        if left > 0:
+            self._left[signal_id] = left
+            return
+        self._left.pop(signal_id, None)
+        out = self._out.pop(signal_id, None)
+        if out is not None:
+            out.set()
 
-    async def none_left(self, within_s: float) -> None:
-        if self._none.is_set():
+    async def all_out(self, signal_id: str, within_s: float) -> None:
+        out = self._out.get(signal_id)
+        if out is None:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
-                await self._none.wait()
+                await out.wait()
 
 
 class AllOut:
-    """Counts a signal's followers whose order is not out yet (sent, refused, failed), and
-    the replica's (`Sending`)."""
+    """Counts a signal's followers whose order is not out yet (sent, refused, failed), here
+    and (`Sending`) in the replica's other shards of the signal."""
 
-    def __init__(self, followers: int, sending: Sending) -> None:
-        self._left, self._sending = followers, sending
+    def __init__(self, signal_id: str, followers: int, sending: Sending) -> None:
+        self._signal_id, self._left, self._sending = signal_id, followers, sending
         self._out = asyncio.Event()
-        sending.add(followers)
+        sending.add(signal_id, followers)
         if not followers:
             self._out.set()
 
@@ -111,7 +118,7 @@ class AllOut:
         if self._left <= 0:
             return
         self._left -= 1
-        self._sending.one_out()
+        self._sending.one_out(self._signal_id)
         if self._left <= 0:
             self._out.set()
 
@@ -121,9 +128,9 @@ class AllOut:
             self.one_out()
 
     async def wait(self) -> None:
-        """Until the signal's orders are all out, then (at most FINISH_DEFER_S) the replica's."""
+        """Until these orders are all out, then (at most FINISH_DEFER_S) the signal's others."""
         await self._out.wait()
-        await self._sending.none_left(FINISH_DEFER_S)
+        await self._sending.all_out(self._signal_id, FINISH_DEFER_S)
 
 
 class CopyExecutor:
@@ -166,7 +173,7 @@ class CopyExecutor:
         if self.mirroring is not None:  # a linked order carries it: never copied twice
             followers = await self.mirroring.take_fills(signal, followers, received_at)
         decisions = await self._decide(signal, followers)
-        recording, out = Recording(), AllOut(len(followers), self._sending)
+        recording, out = Recording(), AllOut(signal.signal_id, len(followers), self._sending)
         try:
             outcomes = await asyncio.gather(
                 *(
