@@ -463,15 +463,19 @@ class AlpacaEmulator(EmulatorServer):
         # an ioc limit that did not cross; a resting order canceled or replaced
         canceled = final and order.status in ("canceled", USER_CANCELED)
         limit = None if order.limit_price is None else num(order.limit_price)
-        replaces = next(
-            (
-                o.order_id
-                for a in self.state.accounts.values()
-                for o in a.orders
-                if o.replaced_by == order.order_id
-            ),
-            None,
-        )
+        # only a resting order (parts kept) can be a replacement: a market order looks at no
+        # other (the scan is over every account's orders: 2,000 reads a signal made it quadratic)
+        replaces = None
+        if order.parts is not None:
+            replaces = next(
+                (
+                    o.order_id
+                    for a in self.state.accounts.values()
+                    for o in a.orders
+                    if o.replaced_by == order.order_id
+                ),
+                None,
+            )
         return {
             "id": order.order_id,
             # Alpaca gives an order placed without one (on its site) a uuid of its own
