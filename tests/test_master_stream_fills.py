@@ -187,6 +187,14 @@ def _counted(system: System, count: int) -> Callable[[], Awaitable[bool]]:
     return enough
 
 
+async def _confirmed(system: System, kraken: Kraken, master: Master) -> None:
+    """A first fill by hand, published through a poll that found the stream's id in the trade
+    history; the master's figures read since."""
+    kraken.by_hand("buy", "0.1")
+    await eventually(_counted(system, 1), timeout=10, interval=0.01)
+    await eventually(lambda: master.fills.stream_fills_trusted and master.fills.figures_known, timeout=10)
+
+
 async def test_fills_after_the_ids_are_confirmed_go_out_without_a_rest_read(
     system: System, kraken: Kraken, master: Master
 ) -> None:
@@ -224,9 +232,7 @@ async def test_master_service_trade_told_by_the_stream_before_its_reply_is_copie
     """The stream tells the fill of the service's own order before the venue's reply to it:
     whichever path claims the order first (the service whole, the watcher per fill), it is
     copied once, and the service answers filled."""
-    kraken.by_hand("buy", "0.1")
-    await eventually(_counted(system, 1), timeout=10, interval=0.01)
-    await eventually(lambda: master.fills.stream_fills_trusted and master.fills.figures_known, timeout=10)
+    await _confirmed(system, kraken, master)
 
     kraken.emulator.state.latency_s = 0.3  # the order's reply comes 0.3 s after its fill
     request = TradeRequest(symbol=BTC, side="buy", size=Decimal("0.2"), size_type="base")
@@ -263,9 +269,7 @@ async def test_stream_whose_fill_ids_differ_never_publishes_a_fill_itself_nor_tw
 async def test_ids_that_change_after_they_were_confirmed_hold_the_trade_back_not_copy_it_twice(
     system: System, kraken: Kraken, master: Master
 ) -> None:
-    kraken.by_hand("buy", "0.1")
-    await eventually(_counted(system, 1), timeout=10, interval=0.01)
-    await eventually(lambda: master.fills.stream_fills_trusted and master.fills.figures_known, timeout=10)
+    await _confirmed(system, kraken, master)
 
     kraken.emulator.streams.foreign_exec_ids()
     later = kraken.by_hand("buy", "0.2")
@@ -285,9 +289,7 @@ async def test_ids_that_change_after_they_were_confirmed_hold_the_trade_back_not
 async def test_after_the_stream_reconnects_the_figures_are_read_again_before_a_fill_goes_out(
     system: System, kraken: Kraken, master: Master
 ) -> None:
-    kraken.by_hand("buy", "0.1")
-    await eventually(_counted(system, 1), timeout=10, interval=0.01)
-    await eventually(lambda: master.fills.stream_fills_trusted and master.fills.figures_known, timeout=10)
+    await _confirmed(system, kraken, master)
     mark = len(kraken.calls.methods)
 
     await kraken.emulator.streams.drop()  # a fill may have been missed meanwhile
