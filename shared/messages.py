@@ -375,6 +375,9 @@ class Claim(Struct, frozen=True, kw_only=True):
     at: float
     order: SizedOrder
     client_order_id: str
+    # its attempt ended without an order (refused at the venue, or skipped at the gate): never
+    # taken over, and the outcome stands (services.copier.copy.execute)
+    ended: bool = False
 
 
 # ---- spreading a signal over a copier group's replicas ----------------------------------------

@@ -266,21 +266,25 @@ class CopyExecutor:
             await self._results.record(copy.dry_run(decision, cid), recording)
             return None
         claim = Claim(owner=self._instance, at=time.time(), order=decision, client_order_id=cid)
-        if not await self.claims.claim(key, claim):
+        revision = await self.claims.claim(key, claim)
+        if revision is None:
             entry = await self.claims.get(key)
             if entry is None:
                 raise ClaimBusy(f"{key}: claimed by another attempt, then gone")
             return await self._recover(copy, key, entry, recording)
-        return await self._place(copy, claim, recording)
+        return await self._place(copy, (key, claim, revision), recording)
 
     async def _place(
-        self, copy: Copy, claim: Claim, recording: Recording, *, recovered: bool = False
+        self, copy: Copy, held: tuple[str, Claim, int], recording: Recording, *, recovered: bool = False
     ) -> Sent | None:
         """Send the claimed order (its fill is read by `_finish`); a refusal or a failure is
-        recorded here."""
+        recorded here, once the claim is marked ended: an attempt that took the claim over
+        meanwhile may have placed the order, and its outcome is the one that counts."""
+        key, claim, revision = held
         order, follower = claim.order, copy.follower
         verdict = self.policy.admit(follower, order)  # again: it may have changed while queued
         if isinstance(verdict, Skip):
+            await self._end(key, claim, revision)
             await self._results.record(copy.skipped(verdict), recording)
             return None
         command = OrderCommand(
@@ -301,6 +305,7 @@ class CopyExecutor:
             )
         except ExchangeError as exc:
             failed = copy.failed(exc, order=order, client_order_id=claim.client_order_id, sent_at=sent_at)
+            await self._end(key, claim, revision)
             await self._results.record(failed, recording)
             return None
         finally:
@@ -325,10 +330,18 @@ class CopyExecutor:
             )
         await self._results.record(result, recording)
 
+    async def _end(self, key: str, claim: Claim, revision: int) -> None:
+        """Mark the claim's attempt ended without an order, or raise `ClaimBusy` when another
+        attempt took the claim over meanwhile (the message is retried; that attempt's order, if
+        it placed one, is then found and recorded)."""
+        if not await self.claims.end(key, claim, revision):
+            raise ClaimBusy(f"{key}: taken over by another attempt while this one failed")
+
     async def _recover(
         self, copy: Copy, key: str, entry: tuple[Claim, int], recording: Recording
     ) -> Sent | None:
-        """A claim exists: its outcome is recorded, or its order is found, or it is taken over."""
+        """A claim exists: its outcome is recorded, or its order is found, or its attempt ended
+        without one, or it is taken over."""
         claim, revision = entry
         follower = copy.follower
         follower.forget_figures()  # another attempt may have traded the account: read it again
@@ -342,14 +355,19 @@ class CopyExecutor:
             )
             await self._results.record(copy.placed(claim.order, found, None, recovered=True), recording)
             return None
+        if claim.ended:  # that attempt's failure or skip was not stored: recorded as a failure
+            error = ExchangeError("an earlier attempt of this copy ended without an order")
+            failed = copy.failed(error, order=claim.order, client_order_id=claim.client_order_id)
+            await self._results.record(failed, recording)
+            return None
         if time.time() - claim.at < self._settings.order_timeout_s * 2:
             raise ClaimBusy(f"{key} claimed {time.time() - claim.at:.1f}s ago by {claim.owner}")
         taken = msgspec.structs.replace(claim, owner=self._instance, at=time.time())
-        await self.claims.take_over(key, taken, revision)
+        revision = await self.claims.take_over(key, taken, revision)
         log.info(
             "event=claim_taken_over signal_id=%s follower=%s client_order_id=%s",
             copy.signal.signal_id,
             follower.id,
             claim.client_order_id,
         )
-        return await self._place(copy, taken, recording, recovered=True)
+        return await self._place(copy, (key, taken, revision), recording, recovered=True)
