@@ -19,7 +19,9 @@ import msgspec
 import nats
 import yaml
 from nats.aio.client import Client
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -36,14 +38,22 @@ from services.paper.__main__ import serve_venue
 from services.paper.venue import PaperVenue
 from services.sizer.service import Sizer, SizerMetrics
 from shared import bus
-from shared.config import CopierSettings, CopytradeConfig, SecretSource, load_settings, parse_config
+from shared.config import (
+    CopierSettings,
+    CopytradeConfig,
+    MasterConfig,
+    SecretSource,
+    load_settings,
+    parse_config,
+)
 from shared.control import Control, control_bucket
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.paper import Fund, InjectFault, Orders, PaperOrder, SetPrice
 from shared.exchange.paper import nats_transport as paper_transport
+from shared.exchange.port import ExchangeAccount
 from shared.ledger import Ledger
-from shared.messages import AuditRecord, CopyResult, TradeRequest
+from shared.messages import AnySignal, AuditRecord, CopyResult, TradeRequest
 from shared.signing import SignalSigner, new_signing_key
 from support.natsserver import NatsCluster, NatsServer
 from tests.secrets_scan import leaks, register
@@ -89,6 +99,45 @@ def make_config(
     followers: list[dict[str, Any]], master: dict[str, Any] | None = None, **extra: Any
 ) -> CopytradeConfig:
     return parse_config(yaml.safe_dump(config_data(followers, master, **extra)))
+
+
+async def master_service(
+    nc: Client,
+    account: ExchangeAccount,
+    me: MasterConfig,
+    metrics: MasterMetrics,
+    *,
+    signer: SignalSigner | None = None,
+    named: bool = False,
+) -> tuple[MasterService, KeyValue]:
+    """A master service on `account`, started on `nc` (answering trade requests), and the
+    fills bucket it shares with a fill watcher."""
+    published = await fills_bucket(nc.jetstream())
+    service = MasterService(
+        MasterContext(
+            js=nc.jetstream(),
+            account=account,
+            config=me,
+            metrics=metrics,
+            signer=signer,
+            published=published,
+        ),
+        named=named,
+    )
+    await service.start(nc)
+    return service, published
+
+
+async def published_signals(js: JetStreamContext) -> list[AnySignal]:
+    """Every signal in the SIGNALS stream, oldest first."""
+    info = await js.stream_info(bus.SIGNALS_STREAM)
+    if info.state.messages == 0:
+        return []
+    decoder = msgspec.json.Decoder(AnySignal)
+    return [
+        decoder.decode((await js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"")
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 def paper_followers(equities: Mapping[str, int | str], **settings: Any) -> list[dict[str, Any]]:
@@ -310,19 +359,14 @@ class System:
         self._closers += [ctx.close, account.close]  # closed in reverse: the account, then its session
         self.master_registry = CollectorRegistry()
         signer = SignalSigner(TEST_SIGNING_SEED) if config.signals.require_signature else None
-        published = await fills_bucket(nc.jetstream())
-        master = MasterService(
-            MasterContext(
-                js=nc.jetstream(),
-                account=account,
-                config=me,
-                metrics=MasterMetrics(self.master_registry, me.id),
-                signer=signer,
-                published=published,
-            ),
+        master, published = await master_service(
+            nc,
+            account,
+            me,
+            MasterMetrics(self.master_registry, me.id),
+            signer=signer,
             named=not config.single_master,
         )
-        self._services.append(await master.start(nc))
         self.watcher = FillWatcher(account=account, config=me, kv=published, master=master)
         return master
 

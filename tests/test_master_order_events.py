@@ -20,7 +20,7 @@ from services.master.metrics import MasterMetrics
 from services.master.order_events import open_key
 from services.master.order_watch import Cadence, OrderWatcher
 from services.master.requests import AmendRequest, CancelRequest, OrderRequest
-from services.master.service import MasterContext, MasterService
+from services.master.service import MasterService
 from services.master.stream import relay
 from services.master.watcher import FillWatcher, fills_bucket
 from shared import bus
@@ -34,14 +34,21 @@ from shared.messages import AnySignal, OrderSignal, TradeSignal, order_event_id_
 from shared.signing import SignalSigner, SignalVerifier
 from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.state import Account, Order
-from tests.harness import TEST_PUBLIC_KEY, TEST_SIGNING_SEED, System, eventually, make_config
+from tests.harness import (
+    TEST_PUBLIC_KEY,
+    TEST_SIGNING_SEED,
+    System,
+    eventually,
+    make_config,
+    master_service,
+    published_signals,
+)
 from tests.secrets_scan import register
 
 BTC = "BTC/USD"
 MASTER_KEY = "fake-key-master-9Qe2"
 MASTER_SECRET = base64.b64encode(b"fake-secret-master-Pw3k" * 2).decode()
 SECRETS = {"KRAKEN_MASTER_API_KEY": MASTER_KEY, "KRAKEN_MASTER_API_SECRET": MASTER_SECRET}
-_signals = msgspec.json.Decoder(AnySignal)
 
 
 @dataclass
@@ -108,20 +115,10 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
         Kraken's rate limits (`rate_limit`), else none (a loopback emulator)."""
         ctx = AdapterContext(http_timeout_s=5.0, rate_limit=rate_limit)
         account = build_account(me, SecretSource(None, SECRETS).credentials(me, "MASTER"), ctx)
-        nc = await system.connect()
-        published = await fills_bucket(nc.jetstream())
         metrics = MasterMetrics(CollectorRegistry(), me.id)
-        service = MasterService(
-            MasterContext(
-                js=nc.jetstream(),
-                account=account,
-                config=me,
-                metrics=metrics,
-                signer=SignalSigner(TEST_SIGNING_SEED),
-                published=published,
-            )
+        service, published = await master_service(
+            await system.connect(), account, me, metrics, signer=SignalSigner(TEST_SIGNING_SEED)
         )
-        await service.start(nc)
         closers.extend([ctx.close, account.close, service.stop])
         return Master(
             service,
@@ -139,13 +136,7 @@ async def kraken(system: System) -> AsyncIterator[Kraken]:
 
 
 async def _published(system: System) -> list[AnySignal]:
-    info = await system.js.stream_info(bus.SIGNALS_STREAM)
-    if info.state.messages == 0:
-        return []
-    return [
-        _signals.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"")
-        for seq in range(info.state.first_seq, info.state.last_seq + 1)
-    ]
+    return await published_signals(system.js)
 
 
 async def _events(system: System) -> list[OrderSignal]:

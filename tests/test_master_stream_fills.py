@@ -29,28 +29,33 @@ from prometheus_client import CollectorRegistry
 
 from services.master.metrics import MasterMetrics
 from services.master.order_watch import OrderWatcher
-from services.master.service import MasterContext, MasterService
 from services.master.stream import relay
 from services.master.streamed import Book, account_figures
-from services.master.watcher import FillWatcher, fills_bucket
+from services.master.watcher import FillWatcher
 from shared import bus
-from shared.config import SecretSource
+from shared.config import MasterConfig, SecretSource
 from shared.exchange.ccxt_adapter import CcxtAccount
 from shared.exchange.context import AdapterContext
 from shared.exchange.factory import build_account
 from shared.exchange.port import ExchangeAccount, Fill
-from shared.messages import AnySignal, TradeReply, TradeRequest, TradeSignal
+from shared.messages import TradeReply, TradeRequest, TradeSignal
 from shared.signing import SignalSigner
 from tests.emulators.kraken import KrakenEmulator
 from tests.emulators.state import Account, Order
-from tests.harness import TEST_SIGNING_SEED, System, eventually, make_config
+from tests.harness import (
+    TEST_SIGNING_SEED,
+    System,
+    eventually,
+    make_config,
+    master_service,
+    published_signals,
+)
 from tests.secrets_scan import register
 
 BTC = "BTC/USD"
 MASTER_KEY = "fake-key-streamfills-4Rt8"
 MASTER_SECRET = base64.b64encode(b"fake-secret-streamfills-Hn6q" * 2).decode()
 SECRETS = {"KRAKEN_MASTER_API_KEY": MASTER_KEY, "KRAKEN_MASTER_API_SECRET": MASTER_SECRET}
-_signals = msgspec.json.Decoder(AnySignal)
 _requests = msgspec.json.Encoder(decimal_format="string")
 BALANCE = "BalanceEx"  # Kraken's balances, as ccxt reads them
 
@@ -76,6 +81,7 @@ class Kraken:
     account: Account
     calls: Calls
     build: Callable[[bool], ExchangeAccount]
+    me: MasterConfig
 
     def by_hand(self, side: str, size: str) -> Order:
         """A market order filled on Kraken's site."""
@@ -115,7 +121,7 @@ async def kraken() -> AsyncIterator[Kraken]:
         built.append(build_account(me, credentials, contexts[rate_limit]))
         return built[-1]
 
-    yield Kraken(emulator, account, calls, build)
+    yield Kraken(emulator, account, calls, build, me)
     for one in built:
         await one.close()
     for ctx in contexts.values():
@@ -133,23 +139,12 @@ async def master(system: System, kraken: Kraken, request: pytest.FixtureRequest)
     account = kraken.build(rate_limit)
     interval_s = 2.0 if rate_limit else 3600.0
     nc = await system.connect()
-    published = await fills_bucket(nc.jetstream())
-    me = make_config(
-        [], {"id": "master", "exchange": "kraken", "base_url": kraken.emulator.url}
-    ).master_named(None)
+    me = kraken.me
     registry = CollectorRegistry()
     metrics = MasterMetrics(registry, me.id)
-    service = MasterService(
-        MasterContext(
-            js=nc.jetstream(),
-            account=account,
-            config=me,
-            metrics=metrics,
-            signer=SignalSigner(TEST_SIGNING_SEED),
-            published=published,
-        )
+    service, published = await master_service(
+        nc, account, me, metrics, signer=SignalSigner(TEST_SIGNING_SEED)
     )
-    await service.start(nc)
     fills = FillWatcher(
         account=account, config=me, kv=published, master=service, figures_settle_s=0.0, metrics=metrics
     )
@@ -170,14 +165,7 @@ async def master(system: System, kraken: Kraken, request: pytest.FixtureRequest)
 
 
 async def _trades(system: System) -> list[TradeSignal]:
-    info = await system.js.stream_info(bus.SIGNALS_STREAM)
-    if info.state.messages == 0:
-        return []
-    signals = [
-        _signals.decode((await system.js.get_msg(bus.SIGNALS_STREAM, seq)).data or b"")
-        for seq in range(info.state.first_seq, info.state.last_seq + 1)
-    ]
-    return [s for s in signals if isinstance(s, TradeSignal)]
+    return [s for s in await published_signals(system.js) if isinstance(s, TradeSignal)]
 
 
 def _counted(system: System, count: int) -> Callable[[], Awaitable[bool]]:
