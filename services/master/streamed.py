@@ -146,12 +146,15 @@ class StreamIds:
     def published(self, fill: Fill) -> None:
         self._published.append((fill, time.monotonic()))
 
-    def check(self, read: list[Fill], began: float) -> None:
+    def check(self, read: list[Fill], began: float) -> Callable[[Fill], bool]:
         """Compare the fills streamed before a REST read of the trade history (begun at
-        monotonic `began`) with what it returned."""
-        if self.refuted:
-            return
+        monotonic `began`) with what it returned; the read's `held_back` test."""
         ids = {(f.order_id, f.trade_id) for f in read}
+        if not self.refuted:
+            self._confirm(read, ids, began)
+        return lambda fill: self._may_be_published(fill, ids, began)
+
+    def _confirm(self, read: list[Fill], ids: set[tuple[str, str | None]], began: float) -> None:
         for item in [i for i in self._unchecked if i[1] < began]:
             fill = item[0]
             if (fill.order_id, fill.trade_id) in ids:
@@ -165,12 +168,11 @@ class StreamIds:
         if self.trusted:
             self._unchecked.clear()
 
-    def may_be_published(self, fill: Fill, read: list[Fill], began: float) -> bool:
-        """Whether a trade of a REST read (begun at `began`), not published under its own id,
-        may be one the stream published under another: one alike (order, amount, price),
-        streamed before the read, whose id is not in the read. Then the stream's ids are
-        refuted, and the trade is held back."""
-        ids = {(f.order_id, f.trade_id) for f in read}
+    def _may_be_published(self, fill: Fill, ids: set[tuple[str, str | None]], began: float) -> bool:
+        """Whether a trade of the read, not published under its own id, may be one the stream
+        published under another: one alike (order, amount, price), streamed before the read,
+        whose id is not in the read. Then the stream's ids are refuted, and the trade is held
+        back."""
         for streamed, came in self._published:
             if came < began and _alike(streamed, fill) and (streamed.order_id, streamed.trade_id) not in ids:
                 self._refute(streamed)

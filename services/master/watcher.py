@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
@@ -98,7 +98,7 @@ class FillWatcher:
         # fills the stream gave whole, published without a read (services.master.streamed)
         self._book = Book(account_figures(account), figures_max_age_s, figures_settle_s)
         self._ids = StreamIds()
-        self._taken: list[tuple[Fill, Decimal | None]] = []  # (fill, base held before it)
+        self._taken: deque[tuple[Fill, Decimal | None]] = deque()  # (fill, base held before it)
         self._read_wanted = False  # a poll is wanted now, budget or not
         self._lock = asyncio.Lock()  # one publisher at a time: the poll or the stream's fills
         self._reading: asyncio.Task[None] | None = None  # the master's figures being read
@@ -203,7 +203,7 @@ class FillWatcher:
                 elif await self._copy(fill, 0, _known(equity, before)):
                     self._ids.published(fill)
                     published += 1
-                self._taken.pop(0)  # after its outcome: an error leaves it to the poll
+                self._taken.popleft()  # after its outcome: an error leaves it to the poll
             if published and self._on_fill is not None:
                 self._on_fill()
 
@@ -218,7 +218,7 @@ class FillWatcher:
         # the per-signal records keep it from being published twice
         began = time.monotonic()
         fills = sorted(await self._account.fills_since(cursor - OVERLAP_S), key=lambda f: f.at)
-        self._ids.check(fills, began)
+        held_back = self._ids.check(fills, began)
         account = _AccountNow(self._account, fills)
         twins: Counter[tuple[str, str]] = Counter()  # fills alike in all but their place
         published = 0
@@ -228,7 +228,7 @@ class FillWatcher:
                 fill,
                 twins[twin],
                 account.figures(index),
-                lambda f: self._ids.may_be_published(f, fills, began),
+                held_back,
             )
             twins[twin] += 1
         if published and self._on_fill is not None:
